@@ -1,0 +1,92 @@
+//! Sustained call rate through the client against the fake portal's leaky bucket.
+//! For each plan's limit: use up the burst, then count calls completed in a fixed
+//! window and the `QUERY_LIMIT_EXCEEDED` answers. Prints figures; asserts nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use opros::bitrix24::{B24Client, ClientConfig, RateLimit, Target};
+use opros::secret::Secret;
+use opros::testing::{FakePortal, FakePortalConfig, MemoryTokenStore};
+use serde_json::json;
+
+const WORKERS: usize = 32;
+const WINDOW: Duration = Duration::from_secs(20);
+
+async fn measure(per_sec: f64, burst: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let fake = FakePortal::start(FakePortalConfig {
+        rate: (per_sec, burst),
+        ..FakePortalConfig::default()
+    })
+    .await?;
+    let store = Arc::new(MemoryTokenStore::new());
+    store.insert(&fake.member_id(), fake.issue_portal_auth(1));
+    let client = B24Client::new(
+        ClientConfig {
+            client_id: Some(fake.client_id()),
+            client_secret: Some(Secret::new(fake.client_secret())),
+            rate: RateLimit { per_sec, burst },
+            ..ClientConfig::default()
+        },
+        store,
+    );
+    let target = Target::Portal {
+        member_id: fake.member_id(),
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let (client, target) = (client.clone(), target.clone());
+        let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.call(&target, "profile", json!({})).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let started = Instant::now();
+    // The burst goes through at once; the steady state starts after it.
+    while done.load(Ordering::Relaxed) < u64::from(burst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let burst_time = started.elapsed();
+    let at_start = done.load(Ordering::Relaxed);
+    let window_start = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let in_window = done.load(Ordering::Relaxed) - at_start;
+    let elapsed = window_start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let achieved = in_window as f64 / elapsed;
+    let bounced = fake.calls().iter().filter(|c| c.status == 503).count();
+    println!(
+        "rate {per_sec}/{burst}: burst of {burst} in {:.2} s; steady {achieved:.3} calls/s over {elapsed:.1} s = {:.1} % of allowed; 503 answers: {bounced}; client errors: {}",
+        burst_time.as_secs_f64(),
+        achieved / per_sec * 100.0,
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "b24_client bench: {WORKERS} concurrent callers, window {} s, {} CPUs",
+        WINDOW.as_secs(),
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    runtime.block_on(async {
+        measure(2.0, 50).await?;
+        measure(5.0, 250).await
+    })
+}

@@ -1,0 +1,16 @@
+//! Schema migrations, shared by SQLite and PostgreSQL: every step is written with
+//! sea-query builders so one code path serves both backends. Never edit a released
+//! migration; add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_init::Migration)]
+    }
+}

@@ -1,0 +1,391 @@
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Portal {
+    Table,
+    Id,
+    MemberId,
+    Domain,
+    ClientEndpoint,
+    ServerEndpoint,
+    AccessToken,
+    RefreshToken,
+    ExpiresAt,
+    ApplicationToken,
+    Scope,
+    InstalledBy,
+    Status,
+    Registration,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Invitation {
+    Table,
+    Id,
+    PortalId,
+    Channel,
+    EntityType,
+    EntityId,
+    PatientName,
+    QuestionnaireCode,
+    QuestionnaireVersion,
+    Status,
+    DedupeKey,
+    CreatedAt,
+    OpenedAt,
+    CompletedAt,
+    ExpiresAt,
+}
+
+#[derive(DeriveIden)]
+enum Response {
+    Table,
+    InvitationId,
+    Draft,
+    DraftSavedAt,
+    Answers,
+    SubmittedAt,
+    ReportSha256,
+    ReportPdf,
+}
+
+#[derive(DeriveIden)]
+enum OutboxJob {
+    Table,
+    Id,
+    PortalId,
+    Kind,
+    Payload,
+    IdempotencyKey,
+    Attempts,
+    RunAt,
+    LockedUntil,
+    Lease,
+    LastError,
+    Result,
+    DoneAt,
+    DeadAt,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Setting {
+    Table,
+    Key,
+    Value,
+}
+
+#[derive(DeriveIden)]
+enum AuditEvent {
+    Table,
+    Id,
+    At,
+    PortalId,
+    Actor,
+    Action,
+    Subject,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Portal::Table)
+                    .col(
+                        ColumnDef::new(Portal::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Portal::MemberId)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(ColumnDef::new(Portal::Domain).string_len(255).not_null())
+                    .col(
+                        ColumnDef::new(Portal::ClientEndpoint)
+                            .string_len(512)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Portal::ServerEndpoint)
+                            .string_len(512)
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Portal::AccessToken).text().null())
+                    .col(ColumnDef::new(Portal::RefreshToken).text().null())
+                    .col(
+                        ColumnDef::new(Portal::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Portal::ApplicationToken)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Portal::Scope).string_len(512).null())
+                    .col(ColumnDef::new(Portal::InstalledBy).big_integer().null())
+                    .col(ColumnDef::new(Portal::Status).string_len(16).not_null())
+                    .col(ColumnDef::new(Portal::Registration).json().null())
+                    .col(
+                        ColumnDef::new(Portal::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Portal::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Invitation::Table)
+                    .col(
+                        ColumnDef::new(Invitation::Id)
+                            .string_len(32)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Invitation::PortalId).big_integer().null())
+                    .col(
+                        ColumnDef::new(Invitation::Channel)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::EntityType)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::EntityId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::PatientName)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::QuestionnaireCode)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::QuestionnaireVersion)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Invitation::Status).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(Invitation::DedupeKey)
+                            .string_len(255)
+                            .null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::OpenedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::CompletedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitation::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Invitation::Table, Invitation::PortalId)
+                            .to(Portal::Table, Portal::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_invitation_entity")
+                    .table(Invitation::Table)
+                    .col(Invitation::PortalId)
+                    .col(Invitation::EntityType)
+                    .col(Invitation::EntityId)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Response::Table)
+                    .col(
+                        ColumnDef::new(Response::InvitationId)
+                            .string_len(32)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Response::Draft).json().null())
+                    .col(
+                        ColumnDef::new(Response::DraftSavedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Response::Answers).json().null())
+                    .col(
+                        ColumnDef::new(Response::SubmittedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Response::ReportSha256).string_len(64).null())
+                    .col(ColumnDef::new(Response::ReportPdf).blob().null())
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Response::Table, Response::InvitationId)
+                            .to(Invitation::Table, Invitation::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(OutboxJob::Table)
+                    .col(
+                        ColumnDef::new(OutboxJob::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(OutboxJob::PortalId).big_integer().null())
+                    .col(ColumnDef::new(OutboxJob::Kind).string_len(64).not_null())
+                    .col(ColumnDef::new(OutboxJob::Payload).json().not_null())
+                    .col(
+                        ColumnDef::new(OutboxJob::IdempotencyKey)
+                            .string_len(255)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxJob::Attempts)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    // Scheduling times are Unix milliseconds: compared in SQL on both
+                    // backends without relying on how each stores timestamps.
+                    .col(ColumnDef::new(OutboxJob::RunAt).big_integer().not_null())
+                    .col(ColumnDef::new(OutboxJob::LockedUntil).big_integer().null())
+                    .col(ColumnDef::new(OutboxJob::Lease).string_len(32).null())
+                    .col(ColumnDef::new(OutboxJob::LastError).text().null())
+                    .col(ColumnDef::new(OutboxJob::Result).json().null())
+                    .col(
+                        ColumnDef::new(OutboxJob::DoneAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxJob::DeadAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxJob::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_outbox_due")
+                    .table(OutboxJob::Table)
+                    .col(OutboxJob::DoneAt)
+                    .col(OutboxJob::DeadAt)
+                    .col(OutboxJob::RunAt)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Setting::Table)
+                    .col(
+                        ColumnDef::new(Setting::Key)
+                            .string_len(128)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Setting::Value).text().not_null())
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(AuditEvent::Table)
+                    .col(
+                        ColumnDef::new(AuditEvent::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(AuditEvent::At)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(AuditEvent::PortalId).big_integer().null())
+                    .col(ColumnDef::new(AuditEvent::Actor).string_len(128).not_null())
+                    .col(ColumnDef::new(AuditEvent::Action).string_len(64).not_null())
+                    .col(ColumnDef::new(AuditEvent::Subject).string_len(255).null())
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        // All or nothing on SQLite too: a half-created schema would not be retried.
+        Some(true)
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        // Downgrades would drop patients' answers; they are refused on purpose.
+        Err(DbErr::Migration("downgrade is not supported".to_owned()))
+    }
+}

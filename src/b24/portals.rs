@@ -1,0 +1,129 @@
+//! Installed portals: token storage for the client, lookups and caller verification.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+};
+use url::Url;
+
+use crate::bitrix24::{PortalAuth, StoreError, TokenStore};
+use crate::db::entities::portal;
+use crate::error::ApiError;
+use crate::secret::{Secret, constant_time_eq};
+
+/// The client's token store over the `portal` table.
+pub struct DbTokenStore {
+    db: DatabaseConnection,
+}
+
+impl DbTokenStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl TokenStore for DbTokenStore {
+    async fn load(&self, member_id: &str) -> Result<Option<PortalAuth>, StoreError> {
+        let Some(p) = by_member(&self.db, member_id)
+            .await
+            .map_err(|e| StoreError::new(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        if p.status != portal::INSTALLED {
+            return Ok(None);
+        }
+        let (Some(access), Some(refresh)) = (p.access_token, p.refresh_token) else {
+            return Ok(None);
+        };
+        let client_endpoint =
+            Url::parse(&p.client_endpoint).map_err(|e| StoreError::new(e.to_string()))?;
+        Ok(Some(PortalAuth {
+            client_endpoint,
+            server_endpoint: p
+                .server_endpoint
+                .as_deref()
+                .and_then(|s| Url::parse(s).ok()),
+            access_token: Secret::new(access),
+            refresh_token: Secret::new(refresh),
+            expires_at: p.expires_at.unwrap_or_else(Utc::now),
+        }))
+    }
+
+    async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError> {
+        let Some(p) = by_member(&self.db, member_id)
+            .await
+            .map_err(|e| StoreError::new(e.to_string()))?
+        else {
+            return Err(StoreError::new(format!("portal {member_id} not found")));
+        };
+        let mut row: portal::ActiveModel = p.into();
+        row.access_token = Set(Some(auth.access_token.expose().clone()));
+        row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
+        row.expires_at = Set(Some(auth.expires_at));
+        row.client_endpoint = Set(auth.client_endpoint.to_string());
+        if let Some(server) = &auth.server_endpoint {
+            row.server_endpoint = Set(Some(server.to_string()));
+        }
+        row.updated_at = Set(Utc::now());
+        row.update(&self.db)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new(e.to_string()))
+    }
+}
+
+pub async fn by_member(
+    db: &DatabaseConnection,
+    member_id: &str,
+) -> Result<Option<portal::Model>, sea_orm::DbErr> {
+    portal::Entity::find()
+        .filter(portal::Column::MemberId.eq(member_id))
+        .one(db)
+        .await
+}
+
+/// A server-to-server call from Bitrix24 (robot, event) proves itself with the
+/// application token we stored at install (protocol §4.3, §7.3). Unknown portal,
+/// uninstalled portal and a wrong token all answer without saying which.
+pub async fn verify_app_token(
+    db: &DatabaseConnection,
+    member_id: Option<&str>,
+    application_token: Option<&str>,
+) -> Result<portal::Model, ApiError> {
+    let (Some(member_id), Some(token)) = (member_id, application_token) else {
+        tracing::warn!("Вызов от Битрикс24 без auth[member_id] или auth[application_token]");
+        return Err(ApiError::unauthorized(
+            "auth_missing",
+            "Нет данных авторизации приложения (auth[member_id], auth[application_token])",
+        ));
+    };
+    let portal = by_member(db, member_id).await?;
+    let ok = portal.as_ref().is_some_and(|p| {
+        p.status == portal::INSTALLED
+            && p.application_token
+                .as_deref()
+                .is_some_and(|stored| constant_time_eq(stored.as_bytes(), token.as_bytes()))
+    });
+    match portal {
+        Some(p) if ok => Ok(p),
+        Some(p) if p.status != portal::INSTALLED => {
+            tracing::warn!(portal = %p.domain, "Вызов для портала, с которого приложение удалено");
+            Err(ApiError::forbidden(
+                "portal_uninstalled",
+                "Приложение удалено с этого портала; установите его заново",
+            ))
+        }
+        _ => {
+            tracing::warn!(
+                "Вызов от Битрикс24 с неверным application_token или неизвестным порталом"
+            );
+            Err(ApiError::unauthorized(
+                "bad_application_token",
+                "Неверный токен приложения",
+            ))
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! What the application registers in a portal: the robot «Отправить опрос», the
+//! «Анкета пациента» tabs, the uninstall event and the link field. Idempotent: list
+//! first, create what is missing, update the robot, and take "already there" errors
+//! for success (protocol §3.4, §4.5, §6.1, §7.2, §12.3). Run on every install and on
+//! the admin's request, since an application update can remove registrations.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::inbound::field;
+use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::state::AppState;
+
+pub const ROBOT_CODE: &str = "opros_send_survey";
+pub const TAB_TITLE: &str = "Анкета пациента";
+pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
+pub const ENTITIES: [&str; 2] = ["deal", "lead"];
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Step {
+    /// Russian, for the admin: «Робот «Отправить опрос»».
+    pub what: String,
+    pub ok: bool,
+    /// «создан», «обновлён», «уже был», or what went wrong and what to do.
+    pub detail: String,
+    /// Without it the product does not work (the robot, the deal tab, uninstall).
+    pub critical: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Report {
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    pub fn all_critical_ok(&self) -> bool {
+        self.steps.iter().all(|s| s.ok || !s.critical)
+    }
+    fn push(&mut self, what: impl Into<String>, critical: bool, result: Result<&str, String>) {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d.to_owned()),
+            Err(e) => (false, e),
+        };
+        self.steps.push(Step {
+            what: what.into(),
+            ok,
+            detail,
+            critical,
+        });
+    }
+}
+
+fn robot_fields(state: &AppState, installer: Option<i64>) -> Value {
+    let catalog = state.catalog();
+    let mut options = serde_json::Map::new();
+    for q in catalog.list() {
+        options.insert(q.code.clone(), json!(q.title));
+    }
+    let mut fields = json!({
+        "HANDLER": state.config.public("/b24/robot/send-survey"),
+        "USE_SUBSCRIPTION": "Y",
+        "NAME": {"ru": "Отправить опрос", "en": "Send survey"},
+        "DESCRIPTION": {
+            "ru": "Создаёт ссылку на анкету пациента и возвращает её в переменные процесса",
+            "en": "Creates a patient questionnaire link and returns it to the workflow"
+        },
+        "PROPERTIES": {
+            "survey_code": {
+                "Name": {"ru": "Анкета", "en": "Questionnaire"},
+                "Type": "select", "Required": "Y", "Multiple": "N",
+                "Default": catalog.default_code(),
+                "Options": options,
+            },
+            "link_days": {
+                "Name": {"ru": "Срок действия ссылки, дней", "en": "Link lifetime, days"},
+                "Type": "int", "Required": "N", "Multiple": "N",
+                "Default": state.config.link_days,
+            },
+            "reuse_active": {
+                "Name": {"ru": "Отправлять действующую ссылку повторно", "en": "Reuse an active link"},
+                "Type": "bool", "Required": "N", "Multiple": "N", "Default": "Y",
+            },
+        },
+        "RETURN_PROPERTIES": {
+            "survey_url": {"Name": {"ru": "Ссылка на опрос", "en": "Survey link"}, "Type": "string", "Multiple": "N"},
+            "survey_id": {"Name": {"ru": "ID опроса", "en": "Survey ID"}, "Type": "string", "Multiple": "N"},
+        },
+        "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
+        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
+    });
+    if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
+        obj.insert("AUTH_USER_ID".into(), json!(user));
+    }
+    fields
+}
+
+fn handler_of(item: &Value) -> String {
+    field(item, "handler")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn list_of(v: Option<&Result<Value, B24Error>>) -> Result<Vec<Value>, String> {
+    match v {
+        Some(Ok(Value::Array(items))) => Ok(items.clone()),
+        Some(Ok(Value::Object(map))) => Ok(map.values().cloned().collect()),
+        Some(Ok(_)) => Ok(Vec::new()),
+        Some(Err(e)) => Err(e.admin_message()),
+        None => Err("нет ответа портала".into()),
+    }
+}
+
+/// Checks every registration and creates or updates what is needed.
+pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -> Report {
+    let mut report = Report::default();
+    let tab_handler = state.config.public("/b24/placement/deal-tab");
+    let event_handler = state.config.public("/b24/events");
+    let link_field = state.config.link_field.clone();
+
+    // One request to learn what is there.
+    let mut listing = vec![
+        BatchCommand::new("robots", "bizproc.robot.list", json!({})),
+        BatchCommand::new("placements", "placement.get", json!({})),
+        BatchCommand::new("events", "event.get", json!({})),
+    ];
+    for entity in ENTITIES {
+        listing.push(BatchCommand::new(
+            format!("uf_{entity}"),
+            format!("crm.{entity}.userfield.list"),
+            json!({"filter": {"FIELD_NAME": link_field}}),
+        ));
+    }
+    let listed = match state.b24.batch(target, listing, false).await {
+        Ok(results) => results
+            .into_iter()
+            .map(|o| (o.name, o.result))
+            .collect::<std::collections::HashMap<_, _>>(),
+        Err(e) => {
+            report.push("Связь с порталом", true, Err(e.admin_message()));
+            return report;
+        }
+    };
+
+    // Robot: add if missing, else update so a new version's properties reach the portal.
+    let robot_known = list_of(listed.get("robots"))
+        .map(|codes| codes.iter().any(|c| c.as_str() == Some(ROBOT_CODE)));
+    let fields = robot_fields(state, installer);
+    let robot_result = match robot_known {
+        Ok(true) => state
+            .b24
+            .call(
+                target,
+                "bizproc.robot.update",
+                json!({"CODE": ROBOT_CODE, "FIELDS": fields}),
+            )
+            .await
+            .map(|_| "обновлён")
+            .map_err(|e| e.admin_message()),
+        Ok(false) | Err(_) => {
+            let mut params = fields;
+            if let Some(obj) = params.as_object_mut() {
+                obj.insert("CODE".into(), json!(ROBOT_CODE));
+            }
+            match state.b24.call(target, "bizproc.robot.add", params).await {
+                Ok(_) => Ok("создан"),
+                Err(e) if e.is_already_registered() => Ok("уже был"),
+                Err(e) => Err(e.admin_message()),
+            }
+        }
+    };
+    report.push("Робот «Отправить опрос»", true, robot_result);
+
+    // Tabs: bind ours; unbind a tab left from an old service address.
+    let placements = list_of(listed.get("placements")).unwrap_or_default();
+    for (i, code) in PLACEMENTS.iter().enumerate() {
+        let ours = |p: &Value| field(p, "placement").and_then(Value::as_str) == Some(*code);
+        let mut bound = false;
+        for p in placements.iter().filter(|p| ours(p)) {
+            let handler = handler_of(p);
+            if handler == tab_handler {
+                bound = true;
+            } else if handler.ends_with("/b24/placement/deal-tab") {
+                let _ = state
+                    .b24
+                    .call(
+                        target,
+                        "placement.unbind",
+                        json!({"PLACEMENT": code, "HANDLER": handler}),
+                    )
+                    .await;
+            }
+        }
+        let result = if bound {
+            Ok("уже была")
+        } else {
+            match state
+                .b24
+                .call(
+                    target,
+                    "placement.bind",
+                    json!({
+                        "PLACEMENT": code,
+                        "HANDLER": tab_handler,
+                        "TITLE": TAB_TITLE,
+                        "DESCRIPTION": "Ответы пациента на анкету и PDF-отчёт",
+                        "LANG_ALL": {
+                            "ru": {"TITLE": TAB_TITLE},
+                            "en": {"TITLE": "Patient questionnaire"},
+                        },
+                    }),
+                )
+                .await
+            {
+                Ok(_) => Ok("добавлена"),
+                Err(e) if e.is_already_registered() => Ok("уже была"),
+                Err(e) => Err(e.admin_message()),
+            }
+        };
+        let what = if i == 0 {
+            "Вкладка «Анкета пациента» в сделке"
+        } else {
+            "Вкладка «Анкета пациента» в лиде"
+        };
+        report.push(what, i == 0, result);
+    }
+
+    // Uninstall event.
+    let events = list_of(listed.get("events")).unwrap_or_default();
+    let event_bound = events.iter().any(|e| {
+        field(e, "event")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.eq_ignore_ascii_case("ONAPPUNINSTALL"))
+            && handler_of(e) == event_handler
+    });
+    let result = if event_bound {
+        Ok("уже было")
+    } else {
+        match state
+            .b24
+            .call(
+                target,
+                "event.bind",
+                json!({"event": "ONAPPUNINSTALL", "handler": event_handler}),
+            )
+            .await
+        {
+            Ok(_) => Ok("подписано"),
+            Err(e) if e.is_already_registered() => Ok("уже было"),
+            Err(e) => Err(e.admin_message()),
+        }
+    };
+    report.push("Событие удаления приложения (ONAPPUNINSTALL)", true, result);
+
+    // Link field on deals and leads.
+    let code = link_field
+        .strip_prefix("UF_CRM_")
+        .unwrap_or(&link_field)
+        .to_owned();
+    for entity in ENTITIES {
+        let present = list_of(listed.get(&format!("uf_{entity}"))).map(|fields| {
+            fields.iter().any(|f| {
+                field(f, "FIELD_NAME").and_then(Value::as_str) == Some(link_field.as_str())
+            })
+        });
+        let result = match present {
+            Ok(true) => Ok("уже было"),
+            _ => match state
+                .b24
+                .call(
+                    target,
+                    &format!("crm.{entity}.userfield.add"),
+                    json!({"fields": {
+                        "FIELD_NAME": code,
+                        "USER_TYPE_ID": "url",
+                        "XML_ID": code,
+                        "LABEL": "Ссылка на опрос",
+                        "EDIT_FORM_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
+                        "LIST_COLUMN_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
+                        "LIST_FILTER_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
+                        "MULTIPLE": "N",
+                        "MANDATORY": "N",
+                    }}),
+                )
+                .await
+            {
+                Ok(_) => Ok("создано"),
+                Err(e) if e.is_already_registered() => Ok("уже было"),
+                Err(e) => Err(e.admin_message()),
+            },
+        };
+        let what = if entity == "deal" {
+            format!("Поле {link_field} в сделках")
+        } else {
+            format!("Поле {link_field} в лидах")
+        };
+        report.push(what, false, result);
+    }
+    report
+}

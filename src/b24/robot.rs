@@ -1,0 +1,139 @@
+//! `POST /b24/robot/send-survey`: the robot «Отправить опрос» (protocol §4.3).
+//! Verifies the call, creates (or reuses) the invitation and queues, in the same
+//! transaction, the name lookup, `bizproc.event.send` with `survey_url`/`survey_id`
+//! and the link field update. Answers at once: the business process waits for the
+//! event, not for this answer.
+
+use chrono::Utc;
+use poem::web::{Data, Json};
+use poem::{Body, Request, handler};
+use sea_orm::TransactionTrait;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::inbound::{parse_body, text};
+use super::portals;
+use crate::error::ApiError;
+use crate::invitations::{self, Channel, EntityRef, NewInvitation, patient};
+use crate::outbox::{self, Job};
+use crate::secret::mask;
+use crate::state::AppState;
+
+#[handler]
+pub async fn send_survey(
+    req: &Request,
+    body: Body,
+    Data(state): Data<&AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body
+        .into_bytes()
+        .await
+        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
+    let form = parse_body(req.content_type(), &bytes);
+    let portal = portals::verify_app_token(
+        &state.db,
+        text(&form, &["auth", "member_id"]).as_deref(),
+        text(&form, &["auth", "application_token"]).as_deref(),
+    )
+    .await?;
+    tracing::info!(portal = %portal.domain, "Получен вебхук от Битрикс24: робот «Отправить опрос»");
+
+    let event_token = text(&form, &["event_token"]).ok_or_else(|| {
+        ApiError::bad_request("event_token_missing", "В вызове робота нет event_token")
+    })?;
+    let document = text(&form, &["document_id", "2"]).ok_or_else(|| {
+        ApiError::bad_request("document_missing", "В вызове робота нет document_id")
+    })?;
+    let entity = EntityRef::from_document_id(&document).ok_or_else(|| {
+        ApiError::bad_request(
+            "document_unsupported",
+            format!("Робот работает только со сделками и лидами, получено «{document}»"),
+        )
+    })?;
+
+    let prop = |k: &str| text(&form, &["properties", k]);
+    let (code, version) = {
+        let catalog = state.catalog();
+        let code = prop("survey_code").unwrap_or_else(|| catalog.default_code().to_owned());
+        let q = catalog.latest(&code).ok_or_else(|| {
+            ApiError::bad_request(
+                "questionnaire_unknown",
+                format!("Анкета «{code}» не найдена; выберите анкету в настройках робота"),
+            )
+        })?;
+        (q.code.clone(), q.version)
+    };
+    let lifetime_days = prop("link_days")
+        .and_then(|d| d.parse::<u32>().ok())
+        .filter(|d| (1..=365).contains(d))
+        .unwrap_or(state.config.link_days);
+    let reuse_active =
+        !prop("reuse_active").is_some_and(|v| matches!(v.as_str(), "N" | "n" | "0" | "false"));
+    let given_name = patient::usable_name(prop("patient_name").as_deref());
+
+    let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));
+    let key = format!("robot:{}:{}", portal.id, &token_hash[..32]);
+    let now = Utc::now();
+    let txn = state.db.begin().await?;
+    let outcome = invitations::create_or_reuse(
+        &txn,
+        NewInvitation {
+            portal_id: Some(portal.id),
+            channel: Channel::App,
+            entity,
+            patient_name: given_name
+                .clone()
+                .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
+            questionnaire_code: code,
+            questionnaire_version: version,
+            lifetime_days,
+            reuse_active,
+            dedupe_key: Some(key.clone()),
+        },
+        now,
+    )
+    .await?;
+    let inv = &outcome.invitation;
+    if given_name.is_none() {
+        outbox::enqueue(
+            &txn,
+            Some(portal.id),
+            &Job::ResolvePatient {
+                invitation: inv.id.clone(),
+            },
+            &format!("{key}:name"),
+        )
+        .await?;
+    }
+    outbox::enqueue(
+        &txn,
+        Some(portal.id),
+        &Job::ReturnRobotValues {
+            invitation: inv.id.clone(),
+            event_token,
+        },
+        &format!("{key}:return"),
+    )
+    .await?;
+    outbox::enqueue(
+        &txn,
+        Some(portal.id),
+        &Job::WriteLinkField {
+            invitation: inv.id.clone(),
+        },
+        &format!("{key}:field"),
+    )
+    .await?;
+    txn.commit().await?;
+    state.nudge_outbox();
+
+    let token = state.links.sign(&inv.id, inv.expires_at);
+    tracing::info!(
+        survey_id = %inv.id,
+        entity = %format!("{}_{}", inv.entity_type, inv.entity_id),
+        link = %format!("{}/s/{}", state.config.public_url.as_str().trim_end_matches('/'), mask(&token)),
+        reused = outcome.existing,
+        "Сгенерирована ссылка для опроса"
+    );
+    Ok(Json(json!({"ok": true, "survey_id": inv.id})))
+}

@@ -1,0 +1,22 @@
+//! The only code that knows Bitrix24's wire format: REST calls (form-encoded, PHP
+//! bracket keys), OAuth refresh, rate limits, `batch`, and decoding of the form POSTs
+//! Bitrix24 sends. The reference is `/shared/bitrix24-protocol.md` ("protocol §n").
+
+mod batch;
+mod client;
+mod error;
+pub mod form;
+mod oauth;
+mod rate_limit;
+mod types;
+mod webhook_url;
+
+pub use batch::MAX_COMMANDS as BATCH_MAX_COMMANDS;
+pub use client::B24Client;
+pub use error::{B24Error, StoreError};
+pub use oauth::token_url;
+pub use rate_limit::{RateLimit, RateLimitParseError};
+pub use types::{
+    B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, Target, TimeInfo, TokenStore,
+};
+pub use webhook_url::{WebhookUrl, WebhookUrlError};

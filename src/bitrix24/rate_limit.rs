@@ -1,0 +1,153 @@
+//! Client-side mirror of the portal's leaky bucket (protocol §10.1): every request adds
+//! one, the bucket drains `per_sec` per second, and a full bucket means the portal
+//! answers `503 QUERY_LIMIT_EXCEEDED`. Callers wait for room instead.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A portal's request budget: `per_sec` drain rate, `burst` bucket size.
+/// Bitrix24 cloud: 2/50 on most plans, 5/250 on Enterprise (protocol §10.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_sec: 2.0,
+            burst: 50,
+        }
+    }
+}
+
+/// A rate written as `<per_sec>/<burst>` that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ожидается «запросов в секунду/размер пачки», например 2/50; получено «{0}»")]
+pub struct RateLimitParseError(String);
+
+impl FromStr for RateLimit {
+    type Err = RateLimitParseError;
+
+    /// `"2/50"` → 2 per second, burst 50. Both parts must be positive.
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let bad = || RateLimitParseError(raw.to_owned());
+        let (rate, burst) = raw.trim().split_once('/').ok_or_else(bad)?;
+        let per_sec: f64 = rate.trim().parse().map_err(|_| bad())?;
+        let burst: u32 = burst.trim().parse().map_err(|_| bad())?;
+        if !per_sec.is_finite() || per_sec <= 0.0 || burst == 0 {
+            return Err(bad());
+        }
+        Ok(Self { per_sec, burst })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.per_sec, self.burst)
+    }
+}
+
+/// Leaky buckets by portal key, as a generic cell rate algorithm: each request
+/// reserves the next free slot and sleeps until it, so waiting callers are served
+/// in arrival order without polling.
+pub(crate) struct Limiter {
+    rate: RateLimit,
+    /// Per key: the theoretical time at which the bucket is empty again.
+    buckets: Mutex<HashMap<String, Instant>>,
+}
+
+impl Limiter {
+    pub(crate) fn new(rate: RateLimit) -> Self {
+        Self {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rate.per_sec)
+    }
+
+    /// How far ahead of the bucket-empty time a request may go. One slot is kept
+    /// free so that requests reordered on their way never overfill the portal's
+    /// bucket.
+    fn tolerance(&self) -> Duration {
+        self.interval() * self.rate.burst.saturating_sub(1).max(1).saturating_sub(1)
+    }
+
+    /// Waits until a request to `key` fits into the bucket, and counts it.
+    pub(crate) async fn acquire(&self, key: &str) {
+        let ready_at = {
+            let mut buckets = self
+                .buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let tat = buckets.get(key).copied().unwrap_or(now).max(now);
+            let ready_at = tat.checked_sub(self.tolerance()).unwrap_or(now).max(now);
+            buckets.insert(key.to_owned(), tat + self.interval());
+            ready_at
+        };
+        tokio::time::sleep_until(ready_at).await;
+    }
+
+    /// The portal said its bucket is full: treat ours as full too.
+    pub(crate) fn mark_full(&self, key: &str) {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let full = now + self.tolerance() + self.interval();
+        let tat = buckets.entry(key.to_owned()).or_insert(now);
+        if *tat < full {
+            *tat = full;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(
+            "2/50".parse::<RateLimit>(),
+            Ok(RateLimit {
+                per_sec: 2.0,
+                burst: 50
+            })
+        );
+        assert_eq!(" 0.5 / 10 ".parse::<RateLimit>().map(|r| r.burst), Ok(10));
+        for bad in ["2/", "/50", "0/50", "2/0", "-1/5", "abc", "2/50/1", "NaN/5"] {
+            let err = bad.parse::<RateLimit>().expect_err(bad);
+            assert!(err.to_string().contains("например 2/50"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn burst_then_steady_rate() {
+        let limiter = Limiter::new(RateLimit {
+            per_sec: 20.0,
+            burst: 5,
+        });
+        let start = Instant::now();
+        for _ in 0..4 {
+            limiter.acquire("p").await;
+        }
+        // the burst minus the safety slot goes without waiting
+        assert!(start.elapsed() < Duration::from_millis(40));
+        limiter.acquire("other").await;
+        assert!(start.elapsed() < Duration::from_millis(40));
+        limiter.acquire("p").await;
+        assert!(start.elapsed() >= Duration::from_millis(45));
+    }
+}

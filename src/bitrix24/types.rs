@@ -1,0 +1,156 @@
+//! Values exchanged with the client: who to call, with which tokens, what came back.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use super::error::{B24Error, StoreError};
+use super::rate_limit::RateLimit;
+use super::webhook_url::{WebhookUrl, host_key};
+use crate::secret::Secret;
+
+/// OAuth tokens of an installed portal (protocol §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortalAuth {
+    /// `https://clinic.bitrix24.ru/rest/` — where REST calls go.
+    pub client_endpoint: Url,
+    /// `https://oauth.bitrix24.tech/rest/` — the OAuth server's REST base; the token
+    /// URL is derived from it (§1).
+    pub server_endpoint: Option<Url>,
+    pub access_token: Secret<String>,
+    pub refresh_token: Secret<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Persistent storage of portal tokens, implemented by the database layer.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Tokens of an installed portal by member_id; None = unknown or uninstalled.
+    async fn load(&self, member_id: &str) -> Result<Option<PortalAuth>, StoreError>;
+    /// Persists a refreshed pair. Called before the new access token is used by anyone.
+    async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError>;
+}
+
+/// Whom a call is made as.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An installed OAuth portal: tokens from the store, refreshed on expiry.
+    Portal { member_id: String },
+    /// An inbound webhook `https://portal/rest/<user>/<code>/` (no auth parameter).
+    Webhook(WebhookUrl),
+    /// One-off calls with a user's token (deal tab, install check): never refreshed,
+    /// never stored.
+    UserToken {
+        endpoint: Url,
+        access_token: Secret<String>,
+    },
+}
+
+impl Target {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Portal { .. } => "portal",
+            Target::Webhook(_) => "webhook",
+            Target::UserToken { .. } => "user_token",
+        }
+    }
+
+    /// The operating budget is kept per application or per webhook (§10.2).
+    pub(crate) fn budget_key(&self, host: &str) -> String {
+        match self {
+            Target::Webhook(w) => format!("hook:{host}/{}", w.user_id()),
+            _ => format!("app:{host}"),
+        }
+    }
+
+    pub(crate) fn endpoint_host(endpoint: &Url) -> String {
+        host_key(endpoint)
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret<String>>,
+    /// Explicit token URL (`B24_OAUTH_URL`). Otherwise derived from the portal's
+    /// `server_endpoint` (strip `rest/`, add `oauth/token/`), else
+    /// `https://oauth.bitrix.info/oauth/token/`.
+    pub oauth_url: Option<Url>,
+    /// The portal's request budget, mirrored on our side.
+    pub rate: RateLimit,
+    /// Per HTTP request; the cloud stops a request at 60 s (§9).
+    pub request_timeout: Duration,
+    /// Retries of network errors, timeouts, 5xx and `QUERY_LIMIT_EXCEEDED`.
+    pub max_retries: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            client_secret: None,
+            oauth_url: None,
+            rate: RateLimit::default(),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 3,
+        }
+    }
+}
+
+/// The `time` block of a response (§9); keys vary, so all are optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TimeInfo {
+    pub start: Option<f64>,
+    pub finish: Option<f64>,
+    pub duration: Option<f64>,
+    pub processing: Option<f64>,
+    pub date_start: Option<String>,
+    pub date_finish: Option<String>,
+    /// Seconds of execution accumulated for this method in the last 10 minutes.
+    pub operating: Option<f64>,
+    /// Unix time when the oldest basket of the operating budget drops out.
+    pub operating_reset_at: Option<i64>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct B24Response {
+    pub result: Value,
+    /// List methods: the total number of records.
+    pub total: Option<u64>,
+    /// List methods: the `start` of the next page, when there is one.
+    pub next: Option<u64>,
+    pub time: Option<TimeInfo>,
+}
+
+/// One command of a `batch`.
+#[derive(Debug, Clone)]
+pub struct BatchCommand {
+    /// Unique within the batch; referenced as `$result[<name>][FIELD]`.
+    pub name: String,
+    pub method: String,
+    pub params: Value,
+}
+
+impl BatchCommand {
+    pub fn new(name: impl Into<String>, method: impl Into<String>, params: Value) -> Self {
+        Self {
+            name: name.into(),
+            method: method.into(),
+            params,
+        }
+    }
+}
+
+/// The outcome of one batch command, in the order the commands were given.
+#[derive(Debug, Clone)]
+pub struct BatchOutcome {
+    pub name: String,
+    pub result: Result<Value, B24Error>,
+}

@@ -1,0 +1,146 @@
+//! Database connection, migrations and the small key-value helpers.
+
+pub mod entities;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
+    EntityTrait, sea_query::OnConflict,
+};
+
+use entities::{audit_event, setting};
+
+/// Connects to SQLite (creating the file and its directory) or PostgreSQL.
+/// SQLite runs in WAL mode with a busy timeout so the worker and requests do not
+/// trip over each other's writes.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    if let Some(path) = sqlite_file_path(url)
+        && let Some(dir) = std::path::Path::new(&path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            DbErr::Custom(format!("не удалось создать каталог {}: {e}", dir.display()))
+        })?;
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        opts.max_connections(8).min_connections(1);
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+    } else {
+        opts.max_connections(16);
+    }
+    Database::connect(opts).await
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Database reachable: a trivial query, for `/healthz`.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
+fn sqlite_file_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+pub async fn get_setting<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>, DbErr> {
+    Ok(setting::Entity::find_by_id(key.to_owned())
+        .one(db)
+        .await?
+        .map(|s| s.value))
+}
+
+pub async fn put_setting<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<(), DbErr> {
+    setting::Entity::insert(setting::ActiveModel {
+        key: Set(key.to_owned()),
+        value: Set(value.to_owned()),
+    })
+    .on_conflict(
+        OnConflict::column(setting::Column::Key)
+            .update_column(setting::Column::Value)
+            .to_owned(),
+    )
+    .exec(db)
+    .await
+    .map(|_| ())
+}
+
+/// Inserts a setting only if it is absent and returns the value that won, so that
+/// two instances starting together agree on one generated secret.
+pub async fn setting_or_insert<C: ConnectionTrait>(
+    db: &C,
+    key: &str,
+    value: &str,
+) -> Result<String, DbErr> {
+    let inserted = setting::Entity::insert(setting::ActiveModel {
+        key: Set(key.to_owned()),
+        value: Set(value.to_owned()),
+    })
+    .on_conflict(
+        OnConflict::column(setting::Column::Key)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    if inserted == 1 {
+        return Ok(value.to_owned());
+    }
+    get_setting(db, key)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(key.to_owned()))
+}
+
+/// Records who did what. Never medical content: ids and actions only.
+pub async fn audit<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    actor: &str,
+    action: &str,
+    subject: Option<&str>,
+) -> Result<(), DbErr> {
+    audit_event::Entity::insert(audit_event::ActiveModel {
+        at: Set(chrono::Utc::now()),
+        portal_id: Set(portal_id),
+        actor: Set(actor.chars().take(128).collect()),
+        action: Set(action.to_owned()),
+        subject: Set(subject.map(|s| s.chars().take(255).collect())),
+        ..Default::default()
+    })
+    .exec_without_returning(db)
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_file_path("sqlite://data/opros.db?mode=rwc").as_deref(),
+            Some("data/opros.db")
+        );
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_path("postgres://x/y"), None);
+    }
+}

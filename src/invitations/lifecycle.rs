@@ -1,0 +1,293 @@
+//! A patient's way through a link: open, save drafts, submit once.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+};
+
+use super::links::LinkError;
+use super::{COMPLETED, OPENED, SENT};
+use crate::db::entities::{invitation, response};
+use crate::error::ApiError;
+use crate::outbox::{self, Job};
+use crate::state::AppState;
+use crate::survey::{Answers, Questionnaire};
+
+/// Drafts are partial answers; this bounds what one patient can make us store.
+pub const MAX_DRAFT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub enum FlowError {
+    NotFound,
+    Expired,
+    Completed,
+    Invalid(BTreeMap<String, String>),
+    TooLarge,
+    Internal(String),
+}
+
+impl From<sea_orm::DbErr> for FlowError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        FlowError::Internal(e.to_string())
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> Self {
+        match e {
+            FlowError::NotFound => ApiError::not_found("survey_not_found", "Ссылка не найдена"),
+            FlowError::Expired => ApiError::gone(
+                "survey_expired",
+                "Срок действия ссылки истёк — обратитесь в клинику",
+            ),
+            FlowError::Completed => ApiError::conflict(
+                "survey_completed",
+                "Ответы по этой ссылке уже получены. Спасибо!",
+            ),
+            FlowError::Invalid(errors) => ApiError::validation(errors),
+            FlowError::TooLarge => ApiError::too_large("Слишком много данных в ответах"),
+            FlowError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// The invitation behind a link. A tampered or unknown token is `NotFound` with no
+/// hint why; a genuine expired one is `Expired`.
+pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model, FlowError> {
+    let now = Utc::now();
+    let id = match state.links.verify(token, now) {
+        Ok(id) => id,
+        Err(LinkError::Expired { invitation }) => {
+            // Only a link we know of is "expired"; a deleted one is simply unknown.
+            return match invitation::Entity::find_by_id(invitation)
+                .one(&state.db)
+                .await?
+            {
+                Some(_) => Err(FlowError::Expired),
+                None => Err(FlowError::NotFound),
+            };
+        }
+        Err(LinkError::Invalid) => return Err(FlowError::NotFound),
+    };
+    let inv = invitation::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or(FlowError::NotFound)?;
+    if inv.status != COMPLETED && inv.expires_at <= now {
+        return Err(FlowError::Expired);
+    }
+    Ok(inv)
+}
+
+pub fn questionnaire_of(
+    state: &AppState,
+    inv: &invitation::Model,
+) -> Result<std::sync::Arc<Questionnaire>, FlowError> {
+    state
+        .catalog()
+        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+        .ok_or_else(|| {
+            FlowError::Internal(format!(
+                "questionnaire {} v{} missing",
+                inv.questionnaire_code, inv.questionnaire_version
+            ))
+        })
+}
+
+/// Records the first opening; later openings change nothing.
+pub async fn mark_opened(state: &AppState, inv: &mut invitation::Model) -> Result<(), FlowError> {
+    if inv.status != SENT {
+        return Ok(());
+    }
+    let now = Utc::now();
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::Status, Expr::value(OPENED))
+        .col_expr(invitation::Column::OpenedAt, Expr::value(now))
+        .filter(invitation::Column::Id.eq(inv.id.clone()))
+        .filter(invitation::Column::Status.eq(SENT))
+        .exec(&state.db)
+        .await?;
+    inv.status = OPENED.to_owned();
+    inv.opened_at = Some(now);
+    Ok(())
+}
+
+pub async fn saved(state: &AppState, id: &str) -> Result<Option<response::Model>, FlowError> {
+    Ok(response::Entity::find_by_id(id.to_owned())
+        .one(&state.db)
+        .await?)
+}
+
+/// The draft to show: the saved draft, or the final answers once completed.
+pub async fn answers_to_show(
+    state: &AppState,
+    inv: &invitation::Model,
+) -> Result<Answers, FlowError> {
+    let row = saved(state, &inv.id).await?;
+    let value = row.and_then(|r| {
+        if inv.status == COMPLETED {
+            r.answers
+        } else {
+            r.draft
+        }
+    });
+    Ok(value
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default())
+}
+
+async fn upsert_draft<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    draft: &Answers,
+    now: DateTime<Utc>,
+) -> Result<(), FlowError> {
+    let value = serde_json::to_value(draft).map_err(|e| FlowError::Internal(e.to_string()))?;
+    response::Entity::insert(response::ActiveModel {
+        invitation_id: Set(id.to_owned()),
+        draft: Set(Some(value)),
+        draft_saved_at: Set(Some(now)),
+        answers: Set(None),
+        submitted_at: Set(None),
+        report_sha256: Set(None),
+        report_pdf: Set(None),
+    })
+    .on_conflict(
+        OnConflict::column(response::Column::InvitationId)
+            .update_columns([response::Column::Draft, response::Column::DraftSavedAt])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Saves partial answers: what is valid of known questions is kept, the rest dropped;
+/// a draft is never refused for being incomplete.
+pub async fn save_draft(
+    state: &AppState,
+    inv: &invitation::Model,
+    answers: Answers,
+) -> Result<(DateTime<Utc>, Answers), FlowError> {
+    if inv.status == COMPLETED {
+        return Err(FlowError::Completed);
+    }
+    if serde_json::to_vec(&answers)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX)
+        > MAX_DRAFT_BYTES
+    {
+        return Err(FlowError::TooLarge);
+    }
+    let q = questionnaire_of(state, inv)?;
+    let draft = crate::survey::normalise_draft(&q, &answers);
+    let now = Utc::now();
+    upsert_draft(&state.db, &inv.id, &draft, now).await?;
+    Ok((now, draft))
+}
+
+pub struct Submitted {
+    pub completed_at: DateTime<Utc>,
+    pub report_sha256: String,
+}
+
+/// Validates against the questionnaire version the link was sent with, stores the
+/// answers and the PDF, and queues the timeline comment — once: a second submit gets
+/// `Completed`, even when two arrive together.
+pub async fn submit(
+    state: &AppState,
+    inv: &invitation::Model,
+    answers: Answers,
+) -> Result<Submitted, FlowError> {
+    if inv.status == COMPLETED {
+        return Err(FlowError::Completed);
+    }
+    if serde_json::to_vec(&answers)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX)
+        > MAX_DRAFT_BYTES
+    {
+        return Err(FlowError::TooLarge);
+    }
+    let q = questionnaire_of(state, inv)?;
+    let now = Utc::now();
+    let today = now.with_timezone(&crate::completion::MSK).date_naive();
+    let valid = match crate::survey::validate_submit(&q, &answers, today) {
+        Ok(v) => v,
+        Err(errors) => {
+            // Keep what the patient typed: the draft gains the valid part of this attempt.
+            let mut draft = answers_to_show(state, inv).await.unwrap_or_default();
+            draft.extend(crate::survey::normalise_draft(&q, &answers));
+            let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
+            return Err(FlowError::Invalid(errors.0));
+        }
+    };
+
+    let mut stored = inv.clone();
+    stored.status = COMPLETED.to_owned();
+    stored.completed_at = Some(now);
+    let clinic = crate::outbox::run::clinic_name(state, inv).await;
+    let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);
+    let report = crate::completion::render_report(input)
+        .await
+        .map_err(FlowError::Internal)?;
+
+    let txn = state.db.begin().await?;
+    let claimed = invitation::Entity::update_many()
+        .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
+        .col_expr(invitation::Column::CompletedAt, Expr::value(now))
+        .filter(invitation::Column::Id.eq(inv.id.clone()))
+        .filter(invitation::Column::Status.ne(COMPLETED))
+        .exec(&txn)
+        .await?;
+    if claimed.rows_affected == 0 {
+        return Err(FlowError::Completed);
+    }
+    let answers_json =
+        serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
+    response::Entity::insert(response::ActiveModel {
+        invitation_id: Set(inv.id.clone()),
+        draft: Set(None),
+        draft_saved_at: Set(None),
+        answers: Set(Some(answers_json)),
+        submitted_at: Set(Some(now)),
+        report_sha256: Set(Some(report.sha256.clone())),
+        report_pdf: Set(Some(report.pdf)),
+    })
+    .on_conflict(
+        OnConflict::column(response::Column::InvitationId)
+            .update_columns([
+                response::Column::Draft,
+                response::Column::DraftSavedAt,
+                response::Column::Answers,
+                response::Column::SubmittedAt,
+                response::Column::ReportSha256,
+                response::Column::ReportPdf,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    if inv.portal_id.is_some() || state.config.webhook_url.is_some() {
+        outbox::enqueue(
+            &txn,
+            inv.portal_id,
+            &Job::PostCompletion {
+                invitation: inv.id.clone(),
+            },
+            &format!("invitation:{}:completion", inv.id),
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    state.nudge_outbox();
+    tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
+    Ok(Submitted {
+        completed_at: now,
+        report_sha256: report.sha256,
+    })
+}

@@ -1,0 +1,139 @@
+//! `POST|GET /api/v1/bitrix/webhook`: the seed guide's webhook robot.
+//!
+//! The built-in CRM robot «Вебхук» has only a URL field and POSTs nothing but
+//! `document_id[0..2]` (protocol §5.2), so administrators put the token and names in
+//! the URL's query string. JSON bodies from business-process webhooks work too.
+
+use poem::web::{Data, Json};
+use poem::{Body, Request, handler};
+use serde_json::{Value, json};
+
+use super::input;
+use crate::error::ApiError;
+use crate::invitations::{Channel, EntityRef, EntityType, patient};
+use crate::state::AppState;
+
+const TOKEN_FIELDS: [&str; 2] = ["auth_token", "token"];
+
+#[handler]
+pub async fn webhook_robot(
+    req: &Request,
+    body: Body,
+    Data(state): Data<&AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(expected) = state.config.incoming_token.clone() else {
+        tracing::warn!("Получен вебхук от Битрикс24, но BITRIX24_INCOMING_TOKEN не задан");
+        return Err(ApiError::unavailable(
+            "not_configured",
+            "Интеграция не настроена: задайте BITRIX24_INCOMING_TOKEN",
+        ));
+    };
+    let bytes = body
+        .into_bytes()
+        .await
+        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
+    let fields = input::read(req.uri().query(), req.content_type(), &bytes)
+        .await
+        .map_err(|e| ApiError::bad_request("unparsable_body", e.0))?;
+    tracing::info!("Получен вебхук от Битрикс24");
+
+    let presented = TOKEN_FIELDS
+        .iter()
+        .find_map(|f| fields.get(f).map(|v| (*f, v)));
+    match &presented {
+        Some((field, value)) if expected.matches(value) => {
+            tracing::debug!(field, "Токен вебхука проверен");
+        }
+        Some((field, _)) => {
+            tracing::warn!(
+                field,
+                "Неверный токен вебхука: значение не совпадает с BITRIX24_INCOMING_TOKEN"
+            );
+            return Err(unauthorized());
+        }
+        None => {
+            tracing::warn!("В вебхуке нет токена: ожидается параметр auth_token или token");
+            return Err(unauthorized());
+        }
+    }
+
+    let entity = entity_of(&fields)?;
+    super::check_pipeline(state, entity, fields.get("category_id").as_deref()).await?;
+    let given_name = patient::usable_name(fields.get("patient_name").as_deref());
+    let force = fields
+        .get("force")
+        .is_some_and(|f| matches!(f.as_str(), "1" | "true" | "yes" | "Y"));
+    let (inv, _) = super::issue(
+        state,
+        None,
+        Channel::Webhook,
+        entity,
+        given_name,
+        !force,
+        None,
+    )
+    .await?;
+    Ok(Json(json!({
+        "ok": true,
+        "survey_url": super::link_of(state, &inv),
+        "survey_id": inv.id,
+        "expires_at": inv.expires_at.to_rfc3339(),
+    })))
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::unauthorized(
+        "bad_token",
+        "Неверный токен: проверьте auth_token (или token) в настройках робота и BITRIX24_INCOMING_TOKEN",
+    )
+}
+
+/// `lead_id` (with `entity_type`), else the business-process `document_id[2]`.
+fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
+    let kind = fields
+        .get("entity_type")
+        .map(|t| {
+            EntityType::parse(&t).ok_or_else(|| {
+                ApiError::bad_request(
+                    "entity_type_unsupported",
+                    format!("entity_type должен быть DEAL или LEAD, получено «{t}»"),
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(raw) = fields.get("lead_id").or_else(|| fields.get("deal_id")) {
+        if raw.contains("{{") || raw.contains("{=") {
+            return Err(ApiError::bad_request(
+                "lead_id_template",
+                format!(
+                    "lead_id не подставился («{raw}»): проверьте переменную {{{{ID}}}} в настройках робота"
+                ),
+            ));
+        }
+        if let Some(e) = EntityRef::from_document_id(&raw) {
+            return Ok(e);
+        }
+        let id = raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "lead_id_invalid",
+                format!("lead_id должен быть номером сделки, получено «{raw}»"),
+            )
+        })?;
+        return Ok(EntityRef {
+            kind: kind.unwrap_or(EntityType::Deal),
+            id,
+        });
+    }
+    if let Some(doc) = fields.path(&["document_id", "2"]) {
+        return EntityRef::from_document_id(&doc).ok_or_else(|| {
+            ApiError::bad_request(
+                "document_unsupported",
+                format!("Поддерживаются сделки и лиды, получено «{doc}»"),
+            )
+        });
+    }
+    Err(ApiError::bad_request(
+        "lead_id_missing",
+        "Не указана сделка: передайте lead_id (например ?lead_id={{ID}}) или вызовите из робота сделки",
+    ))
+}

@@ -1,0 +1,88 @@
+//! opros: patient questionnaires for Bitrix24 CRM. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod b24;
+pub mod bitrix24;
+pub mod completion;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod invitations;
+pub mod legacy;
+pub mod outbox;
+pub mod report;
+pub mod secret;
+pub mod state;
+pub mod survey;
+pub mod telemetry;
+pub mod web;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::net::SocketAddr;
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// The service, bound to its port (port 0 gives a free one, which tests use) but not
+/// yet serving.
+pub struct Application {
+    pub state: AppState,
+    addr: SocketAddr,
+    acceptor: poem::listener::TcpAcceptor,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listen = config.listen;
+        let state = AppState::build(config).await?;
+        Self::with_state(state, listen).await
+    }
+
+    pub async fn with_state(state: AppState, listen: SocketAddr) -> anyhow::Result<Self> {
+        let acceptor = TcpListener::bind(listen)
+            .into_acceptor()
+            .await
+            .map_err(|e| anyhow::anyhow!("не удалось занять адрес {listen}: {e}"))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(listen);
+        Ok(Self {
+            state,
+            addr,
+            acceptor,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves and runs the outbox worker until `cancel` fires; in-flight requests
+    /// finish, the worker stops between jobs.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let worker = tokio::spawn(outbox::Outbox::new(self.state.clone()).run(cancel.clone()));
+        let endpoint = app::routes(self.state.clone());
+        let stop = cancel.clone();
+        let result = poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                endpoint,
+                async move { stop.cancelled().await },
+                Some(std::time::Duration::from_secs(20)),
+            )
+            .await;
+        cancel.cancel();
+        let _ = worker.await;
+        result
+    }
+}

@@ -1,0 +1,91 @@
+//! The durable outbox: every side effect on a portal is a row written in the same
+//! transaction as the change that causes it, and a worker carries it out.
+//!
+//! Guarantees: a job is never lost (it stays until done or dead); a repeated request
+//! cannot enqueue it twice (unique idempotency key); a job cut off mid-way runs again
+//! when its lease expires, and each job kind is made harmless to repeat (see `run`).
+
+pub mod jobs;
+pub mod run;
+pub mod worker;
+
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
+use serde::{Deserialize, Serialize};
+
+use crate::db::entities::outbox_job;
+
+/// A side effect to carry out. The payload names rows, not their content, so a job
+/// always works with the current data (e.g. a name resolved after the job was queued).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Read the deal/lead and its contact and store «Фамилия Имя Отчество».
+    ResolvePatient { invitation: String },
+    /// `bizproc.event.send` with `survey_url`/`survey_id` for the waiting robot.
+    ReturnRobotValues {
+        invitation: String,
+        event_token: String,
+    },
+    /// Write the link into the deal's/lead's link field.
+    WriteLinkField { invitation: String },
+    /// Timeline comment «Пациент завершил опрос …» with the PDF attached.
+    PostCompletion { invitation: String },
+}
+
+impl Job {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::ResolvePatient { .. } => "resolve_patient",
+            Job::ReturnRobotValues { .. } => "return_robot_values",
+            Job::WriteLinkField { .. } => "write_link_field",
+            Job::PostCompletion { .. } => "post_completion",
+        }
+    }
+
+    pub fn invitation(&self) -> &str {
+        match self {
+            Job::ResolvePatient { invitation }
+            | Job::ReturnRobotValues { invitation, .. }
+            | Job::WriteLinkField { invitation }
+            | Job::PostCompletion { invitation } => invitation,
+        }
+    }
+}
+
+/// Queues a job inside the caller's transaction. A job with the same key is kept as
+/// it is: the second enqueue is a no-op.
+pub async fn enqueue<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    job: &Job,
+    key: &str,
+) -> Result<(), DbErr> {
+    let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let now = chrono::Utc::now();
+    outbox_job::Entity::insert(outbox_job::ActiveModel {
+        portal_id: Set(portal_id),
+        kind: Set(job.kind().to_owned()),
+        payload: Set(payload),
+        idempotency_key: Set(key.chars().take(255).collect()),
+        attempts: Set(0),
+        run_at: Set(now.timestamp_millis()),
+        locked_until: Set(None),
+        lease: Set(None),
+        last_error: Set(None),
+        result: Set(None),
+        done_at: Set(None),
+        dead_at: Set(None),
+        created_at: Set(now),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::column(outbox_job::Column::IdempotencyKey)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await
+    .map(|_| ())
+}
+
+pub use worker::Outbox;

@@ -1,0 +1,403 @@
+//! Carrying out claimed jobs of one portal (or of the webhook setup).
+//!
+//! Jobs that are plain REST calls are coalesced into `batch` requests (up to 50
+//! commands, a job's commands never split across two), so a morning's burst of robot
+//! runs costs a few requests instead of hundreds. The timeline comment carries a file
+//! and goes alone: the batch method refuses file uploads (protocol §12.4).
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use super::Job;
+use super::jobs::{MAX_ATTEMPTS, Outcome};
+use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::db::entities::{invitation, outbox_job, response};
+use crate::invitations::{EntityRef, EntityType, patient};
+use crate::state::AppState;
+
+const MAX_COMMANDS: usize = 50;
+
+/// One claimed job with what it needs.
+pub struct Claimed {
+    pub row: outbox_job::Model,
+    pub job: Job,
+}
+
+/// Runs the jobs of one target and returns each job's outcome.
+pub async fn run_group(
+    state: &AppState,
+    target: Result<Target, String>,
+    claimed: Vec<Claimed>,
+    now: DateTime<Utc>,
+) -> Vec<(outbox_job::Model, Outcome)> {
+    let target = match target {
+        Ok(t) => t,
+        Err(reason) => {
+            return claimed
+                .into_iter()
+                .map(|c| (c.row, Outcome::Dead(reason.clone())))
+                .collect();
+        }
+    };
+    let ids: Vec<String> = claimed
+        .iter()
+        .map(|c| c.job.invitation().to_owned())
+        .collect();
+    let invitations: HashMap<String, invitation::Model> = match invitation::Entity::find()
+        .filter(invitation::Column::Id.is_in(ids))
+        .all(&state.db)
+        .await
+    {
+        Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        Err(e) => {
+            let error = format!("база данных: {e}");
+            return claimed
+                .into_iter()
+                .map(|c| {
+                    let outcome = retry(c.row.attempts, None, error.clone(), now);
+                    (c.row, outcome)
+                })
+                .collect();
+        }
+    };
+
+    let mut outcomes = Vec::new();
+    let mut batchable = Vec::new();
+    for c in claimed {
+        match invitations.get(c.job.invitation()) {
+            // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
+            None => outcomes.push((
+                c.row,
+                Outcome::Done(json!({"skipped": "invitation deleted"})),
+            )),
+            Some(inv) => match &c.job {
+                Job::PostCompletion { .. } => {
+                    let outcome = post_completion(state, &target, &c.row, inv, now).await;
+                    outcomes.push((c.row, outcome));
+                }
+                _ => batchable.push((c, inv.clone())),
+            },
+        }
+    }
+
+    let mut chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)> = Vec::new();
+    let mut size = 0;
+    for (c, inv) in batchable {
+        let commands = commands_for(state, &c, &inv);
+        if size + commands.len() > MAX_COMMANDS && !chunk.is_empty() {
+            outcomes.extend(run_chunk(state, &target, std::mem::take(&mut chunk), now).await);
+            size = 0;
+        }
+        size += commands.len();
+        chunk.push((c, inv, commands));
+    }
+    if !chunk.is_empty() {
+        outcomes.extend(run_chunk(state, &target, chunk, now).await);
+    }
+    outcomes
+}
+
+fn entity_method(kind: EntityType, verb: &str) -> String {
+    match kind {
+        EntityType::Deal => format!("crm.deal.{verb}"),
+        EntityType::Lead => format!("crm.lead.{verb}"),
+    }
+}
+
+fn survey_url(state: &AppState, inv: &invitation::Model) -> String {
+    state
+        .config
+        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
+}
+
+fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<BatchCommand> {
+    let entity = EntityRef::from_row(inv);
+    let id = c.row.id;
+    match &c.job {
+        Job::ResolvePatient { .. } => {
+            let mut cmds = vec![BatchCommand {
+                name: format!("d{id}"),
+                method: entity_method(entity.kind, "get"),
+                params: json!({"id": entity.id}),
+            }];
+            if entity.kind == EntityType::Deal {
+                // protocol §13: a later command reads an earlier result in the same batch.
+                cmds.push(BatchCommand {
+                    name: format!("c{id}"),
+                    method: "crm.contact.get".into(),
+                    params: json!({"id": format!("$result[d{id}][CONTACT_ID]")}),
+                });
+            }
+            cmds
+        }
+        Job::ReturnRobotValues { event_token, .. } => {
+            let url = survey_url(state, inv);
+            vec![BatchCommand {
+                name: format!("e{id}"),
+                method: "bizproc.event.send".into(),
+                params: json!({
+                    "EVENT_TOKEN": event_token,
+                    "RETURN_VALUES": {"survey_url": url, "survey_id": inv.id},
+                    "LOG_MESSAGE": format!("Ссылка на опрос: {url}"),
+                }),
+            }]
+        }
+        Job::WriteLinkField { .. } => {
+            let mut fields = serde_json::Map::new();
+            fields.insert(
+                state.config.link_field.clone(),
+                json!(survey_url(state, inv)),
+            );
+            vec![BatchCommand {
+                name: format!("f{id}"),
+                method: entity_method(entity.kind, "update"),
+                params: json!({"id": entity.id, "fields": fields}),
+            }]
+        }
+        Job::PostCompletion { .. } => Vec::new(),
+    }
+}
+
+async fn run_chunk(
+    state: &AppState,
+    target: &Target,
+    chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)>,
+    now: DateTime<Utc>,
+) -> Vec<(outbox_job::Model, Outcome)> {
+    let commands: Vec<BatchCommand> = chunk.iter().flat_map(|(_, _, c)| c.clone()).collect();
+    let results = match state.b24.batch(target, commands, false).await {
+        Ok(r) => r
+            .into_iter()
+            .map(|o| (o.name, o.result))
+            .collect::<HashMap<_, _>>(),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = chunk.len(), "Пакетный вызов Битрикс24 не прошёл");
+            return chunk
+                .into_iter()
+                .map(|(c, _, _)| {
+                    let outcome = classify(&e, c.row.attempts, now);
+                    (c.row, outcome)
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for (c, inv, _) in chunk {
+        let id = c.row.id;
+        let take = |name: String| {
+            results
+                .get(&name)
+                .cloned()
+                .unwrap_or(Err(B24Error::NotExecuted))
+        };
+        let outcome = match &c.job {
+            Job::ResolvePatient { .. } => {
+                let entity = take(format!("d{id}"));
+                let contact = take(format!("c{id}")).ok();
+                match entity {
+                    Ok(record) => {
+                        let name = patient::best_name(contact.as_ref(), Some(&record));
+                        store_name(state, &inv, name, now).await
+                    }
+                    Err(e) => classify(&e, c.row.attempts, now),
+                }
+            }
+            Job::ReturnRobotValues { .. } => match take(format!("e{id}")) {
+                Ok(v) => Outcome::Done(json!({"result": v})),
+                // protocol §4.4: a used event token answers ACCESS_DENIED. On a repeat
+                // that means an earlier attempt landed before its answer was lost.
+                Err(e) if e.is_access_denied() && c.row.attempts > 1 => Outcome::Done(
+                    json!({"note": "event token already used: an earlier attempt was delivered"}),
+                ),
+                Err(e) => classify(&e, c.row.attempts, now),
+            },
+            Job::WriteLinkField { .. } => match take(format!("f{id}")) {
+                Ok(v) => Outcome::Done(json!({"result": v})),
+                Err(e) => classify(&e, c.row.attempts, now),
+            },
+            Job::PostCompletion { .. } => Outcome::Dead("not a batch job".into()),
+        };
+        out.push((c.row, outcome));
+    }
+    out
+}
+
+async fn store_name(
+    state: &AppState,
+    inv: &invitation::Model,
+    name: String,
+    now: DateTime<Utc>,
+) -> Outcome {
+    if name == inv.patient_name
+        || (name == patient::PLACEHOLDER && inv.patient_name != patient::PLACEHOLDER)
+    {
+        return Outcome::Done(json!({"name": "unchanged"}));
+    }
+    let mut row: invitation::ActiveModel = inv.clone().into();
+    row.patient_name = Set(name);
+    match row.update(&state.db).await {
+        Ok(_) => Outcome::Done(json!({"name": "resolved"})),
+        Err(e) => retry(1, None, format!("база данных: {e}"), now),
+    }
+}
+
+async fn post_completion(
+    state: &AppState,
+    target: &Target,
+    row: &outbox_job::Model,
+    inv: &invitation::Model,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let entity = EntityRef::from_row(inv);
+    let resp = match response::Entity::find_by_id(inv.id.clone())
+        .one(&state.db)
+        .await
+    {
+        Ok(Some(r)) => r,
+        Ok(None) => return Outcome::Dead("ответы не найдены".into()),
+        Err(e) => return retry(row.attempts, None, format!("база данных: {e}"), now),
+    };
+    let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
+        return Outcome::Dead("опрос не завершён".into());
+    };
+    let answers: crate::survey::Answers = serde_json::from_value(answers).unwrap_or_default();
+    let Some(q) = state
+        .catalog()
+        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    else {
+        return Outcome::Dead(format!(
+            "анкета {} версии {} не найдена",
+            inv.questionnaire_code, inv.questionnaire_version
+        ));
+    };
+
+    // A repeat after an answer that never came back: the comment may already be there.
+    if row.attempts > 1 {
+        match find_posted_comment(state, target, entity, &inv.id).await {
+            Ok(Some(id)) => {
+                return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
+            }
+            Ok(None) => {}
+            Err(e) => return classify(&e, row.attempts, now),
+        }
+    }
+
+    let pdf = match resp.report_pdf.clone() {
+        Some(pdf) => pdf,
+        None => {
+            let input = crate::completion::report_input(
+                &clinic_name(state, inv).await,
+                &q,
+                inv,
+                &answers,
+                completed_at,
+            );
+            match crate::completion::render_report(input).await {
+                Ok(r) => r.pdf,
+                Err(e) => return Outcome::Dead(format!("PDF не построен: {e}")),
+            }
+        }
+    };
+    let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
+    let file = crate::completion::pdf_file_name(inv, completed_at);
+    let params = json!({
+        "fields": {
+            "ENTITY_ID": entity.id,
+            "ENTITY_TYPE": entity.kind.timeline_name(),
+            "COMMENT": comment,
+            "FILES": [[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]],
+        }
+    });
+    match state
+        .b24
+        .call(target, "crm.timeline.comment.add", params)
+        .await
+    {
+        Ok(id) => Outcome::Done(json!({"comment_id": id})),
+        Err(e) => classify(&e, row.attempts, now),
+    }
+}
+
+async fn find_posted_comment(
+    state: &AppState,
+    target: &Target,
+    entity: EntityRef,
+    invitation_id: &str,
+) -> Result<Option<Value>, B24Error> {
+    let marker = crate::completion::marker(invitation_id);
+    let list = state
+        .b24
+        .list_all(
+            target,
+            "crm.timeline.comment.list",
+            json!({
+                "filter": {"ENTITY_ID": entity.id, "ENTITY_TYPE": entity.kind.timeline_name()},
+                "select": ["ID", "COMMENT"],
+            }),
+        )
+        .await?;
+    Ok(list
+        .into_iter()
+        .find(|c| {
+            c.get("COMMENT")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.contains(&marker))
+        })
+        .and_then(|c| c.get("ID").cloned()))
+}
+
+/// Clinic name for the PDF header: `CLINIC_NAME`, else the portal's domain.
+pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
+    if let Some(name) = &state.config.clinic_name {
+        return name.clone();
+    }
+    match inv.portal_id {
+        Some(pid) => crate::db::entities::portal::Entity::find_by_id(pid)
+            .one(&state.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|p| p.domain)
+            .unwrap_or_default(),
+        None => state
+            .config
+            .webhook_url
+            .as_ref()
+            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
+}
+
+/// Retry or give up, as the error says.
+pub fn classify(e: &B24Error, attempts: i32, now: DateTime<Utc>) -> Outcome {
+    if e.is_retryable() {
+        retry(attempts, e.retry_after(), e.admin_message(), now)
+    } else {
+        Outcome::Dead(e.admin_message())
+    }
+}
+
+/// Capped exponential backoff with jitter: 2 s, 4 s, 8 s … up to 10 minutes.
+pub fn retry(
+    attempts: i32,
+    after: Option<std::time::Duration>,
+    error: String,
+    now: DateTime<Utc>,
+) -> Outcome {
+    if attempts >= MAX_ATTEMPTS {
+        return Outcome::Dead(format!("{error} (попыток: {attempts})"));
+    }
+    let base_ms = 2_000i64.saturating_mul(1i64 << attempts.clamp(0, 20).saturating_sub(1));
+    let capped = base_ms.min(600_000);
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    let mut delay_ms = (capped as f64 * jitter) as i64;
+    if let Some(after) = after {
+        delay_ms = delay_ms.max(after.as_millis() as i64);
+    }
+    Outcome::RetryAt(now + chrono::Duration::milliseconds(delay_ms), error)
+}

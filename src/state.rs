@@ -1,0 +1,114 @@
+//! Everything a request handler or a job needs, built once at start-up.
+
+use std::ops::Deref;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::Notify;
+
+use crate::b24::portals::DbTokenStore;
+use crate::bitrix24::{B24Client, ClientConfig};
+use crate::config::Config;
+use crate::invitations::links::{LinkSigner, generate_secret};
+use crate::secret::Secret;
+use crate::survey::Catalog;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    catalog: RwLock<Catalog>,
+    pub links: LinkSigner,
+    pub b24: B24Client,
+    /// Wakes the outbox worker when a job is queued.
+    pub outbox_notify: Arc<Notify>,
+    /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
+    pub session_key: Secret<Vec<u8>>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("база данных недоступна: {0}")]
+    Database(#[from] DbErr),
+}
+
+impl AppState {
+    /// Connects, migrates, loads questionnaires and the link secret.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let db = crate::db::connect(config.database_url.expose()).await?;
+        tracing::info!("База данных подключена");
+        crate::db::migrate(&db).await?;
+        tracing::info!("Миграции применены");
+        Self::with_db(config, db).await
+    }
+
+    pub async fn with_db(config: Config, db: DatabaseConnection) -> Result<Self, StartError> {
+        let secret = match &config.link_secret {
+            Some(s) => s.clone(),
+            None => Secret::new(
+                crate::db::setting_or_insert(&db, "link_secret", &generate_secret()).await?,
+            ),
+        };
+        let (catalog, problems) = crate::survey::Catalog::load(config.surveys_dir.as_deref());
+        for problem in &problems {
+            tracing::warn!("Анкета не загружена: {problem}");
+        }
+        tracing::info!(count = catalog.list().len(), "Анкеты загружены");
+        let b24 = B24Client::new(
+            ClientConfig {
+                client_id: config.b24_client_id.clone(),
+                client_secret: config.b24_client_secret.clone(),
+                oauth_url: config.b24_oauth_url.clone(),
+                rate: config.b24_rate_limit,
+                request_timeout: Duration::from_secs(30),
+                max_retries: 3,
+            },
+            Arc::new(DbTokenStore::new(db.clone())),
+        );
+        let session_key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(b"opros-tab-session:");
+            h.update(secret.expose().as_bytes());
+            Secret::new(h.finalize().to_vec())
+        };
+        Ok(AppState(Arc::new(Inner {
+            links: LinkSigner::new(&secret),
+            config: Arc::new(config),
+            db,
+            catalog: RwLock::new(catalog),
+            b24,
+            outbox_notify: Arc::new(Notify::new()),
+            session_key,
+        })))
+    }
+
+    pub fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        // A poisoned lock means a panic while inserting a questionnaire; the catalog
+        // itself is still consistent (insert is a single map operation).
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_questionnaire(
+        &self,
+        q: crate::survey::Questionnaire,
+    ) -> Result<(), crate::survey::InsertError> {
+        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+        guard.insert(q)
+    }
+
+    /// Tells the worker there is work (after a commit).
+    pub fn nudge_outbox(&self) {
+        self.outbox_notify.notify_one();
+    }
+}

@@ -1,0 +1,369 @@
+//! What Bitrix24 sends to the service: form-encoded POSTs with percent-encoded
+//! bracket keys, exactly like the fixtures.
+
+use serde_json::Value;
+use url::Url;
+
+use super::state::{random_hex, unix_now};
+use super::{FakePortal, FakePortalError};
+use crate::bitrix24::form;
+
+type Delivery = Result<reqwest::Response, FakePortalError>;
+
+fn pairs(items: &[(&str, String)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// Appends the iframe query string (§3.2, §6.2) to a handler URL.
+fn with_frame_query(url: &str, domain: &str) -> Result<Url, FakePortalError> {
+    let mut url =
+        Url::parse(url).map_err(|e| FakePortalError::NotBound(format!("bad URL: {e}")))?;
+    // A portal on loopback serves plain http: PROTOCOL=0.
+    url.query_pairs_mut()
+        .append_pair("DOMAIN", domain)
+        .append_pair("PROTOCOL", "0")
+        .append_pair("LANG", "ru")
+        .append_pair("APP_SID", &random_hex(16));
+    Ok(url)
+}
+
+impl FakePortal {
+    async fn post_form(&self, url: Url, body: &[(String, String)]) -> Delivery {
+        Ok(self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form::encode(body))
+            .send()
+            .await?)
+    }
+
+    async fn post_form_str(&self, url: &str, body: &[(String, String)]) -> Delivery {
+        let url =
+            Url::parse(url).map_err(|e| FakePortalError::NotBound(format!("bad URL: {e}")))?;
+        self.post_form(url, body).await
+    }
+
+    /// The iframe POST of the admin with fresh tokens (§3.2, fixture install-post):
+    /// the install page's host becomes the app's domain for robot handlers (§4.1).
+    pub async fn post_install(&self, install_url: &str) -> Delivery {
+        let url = with_frame_query(install_url, &self.domain())?;
+        let body = {
+            let mut state = self.state();
+            state.app_host = url.host_str().map(str::to_owned);
+            self.frame_body(&mut state, 1, "DEFAULT", None)
+        };
+        self.post_form(url, &body).await
+    }
+
+    /// Sets the app's main handler URL used by [`FakePortal::open_app`].
+    pub fn set_app_url(&self, url: &str) {
+        self.state().app_url = Some(url.to_owned());
+    }
+
+    /// A user opens the app (main handler POST, like the install POST with
+    /// `PLACEMENT=DEFAULT`).
+    pub async fn open_app(&self, user_id: u32) -> Delivery {
+        let app_url = self
+            .state()
+            .app_url
+            .clone()
+            .ok_or_else(|| FakePortalError::NotBound("set_app_url first".into()))?;
+        let url = with_frame_query(&app_url, &self.domain())?;
+        let body = {
+            let mut state = self.state();
+            self.frame_body(&mut state, user_id, "DEFAULT", None)
+        };
+        self.post_form(url, &body).await
+    }
+
+    fn frame_body(
+        &self,
+        state: &mut super::State,
+        user_id: u32,
+        placement: &str,
+        options: Option<String>,
+    ) -> Vec<(String, String)> {
+        let (access, refresh) = state.issue_tokens(user_id);
+        let mut body = pairs(&[
+            ("AUTH_ID", access),
+            // §3.2: a lifetime in seconds, not a timestamp.
+            ("AUTH_EXPIRES", state.cfg.token_ttl.as_secs().to_string()),
+            ("REFRESH_ID", refresh),
+            ("SERVER_ENDPOINT", self.client_endpoint().to_string()),
+            ("APPLICATION_TOKEN", state.application_token.clone()),
+            ("APPLICATION_SCOPE", super::state::SCOPE.to_owned()),
+            ("member_id", state.cfg.member_id.clone()),
+            ("status", "L".to_owned()),
+            ("PLACEMENT", placement.to_owned()),
+        ]);
+        if let Some(options) = options {
+            body.push(("PLACEMENT_OPTIONS".into(), options));
+        }
+        body
+    }
+
+    /// What `BX24.installFinish()` achieves (§3.1): the app is installed, `app.info`
+    /// says so, and a bound `ONAPPINSTALL` is delivered (§3.3) unless dropped.
+    pub async fn finish_install(&self) -> Option<Delivery> {
+        let (handler, body) = {
+            let mut state = self.state();
+            state.installed = true;
+            let handler = state
+                .events
+                .iter()
+                .find(|e| e.get("event").and_then(Value::as_str) == Some("ONAPPINSTALL"))
+                .and_then(|e| e.get("handler").and_then(Value::as_str).map(str::to_owned));
+            let handler = handler.filter(|_| !state.drop_onappinstall)?;
+            let mut body = pairs(&[
+                ("event", "ONAPPINSTALL".into()),
+                ("event_handler_id", "311".into()),
+                ("data[VERSION]", state.version.to_string()),
+                ("data[ACTIVE]", "Y".into()),
+                ("data[INSTALLED]", "Y".into()),
+                ("data[LANGUAGE_ID]", "ru".into()),
+                ("ts", unix_now().to_string()),
+            ]);
+            body.extend(Self::auth_block(&mut state, &self.shared, Some((1, true))));
+            (handler, body)
+        };
+        Some(self.post_form_str(&handler, &body).await)
+    }
+
+    /// Automation reaches the robot on a deal (§4.3, fixture robot-call): a POST to
+    /// its HANDLER with a fresh `event_token` and the AUTH_USER_ID's tokens.
+    pub async fn run_robot(
+        &self,
+        code: &str,
+        deal_id: u64,
+        properties: &[(&str, &str)],
+    ) -> Result<(String, reqwest::Response), FakePortalError> {
+        let (handler, token, body) = {
+            let mut state = self.state();
+            let robot = state
+                .robots
+                .iter()
+                .find(|r| r.get("CODE").and_then(Value::as_str) == Some(code))
+                .cloned()
+                .ok_or_else(|| FakePortalError::NotBound(format!("no robot {code}")))?;
+            let handler = robot
+                .get("HANDLER")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let user_id = robot
+                .get("AUTH_USER_ID")
+                .and_then(|v| match v {
+                    Value::String(s) => s.parse().ok(),
+                    Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            let workflow = format!("{}.{}", random_hex(7), rand::random::<u32>() % 100_000_000);
+            // §4.3: opaque, contains `|`.
+            let token = format!(
+                "{workflow}|A{}_{}|{}",
+                rand::random::<u16>(),
+                rand::random::<u16>(),
+                random_hex(32)
+            );
+            state.event_tokens.insert(
+                token.clone(),
+                super::state::EventToken {
+                    robot_code: code.to_owned(),
+                    used: false,
+                },
+            );
+            let subscription = robot
+                .get("USE_SUBSCRIPTION")
+                .and_then(Value::as_str)
+                .unwrap_or("Y")
+                .to_owned();
+            let mut body = pairs(&[
+                ("workflow_id", workflow),
+                ("code", code.to_owned()),
+                ("document_id[0]", "crm".into()),
+                ("document_id[1]", "CCrmDocumentDeal".into()),
+                ("document_id[2]", format!("DEAL_{deal_id}")),
+                ("document_type[0]", "crm".into()),
+                ("document_type[1]", "CCrmDocumentDeal".into()),
+                ("document_type[2]", "DEAL".into()),
+                ("event_token", token.clone()),
+            ]);
+            for (k, v) in properties {
+                body.push((format!("properties[{k}]"), (*v).to_owned()));
+            }
+            body.extend(pairs(&[
+                ("use_subscription", subscription),
+                ("timeout_duration", "0".into()),
+                ("ts", unix_now().to_string()),
+            ]));
+            body.extend(Self::auth_block(
+                &mut state,
+                &self.shared,
+                Some((user_id, true)),
+            ));
+            (handler, token, body)
+        };
+        let response = self.post_form_str(&handler, &body).await?;
+        Ok((token, response))
+    }
+
+    /// A user opens the deal tab (§6.2, fixture placement-deal-tab): the iframe POST
+    /// to the bound handler with that user's fresh token. Only after installFinish.
+    pub async fn open_deal_tab(&self, user_id: u32, deal_id: u64) -> Delivery {
+        let (url, body) = {
+            let mut state = self.state();
+            if !state.installed {
+                // §6.2: the tab is not shown until the install is finished.
+                return Err(FakePortalError::NotBound("app not installed".into()));
+            }
+            let handler = state
+                .placements
+                .iter()
+                .find(|p| p.get("placement").and_then(Value::as_str) == Some("CRM_DEAL_DETAIL_TAB"))
+                .and_then(|p| p.get("handler").and_then(Value::as_str).map(str::to_owned))
+                .ok_or_else(|| FakePortalError::NotBound("CRM_DEAL_DETAIL_TAB".into()))?;
+            let url = with_frame_query(&handler, &self.domain())?;
+            let options = format!(
+                r#"{{"ID":"{deal_id}","URI":"\/crm\/deal\/details\/{deal_id}\/?IFRAME=Y&IFRAME_TYPE=SIDE_SLIDER"}}"#
+            );
+            let body = self.frame_body(&mut state, user_id, "CRM_DEAL_DETAIL_TAB", Some(options));
+            (url, body)
+        };
+        self.post_form(url, &body).await
+    }
+
+    /// A forged placement POST: exactly these fields to this URL (negative tests).
+    pub async fn open_placement_forged(&self, handler: &str, fields: &[(&str, &str)]) -> Delivery {
+        let body: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.post_form_str(handler, &body).await
+    }
+
+    /// The app is deleted (§7.3): every token and refresh token dies, then
+    /// `ONAPPUNINSTALL` without tokens goes to the bound handler, if any.
+    pub async fn uninstall(&self, clean: bool) -> Delivery {
+        let (handler, body) = {
+            let mut state = self.state();
+            state.uninstalled = true;
+            state.installed = false;
+            state.tokens.clear();
+            for entry in state.refresh_tokens.values_mut() {
+                entry.used = true;
+            }
+            let handler = state
+                .events
+                .iter()
+                .find(|e| e.get("event").and_then(Value::as_str) == Some("ONAPPUNINSTALL"))
+                .and_then(|e| e.get("handler").and_then(Value::as_str).map(str::to_owned))
+                .ok_or_else(|| FakePortalError::NotBound("ONAPPUNINSTALL".into()))?;
+            let mut body = pairs(&[
+                ("event", "ONAPPUNINSTALL".into()),
+                ("event_handler_id", "312".into()),
+                ("data[LANGUAGE_ID]", "ru".into()),
+                ("data[CLEAN]", if clean { "1" } else { "0" }.into()),
+                ("ts", unix_now().to_string()),
+            ]);
+            body.extend(Self::auth_block(&mut state, &self.shared, None));
+            (handler, body)
+        };
+        self.post_form_str(&handler, &body).await
+    }
+
+    /// Delivers an app-bound event about a deal to every handler bound to it (§7.1):
+    /// with the acting user's tokens, or without tokens (automation). Nothing before
+    /// installFinish (§3.1); no retries.
+    pub async fn fire_event(
+        &self,
+        event: &str,
+        deal_id: u64,
+        with_user_tokens: bool,
+    ) -> Vec<Delivery> {
+        let event = event.to_ascii_uppercase();
+        let deliveries: Vec<(String, Vec<(String, String)>)> = {
+            let mut state = self.state();
+            if !state.installed {
+                return Vec::new();
+            }
+            let bound: Vec<(String, String)> = state
+                .events
+                .iter()
+                .filter(|e| e.get("event").and_then(Value::as_str) == Some(event.as_str()))
+                .filter_map(|e| {
+                    Some((
+                        e.get("handler")?.as_str()?.to_owned(),
+                        e.get("id")?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            bound
+                .into_iter()
+                .map(|(handler, id)| {
+                    let mut body = pairs(&[
+                        ("event", event.clone()),
+                        ("event_handler_id", id),
+                        ("data[FIELDS][ID]", deal_id.to_string()),
+                        ("ts", unix_now().to_string()),
+                    ]);
+                    let user = with_user_tokens.then_some((1, false));
+                    let mut auth = Self::auth_block(&mut state, &self.shared, user);
+                    if !with_user_tokens {
+                        auth.insert(0, ("auth[scope]".into(), super::state::SCOPE.into()));
+                        auth.insert(1, ("auth[status]".into(), "L".into()));
+                    }
+                    body.extend(auth);
+                    (handler, body)
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (handler, body) in deliveries {
+            out.push(self.post_form_str(&handler, &body).await);
+        }
+        out
+    }
+
+    /// The portal's outgoing webhook (§8, fixture outgoing-oncrmdealadd): its own
+    /// token, no OAuth data.
+    pub async fn post_outgoing_webhook(
+        &self,
+        url: &str,
+        event: &str,
+        deal_id: u64,
+        token: &str,
+    ) -> Delivery {
+        let base = self.client_endpoint().to_string();
+        let body = pairs(&[
+            ("event", event.to_ascii_uppercase()),
+            ("event_handler_id", "975".into()),
+            ("data[FIELDS][ID]", deal_id.to_string()),
+            ("ts", unix_now().to_string()),
+            ("auth[domain]", self.domain()),
+            ("auth[client_endpoint]", base.clone()),
+            ("auth[server_endpoint]", base),
+            ("auth[member_id]", self.member_id()),
+            ("auth[application_token]", token.to_owned()),
+        ]);
+        self.post_form_str(url, &body).await
+    }
+
+    /// The built-in "Webhook" robot (§5.2): only `document_id[*]`, the URL as
+    /// configured (templates already resolved by the test).
+    pub async fn post_webhook_robot(&self, url_with_query: &str, deal_id: u64) -> Delivery {
+        let body = pairs(&[
+            ("document_id[0]", "crm".into()),
+            ("document_id[1]", "CCrmDocumentDeal".into()),
+            ("document_id[2]", format!("DEAL_{deal_id}")),
+        ]);
+        self.post_form_str(url_with_query, &body).await
+    }
+}

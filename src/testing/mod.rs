@@ -1,0 +1,12 @@
+//! Test support, compiled only with the `testing` feature: the fake Bitrix24 portal,
+//! an in-memory token store and a log capture.
+
+pub mod fake_portal;
+mod log_capture;
+mod memory_store;
+
+pub use fake_portal::{
+    AuthKind, FakePortal, FakePortalConfig, FakePortalError, Fault, RecordedCall, TimelineComment,
+};
+pub use log_capture::LogCapture;
+pub use memory_store::MemoryTokenStore;

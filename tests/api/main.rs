@@ -1,0 +1,7 @@
+//! One integration binary: every flow over real HTTP on loopback.
+
+mod support;
+
+mod bitrix24_client;
+mod config_cli;
+mod survey_flow;

@@ -1,0 +1,59 @@
+//! Databases for tests: a fresh SQLite file per test, and a fresh PostgreSQL database
+//! per test when `OPROS_TEST_POSTGRES_URL` names a server (CI sets it; locally the
+//! PostgreSQL leg says it is skipped, and with `OPROS_STRICT_SKIPS=1` a skip fails).
+
+use std::path::PathBuf;
+
+use sea_orm::{ConnectionTrait, Database};
+
+pub struct TestDb {
+    pub url: String,
+    pub backend: &'static str,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: PathBuf = dir.path().join("opros.db");
+    TestDb {
+        url: format!("sqlite://{}?mode=rwc", path.display()),
+        backend: "sqlite",
+        _dir: Some(dir),
+    }
+}
+
+/// A new, empty PostgreSQL database, or `None` (with a SKIP line) when no server is
+/// configured.
+pub async fn postgres(test: &str) -> Option<TestDb> {
+    let Ok(admin_url) = std::env::var("OPROS_TEST_POSTGRES_URL") else {
+        crate::support::skip(
+            test,
+            "PostgreSQL leg: OPROS_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)",
+        );
+        return None;
+    };
+    let name = format!("opros_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(admin_url.clone())
+        .await
+        .expect("connect to OPROS_TEST_POSTGRES_URL");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("OPROS_TEST_POSTGRES_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    Some(TestDb {
+        url: url.to_string(),
+        backend: "postgres",
+        _dir: None,
+    })
+}
+
+/// SQLite always, PostgreSQL when available.
+pub async fn all(test: &str) -> Vec<TestDb> {
+    let mut dbs = vec![sqlite()];
+    if let Some(pg) = postgres(test).await {
+        dbs.push(pg);
+    }
+    dbs
+}

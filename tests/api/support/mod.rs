@@ -1,0 +1,186 @@
+//! Test support: the service on 127.0.0.1:0 with a fresh database and configuration
+//! built in code, driven over real HTTP.
+
+pub mod db;
+pub mod logs;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use opros::outbox::Outbox;
+use opros::{AppState, Application, Config};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Prints a SKIP line; with `OPROS_STRICT_SKIPS=1` (CI) a skip is a failure.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("OPROS_STRICT_SKIPS").is_ok_and(|v| v == "1") {
+        panic!("{test} would be skipped ({why}), and OPROS_STRICT_SKIPS=1 forbids skips");
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    cancel: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    pub db_url: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Runs due outbox jobs now (the background worker also runs; claims are exclusive).
+    pub async fn run_outbox(&self) {
+        Outbox::new(self.state.clone()).run_until_idle().await;
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method, self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Stops the server and the worker, as a process shutdown would.
+    pub async fn stop(mut self) -> String {
+        self.cancel.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        self.db_url.clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The service on a free port with the given variables (DATABASE_URL defaults to a
+/// fresh SQLite file; PUBLIC_URL to the service's own address).
+pub async fn spawn_app(pairs: &[(&str, &str)]) -> TestApp {
+    let db = db::sqlite();
+    let url = db.url.clone();
+    std::mem::forget(db); // the temp dir lives as long as the test process
+    spawn_app_on(&url, pairs).await
+}
+
+pub async fn spawn_app_on(db_url: &str, pairs: &[(&str, &str)]) -> TestApp {
+    let mut map = vars(pairs);
+    map.entry("DATABASE_URL".into())
+        .or_insert_with(|| db_url.to_owned());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    map.insert("PORT".into(), port.to_string());
+    map.entry("PUBLIC_URL".into())
+        .or_insert_with(|| format!("http://127.0.0.1:{port}"));
+    let config = Config::from_map(&map).expect("test configuration is valid");
+    let listen = config.listen;
+    let state = AppState::build(config).await.expect("state");
+    let app = Application::with_state(state.clone(), listen)
+        .await
+        .expect("bind");
+    let base = format!("http://{}", app.addr());
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let handle = tokio::spawn(async move {
+        let _ = app.run_until_stopped(c).await;
+    });
+    TestApp {
+        base,
+        state,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        cancel,
+        handle: Some(handle),
+        db_url: db_url.to_owned(),
+    }
+}
+
+/// Polls until `ok` holds, failing after 10 s. No fixed sleeps in tests.
+pub async fn eventually<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A full, valid set of answers for the built-in questionnaire, built from its JSON
+/// the way a client would.
+pub fn full_answers(survey: &Value) -> Value {
+    let mut answers = serde_json::Map::new();
+    let questions = survey["questions"].as_array().cloned().unwrap_or_default();
+    for q in &questions {
+        let id = q["id"].as_str().unwrap_or_default().to_owned();
+        let first_option = q["options"][0]["value"].clone();
+        let value = match q["type"].as_str().unwrap_or_default() {
+            "yes_no" => Value::from("yes"),
+            "text" | "textarea" => Value::from("Головная боль, пенициллин — крапивница"),
+            "single" => {
+                // Make the conditional questions about pregnancy apply.
+                let female = q["options"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|o| o["value"] == "female"))
+                    .map(|o| o["value"].clone());
+                female.unwrap_or(first_option)
+            }
+            "multi" => {
+                let non_exclusive = q["options"]
+                    .as_array()
+                    .and_then(|o| o.last())
+                    .map(|o| o["value"].clone())
+                    .unwrap_or(first_option);
+                Value::from(vec![non_exclusive])
+            }
+            "number" => {
+                let min = q["min"].as_f64().unwrap_or(0.0);
+                let max = q["max"].as_f64().unwrap_or(min + 100.0);
+                Value::from(((min + max) / 2.0).round())
+            }
+            "date" => Value::from("1984-03-22"),
+            "scale" => Value::from(3),
+            "consent" => Value::from(true),
+            _ => continue,
+        };
+        answers.insert(id, value);
+    }
+    Value::Object(answers)
+}
