@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use poem::middleware::SizeLimit;
 use poem::{EndpointExt, IntoEndpoint, Route, get, post};
 use poem_openapi::OpenApiService;
 
@@ -40,12 +39,17 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/b24/install", post(b24::install::install))
         .at("/b24/robot/send-survey", post(b24::robot::send_survey))
         .at("/b24/events", post(b24::events::events))
+        .at("/b24/placement/deal-tab", post(b24::placement::deal_tab))
+        .at("/b24/tab/report/:invitation", get(b24::placement::report))
+        .at("/b24/tab/new-link", post(b24::placement::new_link))
+        .at("/b24/app", post(b24::admin::app_page))
+        .at("/b24/app/action", post(b24::admin::action))
         .at(
             "/api/v1/bitrix/webhook",
             post(legacy::webhook_robot::webhook_robot).get(legacy::webhook_robot::webhook_robot),
         )
         .at("/api/bitrix/webhook", post(legacy::outgoing::outgoing))
-        .with(SizeLimit::new(BODY_LIMIT))
+        .with(crate::body_limit::BodyLimit(BODY_LIMIT))
         .data(state)
         .with(RequestLog {
             timeout: REQUEST_TIMEOUT,

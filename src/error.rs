@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The body is too large.
     #[oai(status = 413)]
     TooLarge(Json<ErrorBody>),
+    /// The body is not JSON.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The answers do not pass validation; `errors` says what is wrong per question.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -114,6 +117,7 @@ impl ApiError {
             | Self::Conflict(b)
             | Self::Gone(b)
             | Self::TooLarge(b)
+            | Self::UnsupportedMediaType(b)
             | Self::Unprocessable(b)
             | Self::Internal(b)
             | Self::Unavailable(b) => b,
@@ -131,6 +135,48 @@ impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         ApiError::internal(e)
     }
+}
+
+/// Any error poem itself produced (unknown route, wrong method, unsupported content
+/// type, malformed body) in our body shape, so no client ever sees a bare text error.
+pub fn from_poem_error(err: poem::Error) -> poem::Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    use poem::http::StatusCode as S;
+    let status = err.status();
+    let (code, message) = match status {
+        S::NOT_FOUND => ("not_found", "Страница не найдена".to_owned()),
+        S::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "Этот метод здесь не поддерживается".to_owned(),
+        ),
+        S::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "Неподдерживаемый тип содержимого: ожидается application/json".to_owned(),
+        ),
+        S::PAYLOAD_TOO_LARGE => ("payload_too_large", "Слишком большой запрос".to_owned()),
+        s if s.is_client_error() => (
+            "bad_request",
+            format!(
+                "Не удалось разобрать запрос: {}",
+                truncate(&err.to_string(), 300)
+            ),
+        ),
+        _ => {
+            tracing::error!(error = %err, status = status.as_u16(), "Внутренняя ошибка");
+            (
+                "internal_error",
+                "Внутренняя ошибка сервиса, попробуйте позже".to_owned(),
+            )
+        }
+    };
+    let body = ErrorBody {
+        code: code.to_owned(),
+        message,
+        errors: None,
+    };
+    Json(body).with_status(status).into_response()
 }
 
 /// Extractor failures (malformed JSON, wrong content type, bad path) get our body.

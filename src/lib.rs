@@ -3,6 +3,7 @@
 pub mod app;
 pub mod b24;
 pub mod bitrix24;
+pub mod body_limit;
 pub mod completion;
 pub mod config;
 pub mod db;

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use tokio::sync::Notify;
 
 use crate::b24::portals::DbTokenStore;
@@ -27,6 +27,10 @@ pub struct Inner {
     pub outbox_notify: Arc<Notify>,
     /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
     pub session_key: Secret<Vec<u8>>,
+    /// SQLite allows one writer; a transaction that reads first and writes later
+    /// cannot wait its turn (the lock upgrade fails at once with SQLITE_BUSY), so
+    /// write transactions queue here instead. Unused on PostgreSQL.
+    sqlite_writer: Option<tokio::sync::Mutex<()>>,
 }
 
 impl Deref for AppState {
@@ -82,6 +86,8 @@ impl AppState {
             h.update(secret.expose().as_bytes());
             Secret::new(h.finalize().to_vec())
         };
+        let sqlite_writer = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
+            .then(|| tokio::sync::Mutex::new(()));
         Ok(AppState(Arc::new(Inner {
             links: LinkSigner::new(&secret),
             config: Arc::new(config),
@@ -90,6 +96,7 @@ impl AppState {
             b24,
             outbox_notify: Arc::new(Notify::new()),
             session_key,
+            sqlite_writer,
         })))
     }
 
@@ -105,6 +112,26 @@ impl AppState {
     ) -> Result<(), crate::survey::InsertError> {
         let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
         guard.insert(q)
+    }
+
+    /// Begins a write transaction; on SQLite it first waits for the single writer slot.
+    /// Keep the guard alive until the transaction is committed.
+    pub async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sea_orm::DatabaseTransaction,
+        ),
+        DbErr,
+    > {
+        use sea_orm::TransactionTrait;
+        let guard = match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        let txn = self.db.begin().await?;
+        Ok((guard, txn))
     }
 
     /// Tells the worker there is work (after a commit).

@@ -99,7 +99,7 @@ impl<E: Endpoint> Endpoint for RequestLogEndpoint<E> {
             let result = tokio::time::timeout(self.timeout, self.inner.call(req)).await;
             let mut response = match result {
                 Ok(Ok(r)) => r.into_response(),
-                Ok(Err(e)) => e.into_response(),
+                Ok(Err(e)) => crate::error::from_poem_error(e),
                 Err(_) => {
                     ApiError::unavailable("timeout", "Сервис не успел ответить, попробуйте ещё раз")
                         .into_response()

@@ -1,10 +1,17 @@
 //! `/b24/*`: what Bitrix24 calls when the service is installed as a local application —
 //! install, the robot, events, the deal tab and the admin page.
 
+pub mod admin;
+pub mod admin_view;
 pub mod events;
+pub mod frame_auth;
 pub mod inbound;
 pub mod install;
 pub mod page;
+pub mod placement;
+pub mod portal_settings;
 pub mod portals;
 pub mod registration;
 pub mod robot;
+pub mod session;
+pub mod tab_view;

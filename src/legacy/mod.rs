@@ -61,7 +61,7 @@ pub async fn issue(
         (q.code.clone(), q.version)
     };
     let now = Utc::now();
-    let txn = state.db.begin().await?;
+    let (_writer, txn) = state.begin_write().await?;
     let outcome = invitations::create_or_reuse(
         &txn,
         NewInvitation {

@@ -165,6 +165,11 @@ pub fn asset(Path(name): Path<String>) -> Response {
         ),
         "b24-frame.css" => (crate::b24::page::FRAME_CSS, "text/css; charset=utf-8"),
         "b24-frame.js" => (crate::b24::page::FRAME_JS, "text/javascript; charset=utf-8"),
+        "deal-tab.css" => (crate::b24::tab_view::TAB_CSS, "text/css; charset=utf-8"),
+        "deal-tab.js" => (
+            crate::b24::tab_view::TAB_JS,
+            "text/javascript; charset=utf-8",
+        ),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     body.with_header("content-type", kind)

@@ -4,4 +4,6 @@ mod support;
 
 mod bitrix24_client;
 mod config_cli;
+mod install;
+mod robot;
 mod survey_flow;

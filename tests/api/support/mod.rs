@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod logs;
+pub mod portal;
 
 use std::collections::BTreeMap;
 use std::future::Future;

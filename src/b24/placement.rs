@@ -1,0 +1,277 @@
+//! The «Анкета пациента» tab of a deal or lead card (protocol §6): `POST
+//! /b24/placement/deal-tab` verifies the doctor with the portal and reads the deal with
+//! the doctor's own token before anything is shown; the page's follow-up requests
+//! (`GET /b24/tab/report/{invitation}`, `POST /b24/tab/new-link`) carry the signed
+//! session it was given and work only for that portal and that document.
+
+use chrono::Utc;
+use poem::http::StatusCode;
+use poem::web::{Data, Path, Query};
+use poem::{Body, IntoResponse, Request, Response, handler};
+use sea_orm::EntityTrait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::frame_auth::{self, FrameCaller};
+use super::inbound::{parse_body, parse_form, text};
+use super::install::PortalQuery;
+use super::session::{Scope, Session, SessionError};
+use super::{page, tab_view};
+use crate::db::entities::{invitation, portal, response};
+use crate::invitations::{Channel, EntityRef, EntityType};
+use crate::state::AppState;
+
+/// The iframe POST of a deal or lead tab.
+#[handler]
+pub async fn deal_tab(
+    req: &Request,
+    Query(query): Query<PortalQuery>,
+    body: Body,
+    Data(state): Data<&AppState>,
+) -> Response {
+    let Ok(bytes) = body.into_bytes().await else {
+        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+    };
+    let form = parse_body(req.content_type(), &bytes);
+    let caller = match frame_auth::verify(state, &query, &form).await {
+        Ok(c) => c,
+        Err(e) => return e.page(),
+    };
+    let Some(entity) = entity_of(&form) else {
+        return page::error(
+            StatusCode::BAD_REQUEST,
+            "Битрикс24 не передал номер сделки. Откройте вкладку из карточки сделки.",
+        );
+    };
+    if let Err(response) = check_read_access(state, &caller, entity).await {
+        return response;
+    }
+    let session = Session::new(
+        caller.portal.id,
+        caller.user_id,
+        Scope::Entity(entity),
+        Utc::now(),
+    );
+    tracing::info!(
+        portal = %caller.portal.domain,
+        user = caller.user_id,
+        entity = %format!("{}_{}", entity.kind.as_str(), entity.id),
+        "Открыта вкладка «Анкета пациента»"
+    );
+    render(state, &caller.portal, &session, None).await
+}
+
+/// `PLACEMENT` decides the kind, `PLACEMENT_OPTIONS.ID` the document (§6.2); the
+/// portal is asked about it before anything is shown.
+fn entity_of(form: &Value) -> Option<EntityRef> {
+    let kind = match text(form, &["PLACEMENT"]).as_deref() {
+        Some("CRM_LEAD_DETAIL_TAB") => EntityType::Lead,
+        _ => EntityType::Deal,
+    };
+    let options = text(form, &["PLACEMENT_OPTIONS"])?;
+    let options: Value = serde_json::from_str(&options).ok()?;
+    let id = text(&options, &["ID"])?.parse::<i64>().ok()?;
+    (id > 0).then_some(EntityRef { kind, id })
+}
+
+/// protocol §11 (4): the deal is read with the doctor's token, so the portal applies
+/// the doctor's CRM rights. Any refusal shows nothing.
+async fn check_read_access(
+    state: &AppState,
+    caller: &FrameCaller,
+    entity: EntityRef,
+) -> Result<(), Response> {
+    let method = match entity.kind {
+        EntityType::Deal => "crm.deal.get",
+        EntityType::Lead => "crm.lead.get",
+    };
+    match state
+        .b24
+        .call(&caller.target, method, json!({"id": entity.id}))
+        .await
+    {
+        Ok(Value::Object(_)) => Ok(()),
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(portal = %caller.portal.domain, error = %e, "Портал не ответил на чтение сделки");
+            Err(page::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Битрикс24 не ответил. Попробуйте открыть вкладку ещё раз через минуту.",
+            ))
+        }
+        other => {
+            tracing::warn!(
+                portal = %caller.portal.domain,
+                user = caller.user_id,
+                code = ?other.err().and_then(|e| e.code().map(str::to_owned)),
+                "Нет доступа к документу вкладки"
+            );
+            Err(page::error(
+                StatusCode::FORBIDDEN,
+                "Нет доступа к сделке: Битрикс24 не разрешает вам её просматривать.",
+            ))
+        }
+    }
+}
+
+async fn render(
+    state: &AppState,
+    portal: &portal::Model,
+    session: &Session,
+    fresh_link: Option<&str>,
+) -> Response {
+    let Scope::Entity(entity) = session.scope else {
+        return forbidden();
+    };
+    match tab_view::page(
+        state,
+        portal.id,
+        entity,
+        &session.sign(state.session_key.expose()),
+        fresh_link,
+    )
+    .await
+    {
+        Ok(html) => page::respond(StatusCode::OK, html),
+        Err(e) => {
+            tracing::error!(error = %e, "Не удалось показать вкладку");
+            page::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Не удалось загрузить анкеты. Попробуйте ещё раз.",
+            )
+        }
+    }
+}
+
+fn forbidden() -> Response {
+    page::error(
+        StatusCode::FORBIDDEN,
+        "Сеанс вкладки недействителен или истёк. Закройте вкладку и откройте её снова из карточки сделки.",
+    )
+}
+
+/// The tab's session, checked: genuine, unexpired, for a tab, on a portal still installed.
+async fn tab_session(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<(Session, EntityRef, portal::Model), Response> {
+    let token = token.ok_or_else(forbidden)?;
+    let (session, entity) = Session::verify_tab(state.session_key.expose(), token, Utc::now())
+        .map_err(|e: SessionError| {
+            tracing::warn!(reason = %e, "Отклонён запрос вкладки с негодным сеансом");
+            forbidden()
+        })?;
+    let portal = portal::Entity::find_by_id(session.portal_id)
+        .one(&state.db)
+        .await
+        .ok()
+        .flatten()
+        .filter(|p| p.status == portal::INSTALLED)
+        .ok_or_else(forbidden)?;
+    Ok((session, entity, portal))
+}
+
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    s: Option<String>,
+    download: Option<String>,
+}
+
+/// The PDF of one invitation, for the session of its own document only.
+#[handler]
+pub async fn report(
+    Path(invitation_id): Path<String>,
+    Query(query): Query<ReportQuery>,
+    Data(state): Data<&AppState>,
+) -> Response {
+    let (session, entity, _) = match tab_session(state, query.s.as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let inv = match invitation::Entity::find_by_id(invitation_id)
+        .one(&state.db)
+        .await
+    {
+        Ok(inv) => inv,
+        Err(e) => {
+            tracing::error!(error = %e, "База данных недоступна");
+            return page::error(StatusCode::SERVICE_UNAVAILABLE, "База данных недоступна");
+        }
+    };
+    let Some(inv) =
+        inv.filter(|i| i.portal_id == Some(session.portal_id) && EntityRef::from_row(i) == entity)
+    else {
+        tracing::warn!("PDF запрошен с сеансом другой сделки");
+        return forbidden();
+    };
+    let pdf = response::Entity::find_by_id(inv.id.clone())
+        .one(&state.db)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.report_pdf.zip(r.submitted_at));
+    let Some((bytes, submitted_at)) = pdf else {
+        return page::error(
+            StatusCode::NOT_FOUND,
+            "PDF ещё не готов: пациент не заполнил анкету.",
+        );
+    };
+    let name = crate::completion::pdf_file_name(&inv, inv.completed_at.unwrap_or(submitted_at));
+    let disposition = if query.download.is_some() {
+        "attachment"
+    } else {
+        "inline"
+    };
+    bytes
+        .with_header("content-type", "application/pdf")
+        .with_header(
+            "content-disposition",
+            format!("{disposition}; filename=\"{name}\""),
+        )
+        .with_header("cache-control", "no-store")
+        .with_header("x-content-type-options", "nosniff")
+        .with_header("referrer-policy", "no-referrer")
+        .into_response()
+}
+
+/// «Отправить новую ссылку»: a fresh invitation for the session's document.
+#[handler]
+pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
+    let Ok(bytes) = body.into_bytes().await else {
+        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+    };
+    let form = parse_form(&bytes);
+    let (session, entity, portal) = match tab_session(state, text(&form, &["s"]).as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let inv = match crate::legacy::issue(
+        state,
+        Some(portal.id),
+        Channel::App,
+        entity,
+        None,
+        false,
+        None,
+    )
+    .await
+    {
+        Ok((inv, _)) => inv,
+        Err(e) => {
+            tracing::error!(error = %e.body().message, "Не удалось создать ссылку из вкладки");
+            return page::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Не удалось создать ссылку. Попробуйте ещё раз.",
+            );
+        }
+    };
+    let _ = crate::db::audit(
+        &state.db,
+        Some(portal.id),
+        &format!("user:{}", session.user_id),
+        "tab_new_link",
+        Some(&inv.id),
+    )
+    .await;
+    let link = crate::legacy::link_of(state, &inv);
+    render(state, &portal, &session, Some(&link)).await
+}

@@ -1,0 +1,180 @@
+//! Installing the local application: verified with the portal, registrations exactly
+//! once, repairs after an app update, uninstall with and without CLEAN.
+
+use serde_json::Value;
+
+use crate::support::portal::{app_for, fake, install, installed, patient_deal};
+
+#[tokio::test]
+async fn install_registers_everything_once_even_twice() {
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    let page = install(&fake, &app).await;
+    assert!(
+        page.contains("installFinish") || page.contains("data-install-finish=\"yes\""),
+        "{page}"
+    );
+    assert!(page.contains("Робот «Отправить опрос»"));
+
+    // A second install (or a new version) updates, never duplicates.
+    install(&fake, &app).await;
+
+    let robots = fake.robots();
+    assert_eq!(robots.len(), 1, "{robots:?}");
+    let robot = &robots[0];
+    assert_eq!(robot["CODE"], "opros_send_survey");
+    assert_eq!(
+        robot["HANDLER"],
+        Value::from(app.url("/b24/robot/send-survey"))
+    );
+    assert_eq!(robot["USE_SUBSCRIPTION"], "Y");
+    let returns = serde_json::to_string(&robot["RETURN_PROPERTIES"]).unwrap();
+    assert!(
+        returns.contains("survey_url") && returns.contains("survey_id"),
+        "{returns}"
+    );
+
+    let deal_tabs: Vec<_> = fake
+        .placements()
+        .into_iter()
+        .filter(|p| p["placement"] == "CRM_DEAL_DETAIL_TAB")
+        .collect();
+    assert_eq!(deal_tabs.len(), 1, "{deal_tabs:?}");
+    assert_eq!(
+        deal_tabs[0]["handler"],
+        Value::from(app.url("/b24/placement/deal-tab"))
+    );
+
+    let uninstall: Vec<_> = fake
+        .event_bindings()
+        .into_iter()
+        .filter(|e| {
+            e["event"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("ONAPPUNINSTALL"))
+        })
+        .collect();
+    assert_eq!(uninstall.len(), 1);
+    assert_eq!(
+        fake.userfields("deal").len(),
+        1,
+        "{:?}",
+        fake.userfields("deal")
+    );
+    assert_eq!(
+        fake.userfields("deal")[0]["FIELD_NAME"],
+        "UF_CRM_OPROS_LINK"
+    );
+    assert!(fake.is_installed());
+}
+
+#[tokio::test]
+async fn forged_install_plants_nothing() {
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    // The browser-side POST with a token the portal never issued.
+    let url = format!(
+        "{}?DOMAIN={}&PROTOCOL=0&LANG=ru",
+        app.url("/b24/install"),
+        fake.domain()
+    );
+    let r = app
+        .http
+        .post(url)
+        .form(&[
+            ("AUTH_ID", "forged-token-000000000000000000000"),
+            ("AUTH_EXPIRES", "3600"),
+            ("REFRESH_ID", "forged-refresh"),
+            ("member_id", &fake.member_id()),
+            ("APPLICATION_TOKEN", "attacker-chosen"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(fake.robots().is_empty());
+    assert!(
+        opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn app_update_wiping_registrations_is_repaired_on_reinstall() {
+    let (fake, app) = installed().await;
+    fake.app_update();
+    assert!(fake.robots().is_empty());
+    install(&fake, &app).await;
+    assert_eq!(fake.robots().len(), 1);
+    assert_eq!(
+        fake.placements()
+            .iter()
+            .filter(|p| p["placement"] == "CRM_DEAL_DETAIL_TAB")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    use sea_orm::EntityTrait;
+    let before = opros::db::entities::invitation::Entity::find()
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 1);
+
+    let r = fake.uninstall(true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let after = opros::db::entities::invitation::Entity::find()
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert!(after.is_empty(), "personal data must be gone");
+    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(portal.status, "uninstalled");
+    assert!(portal.access_token.is_none() && portal.refresh_token.is_none());
+
+    // A later robot call for it is rejected and nothing is queued.
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+}
+
+#[tokio::test]
+async fn uninstall_needs_the_application_token() {
+    let (fake, app) = installed().await;
+    let r = app
+        .http
+        .post(app.url("/b24/events"))
+        .form(&[
+            ("event", "ONAPPUNINSTALL"),
+            ("data[CLEAN]", "1"),
+            ("auth[member_id]", &fake.member_id()),
+            ("auth[application_token]", "not-the-token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(portal.status, "installed");
+}

@@ -1,0 +1,151 @@
+//! The robot «Отправить опрос»: link back into the business process, field written,
+//! patient's name looked up, once per event token, safe under load and restarts.
+
+use std::collections::HashSet;
+
+use sea_orm::EntityTrait;
+use serde_json::{Value, json};
+
+use crate::support::logs;
+use crate::support::portal::{app_for_db, installed, patient_deal};
+
+#[tokio::test]
+async fn robot_returns_link_writes_field_and_resolves_name() {
+    let log = logs::capture();
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    let (event_token, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    let (token, values, _) = &sends[0];
+    assert_eq!(token, &event_token);
+    let url = values
+        .get("SURVEY_URL")
+        .expect("survey_url returned")
+        .clone();
+    let id = values.get("SURVEY_ID").expect("survey_id returned").clone();
+    assert!(url.starts_with(&app.url("/s/")), "{url}");
+
+    // The link works and names the patient from the deal's contact.
+    let token = url.rsplit('/').next().unwrap();
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(survey["survey_id"], Value::from(id));
+    assert_eq!(survey["patient_name"], "Смирнова Анна Петровна");
+    assert_eq!(
+        fake.deal(deal).unwrap()["UF_CRM_OPROS_LINK"],
+        Value::from(url.clone())
+    );
+
+    let text = log.text();
+    assert!(text.contains("Получен вебхук от Битрикс24"));
+    assert!(text.contains("Сгенерирована ссылка для опроса"));
+    assert!(!text.contains(token), "the survey token must not be logged");
+
+    // The same robot call again: same link, nothing sent twice.
+    let repeat = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    assert_eq!(repeat.1.status(), 200);
+    app.run_outbox().await;
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), 2);
+    assert_eq!(
+        sends[1].1.get("SURVEY_URL"),
+        Some(&url),
+        "an active link is reused"
+    );
+}
+
+#[tokio::test]
+async fn wrong_application_token_sends_nothing() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    let r = app
+        .http
+        .post(app.url("/b24/robot/send-survey"))
+        .form(&[
+            ("event_token", "x|y|z"),
+            ("document_id[0]", "crm"),
+            ("document_id[1]", "CCrmDocumentDeal"),
+            ("document_id[2]", &format!("DEAL_{deal}")),
+            ("auth[member_id]", &fake.member_id()),
+            ("auth[application_token]", "wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    app.run_outbox().await;
+    assert!(fake.event_sends().is_empty());
+    assert!(fake.calls_of("crm.deal.update").is_empty());
+}
+
+#[tokio::test]
+async fn fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once() {
+    let (fake, app) = installed().await;
+    let deal_ids: Vec<u64> = (0..50).map(|_| patient_deal(&fake)).collect();
+    fake.expire_access_tokens();
+    let before = fake.refresh_count();
+    let runs = deal_ids
+        .iter()
+        .map(|d| fake.run_robot("opros_send_survey", *d, &[]));
+    for r in futures::future::join_all(runs).await {
+        assert_eq!(r.unwrap().1.status(), 200);
+    }
+    app.run_outbox().await;
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), 50);
+    let urls: HashSet<_> = sends.iter().map(|s| s.1["SURVEY_URL"].clone()).collect();
+    assert_eq!(urls.len(), 50, "each deal its own link");
+    assert_eq!(fake.refresh_count() - before, 1, "exactly one refresh");
+    // Coalesced: 50 runs × (name, return, field) went out as a few batches.
+    let batches = fake.calls_of("batch").len();
+    assert!(batches <= 6, "{batches} batch requests");
+}
+
+#[tokio::test]
+async fn worker_killed_midway_runs_every_job_once_after_restart() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    // The portal hangs: the worker is stopped mid-call, its lease still held.
+    fake.fail_next(
+        "batch",
+        opros::testing::fake_portal::Fault::Delay(std::time::Duration::from_secs(3)),
+        1,
+    );
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let db_url = app.db_url.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    app.stop().await;
+
+    // Restart on the same database; expire the lease as time would.
+    let app = app_for_db(&fake, &db_url).await;
+    use opros::db::entities::outbox_job;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    for job in outbox_job::Entity::find().all(&app.state.db).await.unwrap() {
+        if job.done_at.is_none() {
+            let mut row: outbox_job::ActiveModel = job.into();
+            row.locked_until = Set(Some(0));
+            row.update(&app.state.db).await.unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    app.run_outbox().await;
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), 1, "delivered exactly once: {sends:?}");
+    let jobs = outbox_job::Entity::find().all(&app.state.db).await.unwrap();
+    assert!(jobs.iter().all(|j| j.done_at.is_some()), "{jobs:?}");
+    let _ = json!({});
+}

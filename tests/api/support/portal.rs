@@ -1,0 +1,57 @@
+//! A fake portal with the application installed into the service, as an admin would.
+
+use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
+
+use super::{TestApp, spawn_app, spawn_app_on};
+
+pub async fn fake() -> FakePortal {
+    FakePortal::start(FakePortalConfig::default())
+        .await
+        .expect("fake portal starts")
+}
+
+/// Service configured for OAuth with the fake portal's credentials.
+pub async fn app_for(fake: &FakePortal, extra: &[(&str, &str)]) -> TestApp {
+    let id = fake.client_id();
+    let secret = fake.client_secret();
+    let mut vars: Vec<(&str, &str)> = vec![("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)];
+    vars.extend_from_slice(extra);
+    spawn_app(&vars).await
+}
+
+pub async fn app_for_db(fake: &FakePortal, db_url: &str) -> TestApp {
+    let id = fake.client_id();
+    let secret = fake.client_secret();
+    spawn_app_on(
+        db_url,
+        &[("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)],
+    )
+    .await
+}
+
+/// Install page POST, then what `BX24.installFinish()` does.
+pub async fn install(fake: &FakePortal, app: &TestApp) -> String {
+    let r = fake
+        .post_install(&app.url("/b24/install"))
+        .await
+        .expect("install POST delivered");
+    let status = r.status();
+    let page = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "install page: {page}");
+    let _ = fake.finish_install().await;
+    page
+}
+
+/// A fake portal and a service with the app installed into it.
+pub async fn installed() -> (FakePortal, TestApp) {
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    install(&fake, &app).await;
+    (fake, app)
+}
+
+/// A deal with a contact «Смирнова Анна Петровна» in pipeline 3.
+pub fn patient_deal(fake: &FakePortal) -> u64 {
+    let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
+    fake.add_deal("Приём терапевта 14.01", 3, Some(contact))
+}
