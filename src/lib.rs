@@ -18,6 +18,9 @@ pub mod survey;
 pub mod telemetry;
 pub mod web;
 
+#[cfg(feature = "demo")]
+pub mod demo;
+
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -27,6 +27,9 @@ enum Command {
     Openapi,
     /// Проверить переменные окружения и показать итоговую конфигурацию (секреты скрыты).
     CheckConfig,
+    /// Демо: сервис и учебный портал Битрикс24 на этом компьютере, с готовой сделкой и ссылкой на анкету.
+    #[cfg(feature = "demo")]
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,8 @@ fn main() -> ExitCode {
                 println!("{spec}");
                 Ok(())
             }
+            #[cfg(feature = "demo")]
+            Command::Demo => opros::demo::run().await.map_err(anyhow::Error::from),
             Command::CheckConfig => {
                 for (name, value) in config.describe() {
                     println!("{name:<32} {value}");

@@ -3,6 +3,7 @@
 mod support;
 
 mod bitrix24_client;
+mod completion;
 mod config_cli;
 mod install;
 mod robot;

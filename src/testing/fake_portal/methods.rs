@@ -153,6 +153,7 @@ pub(crate) fn dispatch(
         "crm.deal.userfield.list" => userfield_list(state, "deal", params),
         "crm.lead.userfield.list" => userfield_list(state, "lead", params),
         "crm.timeline.comment.add" => comment_add(state, auth, params, in_batch),
+        "crm.timeline.comment.list" => comment_list(state, params),
         // §13: no nested batch.
         "batch" if in_batch => Err(ApiError::new(
             405,
@@ -695,6 +696,39 @@ fn userfield_add(state: &mut State, auth: &AuthKind, entity: &str, params: &Valu
         list.push(record);
     }
     Ok(Success::of(json!(id)))
+}
+
+/// `crm.timeline.comment.list` (docs: api-reference/crm/timeline/comments/
+/// crm-timeline-comment-list.md): `filter[ENTITY_ID]` and `filter[ENTITY_TYPE]` are
+/// required; records carry string ids, like every CRM list.
+fn comment_list(state: &mut State, params: &Value) -> Outcome {
+    let filter = param(params, "filter").and_then(Value::as_object);
+    let get = |k: &str| filter.and_then(|f| f.get(k)).and_then(scalar);
+    let (Some(entity_id), Some(entity_type)) = (
+        get("ENTITY_ID").and_then(|s| s.parse::<u64>().ok()),
+        get("ENTITY_TYPE"),
+    ) else {
+        return Err(ApiError::new(
+            400,
+            "100",
+            "Required filter fields: ENTITY_ID, ENTITY_TYPE",
+        ));
+    };
+    let items: Vec<Value> = state
+        .timeline
+        .iter()
+        .filter(|c| c.entity_id == entity_id && c.entity_type == entity_type)
+        .map(|c| {
+            json!({
+                "ID": c.id.to_string(),
+                "ENTITY_ID": c.entity_id.to_string(),
+                "ENTITY_TYPE": c.entity_type,
+                "COMMENT": c.comment,
+                "AUTHOR_ID": c.author_id.map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    paged(items, params)
 }
 
 fn userfield_list(state: &mut State, entity: &str, params: &Value) -> Outcome {

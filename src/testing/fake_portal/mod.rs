@@ -496,6 +496,11 @@ impl FakePortal {
         }
     }
 
+    /// The portal is healthy again: drops the faults still queued for `method`.
+    pub fn clear_faults(&self, method: &str) {
+        self.state().faults.remove(&method.to_ascii_lowercase());
+    }
+
     /// Changes the leaky bucket; the bucket starts empty.
     pub fn set_rate(&self, per_sec: f64, burst: u32) {
         let mut state = self.state();

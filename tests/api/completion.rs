@@ -1,0 +1,141 @@
+//! From the patient's submit to the deal: the timeline comment with the PDF, exactly
+//! once across portal outages, restarts and lost answers.
+
+use opros::db::entities::outbox_job;
+use opros::testing::fake_portal::{Fault, FakePortal};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+
+use crate::support::portal::{app_for_db, installed, patient_deal};
+use crate::support::{TestApp, full_answers, skip};
+
+/// Robot → link → questionnaire → submit; returns the deal id.
+async fn complete_survey(fake: &FakePortal, app: &TestApp) -> u64 {
+    let deal = patient_deal(fake);
+    let (_, r) = fake.run_robot("opros_send_survey", deal, &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
+    let token = url.rsplit('/').next().unwrap().to_owned();
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    deal
+}
+
+/// Makes every pending job due now, as time passing would.
+async fn make_due(app: &TestApp) {
+    for job in outbox_job::Entity::find()
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .all(&app.state.db)
+        .await
+        .unwrap()
+    {
+        let mut row: outbox_job::ActiveModel = job.into();
+        row.run_at = Set(0);
+        row.locked_until = Set(None);
+        row.update(&app.state.db).await.unwrap();
+    }
+}
+
+fn pdf_text(pdf: &[u8]) -> Option<String> {
+    if std::process::Command::new("pdftotext").arg("-v").output().is_err() {
+        skip("pdf text", "pdftotext not installed (apt-get install poppler-utils)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .arg(&path)
+        .arg("-")
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn submit_posts_comment_with_pdf_to_the_deal() {
+    let (fake, app) = installed().await;
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    let comments = fake.timeline_comments();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    let c = &comments[0];
+    assert_eq!((c.entity_type.as_str(), c.entity_id), ("deal", deal));
+    assert!(c.comment.starts_with("Пациент завершил опрос «"), "{}", c.comment);
+    assert!(c.comment.contains("Обратите внимание"), "flagged answers in one line: {}", c.comment);
+    assert_eq!(c.files.len(), 1);
+    let (name, pdf) = &c.files[0];
+    assert!(name.ends_with(".pdf"));
+    assert!(pdf.starts_with(b"%PDF"));
+    if let Some(text) = pdf_text(pdf) {
+        assert!(text.contains("Смирнова Анна Петровна"), "{text}");
+        assert!(text.contains("пенициллин"), "a flagged answer: {text}");
+    }
+    // Files never travel inside batch.
+    assert!(fake.calls_of("crm.timeline.comment.add").iter().all(|c| !c.via_batch));
+}
+
+#[tokio::test]
+async fn portal_outage_and_restart_deliver_the_comment_once() {
+    let (fake, app) = installed().await;
+    complete_survey(&fake, &app).await;
+    // The portal is down for longer than the client's own retries.
+    fake.fail_next("crm.timeline.comment.add", Fault::Status(503), 20);
+    app.run_outbox().await;
+    assert!(fake.timeline_comments().is_empty());
+    let pending = outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("post_completion"))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pending.done_at.is_none() && pending.dead_at.is_none(), "{pending:?}");
+    assert!(pending.last_error.is_some());
+
+    // Restart the service on the same database; the portal comes back.
+    let db_url = app.stop().await;
+    let app = app_for_db(&fake, &db_url).await;
+    fake.clear_faults("crm.timeline.comment.add");
+    make_due(&app).await;
+    app.run_outbox().await;
+    make_due(&app).await;
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_does_not_post_twice() {
+    let (fake, app) = installed().await;
+    complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    // The worker died after the portal created the comment, before recording it.
+    let job = outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("post_completion"))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut row: outbox_job::ActiveModel = job.into();
+    row.done_at = Set(None);
+    row.run_at = Set(0);
+    row.update(&app.state.db).await.unwrap();
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1, "posted twice");
+    let job = outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("post_completion"))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(job.done_at.is_some());
+}
