@@ -257,8 +257,14 @@ fn returned_survey_url(fake: &FakePortal) -> Option<String> {
 /// `opros demo`: starts, prints the three links, runs until Ctrl-C.
 pub async fn run() -> Result<(), DemoError> {
     let demo = Demo::start(DemoOptions::from_env()).await?;
-    println!("Демо opros запущено: сервис {} и учебный портал Битрикс24 {}.", demo.base, demo.portal.base_url());
-    println!("Приложение установлено, для сделки «Консультация терапевта» (пациент Смирнова Анна Петровна) робот создал ссылку.");
+    println!(
+        "Демо opros запущено: сервис {} и учебный портал Битрикс24 {}.",
+        demo.base,
+        demo.portal.base_url()
+    );
+    println!(
+        "Приложение установлено, для сделки «Консультация терапевта» (пациент Смирнова Анна Петровна) робот создал ссылку."
+    );
     println!();
     println!("1. Анкета пациента (откройте в браузере или на телефоне):");
     println!("   {}", demo.survey_url);
@@ -395,8 +401,9 @@ fn deal_card(Path(id): Path<u64>, Data(data): Data<&DemoData>) -> Response {
                 .join(" ")
         })
         .unwrap_or_default();
-    let options = serde_json::json!({"ID": id.to_string(), "URI": format!("/crm/deal/details/{id}/")})
-        .to_string();
+    let options =
+        serde_json::json!({"ID": id.to_string(), "URI": format!("/crm/deal/details/{id}/")})
+            .to_string();
     let form = frame_form(
         fake,
         "/b24/placement/deal-tab",

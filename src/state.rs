@@ -31,6 +31,8 @@ pub struct Inner {
     /// cannot wait its turn (the lock upgrade fails at once with SQLITE_BUSY), so
     /// write transactions queue here instead. Unused on PostgreSQL.
     sqlite_writer: Option<tokio::sync::Mutex<()>>,
+    /// Entity types whose link field is known to exist behind the inbound webhook.
+    link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Deref for AppState {
@@ -97,6 +99,7 @@ impl AppState {
             outbox_notify: Arc::new(Notify::new()),
             session_key,
             sqlite_writer,
+            link_fields: Default::default(),
         })))
     }
 
@@ -132,6 +135,20 @@ impl AppState {
         };
         let txn = self.db.begin().await?;
         Ok((guard, txn))
+    }
+
+    pub fn link_field_checked(&self, entity: &str) -> bool {
+        self.link_fields
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(entity)
+    }
+
+    pub fn mark_link_field_checked(&self, entity: &str) {
+        self.link_fields
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entity.to_owned());
     }
 
     /// Tells the worker there is work (after a commit).

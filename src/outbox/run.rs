@@ -85,6 +85,18 @@ pub async fn run_group(
         }
     }
 
+    if matches!(target, Target::Webhook(_)) {
+        let mut kinds: Vec<EntityType> = batchable
+            .iter()
+            .filter(|(c, _)| matches!(c.job, Job::WriteLinkField { .. }))
+            .map(|(_, inv)| EntityRef::from_row(inv).kind)
+            .collect();
+        kinds.dedup();
+        for kind in kinds {
+            ensure_webhook_field(state, &target, kind).await;
+        }
+    }
+
     let mut chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)> = Vec::new();
     let mut size = 0;
     for (c, inv) in batchable {
@@ -100,6 +112,19 @@ pub async fn run_group(
         outcomes.extend(run_chunk(state, &target, chunk, now).await);
     }
     outcomes
+}
+
+/// Once per process and entity type: the webhook setups have no install step that
+/// would create the link field.
+async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityType) {
+    let entity = kind.timeline_name();
+    if state.link_field_checked(entity) {
+        return;
+    }
+    match crate::b24::registration::ensure_link_field(state, target, entity).await {
+        Ok(()) => state.mark_link_field_checked(entity),
+        Err(e) => tracing::warn!(error = %e, entity, "Не удалось проверить поле для ссылки"),
+    }
 }
 
 fn entity_method(kind: EntityType, verb: &str) -> String {

@@ -2,7 +2,7 @@
 //! once across portal outages, restarts and lost answers.
 
 use opros::db::entities::outbox_job;
-use opros::testing::fake_portal::{Fault, FakePortal};
+use opros::testing::fake_portal::{FakePortal, Fault};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 
@@ -12,7 +12,10 @@ use crate::support::{TestApp, full_answers, skip};
 /// Robot → link → questionnaire → submit; returns the deal id.
 async fn complete_survey(fake: &FakePortal, app: &TestApp) -> u64 {
     let deal = patient_deal(fake);
-    let (_, r) = fake.run_robot("opros_send_survey", deal, &[]).await.unwrap();
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     app.run_outbox().await;
     let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
@@ -46,8 +49,15 @@ async fn make_due(app: &TestApp) {
 }
 
 fn pdf_text(pdf: &[u8]) -> Option<String> {
-    if std::process::Command::new("pdftotext").arg("-v").output().is_err() {
-        skip("pdf text", "pdftotext not installed (apt-get install poppler-utils)");
+    if std::process::Command::new("pdftotext")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        skip(
+            "pdf text",
+            "pdftotext not installed (apt-get install poppler-utils)",
+        );
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -70,8 +80,16 @@ async fn submit_posts_comment_with_pdf_to_the_deal() {
     assert_eq!(comments.len(), 1, "{comments:?}");
     let c = &comments[0];
     assert_eq!((c.entity_type.as_str(), c.entity_id), ("deal", deal));
-    assert!(c.comment.starts_with("Пациент завершил опрос «"), "{}", c.comment);
-    assert!(c.comment.contains("Обратите внимание"), "flagged answers in one line: {}", c.comment);
+    assert!(
+        c.comment.starts_with("Пациент завершил опрос «"),
+        "{}",
+        c.comment
+    );
+    assert!(
+        c.comment.contains("Обратите внимание"),
+        "flagged answers in one line: {}",
+        c.comment
+    );
     assert_eq!(c.files.len(), 1);
     let (name, pdf) = &c.files[0];
     assert!(name.ends_with(".pdf"));
@@ -81,7 +99,11 @@ async fn submit_posts_comment_with_pdf_to_the_deal() {
         assert!(text.contains("пенициллин"), "a flagged answer: {text}");
     }
     // Files never travel inside batch.
-    assert!(fake.calls_of("crm.timeline.comment.add").iter().all(|c| !c.via_batch));
+    assert!(
+        fake.calls_of("crm.timeline.comment.add")
+            .iter()
+            .all(|c| !c.via_batch)
+    );
 }
 
 #[tokio::test]
@@ -98,7 +120,10 @@ async fn portal_outage_and_restart_deliver_the_comment_once() {
         .await
         .unwrap()
         .unwrap();
-    assert!(pending.done_at.is_none() && pending.dead_at.is_none(), "{pending:?}");
+    assert!(
+        pending.done_at.is_none() && pending.dead_at.is_none(),
+        "{pending:?}"
+    );
     assert!(pending.last_error.is_some());
 
     // Restart the service on the same database; the portal comes back.

@@ -6,5 +6,6 @@ mod bitrix24_client;
 mod completion;
 mod config_cli;
 mod install;
+mod legacy;
 mod robot;
 mod survey_flow;
