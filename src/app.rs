@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use poem::{EndpointExt, IntoEndpoint, Route, get, post};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get, post};
 use poem_openapi::OpenApiService;
 
 use crate::state::AppState;
@@ -21,6 +21,27 @@ pub fn api_service() -> OpenApiService<web::api::SurveyApi, ()> {
              PDF и ответы в карточке сделки. Обработчики Битрикс24 (/b24/*, /api/v1/bitrix/webhook, \
              /api/bitrix/webhook) принимают формат Битрикс24 и описаны в README.",
         )
+}
+
+/// Methods per route, for the `Allow` header of a 405.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let p = path.trim_end_matches('/');
+    if p.starts_with("/api/v1/surveys/") {
+        return Some(if p.ends_with("/draft") {
+            "PUT"
+        } else if p.ends_with("/submit") {
+            "POST"
+        } else {
+            "GET"
+        });
+    }
+    match p {
+        "/healthz" | "/openapi.json" => Some("GET"),
+        "/api/v1/bitrix/webhook" => Some("GET, POST"),
+        _ if p.starts_with("/s/") => Some("GET, POST"),
+        _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),
+        _ => None,
+    }
 }
 
 pub fn routes(state: AppState) -> impl poem::Endpoint {
@@ -50,6 +71,23 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         )
         .at("/api/bitrix/webhook", post(legacy::outgoing::outgoing))
         .with(crate::body_limit::BodyLimit(BODY_LIMIT))
+        .around(|ep, req| async move {
+            let path = req.uri().path().to_owned();
+            let mut response = match ep.call(req).await {
+                Ok(r) => r,
+                Err(e) => crate::error::from_poem_error(e),
+            };
+            // RFC 9110: a 405 names the methods the resource supports.
+            if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+                && let Some(allow) = allowed_methods(&path)
+            {
+                response.headers_mut().insert(
+                    poem::http::header::ALLOW,
+                    poem::http::HeaderValue::from_static(allow),
+                );
+            }
+            Ok(response)
+        })
         .data(state)
         .with(RequestLog {
             timeout: REQUEST_TIMEOUT,

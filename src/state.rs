@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Notify;
 
 use crate::b24::portals::DbTokenStore;

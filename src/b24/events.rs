@@ -3,9 +3,7 @@
 use chrono::Utc;
 use poem::web::{Data, Json};
 use poem::{Body, IntoResponse, Request, Response, handler};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use super::inbound::{parse_body, text};

@@ -22,10 +22,10 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
         return Value::Object(Map::new());
     };
     let looks_json = first == b'{';
-    if content_type.is_some_and(|c| c.contains("json")) || looks_json {
-        if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(body) {
-            return v;
-        }
+    if (content_type.is_some_and(|c| c.contains("json")) || looks_json)
+        && let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(body)
+    {
+        return v;
     }
     parse_form(body)
 }

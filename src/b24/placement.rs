@@ -7,7 +7,7 @@
 use chrono::Utc;
 use poem::http::StatusCode;
 use poem::web::{Data, Path, Query};
-use poem::{Body, IntoResponse, Request, Response, handler};
+use poem::{Body, Request, Response, handler};
 use sea_orm::EntityTrait;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -221,16 +221,16 @@ pub async fn report(
     } else {
         "inline"
     };
-    bytes
-        .with_header("content-type", "application/pdf")
-        .with_header(
+    Response::builder()
+        .content_type("application/pdf")
+        .header(
             "content-disposition",
             format!("{disposition}; filename=\"{name}\""),
         )
-        .with_header("cache-control", "no-store")
-        .with_header("x-content-type-options", "nosniff")
-        .with_header("referrer-policy", "no-referrer")
-        .into_response()
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header("referrer-policy", "no-referrer")
+        .body(bytes)
 }
 
 /// «Отправить новую ссылку»: a fresh invitation for the session's document.

@@ -7,7 +7,6 @@
 use chrono::Utc;
 use poem::web::{Data, Json};
 use poem::{Body, Request, handler};
-use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

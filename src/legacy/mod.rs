@@ -7,7 +7,6 @@ pub mod outgoing;
 pub mod webhook_robot;
 
 use chrono::Utc;
-use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 
 use crate::bitrix24::Target;

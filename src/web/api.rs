@@ -197,8 +197,8 @@ impl SurveyApi {
         token: Path<String>,
         body: Json<Value>,
     ) -> Result<Json<DraftSaved>, ApiError> {
-        let answers = answers_from_body(body.0)?;
         let inv = lifecycle::by_token(&state, &token).await?;
+        let answers = answers_from_body(body.0)?;
         let (saved_at, draft) = lifecycle::save_draft(&state, &inv, answers).await?;
         Ok(Json(DraftSaved {
             ok: true,
@@ -220,8 +220,8 @@ impl SurveyApi {
         token: Path<String>,
         body: Json<Value>,
     ) -> Result<Json<Submitted>, ApiError> {
-        let answers = answers_from_body(body.0)?;
         let inv = lifecycle::by_token(&state, &token).await?;
+        let answers = answers_from_body(body.0)?;
         let done = lifecycle::submit(&state, &inv, answers).await?;
         Ok(Json(Submitted {
             ok: true,

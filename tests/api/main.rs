@@ -2,10 +2,15 @@
 
 mod support;
 
+mod admin_page;
 mod bitrix24_client;
+mod browser;
 mod completion;
 mod config_cli;
+mod deal_tab;
+mod demo;
 mod install;
 mod legacy;
 mod robot;
+mod storage;
 mod survey_flow;

@@ -1,0 +1,173 @@
+//! The application page (`POST /b24/app`): administrators only, verified with the
+//! portal; status, reinstall, settings and the outbox's «Повторить».
+
+use opros::testing::Fault;
+
+use crate::support::portal::{installed, patient_deal};
+
+async fn page(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+fn session_of(body: &str) -> String {
+    let start = body.find("name=\"s\" value=\"").expect("session field") + 16;
+    body[start..].split('"').next().expect("value").to_owned()
+}
+
+#[tokio::test]
+async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
+    let (fake, app) = installed().await;
+    fake.set_app_url(&app.url("/b24/app"));
+    let (status, body) = page(fake.open_app(1).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    for expected in [
+        "Состояние установки",
+        "Приложение установлено и работает",
+        "Робот «Отправить опрос»",
+        "Переустановить",
+        "/b24/placement/deal-tab",
+        "Анкета пациента перед приёмом",
+        "Очередь пуста",
+    ] {
+        assert!(body.contains(expected), "«{expected}» missing: {body}");
+    }
+    let session = session_of(&body);
+
+    // An application update drops the registrations; «Переустановить» restores them.
+    fake.app_update();
+    assert!(fake.placements().is_empty());
+    let r = app
+        .http
+        .post(app.url("/b24/app/action"))
+        .form(&[("s", session.as_str()), ("action", "reinstall")])
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Регистрации проверены"), "{body}");
+    assert!(!fake.placements().is_empty());
+    assert!(!fake.robots().is_empty());
+
+    // Settings are kept per portal.
+    let r = app
+        .http
+        .post(app.url("/b24/app/action"))
+        .form(&[
+            ("s", session.as_str()),
+            ("action", "settings"),
+            ("link_days", "14"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Настройки сохранены"), "{body}");
+    assert!(body.contains("value=\"14\""));
+    assert!(!body.contains("name=\"reuse_active\" value=\"Y\" checked"));
+    let r = app
+        .http
+        .post(app.url("/b24/app/action"))
+        .form(&[
+            ("s", session.as_str()),
+            ("action", "settings"),
+            ("link_days", "0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = page(r).await;
+    assert!(body.contains("от 1 до 365"), "{body}");
+    assert!(body.contains("value=\"14\""), "a bad value changes nothing");
+
+    // Jobs the portal refused for good are listed with «Повторить», which re-queues them.
+    let deal = patient_deal(&fake);
+    fake.fail_next(
+        "batch",
+        Fault::error(400, "ERROR_WRONG_PARAMS", "Wrong params"),
+        1,
+    );
+    fake.fail_next(
+        "bizproc.event.send",
+        Fault::error(400, "ERROR_WRONG_PARAMS", "Wrong params"),
+        1,
+    );
+    fake.run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    app.run_outbox().await;
+    assert!(fake.event_sends().is_empty());
+    let (_, body) = page(fake.open_app(1).await.unwrap()).await;
+    assert!(body.contains("не удалось"), "{body}");
+    let jobs: Vec<String> = body
+        .split("name=\"job\" value=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect();
+    assert!(!jobs.is_empty(), "{body}");
+    let session = session_of(&body);
+    for job in &jobs {
+        let r = app
+            .http
+            .post(app.url("/b24/app/action"))
+            .form(&[
+                ("s", session.as_str()),
+                ("action", "retry"),
+                ("job", job.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let (_, body) = page(r).await;
+        assert!(body.contains("поставлено в очередь повторно"), "{body}");
+    }
+    app.run_outbox().await;
+    assert_eq!(fake.event_sends().len(), 1);
+    let (_, body) = page(fake.open_app(1).await.unwrap()).await;
+    assert!(body.contains("Очередь пуста"), "{body}");
+}
+
+#[tokio::test]
+async fn non_admins_and_foreign_sessions_are_refused() {
+    let (fake, app) = installed().await;
+    fake.set_app_url(&app.url("/b24/app"));
+    fake.add_user(7, "Игорь", "Воронцов", false);
+    let (status, body) = page(fake.open_app(7).await.unwrap()).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("Доступно только администратору портала"),
+        "{body}"
+    );
+    assert!(!body.contains("Переустановить"));
+    assert!(!body.contains("name=\"s\""), "no session for a non-admin");
+
+    // A forged token.
+    let member = fake.member_id();
+    let r = fake
+        .open_placement_forged(
+            &app.url(&format!("/b24/app?DOMAIN={}&PROTOCOL=0", fake.domain())),
+            &[("AUTH_ID", "forged"), ("member_id", &member)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // A deal tab's session cannot drive the admin actions.
+    let deal = patient_deal(&fake);
+    let (_, tab) = page(fake.open_deal_tab(7, deal).await.unwrap()).await;
+    let tab_session = session_of(&tab);
+    let robots_before = fake.calls_of("bizproc.robot.update").len();
+    for s in [tab_session.as_str(), "1.1.A.99999999999.00"] {
+        let r = app
+            .http
+            .post(app.url("/b24/app/action"))
+            .form(&[("s", s), ("action", "reinstall")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    assert_eq!(fake.calls_of("bizproc.robot.update").len(), robots_before);
+}

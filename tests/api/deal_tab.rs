@@ -1,0 +1,310 @@
+//! The «Анкета пациента» tab: shown only after the portal confirmed the doctor and the
+//! doctor's right to read the deal; its PDF and «Отправить новую ссылку» work only with
+//! the session the tab was given.
+
+use opros::testing::FakePortal;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::portal::{self, installed, patient_deal};
+use crate::support::{TestApp, full_answers};
+
+/// What the patient wrote (support::full_answers) and who they are: none of it may
+/// appear on a refused page.
+const PRIVATE: [&str; 3] = ["Смирнова", "пенициллин", "Головная боль"];
+
+/// Robot → link → the patient submits every answer. Returns the link's token.
+pub async fn completed_survey(fake: &FakePortal, app: &TestApp, deal: u64) -> String {
+    let before = fake.event_sends().len();
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .expect("robot delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), before + 1, "{sends:?}");
+    let url = sends[before]
+        .1
+        .get("SURVEY_URL")
+        .expect("survey_url")
+        .clone();
+    let token = url.rsplit('/').next().expect("token").to_owned();
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200, "{survey}");
+    let (status, body) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &serde_json::json!({"answers": full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+    token
+}
+
+async fn page(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+fn assert_private_absent(body: &str) {
+    for word in PRIVATE {
+        assert!(!body.contains(word), "«{word}» leaked into: {body}");
+    }
+}
+
+/// The value of `name="s"` in the page (the tab session).
+fn session_of(body: &str) -> String {
+    let start = body.find("name=\"s\" value=\"").expect("session field") + 16;
+    body[start..]
+        .split('"')
+        .next()
+        .expect("session value")
+        .to_owned()
+}
+
+/// The PDF link of the completed survey: `/b24/tab/report/<id>?s=<session>`.
+fn report_link(body: &str) -> String {
+    let start = body.find("/b24/tab/report/").expect("PDF link");
+    body[start..]
+        .split('"')
+        .next()
+        .expect("link")
+        .replace("&amp;", "&")
+}
+
+fn forged_tab_url(app: &TestApp, domain: &str) -> String {
+    app.url(&format!(
+        "/b24/placement/deal-tab?DOMAIN={domain}&PROTOCOL=0&LANG=ru"
+    ))
+}
+
+fn tab_fields<'a>(auth: &'a str, member_id: &'a str, options: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("AUTH_ID", auth),
+        ("AUTH_EXPIRES", "3600"),
+        ("REFRESH_ID", "whatever"),
+        ("member_id", member_id),
+        ("PLACEMENT", "CRM_DEAL_DETAIL_TAB"),
+        ("PLACEMENT_OPTIONS", options),
+    ]
+}
+
+#[tokio::test]
+async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+
+    let (status, empty) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
+    assert_eq!(status, 200, "{empty}");
+    assert!(empty.contains("Пациент ещё не заполнил анкету"));
+
+    completed_survey(&fake, &app, deal).await;
+    let r = fake.open_deal_tab(1, deal).await.unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    let (status, body) = page(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Смирнова Анна Петровна"));
+    assert!(body.contains("заполнена"));
+    assert!(!body.contains("Пациент ещё не заполнил анкету"));
+    assert!(!body.contains("<script>"), "no inline scripts");
+    // Flagged answers (allergy «Да» and its details) come before every section.
+    let flagged = body.find("Обратите внимание").expect("flagged block");
+    let first_section = body.find("class=\"section-title\"").expect("sections");
+    assert!(flagged < first_section);
+    let allergy_in_flagged = body[flagged..first_section].contains("пенициллин");
+    assert!(allergy_in_flagged, "allergy details are flagged");
+    assert!(
+        body[first_section..].contains("is-flagged"),
+        "highlighted in place too"
+    );
+
+    // Open and download the PDF.
+    let link = report_link(&body);
+    let r = app.http.get(app.url(&link)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/pdf");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline")
+    );
+    assert!(r.bytes().await.unwrap().starts_with(b"%PDF"));
+    let r = app
+        .http
+        .get(app.url(&format!("{link}&download=1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let disposition = r.headers()["content-disposition"].to_str().unwrap();
+    assert!(disposition.starts_with("attachment") && disposition.contains(".pdf"));
+}
+
+#[tokio::test]
+async fn forged_or_foreign_tokens_show_nothing() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    completed_survey(&fake, &app, deal).await;
+    let member = fake.member_id();
+    let options = format!(r#"{{"ID":"{deal}"}}"#);
+
+    // A made-up AUTH_ID.
+    let (status, body) = page(
+        fake.open_placement_forged(
+            &forged_tab_url(&app, &fake.domain()),
+            &tab_fields("forged-token-0123456789", &member, &options),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("Не удалось подтвердить вход"), "{body}");
+    assert_private_absent(&body);
+
+    // A genuine token of another portal, with this portal's member_id, sent either to
+    // this portal's domain or naming the other one.
+    let other = portal::fake().await;
+    let (foreign, _) = other.issue_user_token(1);
+    for domain in [fake.domain(), other.domain()] {
+        let (status, body) = page(
+            fake.open_placement_forged(
+                &forged_tab_url(&app, &domain),
+                &tab_fields(&foreign, &member, &options),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert_private_absent(&body);
+    }
+    // The other portal's own member_id: not installed here.
+    let (status, body) = page(
+        fake.open_placement_forged(
+            &forged_tab_url(&app, &other.domain()),
+            &tab_fields(&foreign, "another-member-id", &options),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("не установлено"), "{body}");
+    assert_private_absent(&body);
+    // The other portal never saw this portal's token; ours was asked only by us.
+    assert!(
+        other.calls_of("profile").is_empty(),
+        "the POST's DOMAIN must never be called"
+    );
+
+    // A genuine token but the PLACEMENT_OPTIONS of a deal the user may not read.
+    fake.add_user(7, "Игорь", "Воронцов", false);
+    fake.deny_deal_for_user(7, deal);
+    let (status, body) = page(fake.open_deal_tab(7, deal).await.unwrap()).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("Нет доступа к сделке"), "{body}");
+    assert_private_absent(&body);
+    // The deal was read with the doctor's own token.
+    let reads = fake.calls_of("crm.deal.get");
+    assert!(reads.iter().any(|c| c.error.is_some()), "{reads:?}");
+}
+
+#[tokio::test]
+async fn uninstalled_portal_shows_nothing() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    completed_survey(&fake, &app, deal).await;
+    let r = fake.uninstall(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (token, _) = fake.issue_user_token(1);
+    let options = format!(r#"{{"ID":"{deal}"}}"#);
+    let member = fake.member_id();
+    let (status, body) = page(
+        fake.open_placement_forged(
+            &forged_tab_url(&app, &fake.domain()),
+            &tab_fields(&token, &member, &options),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_private_absent(&body);
+}
+
+#[tokio::test]
+async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    completed_survey(&fake, &app, deal).await;
+    let other_deal = patient_deal(&fake);
+
+    let (_, body) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
+    let link = report_link(&body);
+    let (path, own_session) = link.split_once("?s=").expect("session in the link");
+    let (_, other_body) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
+    let other_session = session_of(&other_body);
+    assert_ne!(other_session, own_session);
+
+    let get = |url: String| {
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(app.url(&link)).await, 200);
+    assert_eq!(
+        get(app.url(&format!("{path}?s={other_session}"))).await,
+        403,
+        "another deal's session"
+    );
+    let mut tampered = own_session.to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(get(app.url(&format!("{path}?s={tampered}"))).await, 403);
+    let forged_scope = own_session.replacen(&format!(".D{deal}."), &format!(".D{other_deal}."), 1);
+    assert_eq!(get(app.url(&format!("{path}?s={forged_scope}"))).await, 403);
+    assert_eq!(get(app.url(path)).await, 403, "no session");
+
+    // «Отправить новую ссылку»: refused without a valid session…
+    let r = app
+        .http
+        .post(app.url("/b24/tab/new-link"))
+        .form(&[("s", tampered.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // …and with one, a fresh invitation whose link works.
+    let r = app
+        .http
+        .post(app.url("/b24/tab/new-link"))
+        .form(&[("s", own_session)])
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Новая ссылка создана"));
+    let start = body.find(&app.url("/s/")).expect("new link shown");
+    let new_url = body[start..].split('"').next().unwrap();
+    let token = new_url.rsplit('/').next().unwrap();
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200, "{survey}");
+    assert_eq!(survey["status"], Value::from("opened"));
+    // Both invitations are listed, the new one «отправлена» (now «открыта»).
+    let (_, again) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
+    assert_eq!(again.matches("<tr><td>").count(), 2, "{again}");
+    // The other deal still has none.
+    let (_, other_again) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
+    assert!(other_again.contains("Пациент ещё не заполнил анкету"));
+}

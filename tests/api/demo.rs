@@ -1,0 +1,113 @@
+//! `opros demo`: the pieces a newcomer clicks through, end to end.
+
+use opros::demo::{Demo, DemoOptions};
+use serde_json::json;
+
+use crate::support::{db, full_answers};
+
+/// Submits the hidden frame form of a demo card page the way its script does and
+/// returns the framed page.
+async fn open_frame(http: &reqwest::Client, demo: &Demo, card: &str) -> (u16, String) {
+    let page = http.get(card).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!csp.contains("unsafe-inline"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("demo-card.js"), "the script is a served file");
+    assert!(!html.contains("<script>"));
+    let unescape = |s: &str| s.replace("&quot;", "\"").replace("&amp;", "&");
+    let start = html
+        .find("<form method=\"post\" action=\"")
+        .expect("frame form")
+        + 28;
+    let action = unescape(html[start..].split('"').next().unwrap());
+    let mut fields = Vec::new();
+    for part in html.split("<input type=\"hidden\" name=\"").skip(1) {
+        let name = part.split('"').next().unwrap().to_owned();
+        let value = part
+            .split("value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        fields.push((name, unescape(value)));
+    }
+    let r = http
+        .post(demo.url(&action))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn demo_installs_sends_the_link_and_shows_the_answers() {
+    let db = db::sqlite();
+    let demo = Demo::start(DemoOptions {
+        database_url: Some(db.url.clone()),
+        ..DemoOptions::default()
+    })
+    .await
+    .expect("demo starts");
+    let http = reqwest::Client::new();
+    assert!(
+        demo.survey_url.starts_with(&demo.url("/s/")),
+        "{}",
+        demo.survey_url
+    );
+
+    let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
+    assert_eq!(status, 200, "{tab}");
+    assert!(tab.contains("Пациент ещё не заполнил анкету"));
+    assert!(tab.contains("Смирнова Анна Петровна"));
+
+    let token = demo.survey_url.rsplit('/').next().unwrap();
+    let survey: serde_json::Value = http
+        .get(demo.url(&format!("/api/v1/surveys/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(demo.url(&format!("/api/v1/surveys/{token}/submit")))
+        .json(&json!({"answers": full_answers(&survey)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
+    assert_eq!(status, 200);
+    assert!(tab.contains("Обратите внимание"), "{tab}");
+    let start = tab.find("/b24/tab/report/").expect("PDF link");
+    let link = tab[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let pdf = http.get(demo.url(&link)).send().await.unwrap();
+    assert_eq!(pdf.status(), 200);
+    assert!(pdf.bytes().await.unwrap().starts_with(b"%PDF"));
+
+    let (status, admin) = open_frame(&http, &demo, &demo.admin_url()).await;
+    assert_eq!(status, 200, "{admin}");
+    assert!(admin.contains("Приложение установлено и работает"));
+    demo.stop().await;
+}
+
+#[tokio::test]
+async fn demo_pages_are_not_part_of_the_service() {
+    let app = crate::support::spawn_app(&[]).await;
+    let r = app.http.get(app.url("/demo/deal/1")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app.http.get(app.url("/demo/app")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -1,0 +1,148 @@
+//! Storage on both backends: migrations, exclusive claims, idempotency keys, and a
+//! whole robot → submit → comment flow. PostgreSQL runs when OPROS_TEST_POSTGRES_URL
+//! is set (CI); locally the leg prints SKIP.
+
+use chrono::Utc;
+use opros::db;
+use opros::invitations::{self, Channel, EntityRef, EntityType, NewInvitation};
+use opros::outbox::{self, Job, jobs};
+use serde_json::json;
+
+use crate::support::db::all;
+use crate::support::full_answers;
+use crate::support::portal::{app_for_db, fake, install, patient_deal};
+
+fn new_invitation(key: Option<&str>) -> NewInvitation {
+    NewInvitation {
+        portal_id: None,
+        channel: Channel::Webhook,
+        entity: EntityRef {
+            kind: EntityType::Deal,
+            id: 42,
+        },
+        patient_name: "Смирнова Анна".into(),
+        questionnaire_code: "pre_visit".into(),
+        questionnaire_version: 1,
+        lifetime_days: 7,
+        reuse_active: false,
+        dedupe_key: key.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn claims_are_exclusive_and_keys_idempotent_on_every_backend() {
+    for test_db in all("storage::claims").await {
+        let conn = db::connect(&test_db.url).await.unwrap();
+        db::migrate(&conn).await.unwrap();
+        db::migrate(&conn).await.unwrap(); // a second run is a no-op
+
+        // The same request twice: one invitation.
+        let a = invitations::create_or_reuse(&conn, new_invitation(Some("k1")), Utc::now())
+            .await
+            .unwrap();
+        let b = invitations::create_or_reuse(&conn, new_invitation(Some("k1")), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(a.invitation.id, b.invitation.id, "{}", test_db.backend);
+        assert!(b.existing);
+
+        // The same job key twice: one job.
+        for _ in 0..2 {
+            outbox::enqueue(
+                &conn,
+                None,
+                &Job::WriteLinkField {
+                    invitation: a.invitation.id.clone(),
+                },
+                "job-1",
+            )
+            .await
+            .unwrap();
+        }
+        for i in 0..40 {
+            outbox::enqueue(
+                &conn,
+                None,
+                &Job::WriteLinkField {
+                    invitation: a.invitation.id.clone(),
+                },
+                &format!("job-n{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        // Four workers claim at once, round after round: every job is claimed by
+        // exactly one of them, and all of them are claimed.
+        let now = Utc::now();
+        let mut ids: Vec<i64> = Vec::new();
+        for _ in 0..20 {
+            let claims =
+                futures::future::join_all((0..4).map(|_| jobs::claim(&conn, now, 7))).await;
+            let round: Vec<i64> = claims
+                .into_iter()
+                .flat_map(|c| c.unwrap())
+                .map(|j| j.id)
+                .collect();
+            if round.is_empty() {
+                break;
+            }
+            ids.extend(round);
+        }
+        let total = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            total,
+            "a job was claimed twice on {}",
+            test_db.backend
+        );
+        assert_eq!(total, 41, "{}", test_db.backend);
+        assert!(jobs::claim(&conn, now, 20).await.unwrap().is_empty());
+
+        // The generated link secret is kept once.
+        let s1 = db::setting_or_insert(&conn, "link_secret", "first")
+            .await
+            .unwrap();
+        let s2 = db::setting_or_insert(&conn, "link_secret", "second")
+            .await
+            .unwrap();
+        assert_eq!((s1.as_str(), s2.as_str()), ("first", "first"));
+    }
+}
+
+#[tokio::test]
+async fn the_whole_flow_on_every_backend() {
+    for test_db in all("storage::flow").await {
+        let fake = fake().await;
+        let app = app_for_db(&fake, &test_db.url).await;
+        install(&fake, &app).await;
+        let deal = patient_deal(&fake);
+        let (_, r) = fake
+            .run_robot("opros_send_survey", deal, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        app.run_outbox().await;
+        let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
+        let token = url.rsplit('/').next().unwrap().to_owned();
+        let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+        assert_eq!(
+            survey["patient_name"], "Смирнова Анна Петровна",
+            "{}",
+            test_db.backend
+        );
+        let (status, _) = app
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/api/v1/surveys/{token}/submit"),
+                &json!({"answers": full_answers(&survey)}),
+            )
+            .await;
+        assert_eq!(status, 200, "{}", test_db.backend);
+        app.run_outbox().await;
+        assert_eq!(fake.timeline_comments().len(), 1, "{}", test_db.backend);
+        let (status, _) = app.get_json("/healthz").await;
+        assert_eq!(status, 200);
+    }
+}
