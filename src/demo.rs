@@ -43,6 +43,8 @@ pub struct DemoOptions {
     pub port: u16,
     /// Variables passed on to the service (`CLINIC_NAME`, `SURVEYS_DIR`, `RUST_LOG`…).
     pub extra: BTreeMap<String, String>,
+    /// Install the process-wide log subscriber (the CLI does; tests keep their own).
+    pub install_logging: bool,
 }
 
 impl DemoOptions {
@@ -69,6 +71,7 @@ impl DemoOptions {
             database_url: var("DATABASE_URL"),
             port: var("PORT").and_then(|p| p.parse().ok()).unwrap_or(0),
             extra,
+            install_logging: true,
         }
     }
 }
@@ -141,7 +144,9 @@ impl Demo {
         vars.insert("B24_CLIENT_SECRET".into(), portal.client_secret());
         // B24_OAUTH_URL stays unset: the token URL comes from the portal's server_endpoint.
         let config = Config::from_map(&vars)?;
-        crate::telemetry::init(&config);
+        if options.install_logging {
+            crate::telemetry::init(&config);
+        }
         let state = AppState::build(config).await?;
 
         let cancel = CancellationToken::new();

@@ -130,7 +130,7 @@ async fn crm_added(state: &AppState, form: &Value, event: &str) -> Result<Value,
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
     tracing::info!(portal = %p.domain, event, "Получен вебхук от Битрикс24");
-    let inv = crate::legacy::create_for_new_entity(
+    let inv = crate::invitations::issue::create_for_new_entity(
         state,
         Some(p.id),
         Channel::App,

@@ -244,14 +244,21 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let inv = match crate::legacy::issue(
+    let days = match crate::invitations::issue::lifetime_for(state, Some(portal.id)).await {
+        Ok(d) => d,
+        Err(_) => state.config.link_days,
+    };
+    let inv = match crate::invitations::issue::issue(
         state,
-        Some(portal.id),
-        Channel::App,
-        entity,
-        None,
-        false,
-        None,
+        crate::invitations::issue::Request {
+            portal_id: Some(portal.id),
+            channel: Channel::App,
+            entity,
+            given_name: None,
+            reuse_active: false,
+            lifetime_days: days,
+            dedupe_key: None,
+        },
     )
     .await
     {
@@ -272,6 +279,6 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
         Some(&inv.id),
     )
     .await;
-    let link = crate::legacy::link_of(state, &inv);
+    let link = crate::invitations::issue::link_of(state, &inv);
     render(state, &portal, &session, Some(&link)).await
 }

@@ -62,12 +62,18 @@ pub async fn send_survey(
         })?;
         (q.code.clone(), q.version)
     };
+    // The robot's own properties win; the admin's settings fill what they leave open.
+    let defaults =
+        crate::b24::portal_settings::load(&state.db, portal.id, state.config.link_days).await?;
     let lifetime_days = prop("link_days")
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=365).contains(d))
-        .unwrap_or(state.config.link_days);
-    let reuse_active =
-        !prop("reuse_active").is_some_and(|v| matches!(v.as_str(), "N" | "n" | "0" | "false"));
+        .unwrap_or(defaults.link_days);
+    let reuse_active = match prop("reuse_active").as_deref() {
+        Some("N" | "n" | "0" | "false") => false,
+        Some("Y" | "y" | "1" | "true") => true,
+        _ => defaults.reuse_active,
+    };
     let given_name = patient::usable_name(prop("patient_name").as_deref());
 
     let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));

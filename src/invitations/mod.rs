@@ -1,6 +1,7 @@
 //! Invitations: one survey link for one CRM document, created by the robot, the legacy
 //! webhooks or a doctor, and the rules for reusing an active one.
 
+pub mod issue;
 pub mod lifecycle;
 pub mod links;
 pub mod patient;

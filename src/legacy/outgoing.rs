@@ -82,7 +82,7 @@ pub async fn outgoing(
         .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
     let entity = EntityRef { kind, id };
     super::check_pipeline(state, entity, None).await?;
-    let inv = super::create_for_new_entity(
+    let inv = crate::invitations::issue::create_for_new_entity(
         state,
         None,
         Channel::Webhook,

@@ -63,19 +63,22 @@ pub async fn webhook_robot(
     let force = fields
         .get("force")
         .is_some_and(|f| matches!(f.as_str(), "1" | "true" | "yes" | "Y"));
-    let (inv, _) = super::issue(
+    let (inv, _) = crate::invitations::issue::issue(
         state,
-        None,
-        Channel::Webhook,
-        entity,
-        given_name,
-        !force,
-        None,
+        crate::invitations::issue::Request {
+            portal_id: None,
+            channel: Channel::Webhook,
+            entity,
+            given_name,
+            reuse_active: !force,
+            lifetime_days: state.config.link_days,
+            dedupe_key: None,
+        },
     )
     .await?;
     Ok(Json(json!({
         "ok": true,
-        "survey_url": super::link_of(state, &inv),
+        "survey_url": crate::invitations::issue::link_of(state, &inv),
         "survey_id": inv.id,
         "expires_at": inv.expires_at.to_rfc3339(),
     })))

@@ -1,0 +1,160 @@
+//! Issuing a link outside the robot (webhook robot, events, a doctor's «Отправить
+//! новую ссылку»): the invitation plus, in the same transaction, the name lookup and
+//! the link field update.
+
+use chrono::Utc;
+
+use super::{Channel, EntityRef, NewInvitation, create_or_reuse, patient};
+use crate::db::entities::invitation;
+use crate::error::ApiError;
+use crate::outbox::{self, Job};
+use crate::secret::mask;
+use crate::state::AppState;
+
+/// The link lifetime: the portal administrator's setting, else `SURVEY_LINK_DAYS`.
+pub async fn lifetime_for(state: &AppState, portal_id: Option<i64>) -> Result<u32, ApiError> {
+    Ok(match portal_id {
+        Some(id) => {
+            crate::b24::portal_settings::load(&state.db, id, state.config.link_days)
+                .await?
+                .link_days
+        }
+        None => state.config.link_days,
+    })
+}
+
+/// A new deal or lead from an event: one invitation per document (a repeated delivery
+/// of the event finds the first one), its link written to the link field, the name
+/// looked up in the portal.
+pub async fn create_for_new_entity(
+    state: &AppState,
+    portal_id: Option<i64>,
+    channel: Channel,
+    entity: EntityRef,
+    dedupe_key: &str,
+) -> Result<invitation::Model, ApiError> {
+    let lifetime_days = lifetime_for(state, portal_id).await?;
+    issue(
+        state,
+        Request {
+            portal_id,
+            channel,
+            entity,
+            given_name: None,
+            reuse_active: false,
+            lifetime_days,
+            dedupe_key: Some(dedupe_key.to_owned()),
+        },
+    )
+    .await
+    .map(|(inv, _)| inv)
+}
+
+/// What to issue a link for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub portal_id: Option<i64>,
+    pub channel: Channel,
+    pub entity: EntityRef,
+    /// A usable name from the caller; `None` queues a lookup in the portal.
+    pub given_name: Option<String>,
+    /// Return the active link of the same document instead of a new one.
+    pub reuse_active: bool,
+    pub lifetime_days: u32,
+    pub dedupe_key: Option<String>,
+}
+
+/// Creates (or reuses) an invitation and queues the name lookup and the link field
+/// update in the same transaction. Returns the invitation and whether it existed.
+pub async fn issue(
+    state: &AppState,
+    request: Request,
+) -> Result<(invitation::Model, bool), ApiError> {
+    let Request {
+        portal_id,
+        channel,
+        entity,
+        given_name,
+        reuse_active,
+        lifetime_days,
+        dedupe_key,
+    } = request;
+    let (code, version) = {
+        let catalog = state.catalog();
+        let code = catalog.default_code().to_owned();
+        let q = catalog
+            .latest(&code)
+            .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?;
+        (q.code.clone(), q.version)
+    };
+    let now = Utc::now();
+    let (_writer, txn) = state.begin_write().await?;
+    let outcome = create_or_reuse(
+        &txn,
+        NewInvitation {
+            portal_id,
+            channel,
+            entity,
+            patient_name: given_name
+                .clone()
+                .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
+            questionnaire_code: code,
+            questionnaire_version: version,
+            lifetime_days,
+            reuse_active,
+            dedupe_key,
+        },
+        now,
+    )
+    .await?;
+    let inv = outcome.invitation.clone();
+    let delivers = portal_id.is_some() || state.config.webhook_url.is_some();
+    if !outcome.existing && delivers {
+        if given_name.is_none() {
+            outbox::enqueue(
+                &txn,
+                portal_id,
+                &Job::ResolvePatient {
+                    invitation: inv.id.clone(),
+                },
+                &format!("invitation:{}:name", inv.id),
+            )
+            .await?;
+        }
+        outbox::enqueue(
+            &txn,
+            portal_id,
+            &Job::WriteLinkField {
+                invitation: inv.id.clone(),
+            },
+            &format!("invitation:{}:field", inv.id),
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    if !delivers {
+        tracing::warn!(
+            "BITRIX24_WEBHOOK_URL не задан: ссылка не будет записана в сделку, а результат опроса не попадёт в Битрикс24"
+        );
+    }
+    state.nudge_outbox();
+    log_link(state, &inv, outcome.existing);
+    Ok((inv, outcome.existing))
+}
+
+pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
+    let token = state.links.sign(&inv.id, inv.expires_at);
+    tracing::info!(
+        survey_id = %inv.id,
+        entity = %format!("{}_{}", inv.entity_type, inv.entity_id),
+        link = %format!("{}/s/{}", state.config.public_url.as_str().trim_end_matches('/'), mask(&token)),
+        existing,
+        "Сгенерирована ссылка для опроса"
+    );
+}
+
+pub fn link_of(state: &AppState, inv: &invitation::Model) -> String {
+    state
+        .config
+        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
+}
