@@ -27,10 +27,6 @@ pub struct Inner {
     pub outbox_notify: Arc<Notify>,
     /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
     pub session_key: Secret<Vec<u8>>,
-    /// SQLite allows one writer; a transaction that reads first and writes later
-    /// cannot wait its turn (the lock upgrade fails at once with SQLITE_BUSY), so
-    /// write transactions queue here instead. Unused on PostgreSQL.
-    sqlite_writer: Option<tokio::sync::Mutex<()>>,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -88,8 +84,6 @@ impl AppState {
             h.update(secret.expose().as_bytes());
             Secret::new(h.finalize().to_vec())
         };
-        let sqlite_writer = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
-            .then(|| tokio::sync::Mutex::new(()));
         Ok(AppState(Arc::new(Inner {
             links: LinkSigner::new(&secret),
             config: Arc::new(config),
@@ -98,7 +92,6 @@ impl AppState {
             b24,
             outbox_notify: Arc::new(Notify::new()),
             session_key,
-            sqlite_writer,
             link_fields: Default::default(),
         })))
     }
@@ -117,24 +110,19 @@ impl AppState {
         guard.insert(q)
     }
 
-    /// Begins a write transaction; on SQLite it first waits for the single writer slot.
-    /// Keep the guard alive until the transaction is committed.
-    pub async fn begin_write(
-        &self,
-    ) -> Result<
-        (
-            Option<tokio::sync::MutexGuard<'_, ()>>,
-            sea_orm::DatabaseTransaction,
-        ),
-        DbErr,
-    > {
-        use sea_orm::TransactionTrait;
-        let guard = match &self.sqlite_writer {
-            Some(m) => Some(m.lock().await),
-            None => None,
+    /// Begins a transaction that will write. On SQLite it takes the write lock at
+    /// BEGIN (`BEGIN IMMEDIATE`): a deferred transaction that reads first cannot
+    /// upgrade once another writer committed (SQLITE_BUSY_SNAPSHOT), and the busy
+    /// timeout only helps a transaction that waits before it reads.
+    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        let options = TransactionOptions {
+            sqlite_transaction_mode: (self.db.get_database_backend()
+                == sea_orm::DatabaseBackend::Sqlite)
+                .then_some(SqliteTransactionMode::Immediate),
+            ..Default::default()
         };
-        let txn = self.db.begin().await?;
-        Ok((guard, txn))
+        self.db.begin_with_options(options).await
     }
 
     pub fn link_field_checked(&self, entity: &str) -> bool {

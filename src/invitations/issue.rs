@@ -88,7 +88,7 @@ pub async fn issue(
         (q.code.clone(), q.version)
     };
     let now = Utc::now();
-    let (_writer, txn) = state.begin_write().await?;
+    let txn = state.begin_write().await?;
     let outcome = create_or_reuse(
         &txn,
         NewInvitation {

@@ -195,11 +195,16 @@ async fn run_chunk(
     now: DateTime<Utc>,
 ) -> Vec<(outbox_job::Model, Outcome)> {
     let commands: Vec<BatchCommand> = chunk.iter().flat_map(|(_, _, c)| c.clone()).collect();
-    let results = match state.b24.batch(target, commands, false).await {
+    let results = match state.b24.batch(target, commands.clone(), false).await {
         Ok(r) => r
             .into_iter()
             .map(|o| (o.name, o.result))
             .collect::<HashMap<_, _>>(),
+        // A portal (or proxy) that refuses `batch` itself still gets every call.
+        Err(e) if !e.is_retryable() && !e.needs_reinstall() => {
+            tracing::warn!(error = %e, "Пакетный вызов отклонён, отправляем вызовы по одному");
+            one_by_one(state, target, commands).await
+        }
         Err(e) => {
             tracing::warn!(error = %e, jobs = chunk.len(), "Пакетный вызов Битрикс24 не прошёл");
             return chunk
@@ -250,6 +255,48 @@ async fn run_chunk(
         out.push((c.row, outcome));
     }
     out
+}
+
+/// The batch's commands as single calls, in order, resolving `$result[name][FIELD]`
+/// references from earlier answers the way the portal's `batch` does (protocol §13).
+async fn one_by_one(
+    state: &AppState,
+    target: &Target,
+    commands: Vec<BatchCommand>,
+) -> HashMap<String, Result<Value, B24Error>> {
+    let mut results: HashMap<String, Result<Value, B24Error>> = HashMap::new();
+    for cmd in commands {
+        let params = resolve_references(cmd.params, &results);
+        let result = state.b24.call(target, &cmd.method, params).await;
+        results.insert(cmd.name, result);
+    }
+    results
+}
+
+fn resolve_references(params: Value, results: &HashMap<String, Result<Value, B24Error>>) -> Value {
+    match params {
+        Value::String(s) if s.starts_with("$result[") => {
+            let path: Vec<&str> = s
+                .trim_start_matches("$result[")
+                .trim_end_matches(']')
+                .split("][")
+                .collect();
+            let found = path.split_first().and_then(|(name, fields)| {
+                let mut node = results.get(*name)?.as_ref().ok()?;
+                for f in fields {
+                    node = node.get(*f)?;
+                }
+                Some(node.clone())
+            });
+            found.unwrap_or(Value::String(String::new()))
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, resolve_references(v, results)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 async fn store_name(
@@ -308,7 +355,13 @@ async fn post_completion(
                 return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
             }
             Ok(None) => {}
-            Err(e) => return classify(&e, row.attempts, now),
+            Err(e) if e.is_retryable() => return classify(&e, row.attempts, now),
+            // A portal that cannot list comments: posting again risks a duplicate,
+            // not posting loses the result; the doctor must get it.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
+            ),
         }
     }
 

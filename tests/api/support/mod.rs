@@ -36,9 +36,27 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    /// Runs due outbox jobs now (the background worker also runs; claims are exclusive).
+    /// Runs due outbox jobs now and waits for those the background worker holds, until
+    /// no job is due or in flight (retries scheduled for later are left).
     pub async fn run_outbox(&self) {
-        Outbox::new(self.state.clone()).run_until_idle().await;
+        use opros::db::entities::outbox_job;
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            Outbox::new(self.state.clone()).run_until_idle().await;
+            let now = chrono::Utc::now().timestamp_millis();
+            let busy = outbox_job::Entity::find()
+                .filter(outbox_job::Column::DoneAt.is_null())
+                .filter(outbox_job::Column::DeadAt.is_null())
+                .filter(outbox_job::Column::RunAt.lte(now))
+                .count(&self.state.db)
+                .await
+                .expect("count jobs");
+            if busy == 0 || Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
