@@ -178,3 +178,52 @@ async fn uninstall_needs_the_application_token() {
         .unwrap();
     assert_eq!(portal.status, "installed");
 }
+
+#[tokio::test]
+async fn onappinstall_event_alone_installs_and_registers() {
+    // The install page never reached us; the event did (protocol §3.3).
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    let (access, refresh) = fake.issue_user_token(1);
+    let r = app
+        .http
+        .post(app.url("/b24/install"))
+        .form(&[
+            ("event", "ONAPPINSTALL"),
+            ("data[VERSION]", "1"),
+            ("auth[access_token]", access.as_str()),
+            ("auth[refresh_token]", refresh.as_str()),
+            ("auth[expires_in]", "3600"),
+            ("auth[domain]", &fake.domain()),
+            ("auth[client_endpoint]", fake.client_endpoint().as_str()),
+            ("auth[member_id]", &fake.member_id()),
+            ("auth[application_token]", &fake.application_token()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(fake.robots().len(), 1);
+    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(portal.application_token.as_deref(), Some(fake.application_token().as_str()));
+
+    // A later event with another application token is refused.
+    let r = app
+        .http
+        .post(app.url("/b24/events"))
+        .form(&[
+            ("event", "ONAPPINSTALL"),
+            ("auth[access_token]", access.as_str()),
+            ("auth[domain]", &fake.domain()),
+            ("auth[client_endpoint]", fake.client_endpoint().as_str()),
+            ("auth[member_id]", &fake.member_id()),
+            ("auth[application_token]", "another-token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
