@@ -11,7 +11,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde_json::Value;
 
 use super::frame_auth;
-use super::inbound::{parse_body, parse_form, text};
+use super::inbound::{parse_form, text};
 use super::install::PortalQuery;
 use super::portal_settings::{self, PortalSettings};
 use super::session::{Scope, Session};
@@ -28,10 +28,9 @@ pub async fn app_page(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let Ok(bytes) = body.into_bytes().await else {
+    let Some(form) = super::inbound::read(req, body).await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_body(req.content_type(), &bytes);
     let caller = match frame_auth::verify(state, &query, &form).await {
         Ok(c) => c,
         Err(e) => return e.page(),

@@ -6,7 +6,7 @@ use poem::{Body, IntoResponse, Request, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use super::inbound::{parse_body, text};
+use super::inbound::text;
 use super::{install, portals};
 use crate::db::entities::{invitation, outbox_job, portal};
 use crate::error::ApiError;
@@ -15,14 +15,10 @@ use crate::state::AppState;
 
 #[handler]
 pub async fn events(req: &Request, body: Body, Data(state): Data<&AppState>) -> Response {
-    let bytes = match body.into_bytes().await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса")
-                .into_response();
-        }
+    let Some(form) = super::inbound::read(req, body).await else {
+        return ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса")
+            .into_response();
     };
-    let form = parse_body(req.content_type(), &bytes);
     let event = text(&form, &["event"])
         .unwrap_or_default()
         .to_ascii_uppercase();

@@ -15,6 +15,13 @@ pub fn parse_form(body: &[u8]) -> Value {
     Value::Object(root)
 }
 
+/// Reads and decodes a POST from Bitrix24 (form or JSON); `None` if the body could
+/// not be read at all.
+pub async fn read(req: &poem::Request, body: poem::Body) -> Option<Value> {
+    let bytes = body.into_bytes().await.ok()?;
+    Some(parse_body(req.content_type(), &bytes))
+}
+
 /// JSON body, else form body; an empty body is an empty object.
 pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());

@@ -10,7 +10,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::inbound::{parse_body, text};
+use super::inbound::text;
 use super::{page, portals, registration};
 use crate::bitrix24::Target;
 use crate::db::entities::portal;
@@ -72,14 +72,9 @@ pub async fn install(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let bytes = match body.into_bytes().await {
-        Ok(b) => b,
-        Err(_) => {
-            return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос")
-                .into_response();
-        }
+    let Some(form) = super::inbound::read(req, body).await else {
+        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_body(req.content_type(), &bytes);
     if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
         return on_app_install(state, &form).await;
     }

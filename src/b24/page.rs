@@ -16,20 +16,7 @@ pub const FRAME_CSP: &str = "default-src 'none'; script-src 'self' https://api.b
 pub const FRAME_CSS: &str = include_str!("assets/b24-frame.css");
 pub const FRAME_JS: &str = include_str!("assets/b24-frame.js");
 
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::web::page::escape;
 
 /// The frame layout. `body_attrs` lets a page ask the frame script for
 /// `installFinish()`.

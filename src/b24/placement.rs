@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
-use super::inbound::{parse_body, parse_form, text};
+use super::inbound::{parse_form, text};
 use super::install::PortalQuery;
 use super::session::{Scope, Session, SessionError};
 use super::{page, tab_view};
@@ -29,10 +29,9 @@ pub async fn deal_tab(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let Ok(bytes) = body.into_bytes().await else {
+    let Some(form) = super::inbound::read(req, body).await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_body(req.content_type(), &bytes);
     let caller = match frame_auth::verify(state, &query, &form).await {
         Ok(c) => c,
         Err(e) => return e.page(),

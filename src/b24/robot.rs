@@ -10,12 +10,11 @@ use poem::{Body, Request, handler};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::inbound::{parse_body, text};
+use super::inbound::text;
 use super::portals;
 use crate::error::ApiError;
 use crate::invitations::{self, Channel, EntityRef, NewInvitation, patient};
 use crate::outbox::{self, Job};
-use crate::secret::mask;
 use crate::state::AppState;
 
 #[handler]
@@ -24,11 +23,9 @@ pub async fn send_survey(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body
-        .into_bytes()
+    let form = super::inbound::read(req, body)
         .await
-        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
-    let form = parse_body(req.content_type(), &bytes);
+        .ok_or_else(|| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
     let portal = portals::verify_app_token(
         &state.db,
         text(&form, &["auth", "member_id"]).as_deref(),
@@ -99,17 +96,6 @@ pub async fn send_survey(
     )
     .await?;
     let inv = &outcome.invitation;
-    if given_name.is_none() {
-        outbox::enqueue(
-            &txn,
-            Some(portal.id),
-            &Job::ResolvePatient {
-                invitation: inv.id.clone(),
-            },
-            &format!("{key}:name"),
-        )
-        .await?;
-    }
     outbox::enqueue(
         &txn,
         Some(portal.id),
@@ -120,25 +106,17 @@ pub async fn send_survey(
         &format!("{key}:return"),
     )
     .await?;
-    outbox::enqueue(
+    crate::invitations::issue::enqueue_link_jobs(
         &txn,
         Some(portal.id),
-        &Job::WriteLinkField {
-            invitation: inv.id.clone(),
-        },
-        &format!("{key}:field"),
+        &inv.id,
+        &key,
+        given_name.is_some(),
     )
     .await?;
     txn.commit().await?;
     state.nudge_outbox();
 
-    let token = state.links.sign(&inv.id, inv.expires_at);
-    tracing::info!(
-        survey_id = %inv.id,
-        entity = %format!("{}_{}", inv.entity_type, inv.entity_id),
-        link = %format!("{}/s/{}", state.config.public_url.as_str().trim_end_matches('/'), mask(&token)),
-        reused = outcome.existing,
-        "Сгенерирована ссылка для опроса"
-    );
+    crate::invitations::issue::log_link(state, inv, outcome.existing);
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))
 }

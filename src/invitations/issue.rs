@@ -3,6 +3,7 @@
 //! the link field update.
 
 use chrono::Utc;
+use sea_orm::{ConnectionTrait, DbErr};
 
 use super::{Channel, EntityRef, NewInvitation, create_or_reuse, patient};
 use crate::db::entities::invitation;
@@ -110,24 +111,12 @@ pub async fn issue(
     let inv = outcome.invitation.clone();
     let delivers = portal_id.is_some() || state.config.webhook_url.is_some();
     if !outcome.existing && delivers {
-        if given_name.is_none() {
-            outbox::enqueue(
-                &txn,
-                portal_id,
-                &Job::ResolvePatient {
-                    invitation: inv.id.clone(),
-                },
-                &format!("invitation:{}:name", inv.id),
-            )
-            .await?;
-        }
-        outbox::enqueue(
+        enqueue_link_jobs(
             &txn,
             portal_id,
-            &Job::WriteLinkField {
-                invitation: inv.id.clone(),
-            },
-            &format!("invitation:{}:field", inv.id),
+            &inv.id,
+            &format!("invitation:{}", inv.id),
+            given_name.is_some(),
         )
         .await?;
     }
@@ -140,6 +129,37 @@ pub async fn issue(
     state.nudge_outbox();
     log_link(state, &inv, outcome.existing);
     Ok((inv, outcome.existing))
+}
+
+/// Queues the name lookup (unless the caller knew the name) and the link field
+/// update; `key` makes a repeat of the same request a no-op.
+pub async fn enqueue_link_jobs<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    invitation: &str,
+    key: &str,
+    name_known: bool,
+) -> Result<(), DbErr> {
+    if !name_known {
+        outbox::enqueue(
+            db,
+            portal_id,
+            &Job::ResolvePatient {
+                invitation: invitation.to_owned(),
+            },
+            &format!("{key}:name"),
+        )
+        .await?;
+    }
+    outbox::enqueue(
+        db,
+        portal_id,
+        &Job::WriteLinkField {
+            invitation: invitation.to_owned(),
+        },
+        &format!("{key}:field"),
+    )
+    .await
 }
 
 pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {

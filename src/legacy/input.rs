@@ -28,6 +28,22 @@ impl Fields {
     }
 }
 
+/// The request's fields from its query string and body, or a 400 saying what was
+/// expected.
+pub async fn from_request(
+    req: &poem::Request,
+    body: poem::Body,
+) -> Result<Fields, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let bytes = body
+        .into_bytes()
+        .await
+        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
+    read(req.uri().query(), req.content_type(), &bytes)
+        .await
+        .map_err(|e| ApiError::bad_request("unparsable_body", e.0))
+}
+
 pub async fn read(
     query: Option<&str>,
     content_type: Option<&str>,

@@ -28,13 +28,7 @@ pub async fn outgoing(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body
-        .into_bytes()
-        .await
-        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
-    let fields = input::read(req.uri().query(), req.content_type(), &bytes)
-        .await
-        .map_err(|e| ApiError::bad_request("unparsable_body", e.0))?;
+    let fields = input::from_request(req, body).await?;
     tracing::info!(
         event = %fields.get("event").unwrap_or_default(),
         "Получен вебхук от Битрикс24 (исходящий вебхук)"

@@ -28,13 +28,7 @@ pub async fn webhook_robot(
             "Интеграция не настроена: задайте BITRIX24_INCOMING_TOKEN",
         ));
     };
-    let bytes = body
-        .into_bytes()
-        .await
-        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
-    let fields = input::read(req.uri().query(), req.content_type(), &bytes)
-        .await
-        .map_err(|e| ApiError::bad_request("unparsable_body", e.0))?;
+    let fields = input::from_request(req, body).await?;
     tracing::info!("Получен вебхук от Битрикс24");
 
     let presented = TOKEN_FIELDS

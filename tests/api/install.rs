@@ -208,7 +208,10 @@ async fn onappinstall_event_alone_installs_and_registers() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(portal.application_token.as_deref(), Some(fake.application_token().as_str()));
+    assert_eq!(
+        portal.application_token.as_deref(),
+        Some(fake.application_token().as_str())
+    );
 
     // A later event with another application token is refused.
     let r = app

@@ -47,8 +47,14 @@ async fn robot_returns_link_writes_field_and_resolves_name() {
     assert!(text.contains("Получен вебхук от Битрикс24"));
     assert!(text.contains("Сгенерирована ссылка для опроса"));
     assert!(!text.contains(token), "the survey token must not be logged");
-    assert!(!text.contains(&fake.client_secret()), "client secret logged");
-    assert!(!text.contains(&fake.application_token()), "application token logged");
+    assert!(
+        !text.contains(&fake.client_secret()),
+        "client secret logged"
+    );
+    assert!(
+        !text.contains(&fake.application_token()),
+        "application token logged"
+    );
     let (access, refresh) = fake.issue_user_token(1);
     assert!(!text.contains(&access[..24]) && !text.contains(&refresh[..24]));
 
