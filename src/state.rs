@@ -27,6 +27,10 @@ pub struct Inner {
     pub outbox_notify: Arc<Notify>,
     /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
     pub session_key: Secret<Vec<u8>>,
+    /// SQLite has one writer at a time, and a writer that finds the lock taken sleeps
+    /// in SQLite's busy handler with growing pauses; within this process writers
+    /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
+    sqlite_turn: Option<tokio::sync::Mutex<()>>,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -84,6 +88,7 @@ impl AppState {
             h.update(secret.expose().as_bytes());
             Secret::new(h.finalize().to_vec())
         };
+        let db_backend = db.get_database_backend();
         Ok(AppState(Arc::new(Inner {
             links: LinkSigner::new(&secret),
             config: Arc::new(config),
@@ -93,6 +98,8 @@ impl AppState {
             outbox_notify: Arc::new(Notify::new()),
             session_key,
             link_fields: Default::default(),
+            sqlite_turn: (db_backend == sea_orm::DatabaseBackend::Sqlite)
+                .then(|| tokio::sync::Mutex::new(())),
         })))
     }
 
@@ -110,19 +117,36 @@ impl AppState {
         guard.insert(q)
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock at
-    /// BEGIN (`BEGIN IMMEDIATE`): a deferred transaction that reads first cannot
-    /// upgrade once another writer committed (SQLITE_BUSY_SNAPSHOT), and the busy
-    /// timeout only helps a transaction that waits before it reads.
-    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    /// This process's turn to write to SQLite (see `sqlite_turn`); hold it for the
+    /// whole write. Always `None` on PostgreSQL, which has row locks.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_turn {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
+    /// Begins a transaction that will write, after taking this process's turn. On
+    /// SQLite it also takes the write lock at BEGIN (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first cannot upgrade once another writer (another
+    /// process) committed (SQLITE_BUSY_SNAPSHOT). Keep the turn until the commit.
+    pub async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sea_orm::DatabaseTransaction,
+        ),
+        DbErr,
+    > {
         use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        let turn = self.write_turn().await;
         let options = TransactionOptions {
-            sqlite_transaction_mode: (self.db.get_database_backend()
-                == sea_orm::DatabaseBackend::Sqlite)
-                .then_some(SqliteTransactionMode::Immediate),
+            sqlite_transaction_mode: turn.as_ref().map(|_| SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        self.db.begin_with_options(options).await
+        let txn = self.db.begin_with_options(options).await?;
+        Ok((turn, txn))
     }
 
     pub fn link_field_checked(&self, entity: &str) -> bool {

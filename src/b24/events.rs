@@ -53,7 +53,7 @@ async fn uninstall(state: &AppState, form: &Value) -> Result<Value, ApiError> {
     .await?;
     let clean =
         text(form, &["data", "CLEAN"]).is_some_and(|c| c == "1" || c.eq_ignore_ascii_case("Y"));
-    let txn = state.begin_write().await?;
+    let (_turn, txn) = state.begin_write().await?;
     let mut row: portal::ActiveModel = p.clone().into();
     row.status = Set(portal::UNINSTALLED.to_owned());
     row.access_token = Set(None);

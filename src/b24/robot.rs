@@ -76,7 +76,7 @@ pub async fn send_survey(
     let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));
     let key = format!("robot:{}:{}", portal.id, &token_hash[..32]);
     let now = Utc::now();
-    let txn = state.begin_write().await?;
+    let (_turn, txn) = state.begin_write().await?;
     let outcome = invitations::create_or_reuse(
         &txn,
         NewInvitation {

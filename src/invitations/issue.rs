@@ -89,7 +89,7 @@ pub async fn issue(
         (q.code.clone(), q.version)
     };
     let now = Utc::now();
-    let txn = state.begin_write().await?;
+    let (_turn, txn) = state.begin_write().await?;
     let outcome = create_or_reuse(
         &txn,
         NewInvitation {

@@ -236,7 +236,7 @@ pub async fn submit(
         .await
         .map_err(FlowError::Internal)?;
 
-    let txn = state.begin_write().await?;
+    let (_turn, txn) = state.begin_write().await?;
     let claimed = invitation::Entity::update_many()
         .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
         .col_expr(invitation::Column::CompletedAt, Expr::value(now))

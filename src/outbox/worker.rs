@@ -75,7 +75,11 @@ impl Outbox {
     /// One round: claim, run per target concurrently, record. Returns jobs handled.
     pub async fn run_once(&self) -> usize {
         let now = Utc::now();
-        let claimed = match jobs::claim(&self.state.db, now, CLAIM_LIMIT).await {
+        let claimed = {
+            let _turn = self.state.write_turn().await;
+            jobs::claim(&self.state.db, now, CLAIM_LIMIT).await
+        };
+        let claimed = match claimed {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "Не удалось взять задания из очереди");
@@ -108,14 +112,29 @@ impl Outbox {
             finished.extend(group);
         }
         let done_at = Utc::now();
-        for (row, outcome) in finished {
-            log_outcome(&row, &outcome);
-            if let Err(e) = jobs::finish(&self.state.db, &row, outcome, done_at).await {
-                // The lease expires and the job runs again; every job is safe to repeat.
-                tracing::error!(job = row.id, error = %e, "Не удалось записать результат задания");
-            }
+        for (row, outcome) in &finished {
+            log_outcome(row, outcome);
+        }
+        // One transaction for the round: one commit instead of one per job. If it
+        // fails, the leases expire and the jobs run again; every job is safe to repeat.
+        if let Err(e) = self.record(finished, done_at).await {
+            tracing::error!(error = %e, "Не удалось записать результаты заданий");
         }
         count
+    }
+}
+
+impl Outbox {
+    async fn record(
+        &self,
+        finished: Vec<(crate::db::entities::outbox_job::Model, Outcome)>,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<(), sea_orm::DbErr> {
+        let (_turn, txn) = self.state.begin_write().await?;
+        for (row, outcome) in finished {
+            jobs::finish(&txn, &row, outcome, at).await?;
+        }
+        txn.commit().await
     }
 }
 
