@@ -240,8 +240,15 @@ async fn accept(
                 e.admin_message()
             ))
         })?;
-    let is_admin = matches!(profile.get("ADMIN"), Some(Value::Bool(true)))
-        || text(&profile, &["ADMIN"]).is_some_and(|a| a == "true" || a == "Y" || a == "1");
+    let is_admin = match profile.get("ADMIN") {
+        Some(flag) => truthy(flag),
+        // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
+        None => state
+            .b24
+            .call(&target, "user.admin", json!({}))
+            .await
+            .is_ok_and(|v| truthy(&v)),
+    };
     if from_page && !is_admin {
         return Err(InstallError::Forbidden(
             "Установить приложение может только администратор портала".into(),
@@ -319,6 +326,15 @@ async fn accept(
     )
     .await;
     Ok((saved, installer))
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.as_str(), "true" | "Y" | "1"),
+        Value::Number(n) => n.as_i64() == Some(1),
+        _ => false,
+    }
 }
 
 async fn store_report(state: &AppState, portal: &portal::Model, report: &registration::Report) {
