@@ -2,36 +2,11 @@
 //! once across portal outages, restarts and lost answers.
 
 use opros::db::entities::outbox_job;
-use opros::testing::fake_portal::{FakePortal, Fault};
+use opros::testing::fake_portal::Fault;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
-use serde_json::json;
 
-use crate::support::portal::{app_for_db, installed, patient_deal};
-use crate::support::{TestApp, full_answers, skip};
-
-/// Robot → link → questionnaire → submit; returns the deal id.
-async fn complete_survey(fake: &FakePortal, app: &TestApp) -> u64 {
-    let deal = patient_deal(fake);
-    let (_, r) = fake
-        .run_robot("opros_send_survey", deal, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    app.run_outbox().await;
-    let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
-    let token = url.rsplit('/').next().unwrap().to_owned();
-    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
-    assert_eq!(status, 200);
-    let (status, body) = app
-        .send_json(
-            reqwest::Method::POST,
-            &format!("/api/v1/surveys/{token}/submit"),
-            &json!({"answers": full_answers(&survey)}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    deal
-}
+use crate::support::portal::{app_for_db, complete_survey, installed};
+use crate::support::{TestApp, skip};
 
 /// Makes every pending job due now, as time passing would.
 async fn make_due(app: &TestApp) {

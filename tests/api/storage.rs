@@ -6,11 +6,9 @@ use chrono::Utc;
 use opros::db;
 use opros::invitations::{self, Channel, EntityRef, EntityType, NewInvitation};
 use opros::outbox::{self, Job, jobs};
-use serde_json::json;
 
 use crate::support::db::all;
-use crate::support::full_answers;
-use crate::support::portal::{app_for_db, fake, install, patient_deal};
+use crate::support::portal::{app_for_db, complete_survey, fake, install, robot_link};
 
 fn new_invitation(key: Option<&str>) -> NewInvitation {
     NewInvitation {
@@ -117,29 +115,14 @@ async fn the_whole_flow_on_every_backend() {
         let fake = fake().await;
         let app = app_for_db(&fake, &test_db.url).await;
         install(&fake, &app).await;
-        let deal = patient_deal(&fake);
-        let (_, r) = fake
-            .run_robot("opros_send_survey", deal, &[])
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        app.run_outbox().await;
-        let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
-        let token = url.rsplit('/').next().unwrap().to_owned();
+        let (_, token) = robot_link(&fake, &app).await;
         let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
         assert_eq!(
             survey["patient_name"], "Смирнова Анна Петровна",
             "{}",
             test_db.backend
         );
-        let (status, _) = app
-            .send_json(
-                reqwest::Method::POST,
-                &format!("/api/v1/surveys/{token}/submit"),
-                &json!({"answers": full_answers(&survey)}),
-            )
-            .await;
-        assert_eq!(status, 200, "{}", test_db.backend);
+        complete_survey(&fake, &app).await;
         app.run_outbox().await;
         assert_eq!(fake.timeline_comments().len(), 1, "{}", test_db.backend);
         let (status, _) = app.get_json("/healthz").await;

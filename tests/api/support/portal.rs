@@ -55,3 +55,37 @@ pub fn patient_deal(fake: &FakePortal) -> u64 {
     let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
     fake.add_deal("Приём терапевта 14.01", 3, Some(contact))
 }
+
+/// Robot run on a new patient deal, delivered; returns the deal and the link's token.
+pub async fn robot_link(fake: &FakePortal, app: &TestApp) -> (u64, String) {
+    let deal = patient_deal(fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let url = fake
+        .event_sends()
+        .last()
+        .map(|s| s.1["SURVEY_URL"].clone())
+        .expect("survey_url returned to the business process");
+    let token = url.rsplit('/').next().unwrap_or_default().to_owned();
+    (deal, token)
+}
+
+/// Robot → link → questionnaire → submit with a full set of answers; returns the deal.
+pub async fn complete_survey(fake: &FakePortal, app: &TestApp) -> u64 {
+    let (deal, token) = robot_link(fake, app).await;
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &serde_json::json!({"answers": super::full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    deal
+}
