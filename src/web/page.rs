@@ -14,9 +14,9 @@ use crate::survey::{
     range_message, required_message, visible,
 };
 
-/// The stylesheet, served by the integrator at `/assets/app.css`.
+/// The stylesheet, served by `web::asset` at `/assets/app.css`.
 pub const APP_CSS: &str = include_str!("assets/app.css");
-/// The script, served by the integrator at `/assets/app.js`.
+/// The script, served by `web::asset` at `/assets/app.js`.
 pub const APP_JS: &str = include_str!("assets/app.js");
 
 /// Content hashes, so a new build never meets a stale cached asset.
