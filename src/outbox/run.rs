@@ -22,6 +22,14 @@ use crate::state::AppState;
 
 const MAX_COMMANDS: usize = 50;
 
+/// Why a group of jobs has nowhere to go.
+pub enum Unreachable {
+    /// The portal or the webhook setup is gone: the jobs can never run.
+    Gone(String),
+    /// Could not tell right now (the database did not answer): retry later.
+    Transient(String),
+}
+
 /// One claimed job with what it needs.
 pub struct Claimed {
     pub row: outbox_job::Model,
@@ -31,16 +39,24 @@ pub struct Claimed {
 /// Runs the jobs of one target and returns each job's outcome.
 pub async fn run_group(
     state: &AppState,
-    target: Result<Target, String>,
+    target: Result<Target, Unreachable>,
     claimed: Vec<Claimed>,
     now: DateTime<Utc>,
 ) -> Vec<(outbox_job::Model, Outcome)> {
     let target = match target {
         Ok(t) => t,
-        Err(reason) => {
+        Err(why) => {
             return claimed
                 .into_iter()
-                .map(|c| (c.row, Outcome::Dead(reason.clone())))
+                .map(|c| {
+                    let outcome = match &why {
+                        Unreachable::Gone(reason) => Outcome::Dead(reason.clone()),
+                        Unreachable::Transient(reason) => {
+                            retry(c.row.attempts, None, reason.clone(), now)
+                        }
+                    };
+                    (c.row, outcome)
+                })
                 .collect();
         }
     };

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Job;
 use super::jobs::{self, Outcome};
-use super::run::{Claimed, run_group};
+use super::run::{Claimed, Unreachable, run_group};
 use crate::bitrix24::Target;
 use crate::db::entities::portal;
 use crate::state::AppState;
@@ -162,21 +162,26 @@ fn log_outcome(row: &crate::db::entities::outbox_job::Model, outcome: &Outcome) 
 }
 
 /// Where a group's calls go: the installed portal, or the configured inbound webhook.
-async fn target_for(state: &AppState, portal_id: Option<i64>) -> Result<Target, String> {
+async fn target_for(state: &AppState, portal_id: Option<i64>) -> Result<Target, Unreachable> {
     match portal_id {
         Some(id) => match portal::Entity::find_by_id(id).one(&state.db).await {
             Ok(Some(p)) if p.status == portal::INSTALLED => Ok(Target::Portal {
                 member_id: p.member_id,
             }),
-            Ok(Some(_)) => Err("приложение удалено с портала".into()),
-            Ok(None) => Err("портал не найден".into()),
-            Err(e) => Err(format!("база данных: {e}")),
+            Ok(Some(_)) => Err(Unreachable::Gone("приложение удалено с портала".into())),
+            Ok(None) => Err(Unreachable::Gone("портал не найден".into())),
+            // A database hiccup says nothing about the portal: try again later.
+            Err(e) => Err(Unreachable::Transient(format!("база данных: {e}"))),
         },
         None => state
             .config
             .webhook_url
             .clone()
             .map(Target::Webhook)
-            .ok_or_else(|| "BITRIX24_WEBHOOK_URL не задан: некуда отправить результат".to_owned()),
+            .ok_or_else(|| {
+                Unreachable::Gone(
+                    "BITRIX24_WEBHOOK_URL не задан: некуда отправить результат".into(),
+                )
+            }),
     }
 }

@@ -158,11 +158,8 @@ pub async fn survey_form_submit(
 #[handler]
 pub fn asset(Path(name): Path<String>) -> Response {
     let (body, kind): (&'static str, &str) = match name.as_str() {
-        "app.css" => (include_str!("assets/app.css"), "text/css; charset=utf-8"),
-        "app.js" => (
-            include_str!("assets/app.js"),
-            "text/javascript; charset=utf-8",
-        ),
+        "app.css" => (page::APP_CSS, "text/css; charset=utf-8"),
+        "app.js" => (page::APP_JS, "text/javascript; charset=utf-8"),
         "b24-frame.css" => (crate::b24::page::FRAME_CSS, "text/css; charset=utf-8"),
         "b24-frame.js" => (crate::b24::page::FRAME_JS, "text/javascript; charset=utf-8"),
         "deal-tab.css" => (crate::b24::tab_view::TAB_CSS, "text/css; charset=utf-8"),
