@@ -70,7 +70,9 @@ impl AppState {
             tracing::warn!("Анкета не загружена: {problem}");
         }
         tracing::info!(count = catalog.list().len(), "Анкеты загружены");
-        let b24 = B24Client::new(
+        let shared_bucket = crate::db::rate_bucket::DbRateBucket::for_shared_db(&db)
+            .map(|b| Arc::new(b) as Arc<dyn crate::bitrix24::SharedBucket>);
+        let b24 = B24Client::with_bucket(
             ClientConfig {
                 client_id: config.b24_client_id.clone(),
                 client_secret: config.b24_client_secret.clone(),
@@ -80,6 +82,7 @@ impl AppState {
                 max_retries: 3,
             },
             Arc::new(DbTokenStore::new(db.clone())),
+            shared_bucket,
         );
         let session_key = {
             use sha2::{Digest, Sha256};

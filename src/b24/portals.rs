@@ -3,11 +3,12 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Statement, TransactionTrait,
 };
 use url::Url;
 
-use crate::bitrix24::{PortalAuth, StoreError, TokenStore};
+use crate::bitrix24::{HeldLock, PortalAuth, RefreshLock, StoreError, TokenStore};
 use crate::db::entities::portal;
 use crate::error::ApiError;
 use crate::secret::{Secret, constant_time_eq};
@@ -15,6 +16,30 @@ use crate::secret::{Secret, constant_time_eq};
 /// The client's token store over the `portal` table.
 pub struct DbTokenStore {
     db: DatabaseConnection,
+}
+
+/// First key of the refresh locks, so they cannot collide with other advisory locks
+/// on the same database ("oprs").
+const REFRESH_LOCK_CLASS: i32 = 0x6f70_7273;
+
+/// Takes the portal's refresh lock for the rest of the transaction. An advisory
+/// lock rather than `SELECT … FOR UPDATE` on the portal row: the refreshed pair is
+/// saved through the pool, and a row lock would make that save wait on ourselves.
+/// A lock held by a crashed instance goes with its connection; `lock_timeout`
+/// bounds the wait behind one that hangs.
+const TAKE_REFRESH_LOCK: [&str; 2] = [
+    "SET LOCAL lock_timeout = '90s'",
+    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+];
+
+/// The transaction that holds a refresh lock; committing it releases the lock.
+struct RefreshTxn(DatabaseTransaction);
+
+#[async_trait]
+impl HeldLock for RefreshTxn {
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.commit().await.map_err(StoreError::new)
+    }
 }
 
 impl DbTokenStore {
@@ -72,6 +97,26 @@ impl TokenStore for DbTokenStore {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::new(e.to_string()))
+    }
+
+    /// Several instances share a PostgreSQL database; a SQLite file has one.
+    async fn lock_refresh(&self, member_id: &str) -> Result<RefreshLock, StoreError> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(RefreshLock::none());
+        }
+        let txn = self.db.begin().await.map_err(StoreError::new)?;
+        let [timeout, lock] = TAKE_REFRESH_LOCK;
+        txn.execute_unprepared(timeout)
+            .await
+            .map_err(StoreError::new)?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            lock,
+            [REFRESH_LOCK_CLASS.into(), member_id.into()],
+        ))
+        .await
+        .map_err(StoreError::new)?;
+        Ok(RefreshLock::held(RefreshTxn(txn)))
     }
 }
 

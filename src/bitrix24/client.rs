@@ -16,7 +16,7 @@ use super::batch::{self, MAX_COMMANDS};
 use super::error::B24Error;
 use super::form::{self, FormPairs};
 use super::oauth;
-use super::rate_limit::Limiter;
+use super::rate_limit::{Limiter, SharedBucket};
 use super::types::{
     B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, Target, TimeInfo, TokenStore,
 };
@@ -98,15 +98,26 @@ fn as_u64(v: Option<&Value>) -> Option<u64> {
 }
 
 impl B24Client {
-    /// Builds a client. Fails only if the TLS backend cannot start, which is a
-    /// start-up invariant of the process.
+    /// Builds a client whose rate buckets live in this process.
     pub fn new(config: ClientConfig, store: Arc<dyn TokenStore>) -> Self {
+        Self::with_bucket(config, store, None)
+    }
+
+    /// Builds a client that takes its request slots from `shared` when given, so
+    /// several processes together stay inside each portal's limit.
+    pub fn with_bucket(
+        config: ClientConfig,
+        store: Arc<dyn TokenStore>,
+        shared: Option<Arc<dyn SharedBucket>>,
+    ) -> Self {
+        // The builder fails only when the TLS backend cannot start; `Client::new`
+        // then panics at start-up, which is where that failure belongs.
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        let limiter = Limiter::new(config.rate);
+        let limiter = Limiter::new(config.rate, shared);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -265,7 +276,16 @@ impl B24Client {
         let mut refreshed = false;
         let mut retries = 0u32;
         loop {
-            let (resolved, portal_token) = self.resolve(target, method).await?;
+            // A refresh ahead of expiry may meet a troubled OAuth server.
+            let (resolved, portal_token) = match self.resolve(target, method).await {
+                Ok(resolved) => resolved,
+                Err(err) if err.is_retryable() && retries < inner.config.max_retries => {
+                    tokio::time::sleep(backoff(retries)).await;
+                    retries += 1;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let budget = (target.budget_key(&resolved.host), method.to_owned());
             self.check_pause(&budget)?;
             inner.limiter.acquire(&resolved.host).await;
@@ -291,16 +311,25 @@ impl B24Client {
                             Target::Portal { member_id },
                             Some(failed),
                         ) if !refreshed => {
-                            // §2.4: refresh once, retry once.
-                            refreshed = true;
-                            self.refresh_portal(member_id, &failed).await?;
+                            // §2.4: refresh once, retry once. An OAuth server that
+                            // is down for a moment gets the usual retries.
+                            match self.refresh_portal(member_id, &failed).await {
+                                Ok(_) => refreshed = true,
+                                Err(err)
+                                    if err.is_retryable() && retries < inner.config.max_retries =>
+                                {
+                                    tokio::time::sleep(backoff(retries)).await;
+                                    retries += 1;
+                                }
+                                Err(err) => return Err(err),
+                            }
                         }
                         (B24Error::QueryLimitExceeded, _, _)
                             if retries < inner.config.max_retries =>
                         {
                             retries += 1;
                             // Our bucket was optimistic: the next acquire waits for room.
-                            inner.limiter.mark_full(&resolved.host);
+                            inner.limiter.mark_full(&resolved.host).await;
                         }
                         (B24Error::Api { code, .. }, _, _) if code == "OPERATION_TIME_LIMIT" => {
                             return Err(self.pause(budget));
@@ -415,6 +444,21 @@ impl B24Client {
             .or_default()
             .clone();
         let _guard = portal_lock.lock().await;
+        // Other processes on the same store: their refresh is committed before
+        // their lock is released, so the load below sees it.
+        let store_lock = self.inner.store.lock_refresh(member_id).await?;
+        let refreshed = self.refresh_locked(member_id, failed).await;
+        if let Err(err) = store_lock.release().await {
+            tracing::warn!(error = %err, "Bitrix24 refresh lock release failed");
+        }
+        refreshed
+    }
+
+    async fn refresh_locked(
+        &self,
+        member_id: &str,
+        failed: &Secret<String>,
+    ) -> Result<PortalAuth, B24Error> {
         let current = self.load(member_id).await?;
         if !current.access_token.matches(failed.expose()) {
             return Ok(current);

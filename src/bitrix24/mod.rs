@@ -15,8 +15,9 @@ pub use batch::MAX_COMMANDS as BATCH_MAX_COMMANDS;
 pub use client::B24Client;
 pub use error::{B24Error, StoreError};
 pub use oauth::token_url;
-pub use rate_limit::{RateLimit, RateLimitParseError};
+pub use rate_limit::{RateLimit, RateLimitParseError, SharedBucket};
 pub use types::{
-    B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, Target, TimeInfo, TokenStore,
+    B24Response, BatchCommand, BatchOutcome, ClientConfig, HeldLock, PortalAuth, RefreshLock,
+    Target, TimeInfo, TokenStore,
 };
 pub use webhook_url::{WebhookUrl, WebhookUrlError};

@@ -1,9 +1,23 @@
-//! OAuth refresh (protocol §2.2–§2.5). A plain form POST: Bitrix24's token response
-//! has no `token_type` and carries `member_id`/`client_endpoint`, so a generic OAuth2
-//! client does not fit.
+//! OAuth refresh (protocol §2.2–§2.5) through the `oauth2` crate. Bitrix24's token
+//! answer is not quite RFC 6749: it has no `token_type` and adds where the portal
+//! lives (`client_endpoint`, `server_endpoint`), so it gets a response type of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use serde::Deserialize;
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AccessToken, AsyncHttpClient, AuthType, Client, ClientId, ClientSecret, EndpointNotSet,
+    EndpointSet, HttpRequest, HttpResponse, RefreshToken, RequestTokenError, Scope,
+    StandardRevocableToken, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::error::B24Error;
@@ -36,19 +50,146 @@ pub fn token_url(config: &ClientConfig, auth: &PortalAuth) -> Result<Url, B24Err
 }
 
 /// The token response (§2.3, fixture `oauth-refresh-response.json`).
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    refresh_token: String,
+#[derive(Debug, Deserialize, Serialize)]
+struct B24TokenResponse {
+    access_token: AccessToken,
+    refresh_token: RefreshToken,
+    /// Never sent; the tokens are bearer tokens of the `auth` parameter.
+    #[serde(skip, default = "bearer")]
+    token_type: BasicTokenType,
     expires: Option<i64>,
-    expires_in: Option<i64>,
+    expires_in: Option<u64>,
     server_endpoint: Option<String>,
     client_endpoint: Option<String>,
+}
+
+fn bearer() -> BasicTokenType {
+    BasicTokenType::Bearer
+}
+
+impl oauth2::TokenResponse for B24TokenResponse {
+    type TokenType = BasicTokenType;
+
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &BasicTokenType {
+        &self.token_type
+    }
+    fn expires_in(&self) -> Option<Duration> {
+        self.expires_in.map(Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        Some(&self.refresh_token)
+    }
+    /// Bitrix24 lists scopes with commas (`crm,bizproc`), not RFC 6749's spaces;
+    /// the refresh keeps whatever the portal granted, so they are not read.
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        None
+    }
+}
+
+type OAuthClient = Client<
+    BasicErrorResponse,
+    B24TokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// The crate's requests go through the service's HTTP client (its timeout, no
+/// redirects), and the status is noted, which the crate's errors do not carry.
+struct Transport<'a> {
+    http: &'a reqwest::Client,
+    status: AtomicU16,
+}
+
+impl<'c> AsyncHttpClient<'c> for Transport<'_> {
+    type Error = B24Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, B24Error>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(send(self.http, &self.status, request))
+    }
+}
+
+async fn send(
+    http: &reqwest::Client,
+    status: &AtomicU16,
+    request: HttpRequest,
+) -> Result<HttpResponse, B24Error> {
+    let (parts, body) = request.into_parts();
+    let response = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(B24Error::from_reqwest)?;
+    status.store(response.status().as_u16(), Ordering::Relaxed);
+    let mut answer = oauth2::http::Response::builder().status(response.status());
+    if let Some(headers) = answer.headers_mut() {
+        *headers = response.headers().clone();
+    }
+    let body = response.bytes().await.map_err(B24Error::from_reqwest)?;
+    answer
+        .body(body.to_vec())
+        .map_err(|e| B24Error::InvalidResponse {
+            status: status.load(Ordering::Relaxed),
+            message: e.to_string(),
+        })
+}
+
+/// §2.5: `invalid_grant` = the refresh token expired, was used or was revoked.
+fn oauth_error(status: u16, code: &str) -> B24Error {
+    match code {
+        "invalid_grant" => B24Error::RefreshRejected,
+        "invalid_client" => B24Error::InvalidClient,
+        code if status >= 500 => B24Error::Server {
+            status,
+            code: code.to_owned(),
+        },
+        code => B24Error::Api {
+            status,
+            code: code.to_owned(),
+            description: "OAuth refresh failed".to_owned(),
+        },
+    }
 }
 
 #[derive(Deserialize)]
 struct OAuthErrorBody {
     error: String,
+}
+
+fn refresh_error(status: u16, err: RequestTokenError<B24Error, BasicErrorResponse>) -> B24Error {
+    match err {
+        RequestTokenError::Request(err) => err,
+        RequestTokenError::ServerResponse(body) => match body.error() {
+            BasicErrorResponseType::Extension(code) => oauth_error(status, code),
+            known => oauth_error(status, known.as_ref()),
+        },
+        // An error body with 200 does not parse as tokens.
+        RequestTokenError::Parse(_, body)
+            if let Ok(err) = serde_json::from_slice::<OAuthErrorBody>(&body) =>
+        {
+            oauth_error(status, &err.error)
+        }
+        _ if status >= 500 => B24Error::Server {
+            status,
+            code: String::new(),
+        },
+        RequestTokenError::Parse(err, _) => B24Error::InvalidResponse {
+            status,
+            message: format!("token response: {err}"),
+        },
+        RequestTokenError::Other(message) => B24Error::InvalidResponse { status, message },
+    }
 }
 
 /// Exchanges the refresh token for a new pair. The old refresh token is consumed
@@ -61,53 +202,26 @@ pub(crate) async fn refresh(
     let (Some(client_id), Some(client_secret)) = (&config.client_id, &config.client_secret) else {
         return Err(B24Error::OAuthNotConfigured);
     };
-    let url = token_url(config, current)?;
-    // POST body, not the documented GET query: keeps the secret out of access logs
-    // (JS SDK issue #149, protocol §2.2).
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("client_id", client_id.as_str()),
-        ("client_secret", client_secret.expose().as_str()),
-        ("refresh_token", current.refresh_token.expose().as_str()),
-    ];
-    let response = http
-        .post(url)
-        .form(&form)
-        .send()
+    let client: OAuthClient = Client::new(ClientId::new(client_id.clone()))
+        .set_client_secret(ClientSecret::new(client_secret.expose().clone()))
+        // The id and secret go in the POST body, as Bitrix24 reads them (§2.2); the
+        // body rather than the documented GET query keeps the secret out of access
+        // logs (JS SDK issue #149).
+        .set_auth_type(AuthType::RequestBody)
+        .set_token_uri(TokenUrl::from_url(token_url(config, current)?));
+    let transport = Transport {
+        http,
+        status: AtomicU16::new(0),
+    };
+    let refresh_token = RefreshToken::new(current.refresh_token.expose().clone());
+    let parsed = client
+        .exchange_refresh_token(&refresh_token)
+        .request_async(&transport)
         .await
-        .map_err(B24Error::from_reqwest)?;
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(B24Error::from_reqwest)?;
-    if let Ok(err) = serde_json::from_slice::<OAuthErrorBody>(&body) {
-        // §2.5: invalid_grant = refresh token expired, used or revoked.
-        return Err(match err.error.as_str() {
-            "invalid_grant" => B24Error::RefreshRejected,
-            "invalid_client" => B24Error::InvalidClient,
-            code if status >= 500 => B24Error::Server {
-                status,
-                code: code.to_owned(),
-            },
-            code => B24Error::Api {
-                status,
-                code: code.to_owned(),
-                description: "OAuth refresh failed".to_owned(),
-            },
-        });
-    }
-    if status >= 500 {
-        return Err(B24Error::Server {
-            status,
-            code: String::new(),
-        });
-    }
-    let parsed: TokenResponse =
-        serde_json::from_slice(&body).map_err(|e| B24Error::InvalidResponse {
-            status,
-            message: format!("token response: {e}"),
-        })?;
+        .map_err(|err| refresh_error(transport.status.load(Ordering::Relaxed), err))?;
     let now = Utc::now();
     let expires_at = match (parsed.expires, parsed.expires_in) {
-        (_, Some(secs)) => now + chrono::Duration::seconds(secs),
+        (_, Some(secs)) => now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(3600)),
         (Some(unix), None) => Utc.timestamp_opt(unix, 0).single().unwrap_or(now),
         (None, None) => now + chrono::Duration::seconds(3600),
     };
@@ -124,8 +238,8 @@ pub(crate) async fn refresh(
     Ok(PortalAuth {
         client_endpoint,
         server_endpoint,
-        access_token: Secret::new(parsed.access_token),
-        refresh_token: Secret::new(parsed.refresh_token),
+        access_token: Secret::new(parsed.access_token.into_secret()),
+        refresh_token: Secret::new(parsed.refresh_token.into_secret()),
         expires_at,
     })
 }

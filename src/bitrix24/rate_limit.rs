@@ -1,14 +1,18 @@
 //! Client-side mirror of the portal's leaky bucket (protocol §10.1): every request adds
 //! one, the bucket drains `per_sec` per second, and a full bucket means the portal
-//! answers `503 QUERY_LIMIT_EXCEEDED`. Callers wait for room instead.
+//! answers `503 QUERY_LIMIT_EXCEEDED`. Callers wait for room instead. Several
+//! instances of the service share the bucket through a [`SharedBucket`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
+
+use super::error::StoreError;
 
 /// A portal's request budget: `per_sec` drain rate, `burst` bucket size.
 /// Bitrix24 cloud: 2/50 on most plans, 5/250 on Enterprise (protocol §10.1).
@@ -48,42 +52,79 @@ impl FromStr for RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Time one request occupies in the bucket.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.per_sec)
+    }
+
+    /// How far ahead of the bucket-empty time a request may go. One slot is kept
+    /// free so that requests reordered on their way never overfill the portal's
+    /// bucket.
+    pub fn tolerance(&self) -> Duration {
+        self.interval() * self.burst.saturating_sub(1).max(1).saturating_sub(1)
+    }
+}
+
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.per_sec, self.burst)
     }
 }
 
+/// Portal buckets kept where every instance of the service sees them, so that the
+/// instances together stay inside the portal's limit (the portal counts requests
+/// per application, not per caller: protocol §10.1). Same algorithm as [`Limiter`].
+#[async_trait]
+pub trait SharedBucket: Send + Sync + 'static {
+    /// Counts a request to `key` and says how long to wait before sending it.
+    async fn reserve(&self, key: &str, rate: RateLimit) -> Result<Duration, StoreError>;
+    /// The portal said its bucket is full: the shared one is made full too.
+    async fn mark_full(&self, key: &str, rate: RateLimit) -> Result<(), StoreError>;
+}
+
 /// Leaky buckets by portal key, as a generic cell rate algorithm: each request
 /// reserves the next free slot and sleeps until it, so waiting callers are served
-/// in arrival order without polling.
+/// in arrival order without polling. With a [`SharedBucket`] the slots come from
+/// there, and the process's own buckets only stand in while it cannot be reached.
 pub(crate) struct Limiter {
     rate: RateLimit,
+    shared: Option<Arc<dyn SharedBucket>>,
     /// Per key: the theoretical time at which the bucket is empty again.
     buckets: Mutex<HashMap<String, Instant>>,
 }
 
 impl Limiter {
-    pub(crate) fn new(rate: RateLimit) -> Self {
+    pub(crate) fn new(rate: RateLimit, shared: Option<Arc<dyn SharedBucket>>) -> Self {
         Self {
             rate,
+            shared,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.rate.per_sec)
+        self.rate.interval()
     }
 
-    /// How far ahead of the bucket-empty time a request may go. One slot is kept
-    /// free so that requests reordered on their way never overfill the portal's
-    /// bucket.
     fn tolerance(&self) -> Duration {
-        self.interval() * self.rate.burst.saturating_sub(1).max(1).saturating_sub(1)
+        self.rate.tolerance()
     }
 
     /// Waits until a request to `key` fits into the bucket, and counts it.
     pub(crate) async fn acquire(&self, key: &str) {
+        if let Some(shared) = &self.shared {
+            match shared.reserve(key, self.rate).await {
+                Ok(wait) => return tokio::time::sleep(wait).await,
+                Err(err) => {
+                    tracing::warn!(portal = key, error = %err, "shared rate bucket unavailable; pacing within this process");
+                }
+            }
+        }
+        self.acquire_local(key).await;
+    }
+
+    async fn acquire_local(&self, key: &str) {
         let ready_at = {
             let mut buckets = self
                 .buckets
@@ -99,7 +140,16 @@ impl Limiter {
     }
 
     /// The portal said its bucket is full: treat ours as full too.
-    pub(crate) fn mark_full(&self, key: &str) {
+    pub(crate) async fn mark_full(&self, key: &str) {
+        if let Some(shared) = &self.shared
+            && let Err(err) = shared.mark_full(key, self.rate).await
+        {
+            tracing::warn!(portal = key, error = %err, "shared rate bucket unavailable");
+        }
+        self.mark_full_local(key);
+    }
+
+    fn mark_full_local(&self, key: &str) {
         let mut buckets = self
             .buckets
             .lock()
@@ -135,10 +185,13 @@ mod tests {
 
     #[tokio::test]
     async fn burst_then_steady_rate() {
-        let limiter = Limiter::new(RateLimit {
-            per_sec: 20.0,
-            burst: 5,
-        });
+        let limiter = Limiter::new(
+            RateLimit {
+                per_sec: 20.0,
+                burst: 5,
+            },
+            None,
+        );
         let start = Instant::now();
         for _ in 0..4 {
             limiter.acquire("p").await;

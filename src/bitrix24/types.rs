@@ -33,6 +33,39 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn load(&self, member_id: &str) -> Result<Option<PortalAuth>, StoreError>;
     /// Persists a refreshed pair. Called before the new access token is used by anyone.
     async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError>;
+    /// Keeps other processes sharing this store from refreshing the portal until the
+    /// returned lock is released. The client already refreshes one at a time within
+    /// a process, so a store only one process uses needs nothing here.
+    async fn lock_refresh(&self, _member_id: &str) -> Result<RefreshLock, StoreError> {
+        Ok(RefreshLock::none())
+    }
+}
+
+/// A store-held lock on one portal's refresh; see [`TokenStore::lock_refresh`].
+/// Dropping it releases the lock too, later and without reporting errors.
+pub struct RefreshLock(Option<Box<dyn HeldLock>>);
+
+/// What a store holds for a [`RefreshLock`].
+#[async_trait]
+pub trait HeldLock: Send {
+    async fn release(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+impl RefreshLock {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn held(lock: impl HeldLock + 'static) -> Self {
+        Self(Some(Box::new(lock)))
+    }
+
+    pub async fn release(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(lock) => lock.release().await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Whom a call is made as.

@@ -1,6 +1,7 @@
 //! Database connection, migrations and the small key-value helpers.
 
 pub mod entities;
+pub mod rate_bucket;
 
 use std::time::Duration;
 

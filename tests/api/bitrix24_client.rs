@@ -186,6 +186,58 @@ async fn refresh_errors_are_permanent_and_explained() {
 }
 
 #[tokio::test]
+async fn token_server_trouble_is_retried_and_odd_answers_understood() {
+    let s = setup().await;
+    // A proxy's 503 page, then a dropped connection: transient, retried.
+    s.fake.fail_next("oauth.token", Fault::Status(503), 1);
+    s.fake.fail_next("oauth.token", Fault::DropConnection, 1);
+    s.fake.expire_access_tokens();
+    s.client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect("refreshed on the third try");
+    assert_eq!(s.fake.refresh_count(), 1);
+
+    // The same refused grant, once with the documented 400 and once with 200.
+    for status in [400, 200] {
+        s.fake.fail_next(
+            "oauth.token",
+            Fault::error(status, "invalid_grant", "The refresh token is invalid"),
+            1,
+        );
+        s.fake.expire_access_tokens();
+        let err = s
+            .client
+            .call(&s.target, "profile", json!({}))
+            .await
+            .expect_err("grant refused");
+        assert!(
+            matches!(err, B24Error::RefreshRejected),
+            "{status}: {err:?}"
+        );
+    }
+    // An unknown OAuth error is reported with its code, not retried.
+    s.fake.fail_next(
+        "oauth.token",
+        Fault::error(403, "PAYMENT_REQUIRED", "Subscription expired"),
+        1,
+    );
+    let err = s
+        .client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Some("PAYMENT_REQUIRED"), "{err:?}");
+    assert!(!err.is_retryable());
+    // The portal's tokens survived all of it.
+    s.client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect("still installed");
+    assert_eq!(s.fake.refresh_count(), 2);
+}
+
+#[tokio::test]
 async fn user_tokens_are_never_refreshed_and_crm_rights_apply() {
     let s = setup().await;
     s.fake.add_user(17, "Игорь", "Воронцов", false);

@@ -10,6 +10,7 @@ mod config_cli;
 mod deal_tab;
 mod demo;
 mod install;
+mod instances;
 mod legacy;
 mod robot;
 mod storage;

@@ -1,0 +1,154 @@
+//! Several instances of the service on one PostgreSQL database, each with its own
+//! process-local state: they must refresh a portal's tokens one at a time (Bitrix24
+//! rotates the refresh token, protocol §2.4) and stay inside the portal's request
+//! limit together (§10.1). Skipped without OPROS_TEST_POSTGRES_URL.
+
+use std::time::Duration;
+
+use opros::bitrix24::{RateLimit, SharedBucket, Target};
+use opros::db::rate_bucket::DbRateBucket;
+use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
+use serde_json::json;
+
+use crate::support::TestApp;
+use crate::support::db::postgres;
+use crate::support::portal::install;
+
+/// Two instances on a fresh PostgreSQL database, the app installed through the first.
+async fn two_instances(
+    test: &str,
+    fake: &FakePortal,
+    extra: &[(&str, &str)],
+) -> Option<[TestApp; 2]> {
+    let pg = postgres(test).await?;
+    let id = fake.client_id();
+    let secret = fake.client_secret();
+    let mut vars: Vec<(&str, &str)> = vec![("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)];
+    vars.extend_from_slice(extra);
+    let a = crate::support::spawn_app_on(&pg.url, &vars).await;
+    install(fake, &a).await;
+    let b = crate::support::spawn_app_on(&pg.url, &vars).await;
+    Some([a, b])
+}
+
+/// Every instance calls `profile` `per_instance` times at once.
+async fn call_from_all(apps: &[TestApp; 2], fake: &FakePortal, per_instance: usize) -> usize {
+    let target = Target::Portal {
+        member_id: fake.member_id(),
+    };
+    let calls = apps.iter().flat_map(|app| {
+        let target = target.clone();
+        (0..per_instance).map(move |_| {
+            let client = app.state.b24.clone();
+            let target = target.clone();
+            async move { client.call(&target, "profile", json!({})).await }
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    for result in &results {
+        if let Err(err) = result {
+            panic!("a call failed: {err}");
+        }
+    }
+    results.len()
+}
+
+#[tokio::test]
+async fn instances_on_one_database_refresh_a_portal_once() {
+    let fake = FakePortal::start(FakePortalConfig::default())
+        .await
+        .expect("fake portal starts");
+    let Some(apps) = two_instances("instances::refresh", &fake, &[]).await else {
+        return;
+    };
+    let before = fake.refresh_count();
+    fake.expire_access_tokens();
+    assert_eq!(call_from_all(&apps, &fake, 10).await, 20);
+    assert_eq!(
+        fake.refresh_count() - before,
+        1,
+        "both instances saw the expiry; exactly one may use the refresh token"
+    );
+    let refreshed: u64 = apps.iter().map(|a| a.state.b24.refresh_count()).sum();
+    assert_eq!(refreshed, 1);
+    // The rotated pair both instances now use keeps working after another expiry.
+    fake.expire_access_tokens();
+    call_from_all(&apps, &fake, 3).await;
+    assert_eq!(fake.refresh_count() - before, 2);
+}
+
+#[tokio::test]
+async fn instances_on_one_database_share_the_portal_rate_limit() {
+    // Each instance alone would send 19 requests at once, together 38 into a
+    // bucket of 20.
+    let fake = FakePortal::start(FakePortalConfig {
+        rate: (20.0, 20),
+        ..FakePortalConfig::default()
+    })
+    .await
+    .expect("fake portal starts");
+    let Some(apps) = two_instances("instances::rate", &fake, &[("B24_RATE_LIMIT", "20/20")]).await
+    else {
+        return;
+    };
+    let sent_before = fake.calls().len();
+    assert_eq!(call_from_all(&apps, &fake, 40).await, 80);
+    let calls = fake.calls();
+    let bounced = calls[sent_before..]
+        .iter()
+        .filter(|c| c.status == 503)
+        .count();
+    assert!(bounced <= 2, "{bounced} QUERY_LIMIT_EXCEEDED answers");
+}
+
+#[tokio::test]
+async fn shared_bucket_paces_like_the_in_process_one() {
+    let Some(pg) = postgres("instances::bucket").await else {
+        return;
+    };
+    let conn = opros::db::connect(&pg.url).await.expect("connect");
+    opros::db::migrate(&conn).await.expect("migrate");
+    let bucket = DbRateBucket::for_shared_db(&conn).expect("PostgreSQL shares buckets");
+    // 10 per second, bucket of 4: three go at once (one slot stays free), then
+    // one every 100 ms.
+    let rate = RateLimit {
+        per_sec: 10.0,
+        burst: 4,
+    };
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        waits.push(
+            bucket
+                .reserve("clinic.example:443", rate)
+                .await
+                .expect("reserve"),
+        );
+    }
+    let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+    assert!(ms[..3].iter().all(|&w| w == 0), "{ms:?}");
+    assert!((90..=100).contains(&ms[3]), "{ms:?}");
+    assert!((190..=200).contains(&ms[4]), "{ms:?}");
+    // Another portal has a bucket of its own.
+    assert_eq!(
+        bucket
+            .reserve("other.example:443", rate)
+            .await
+            .expect("reserve"),
+        Duration::ZERO
+    );
+    // After the portal's own 503 the bucket counts as full, although this one
+    // request was all it had seen: the next goes when one slot has drained.
+    bucket
+        .mark_full("other.example:443", rate)
+        .await
+        .expect("fill");
+    let after_fill = bucket
+        .reserve("other.example:443", rate)
+        .await
+        .expect("reserve");
+    assert!(after_fill >= Duration::from_millis(90), "{after_fill:?}");
+    assert!(
+        DbRateBucket::for_shared_db(&opros::db::connect("sqlite::memory:").await.expect("sqlite"))
+            .is_none()
+    );
+}
