@@ -72,10 +72,11 @@ impl Application {
         self.addr.port()
     }
 
-    /// Serves and runs the outbox worker until `cancel` fires; in-flight requests
-    /// finish, the worker stops between jobs.
+    /// Serves and runs the outbox worker and the token upkeep until `cancel` fires;
+    /// in-flight requests finish, the worker stops between jobs.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> std::io::Result<()> {
         let worker = tokio::spawn(outbox::Outbox::new(self.state.clone()).run(cancel.clone()));
+        let upkeep = tokio::spawn(b24::token_upkeep::run(self.state.clone(), cancel.clone()));
         let endpoint = app::routes(self.state.clone());
         let stop = cancel.clone();
         let result = poem::Server::new_with_acceptor(self.acceptor)
@@ -87,6 +88,7 @@ impl Application {
             .await;
         cancel.cancel();
         let _ = worker.await;
+        let _ = upkeep.await;
         result
     }
 }

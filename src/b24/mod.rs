@@ -15,3 +15,4 @@ pub mod registration;
 pub mod robot;
 pub mod session;
 pub mod tab_view;
+pub mod token_upkeep;

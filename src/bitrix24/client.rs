@@ -421,6 +421,16 @@ impl B24Client {
         }
     }
 
+    /// Refreshes a portal's tokens now, whatever their expiry. A refresh token
+    /// lasts 180 days and only a refresh replaces it (§2.1), so a portal nobody
+    /// called for months would otherwise be lost.
+    pub async fn renew(&self, member_id: &str) -> Result<(), B24Error> {
+        let current = self.load(member_id).await?;
+        self.refresh_portal(member_id, &current.access_token)
+            .await
+            .map(|_| ())
+    }
+
     async fn load(&self, member_id: &str) -> Result<PortalAuth, B24Error> {
         self.inner
             .store
