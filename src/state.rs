@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use crate::b24::portals::DbTokenStore;
 use crate::bitrix24::{B24Client, ClientConfig};
 use crate::config::Config;
+use crate::db::group_commit::{self, GroupCommit};
 use crate::invitations::links::{LinkSigner, generate_secret};
 use crate::secret::Secret;
 use crate::survey::Catalog;
@@ -30,7 +31,9 @@ pub struct Inner {
     /// SQLite has one writer at a time, and a writer that finds the lock taken sleeps
     /// in SQLite's busy handler with growing pauses; within this process writers
     /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
-    sqlite_turn: Option<tokio::sync::Mutex<()>>,
+    sqlite_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Writes queued for the next group commit (`group_write`).
+    group: GroupCommit,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -102,7 +105,8 @@ impl AppState {
             session_key,
             link_fields: Default::default(),
             sqlite_turn: (db_backend == sea_orm::DatabaseBackend::Sqlite)
-                .then(|| tokio::sync::Mutex::new(())),
+                .then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            group: GroupCommit::default(),
         })))
     }
 
@@ -142,14 +146,68 @@ impl AppState {
         ),
         DbErr,
     > {
-        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
         let turn = self.write_turn().await;
+        let txn = self.begin_in_turn().await?;
+        Ok((turn, txn))
+    }
+
+    async fn begin_in_turn(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
         let options = TransactionOptions {
-            sqlite_transaction_mode: turn.as_ref().map(|_| SqliteTransactionMode::Immediate),
+            sqlite_transaction_mode: self
+                .sqlite_turn
+                .as_ref()
+                .map(|_| SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        let txn = self.db.begin_with_options(options).await?;
-        Ok((turn, txn))
+        self.db.begin_with_options(options).await
+    }
+
+    /// Stores `work`'s writes together with those of concurrent callers, in one
+    /// transaction (see `db::group_commit`), and returns its value once committed.
+    /// `work` may use only the transaction it is given, and may run twice.
+    pub async fn group_write<T, F>(&self, work: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(
+                &'t sea_orm::DatabaseTransaction,
+            ) -> futures::future::BoxFuture<'t, Result<T, DbErr>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let mut pending = self.group.submit(work);
+        let turn = tokio::select! {
+            biased;
+            // Someone else's commit already carried these writes.
+            answer = &mut pending => return answer.unwrap_or_else(|_| group_commit::answer_lost()),
+            turn = self.owned_write_turn() => turn,
+        };
+        let batch = self.group.take();
+        if !batch.is_empty() {
+            // On a task of its own, with the turn: a caller that goes away (a closed
+            // connection) cannot cut the other callers' writes off halfway.
+            let state = self.clone();
+            tokio::spawn(async move {
+                let _turn = turn;
+                match state.begin_in_turn().await {
+                    Ok(txn) => {
+                        group_commit::commit(batch, txn, || state.begin_in_turn()).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "транзакция для групповой записи не началась");
+                    }
+                }
+            });
+        }
+        group_commit::answer(pending).await
+    }
+
+    async fn owned_write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.sqlite_turn {
+            Some(m) => Some(m.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     pub fn link_field_checked(&self, entity: &str) -> bool {

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::inbound::text;
 use super::portals;
 use crate::error::ApiError;
+use crate::invitations::issue::link_jobs;
 use crate::invitations::{self, Channel, EntityRef, NewInvitation, patient};
 use crate::outbox::{self, Job};
 use crate::state::AppState;
@@ -76,45 +77,41 @@ pub async fn send_survey(
     let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));
     let key = format!("robot:{}:{}", portal.id, &token_hash[..32]);
     let now = Utc::now();
-    let (_turn, txn) = state.begin_write().await?;
-    let outcome = invitations::create_or_reuse(
-        &txn,
-        NewInvitation {
-            portal_id: Some(portal.id),
-            channel: Channel::App,
-            entity,
-            patient_name: given_name
-                .clone()
-                .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-            questionnaire_code: code,
-            questionnaire_version: version,
-            lifetime_days,
-            reuse_active,
-            dedupe_key: Some(key.clone()),
-        },
-        now,
-    )
-    .await?;
+    let new = NewInvitation {
+        portal_id: Some(portal.id),
+        channel: Channel::App,
+        entity,
+        patient_name: given_name
+            .clone()
+            .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
+        questionnaire_code: code,
+        questionnaire_version: version,
+        lifetime_days,
+        reuse_active,
+        dedupe_key: Some(key.clone()),
+    };
+    let portal_id = portal.id;
+    let outcome = state
+        .group_write(move |txn| {
+            let (new, event_token, key) = (new.clone(), event_token.clone(), key.clone());
+            let name_known = given_name.is_some();
+            Box::pin(async move {
+                let outcome = invitations::create_or_reuse(txn, &new, now).await?;
+                let inv = &outcome.invitation;
+                let mut jobs = vec![(
+                    Job::ReturnRobotValues {
+                        invitation: inv.id.clone(),
+                        event_token,
+                    },
+                    format!("{key}:return"),
+                )];
+                jobs.extend(link_jobs(&inv.id, &key, name_known));
+                outbox::enqueue_all(txn, Some(portal_id), &jobs).await?;
+                Ok(outcome)
+            })
+        })
+        .await?;
     let inv = &outcome.invitation;
-    outbox::enqueue(
-        &txn,
-        Some(portal.id),
-        &Job::ReturnRobotValues {
-            invitation: inv.id.clone(),
-            event_token,
-        },
-        &format!("{key}:return"),
-    )
-    .await?;
-    crate::invitations::issue::enqueue_link_jobs(
-        &txn,
-        Some(portal.id),
-        &inv.id,
-        &key,
-        given_name.is_some(),
-    )
-    .await?;
-    txn.commit().await?;
     state.nudge_outbox();
 
     crate::invitations::issue::log_link(state, inv, outcome.existing);

@@ -1,6 +1,7 @@
 //! Database connection, migrations and the small key-value helpers.
 
 pub mod entities;
+pub mod group_commit;
 pub mod rate_bucket;
 
 use std::time::Duration;

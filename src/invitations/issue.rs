@@ -3,7 +3,6 @@
 //! the link field update.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DbErr};
 
 use super::{Channel, EntityRef, NewInvitation, create_or_reuse, patient};
 use crate::db::entities::invitation;
@@ -89,38 +88,37 @@ pub async fn issue(
         (q.code.clone(), q.version)
     };
     let now = Utc::now();
-    let (_turn, txn) = state.begin_write().await?;
-    let outcome = create_or_reuse(
-        &txn,
-        NewInvitation {
-            portal_id,
-            channel,
-            entity,
-            patient_name: given_name
-                .clone()
-                .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-            questionnaire_code: code,
-            questionnaire_version: version,
-            lifetime_days,
-            reuse_active,
-            dedupe_key,
-        },
-        now,
-    )
-    .await?;
-    let inv = outcome.invitation.clone();
     let delivers = portal_id.is_some() || state.config.webhook_url.is_some();
-    if !outcome.existing && delivers {
-        enqueue_link_jobs(
-            &txn,
-            portal_id,
-            &inv.id,
-            &format!("invitation:{}", inv.id),
-            given_name.is_some(),
-        )
+    let new = NewInvitation {
+        portal_id,
+        channel,
+        entity,
+        patient_name: given_name
+            .clone()
+            .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
+        questionnaire_code: code,
+        questionnaire_version: version,
+        lifetime_days,
+        reuse_active,
+        dedupe_key,
+    };
+    let outcome = state
+        .group_write(move |txn| {
+            let new = new.clone();
+            let name_known = given_name.is_some();
+            Box::pin(async move {
+                let outcome = create_or_reuse(txn, &new, now).await?;
+                if !outcome.existing && delivers {
+                    let inv = &outcome.invitation.id;
+                    let key = format!("invitation:{inv}");
+                    let jobs = link_jobs(inv, &key, name_known);
+                    outbox::enqueue_all(txn, portal_id, &jobs).await?;
+                }
+                Ok(outcome)
+            })
+        })
         .await?;
-    }
-    txn.commit().await?;
+    let inv = outcome.invitation.clone();
     if !delivers {
         tracing::warn!(
             "BITRIX24_WEBHOOK_URL не задан: ссылка не будет записана в сделку, а результат опроса не попадёт в Битрикс24"
@@ -131,35 +129,25 @@ pub async fn issue(
     Ok((inv, outcome.existing))
 }
 
-/// Queues the name lookup (unless the caller knew the name) and the link field
-/// update; `key` makes a repeat of the same request a no-op.
-pub async fn enqueue_link_jobs<C: ConnectionTrait>(
-    db: &C,
-    portal_id: Option<i64>,
-    invitation: &str,
-    key: &str,
-    name_known: bool,
-) -> Result<(), DbErr> {
+/// The name lookup (unless the caller knew the name) and the link field update for
+/// a new invitation; `key` makes a repeat of the same request a no-op.
+pub fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+    let mut jobs = Vec::with_capacity(2);
     if !name_known {
-        outbox::enqueue(
-            db,
-            portal_id,
-            &Job::ResolvePatient {
+        jobs.push((
+            Job::ResolvePatient {
                 invitation: invitation.to_owned(),
             },
-            &format!("{key}:name"),
-        )
-        .await?;
+            format!("{key}:name"),
+        ));
     }
-    outbox::enqueue(
-        db,
-        portal_id,
-        &Job::WriteLinkField {
+    jobs.push((
+        Job::WriteLinkField {
             invitation: invitation.to_owned(),
         },
-        &format!("{key}:field"),
-    )
-    .await
+        format!("{key}:field"),
+    ));
+    jobs
 }
 
 pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {

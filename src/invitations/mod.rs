@@ -6,10 +6,10 @@ pub mod lifecycle;
 pub mod links;
 pub mod patient;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    sea_query::OnConflict,
 };
 
 use crate::db::entities::invitation;
@@ -117,65 +117,81 @@ pub struct Outcome {
 /// (when asked) the active one of the same document and questionnaire.
 pub async fn create_or_reuse<C: ConnectionTrait>(
     db: &C,
-    new: NewInvitation,
+    new: &NewInvitation,
     now: DateTime<Utc>,
 ) -> Result<Outcome, DbErr> {
-    if let Some(key) = &new.dedupe_key
-        && let Some(found) = invitation::Entity::find()
-            .filter(invitation::Column::DedupeKey.eq(key.clone()))
-            .one(db)
-            .await?
-    {
-        return Ok(Outcome {
-            invitation: found,
-            existing: true,
-        });
-    }
-    if new.reuse_active
-        && let Some(active) =
-            find_active(db, new.portal_id, new.entity, &new.questionnaire_code, now).await?
-    {
-        return Ok(Outcome {
-            invitation: active,
-            existing: true,
-        });
-    }
-    let row = invitation::ActiveModel {
-        id: Set(links::new_invitation_id()),
-        portal_id: Set(new.portal_id),
-        channel: Set(new.channel.as_str().to_owned()),
-        entity_type: Set(new.entity.kind.as_str().to_owned()),
-        entity_id: Set(new.entity.id),
-        patient_name: Set(new.patient_name.chars().take(255).collect()),
-        questionnaire_code: Set(new.questionnaire_code.clone()),
-        questionnaire_version: Set(new.questionnaire_version as i32),
-        status: Set(SENT.to_owned()),
-        dedupe_key: Set(new.dedupe_key.clone()),
-        created_at: Set(now),
-        opened_at: Set(None),
-        completed_at: Set(None),
-        expires_at: Set(now + Duration::days(i64::from(new.lifetime_days))),
-    };
-    match row.insert(db).await {
-        Ok(invitation) => Ok(Outcome {
+    let existing = |invitation| {
+        Ok(Outcome {
             invitation,
-            existing: false,
-        }),
-        // Two deliveries of the same request raced: the loser returns the winner's row.
-        Err(e) if new.dedupe_key.is_some() && is_unique_violation(&e) => {
-            let key = new.dedupe_key.clone().unwrap_or_default();
-            let found = invitation::Entity::find()
-                .filter(invitation::Column::DedupeKey.eq(key))
-                .one(db)
-                .await?
-                .ok_or(e)?;
-            Ok(Outcome {
-                invitation: found,
-                existing: true,
-            })
+            existing: true,
+        })
+    };
+    if new.reuse_active {
+        if let Some(key) = &new.dedupe_key
+            && let Some(found) = by_dedupe_key(db, key).await?
+        {
+            return existing(found);
         }
-        Err(e) => Err(e),
+        if let Some(active) =
+            find_active(db, new.portal_id, new.entity, &new.questionnaire_code, now).await?
+        {
+            return existing(active);
+        }
     }
+    // Times as the database keeps them (microseconds), so the returned row equals
+    // the stored one.
+    let row = invitation::Model {
+        id: links::new_invitation_id(),
+        portal_id: new.portal_id,
+        channel: new.channel.as_str().to_owned(),
+        entity_type: new.entity.kind.as_str().to_owned(),
+        entity_id: new.entity.id,
+        patient_name: new.patient_name.chars().take(255).collect(),
+        questionnaire_code: new.questionnaire_code.clone(),
+        questionnaire_version: new.questionnaire_version as i32,
+        status: SENT.to_owned(),
+        dedupe_key: new.dedupe_key.clone(),
+        created_at: now.trunc_subsecs(6),
+        opened_at: None,
+        completed_at: None,
+        expires_at: (now + Duration::days(i64::from(new.lifetime_days))).trunc_subsecs(6),
+    };
+    // A repeated request (same key) inserts nothing instead of failing, which on
+    // PostgreSQL would also abort the caller's transaction.
+    let inserted = invitation::Entity::insert(row.clone().into_active_model())
+        .on_conflict(
+            OnConflict::column(invitation::Column::DedupeKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await;
+    let inserted = match inserted {
+        Ok(rows) => rows > 0,
+        Err(DbErr::RecordNotInserted) => false,
+        Err(e) => return Err(e),
+    };
+    if inserted {
+        return Ok(Outcome {
+            invitation: row,
+            existing: false,
+        });
+    }
+    let key = new.dedupe_key.as_deref().unwrap_or_default();
+    match by_dedupe_key(db, key).await? {
+        Some(found) => existing(found),
+        None => Err(DbErr::RecordNotInserted),
+    }
+}
+
+async fn by_dedupe_key<C: ConnectionTrait>(
+    db: &C,
+    key: &str,
+) -> Result<Option<invitation::Model>, DbErr> {
+    invitation::Entity::find()
+        .filter(invitation::Column::DedupeKey.eq(key))
+        .one(db)
+        .await
 }
 
 async fn find_active<C: ConnectionTrait>(

@@ -60,32 +60,52 @@ pub async fn enqueue<C: ConnectionTrait>(
     job: &Job,
     key: &str,
 ) -> Result<(), DbErr> {
-    let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
+    enqueue_all(db, portal_id, &[(job.clone(), key.to_owned())]).await
+}
+
+/// Queues several jobs with their keys in one statement, as [`enqueue`] does each.
+pub async fn enqueue_all<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    jobs: &[(Job, String)],
+) -> Result<(), DbErr> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
     let now = chrono::Utc::now();
-    outbox_job::Entity::insert(outbox_job::ActiveModel {
-        portal_id: Set(portal_id),
-        kind: Set(job.kind().to_owned()),
-        payload: Set(payload),
-        idempotency_key: Set(key.chars().take(255).collect()),
-        attempts: Set(0),
-        run_at: Set(now.timestamp_millis()),
-        locked_until: Set(None),
-        lease: Set(None),
-        last_error: Set(None),
-        result: Set(None),
-        done_at: Set(None),
-        dead_at: Set(None),
-        created_at: Set(now),
-        ..Default::default()
-    })
-    .on_conflict(
-        OnConflict::column(outbox_job::Column::IdempotencyKey)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await
-    .map(|_| ())
+    let mut rows = Vec::with_capacity(jobs.len());
+    for (job, key) in jobs {
+        let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
+        rows.push(outbox_job::ActiveModel {
+            portal_id: Set(portal_id),
+            kind: Set(job.kind().to_owned()),
+            payload: Set(payload),
+            idempotency_key: Set(key.chars().take(255).collect()),
+            attempts: Set(0),
+            run_at: Set(now.timestamp_millis()),
+            locked_until: Set(None),
+            lease: Set(None),
+            last_error: Set(None),
+            result: Set(None),
+            done_at: Set(None),
+            dead_at: Set(None),
+            created_at: Set(now),
+            ..Default::default()
+        });
+    }
+    let inserted = outbox_job::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::column(outbox_job::Column::IdempotencyKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await;
+    match inserted {
+        // Every key already queued.
+        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub use worker::Outbox;

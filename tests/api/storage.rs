@@ -35,10 +35,10 @@ async fn claims_are_exclusive_and_keys_idempotent_on_every_backend() {
         db::migrate(&conn).await.unwrap(); // a second run is a no-op
 
         // The same request twice: one invitation.
-        let a = invitations::create_or_reuse(&conn, new_invitation(Some("k1")), Utc::now())
+        let a = invitations::create_or_reuse(&conn, &new_invitation(Some("k1")), Utc::now())
             .await
             .unwrap();
-        let b = invitations::create_or_reuse(&conn, new_invitation(Some("k1")), Utc::now())
+        let b = invitations::create_or_reuse(&conn, &new_invitation(Some("k1")), Utc::now())
             .await
             .unwrap();
         assert_eq!(a.invitation.id, b.invitation.id, "{}", test_db.backend);
@@ -127,5 +127,77 @@ async fn the_whole_flow_on_every_backend() {
         assert_eq!(fake.timeline_comments().len(), 1, "{}", test_db.backend);
         let (status, _) = app.get_json("/healthz").await;
         assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test]
+async fn group_writes_commit_together_and_fail_alone_on_every_backend() {
+    for test_db in all("storage::group_write").await {
+        let app = crate::support::spawn_app_on(&test_db.url, &[]).await;
+        let writes = (0..40).map(|i| {
+            let state = app.state.clone();
+            async move {
+                state
+                    .group_write(move |txn| {
+                        Box::pin(async move {
+                            db::put_setting(txn, &format!("group:{i}"), "stored").await?;
+                            if i % 10 == 3 {
+                                return Err(sea_orm::DbErr::Custom(format!("job {i} refuses")));
+                            }
+                            Ok(i)
+                        })
+                    })
+                    .await
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (i, result) in results.into_iter().enumerate() {
+            let stored = db::get_setting(&app.state.db, &format!("group:{i}"))
+                .await
+                .unwrap();
+            if i % 10 == 3 {
+                let err = result.expect_err("a failing job fails");
+                assert!(
+                    err.to_string().contains("refuses"),
+                    "{}: {err}",
+                    test_db.backend
+                );
+                assert_eq!(stored, None, "{}: job {i}'s write undone", test_db.backend);
+            } else {
+                assert_eq!(result.unwrap(), i);
+                assert_eq!(
+                    stored.as_deref(),
+                    Some("stored"),
+                    "{}: job {i}",
+                    test_db.backend
+                );
+            }
+        }
+
+        // The same request five times at once: one invitation, whichever commit
+        // carries them (on PostgreSQL they race in separate transactions).
+        let repeats = (0..5).map(|_| {
+            let state = app.state.clone();
+            async move {
+                state
+                    .group_write(|txn| {
+                        Box::pin(async move {
+                            invitations::create_or_reuse(
+                                txn,
+                                &new_invitation(Some("same-robot-call")),
+                                Utc::now(),
+                            )
+                            .await
+                        })
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        let outcomes = futures::future::join_all(repeats).await;
+        let first = &outcomes[0].invitation.id;
+        assert!(outcomes.iter().all(|o| &o.invitation.id == first));
+        assert_eq!(outcomes.iter().filter(|o| !o.existing).count(), 1);
+        app.stop().await;
     }
 }
