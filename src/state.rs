@@ -83,6 +83,7 @@ impl AppState {
                 rate: config.b24_rate_limit,
                 request_timeout: Duration::from_secs(30),
                 max_retries: 3,
+                operating_limit: Duration::from_secs(480),
             },
             Arc::new(DbTokenStore::new(db.clone())),
             shared_bucket,

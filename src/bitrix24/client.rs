@@ -27,6 +27,9 @@ const REFRESH_AHEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Pause of a method after `OPERATION_TIME_LIMIT` when no `operating_reset_at` is
 /// known (§10.2: the error body carries no timing).
 const DEFAULT_OPERATING_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// After `operating_reset_at`, for the portal's clock and ours to disagree a little
+/// (the JS SDK's `operating-limiter.ts` waits the same extra second).
+const RESET_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 /// First retry delay of network errors and 5xx; doubled per attempt, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -297,8 +300,8 @@ impl B24Client {
             match outcome {
                 Ok(response) => {
                     tracing::debug!(method, target = kind, portal = %resolved.host, status, ms, "Bitrix24 call");
-                    if let Some(reset) = response.time.as_ref().and_then(|t| t.operating_reset_at) {
-                        lock(&inner.reset_at).insert(budget, reset);
+                    if let Some(time) = &response.time {
+                        self.note_operating(budget, time);
                     }
                     return Ok(response);
                 }
@@ -345,13 +348,28 @@ impl B24Client {
         }
     }
 
+    /// Remembers when the method's budget frees up (§10.2), and pauses the method
+    /// as soon as the budget is spent: the portal would refuse its next call.
+    fn note_operating(&self, budget: (String, String), time: &TimeInfo) {
+        if let Some(reset) = time.operating_reset_at {
+            lock(&self.inner.reset_at).insert(budget.clone(), reset);
+        }
+        // 1 % (4.8 s of 480 s) of slack for what the portal counts that we do not see.
+        let spent = self.inner.config.operating_limit.as_secs_f64() * 0.99;
+        if time.operating.is_some_and(|used| used >= spent) {
+            let paused = self.pause(budget);
+            tracing::warn!(error = %paused, "Bitrix24 method paused before its run-time budget ran out");
+        }
+    }
+
     /// Records an operating pause (§10.2) and returns the error describing it.
     fn pause(&self, budget: (String, String)) -> B24Error {
         let now = Utc::now();
         let known = lock(&self.inner.reset_at)
             .get(&budget)
             .and_then(|&unix| Utc.timestamp_opt(unix, 0).single())
-            .filter(|at| *at > now);
+            .filter(|at| *at > now)
+            .map(|at| at + RESET_MARGIN);
         let until = known.unwrap_or(now + DEFAULT_OPERATING_PAUSE);
         let method = budget.1.clone();
         lock(&self.inner.pauses).insert(budget, until);

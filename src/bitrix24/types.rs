@@ -121,6 +121,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Retries of network errors, timeouts, 5xx and `QUERY_LIMIT_EXCEEDED`.
     pub max_retries: u32,
+    /// A method's run-time budget per 10 minutes (§10.2: 480 s in the cloud).
+    pub operating_limit: Duration,
 }
 
 impl Default for ClientConfig {
@@ -132,6 +134,7 @@ impl Default for ClientConfig {
             rate: RateLimit::default(),
             request_timeout: Duration::from_secs(60),
             max_retries: 3,
+            operating_limit: Duration::from_secs(480),
         }
     }
 }

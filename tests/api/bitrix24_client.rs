@@ -30,6 +30,7 @@ fn client_config(fake: &FakePortal) -> ClientConfig {
         },
         request_timeout: Duration::from_secs(5),
         max_retries: 3,
+        operating_limit: Duration::from_secs(480),
     }
 }
 
@@ -651,6 +652,47 @@ async fn operation_time_limit_pauses_only_that_method() {
         .expect_err("paused");
     assert!(matches!(again, B24Error::OperationTimeLimit { .. }));
     assert_eq!(s.fake.http_request_count(), requests, "paused locally");
+    s.client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect("other methods keep working");
+}
+
+#[tokio::test]
+async fn spent_operating_budget_pauses_the_method_before_the_portal_refuses() {
+    let s = setup_with(
+        FakePortalConfig {
+            operating_limit_secs: 1.0,
+            ..FakePortalConfig::default()
+        },
+        |c| c.operating_limit = Duration::from_secs(1),
+    )
+    .await;
+    let deal = s.fake.add_deal("Приём", 0, None);
+    s.fake.set_operating_cost("crm.deal.get", 0.6);
+    for _ in 0..2 {
+        s.client
+            .call(&s.target, "crm.deal.get", json!({"id": deal}))
+            .await
+            .expect("within budget");
+    }
+    // The second answer said 1.2 s of 1 s are spent: the third call waits for the
+    // oldest basket without asking.
+    let requests = s.fake.http_request_count();
+    let err = s
+        .client
+        .call(&s.target, "crm.deal.get", json!({"id": deal}))
+        .await
+        .expect_err("paused");
+    let B24Error::OperationTimeLimit { until, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        *until > Utc::now() + chrono::Duration::seconds(60),
+        "{until}"
+    );
+    assert_eq!(s.fake.http_request_count(), requests);
+    assert!(s.fake.calls().iter().all(|c| c.status != 429));
     s.client
         .call(&s.target, "profile", json!({}))
         .await
