@@ -4,11 +4,11 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Statement, TransactionTrait,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
 };
 use url::Url;
 
-use crate::bitrix24::{HeldLock, PortalAuth, RefreshLock, StoreError, TokenStore};
+use crate::bitrix24::{PortalAuth, RefreshLock, StoreError, TokenStore, unshared_refresh};
 use crate::db::entities::portal;
 use crate::error::ApiError;
 use crate::secret::{Secret, constant_time_eq};
@@ -18,110 +18,125 @@ pub struct DbTokenStore {
     db: DatabaseConnection,
 }
 
-/// First key of the refresh locks, so they cannot collide with other advisory locks
-/// on the same database ("oprs").
-const REFRESH_LOCK_CLASS: i32 = 0x6f70_7273;
-
-/// Takes the portal's refresh lock for the rest of the transaction. An advisory
-/// lock rather than `SELECT … FOR UPDATE` on the portal row: the refreshed pair is
-/// saved through the pool, and a row lock would make that save wait on ourselves.
-/// A lock held by a crashed instance goes with its connection; `lock_timeout`
-/// bounds the wait behind one that hangs.
-const TAKE_REFRESH_LOCK: [&str; 2] = [
-    "SET LOCAL lock_timeout = '90s'",
-    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-];
-
-/// The transaction that holds a refresh lock; committing it releases the lock.
-struct RefreshTxn(DatabaseTransaction);
-
-#[async_trait]
-impl HeldLock for RefreshTxn {
-    async fn release(self: Box<Self>) -> Result<(), StoreError> {
-        self.0.commit().await.map_err(StoreError::new)
-    }
-}
-
 impl DbTokenStore {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
 }
 
+fn store_error(e: sea_orm::DbErr) -> StoreError {
+    StoreError::new(e)
+}
+
+/// The tokens of a portal row; `None` unless it is installed with tokens.
+fn auth_of(p: portal::Model) -> Result<Option<PortalAuth>, StoreError> {
+    if p.status != portal::INSTALLED {
+        return Ok(None);
+    }
+    let (Some(access), Some(refresh)) = (p.access_token, p.refresh_token) else {
+        return Ok(None);
+    };
+    let client_endpoint = Url::parse(&p.client_endpoint).map_err(StoreError::new)?;
+    Ok(Some(PortalAuth {
+        client_endpoint,
+        server_endpoint: p
+            .server_endpoint
+            .as_deref()
+            .and_then(|s| Url::parse(s).ok()),
+        access_token: Secret::new(access),
+        refresh_token: Secret::new(refresh),
+        expires_at: p.expires_at.unwrap_or_else(Utc::now),
+    }))
+}
+
+async fn save_on<C: ConnectionTrait>(
+    db: &C,
+    p: portal::Model,
+    auth: &PortalAuth,
+) -> Result<(), StoreError> {
+    let mut row: portal::ActiveModel = p.into();
+    row.access_token = Set(Some(auth.access_token.expose().clone()));
+    row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
+    row.expires_at = Set(Some(auth.expires_at));
+    row.client_endpoint = Set(auth.client_endpoint.to_string());
+    if let Some(server) = &auth.server_endpoint {
+        row.server_endpoint = Set(Some(server.to_string()));
+    }
+    row.updated_at = Set(Utc::now());
+    row.update(db).await.map(|_| ()).map_err(store_error)
+}
+
 #[async_trait]
 impl TokenStore for DbTokenStore {
     async fn load(&self, member_id: &str) -> Result<Option<PortalAuth>, StoreError> {
-        let Some(p) = by_member(&self.db, member_id)
-            .await
-            .map_err(|e| StoreError::new(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        if p.status != portal::INSTALLED {
-            return Ok(None);
+        match by_member(&self.db, member_id).await.map_err(store_error)? {
+            Some(p) => auth_of(p),
+            None => Ok(None),
         }
-        let (Some(access), Some(refresh)) = (p.access_token, p.refresh_token) else {
-            return Ok(None);
-        };
-        let client_endpoint =
-            Url::parse(&p.client_endpoint).map_err(|e| StoreError::new(e.to_string()))?;
-        Ok(Some(PortalAuth {
-            client_endpoint,
-            server_endpoint: p
-                .server_endpoint
-                .as_deref()
-                .and_then(|s| Url::parse(s).ok()),
-            access_token: Secret::new(access),
-            refresh_token: Secret::new(refresh),
-            expires_at: p.expires_at.unwrap_or_else(Utc::now),
-        }))
     }
 
     async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError> {
-        let Some(p) = by_member(&self.db, member_id)
-            .await
-            .map_err(|e| StoreError::new(e.to_string()))?
-        else {
+        let Some(p) = by_member(&self.db, member_id).await.map_err(store_error)? else {
             return Err(StoreError::new(format!("portal {member_id} not found")));
         };
-        let mut row: portal::ActiveModel = p.into();
-        row.access_token = Set(Some(auth.access_token.expose().clone()));
-        row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
-        row.expires_at = Set(Some(auth.expires_at));
-        row.client_endpoint = Set(auth.client_endpoint.to_string());
-        if let Some(server) = &auth.server_endpoint {
-            row.server_endpoint = Set(Some(server.to_string()));
-        }
-        row.updated_at = Set(Utc::now());
-        row.update(&self.db)
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::new(e.to_string()))
+        save_on(&self.db, p, auth).await
     }
 
-    /// Several instances share a PostgreSQL database; a SQLite file has one.
-    async fn lock_refresh(&self, member_id: &str) -> Result<RefreshLock, StoreError> {
+    /// Several instances share a PostgreSQL database (a SQLite file has one): the
+    /// portal's row is locked (`SELECT … FOR UPDATE`) in a transaction that reads
+    /// and saves the tokens. A lock held by a crashed instance goes with its
+    /// connection; `lock_timeout` bounds the wait behind one that hangs.
+    async fn lock_refresh<'a>(
+        &'a self,
+        member_id: &'a str,
+    ) -> Result<Box<dyn RefreshLock + 'a>, StoreError> {
         if self.db.get_database_backend() != DbBackend::Postgres {
-            return Ok(RefreshLock::none());
+            return Ok(unshared_refresh(self, member_id));
         }
-        let txn = self.db.begin().await.map_err(StoreError::new)?;
-        let [timeout, lock] = TAKE_REFRESH_LOCK;
-        txn.execute_unprepared(timeout)
+        let txn = self.db.begin().await.map_err(store_error)?;
+        txn.execute_unprepared("SET LOCAL lock_timeout = '90s'")
             .await
-            .map_err(StoreError::new)?;
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            lock,
-            [REFRESH_LOCK_CLASS.into(), member_id.into()],
-        ))
-        .await
-        .map_err(StoreError::new)?;
-        Ok(RefreshLock::held(RefreshTxn(txn)))
+            .map_err(store_error)?;
+        let row = portal::Entity::find()
+            .filter(portal::Column::MemberId.eq(member_id))
+            .lock_exclusive()
+            .one(&txn)
+            .await
+            .map_err(store_error)?;
+        Ok(Box::new(LockedRow { txn, row }))
     }
 }
 
-pub async fn by_member(
-    db: &DatabaseConnection,
+/// PostgreSQL: the portal's row, read under its lock; the commit ends the lock.
+struct LockedRow {
+    txn: DatabaseTransaction,
+    row: Option<portal::Model>,
+}
+
+#[async_trait]
+impl RefreshLock for LockedRow {
+    async fn load(&mut self) -> Result<Option<PortalAuth>, StoreError> {
+        match self.row.clone() {
+            Some(p) => auth_of(p),
+            None => Ok(None),
+        }
+    }
+
+    async fn save(self: Box<Self>, auth: &PortalAuth) -> Result<(), StoreError> {
+        let Some(p) = self.row else {
+            return Err(StoreError::new("portal row vanished during refresh"));
+        };
+        save_on(&self.txn, p, auth).await?;
+        self.txn.commit().await.map_err(store_error)
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        self.txn.commit().await.map_err(store_error)
+    }
+}
+
+pub async fn by_member<C: ConnectionTrait>(
+    db: &C,
     member_id: &str,
 ) -> Result<Option<portal::Model>, sea_orm::DbErr> {
     portal::Entity::find()

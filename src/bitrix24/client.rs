@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::batch::{self, MAX_COMMANDS};
-use super::error::B24Error;
+use super::error::{B24Error, StoreError};
 use super::form::{self, FormPairs};
 use super::oauth;
 use super::rate_limit::{Limiter, SharedBucket};
@@ -33,6 +33,8 @@ const RESET_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 /// First retry delay of network errors and 5xx; doubled per attempt, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Attempts to store a refreshed pair after the first one failed.
+const SAVE_ATTEMPTS: u32 = 5;
 /// Guard against a portal that keeps answering `next`.
 const MAX_PAGES: usize = 10_000;
 
@@ -460,8 +462,9 @@ impl B24Client {
     }
 
     /// Refreshes the portal's tokens unless someone else already did: under the
-    /// portal's lock, the stored pair is re-read and refreshed only if its access
-    /// token is still the one that `failed`. The new pair is saved before use.
+    /// portal's lock (this process's, then the store's for other processes), the
+    /// stored pair is re-read and refreshed only if its access token is still the
+    /// one that `failed`. The new pair is saved before use.
     async fn refresh_portal(
         &self,
         member_id: &str,
@@ -472,42 +475,64 @@ impl B24Client {
             .or_default()
             .clone();
         let _guard = portal_lock.lock().await;
-        // Other processes on the same store: their refresh is committed before
-        // their lock is released, so the load below sees it.
-        let store_lock = self.inner.store.lock_refresh(member_id).await?;
-        let refreshed = self.refresh_locked(member_id, failed).await;
-        if let Err(err) = store_lock.release().await {
-            tracing::warn!(error = %err, "Bitrix24 refresh lock release failed");
-        }
-        refreshed
-    }
-
-    async fn refresh_locked(
-        &self,
-        member_id: &str,
-        failed: &Secret<String>,
-    ) -> Result<PortalAuth, B24Error> {
-        let current = self.load(member_id).await?;
+        let mut held = self.inner.store.lock_refresh(member_id).await?;
+        let current = match held.load().await {
+            Ok(Some(current)) => current,
+            Ok(None) => {
+                let _ = held.release().await;
+                return Err(B24Error::NotInstalled {
+                    member_id: member_id.to_owned(),
+                });
+            }
+            Err(err) => {
+                let _ = held.release().await;
+                return Err(err.into());
+            }
+        };
         if !current.access_token.matches(failed.expose()) {
+            // Refreshed meanwhile, by this process or another.
+            if let Err(err) = held.release().await {
+                tracing::warn!(error = %err, "Bitrix24 refresh lock release failed");
+            }
             return Ok(current);
         }
         let host = Target::endpoint_host(&current.client_endpoint);
         let fresh = match oauth::refresh(&self.inner.http, &self.inner.config, &current).await {
             Ok(fresh) => fresh,
             Err(err) => {
+                let _ = held.release().await;
                 tracing::warn!(portal = %host, code = err.code().unwrap_or_default(), error = %err, "Bitrix24 token refresh failed");
                 return Err(err);
             }
         };
-        if let Err(err) = self.inner.store.save(member_id, &fresh).await {
-            // The old refresh token is already consumed: this portal needs a reinstall
-            // unless the store recovers before the new access token expires.
-            tracing::error!(portal = %host, error = %err, "refreshed Bitrix24 tokens could not be saved");
-            return Err(err.into());
+        if let Err(err) = held.save(&fresh).await {
+            tracing::warn!(portal = %host, error = %err, "refreshed Bitrix24 tokens not saved; trying again");
+            self.save_refreshed(member_id, &fresh, &host).await?;
         }
         self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(portal = %host, "Bitrix24 tokens refreshed");
         Ok(fresh)
+    }
+
+    /// The old refresh token is used up: the new pair in hand is the portal's only
+    /// way in, so storing it is retried before giving up on the portal.
+    async fn save_refreshed(
+        &self,
+        member_id: &str,
+        fresh: &PortalAuth,
+        host: &str,
+    ) -> Result<(), B24Error> {
+        let mut last = None;
+        for attempt in 0..SAVE_ATTEMPTS {
+            tokio::time::sleep(backoff(attempt)).await;
+            match self.inner.store.save(member_id, fresh).await {
+                Ok(()) => return Ok(()),
+                Err(err) => last = Some(err),
+            }
+        }
+        let err = last.unwrap_or_else(|| StoreError::new("not attempted"));
+        tracing::error!(portal = %host, error = %err, "refreshed Bitrix24 tokens could not be saved; the portal needs a reinstall");
+        Err(B24Error::TokensNotSaved(err))
     }
 
     /// One HTTP request. Returns the HTTP status (0 when there was none) and the

@@ -95,6 +95,10 @@ pub enum B24Error {
     /// The token store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A refresh succeeded but the new pair could not be stored: the stored
+    /// refresh token is already used up (§2.4), so no retry can help.
+    #[error("refreshed tokens not saved: {0}")]
+    TokensNotSaved(StoreError),
     /// A method name or endpoint that cannot form a request URL.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -217,6 +221,7 @@ impl B24Error {
                 | B24Error::InvalidToken
                 | B24Error::ExpiredToken
                 | B24Error::NotInstalled { .. }
+                | B24Error::TokensNotSaved(_)
         )
     }
 
@@ -248,7 +253,10 @@ impl B24Error {
     /// A message for the clinic's Bitrix24 administrator, in Russian.
     pub fn admin_message(&self) -> String {
         match self {
-            B24Error::ExpiredToken | B24Error::InvalidToken | B24Error::RefreshRejected => {
+            B24Error::ExpiredToken
+            | B24Error::InvalidToken
+            | B24Error::RefreshRejected
+            | B24Error::TokensNotSaved(_) => {
                 "Доступ приложения к Битрикс24 утрачен. Переустановите приложение «Опрос» на портале.".to_owned()
             }
             B24Error::NotInstalled { .. } => {

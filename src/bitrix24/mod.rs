@@ -17,7 +17,7 @@ pub use error::{B24Error, StoreError};
 pub use oauth::token_url;
 pub use rate_limit::{RateLimit, RateLimitParseError, SharedBucket};
 pub use types::{
-    B24Response, BatchCommand, BatchOutcome, ClientConfig, HeldLock, PortalAuth, RefreshLock,
-    Target, TimeInfo, TokenStore,
+    B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, RefreshLock, Target,
+    TimeInfo, TokenStore, unshared_refresh,
 };
 pub use webhook_url::{WebhookUrl, WebhookUrlError};

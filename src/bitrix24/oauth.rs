@@ -137,12 +137,26 @@ async fn send(
         *headers = response.headers().clone();
     }
     let body = response.bytes().await.map_err(B24Error::from_reqwest)?;
+    if let Some(headers) = answer.headers_mut() {
+        label_json(headers, &body);
+    }
     answer
         .body(body.to_vec())
         .map_err(|e| B24Error::InvalidResponse {
             status: status.load(Ordering::Relaxed),
             message: e.to_string(),
         })
+}
+
+/// The crate refuses JSON labelled otherwise (a proxy's `text/html`, say). A pair in
+/// such an answer is already issued and the old one used up, so it must be read.
+fn label_json(headers: &mut oauth2::http::HeaderMap, body: &[u8]) {
+    if body.trim_ascii_start().starts_with(b"{") {
+        headers.insert(
+            oauth2::http::header::CONTENT_TYPE,
+            oauth2::http::HeaderValue::from_static("application/json"),
+        );
+    }
 }
 
 /// §2.5: `invalid_grant` = the refresh token expired, was used or was revoked.
@@ -256,6 +270,17 @@ mod tests {
             refresh_token: Secret::new("r".into()),
             expires_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn json_bodies_are_labelled_json() {
+        use oauth2::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        label_json(&mut headers, b"<html>502</html>");
+        assert_eq!(headers[CONTENT_TYPE], "text/html");
+        label_json(&mut headers, b" {\"access_token\":\"a\"}");
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
     }
 
     #[test]

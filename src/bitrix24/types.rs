@@ -33,38 +33,56 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn load(&self, member_id: &str) -> Result<Option<PortalAuth>, StoreError>;
     /// Persists a refreshed pair. Called before the new access token is used by anyone.
     async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError>;
-    /// Keeps other processes sharing this store from refreshing the portal until the
-    /// returned lock is released. The client already refreshes one at a time within
-    /// a process, so a store only one process uses needs nothing here.
-    async fn lock_refresh(&self, _member_id: &str) -> Result<RefreshLock, StoreError> {
-        Ok(RefreshLock::none())
+    /// Exclusive access to the portal's tokens for a refresh, against other
+    /// processes sharing this store; the lock ends when the returned value is saved,
+    /// released or dropped. The client already refreshes one at a time within a
+    /// process, so a store only one process uses needs no lock: the default reads
+    /// and writes through `load` and `save`.
+    async fn lock_refresh<'a>(
+        &'a self,
+        member_id: &'a str,
+    ) -> Result<Box<dyn RefreshLock + 'a>, StoreError> {
+        Ok(unshared_refresh(self, member_id))
     }
 }
 
-/// A store-held lock on one portal's refresh; see [`TokenStore::lock_refresh`].
-/// Dropping it releases the lock too, later and without reporting errors.
-pub struct RefreshLock(Option<Box<dyn HeldLock>>);
+/// The refresh "lock" of a store no other process uses: plain `load` and `save`.
+pub fn unshared_refresh<'a, S: TokenStore + ?Sized>(
+    store: &'a S,
+    member_id: &'a str,
+) -> Box<dyn RefreshLock + 'a> {
+    Box::new(Unlocked { store, member_id })
+}
 
-/// What a store holds for a [`RefreshLock`].
+/// A portal's tokens held for a refresh; see [`TokenStore::lock_refresh`]. Reads and
+/// writes go through the lock's own connection, so a refresh needs no second one.
 #[async_trait]
-pub trait HeldLock: Send {
+pub trait RefreshLock: Send {
+    /// The stored pair, as it is now that no one else may refresh it.
+    async fn load(&mut self) -> Result<Option<PortalAuth>, StoreError>;
+    /// Stores the new pair and ends the lock.
+    async fn save(self: Box<Self>, auth: &PortalAuth) -> Result<(), StoreError>;
+    /// Ends the lock without a change.
     async fn release(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-impl RefreshLock {
-    pub fn none() -> Self {
-        Self(None)
+struct Unlocked<'a, S: ?Sized> {
+    store: &'a S,
+    member_id: &'a str,
+}
+
+#[async_trait]
+impl<S: TokenStore + ?Sized> RefreshLock for Unlocked<'_, S> {
+    async fn load(&mut self) -> Result<Option<PortalAuth>, StoreError> {
+        self.store.load(self.member_id).await
     }
 
-    pub fn held(lock: impl HeldLock + 'static) -> Self {
-        Self(Some(Box::new(lock)))
+    async fn save(self: Box<Self>, auth: &PortalAuth) -> Result<(), StoreError> {
+        self.store.save(self.member_id, auth).await
     }
 
-    pub async fn release(self) -> Result<(), StoreError> {
-        match self.0 {
-            Some(lock) => lock.release().await,
-            None => Ok(()),
-        }
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

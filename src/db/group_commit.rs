@@ -4,7 +4,9 @@
 //! transaction. Should one caller's writes fail, that transaction is rolled back
 //! and each caller's writes run again in a transaction of their own, so one failure
 //! costs no one else anything. A caller hears back only after the commit that holds
-//! its writes: an answer still means "stored".
+//! its writes: an answer still means "stored". Writes of a caller that went away
+//! while queued still go out with the next commit (a robot call Bitrix24 repeats
+//! finds them by its dedupe key).
 
 use std::any::Any;
 use std::future::Future;
@@ -105,25 +107,31 @@ where
             }
         }
     }
-    let committed = match failure {
-        None => txn.commit().await,
-        Some(e) => {
-            let _ = txn.rollback().await;
-            Err(e)
-        }
-    };
-    match committed {
-        Ok(()) => {
+    match failure {
+        None => {
+            // A failed commit is not rerun: it may have committed after all (a
+            // connection lost on the way), and not every caller's writes are
+            // safe to apply twice.
+            let committed = txn.commit().await;
+            if let Err(e) = &committed {
+                tracing::error!(error = %e, writes = batch.len(), "групповая запись в базу не удалась");
+            }
             for (queued, value) in batch.into_iter().zip(values) {
-                (queued.reply)(Ok(value));
+                let outcome = match &committed {
+                    Ok(()) => Ok(value),
+                    Err(e) => Err(DbErr::Custom(format!("запись не сохранена: {e}"))),
+                };
+                (queued.reply)(outcome);
             }
         }
-        Err(e) if batch.len() == 1 => {
+        Some(e) if batch.len() == 1 => {
+            let _ = txn.rollback().await;
             if let Some(queued) = batch.into_iter().next() {
                 (queued.reply)(Err(e));
             }
         }
-        Err(e) => {
+        Some(e) => {
+            let _ = txn.rollback().await;
             tracing::warn!(error = %e, writes = batch.len(), "групповая запись не удалась; записи повторяются по одной");
             for queued in batch {
                 let outcome = alone(&queued, &begin).await;

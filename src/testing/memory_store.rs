@@ -12,6 +12,7 @@ use crate::bitrix24::{PortalAuth, StoreError, TokenStore};
 pub struct MemoryTokenStore {
     portals: Mutex<HashMap<String, PortalAuth>>,
     saves: Mutex<u64>,
+    failing_saves: Mutex<u32>,
 }
 
 impl MemoryTokenStore {
@@ -44,6 +45,14 @@ impl MemoryTokenStore {
             .cloned()
     }
 
+    /// The next `n` saves fail, as a database that went away would.
+    pub fn fail_next_saves(&self, n: u32) {
+        *self
+            .failing_saves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = n;
+    }
+
     /// How many times `save` was called.
     pub fn save_count(&self) -> u64 {
         *self.saves.lock().unwrap_or_else(PoisonError::into_inner)
@@ -58,6 +67,16 @@ impl TokenStore for MemoryTokenStore {
 
     async fn save(&self, member_id: &str, auth: &PortalAuth) -> Result<(), StoreError> {
         *self.saves.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        {
+            let mut failing = self
+                .failing_saves
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(StoreError::new("database unavailable"));
+            }
+        }
         self.insert(member_id, auth.clone());
         Ok(())
     }

@@ -239,6 +239,32 @@ async fn token_server_trouble_is_retried_and_odd_answers_understood() {
 }
 
 #[tokio::test]
+async fn refreshed_tokens_that_cannot_be_stored_are_never_refreshed_again() {
+    let s = setup().await;
+    // The database hiccups: the new pair is stored on a later attempt.
+    s.store.fail_next_saves(2);
+    s.fake.expire_access_tokens();
+    s.client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect("stored on the third attempt");
+    assert_eq!(s.fake.refresh_count(), 1);
+
+    // The database is gone: the portal is reported lost, and its used-up refresh
+    // token is not sent again (that would only earn invalid_grant).
+    s.store.fail_next_saves(100);
+    s.fake.expire_access_tokens();
+    let err = s
+        .client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect_err("not stored");
+    assert!(matches!(err, B24Error::TokensNotSaved(_)), "{err:?}");
+    assert!(err.needs_reinstall() && !err.is_retryable());
+    assert_eq!(s.fake.refresh_count(), 2);
+}
+
+#[tokio::test]
 async fn user_tokens_are_never_refreshed_and_crm_rights_apply() {
     let s = setup().await;
     s.fake.add_user(17, "Игорь", "Воронцов", false);

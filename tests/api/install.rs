@@ -232,7 +232,7 @@ async fn onappinstall_event_alone_installs_and_registers() {
 }
 
 #[tokio::test]
-async fn portals_idle_for_a_month_get_their_tokens_renewed() {
+async fn portals_idle_for_a_week_get_their_tokens_renewed() {
     use chrono::{TimeDelta, Utc};
     use opros::b24::token_upkeep::renew_stale;
     use opros::db::entities::portal;
@@ -240,6 +240,7 @@ async fn portals_idle_for_a_month_get_their_tokens_renewed() {
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 
     let (fake, app) = installed().await;
+    let cancel = tokio_util::sync::CancellationToken::new();
     let db = &app.state.db;
     let row = portal::Entity::find()
         .one(db)
@@ -247,14 +248,14 @@ async fn portals_idle_for_a_month_get_their_tokens_renewed() {
         .expect("query")
         .expect("installed portal");
     // Installed a moment ago: nothing to do.
-    assert_eq!(renew_stale(&app.state).await, 0);
+    assert_eq!(renew_stale(&app.state, &cancel).await, 0);
 
-    let last_used = Utc::now() - TimeDelta::days(40);
+    let last_used = Utc::now() - TimeDelta::days(10);
     let mut idle: portal::ActiveModel = row.clone().into();
     idle.expires_at = Set(Some(last_used));
     idle.update(db).await.expect("age the tokens");
     let refreshes = fake.refresh_count();
-    assert_eq!(renew_stale(&app.state).await, 1);
+    assert_eq!(renew_stale(&app.state, &cancel).await, 1);
     assert_eq!(fake.refresh_count(), refreshes + 1);
     let renewed = portal::Entity::find_by_id(row.id)
         .one(db)
@@ -263,7 +264,7 @@ async fn portals_idle_for_a_month_get_their_tokens_renewed() {
         .expect("portal");
     assert!(renewed.expires_at.expect("expiry") > Utc::now());
     assert_ne!(renewed.refresh_token, row.refresh_token);
-    assert_eq!(renew_stale(&app.state).await, 0, "renewed once");
+    assert_eq!(renew_stale(&app.state, &cancel).await, 0, "renewed once");
 
     // The OAuth server refuses once: nothing stored is lost, and the next round
     // tries again.
@@ -275,12 +276,12 @@ async fn portals_idle_for_a_month_get_their_tokens_renewed() {
     let mut idle: portal::ActiveModel = renewed.clone().into();
     idle.expires_at = Set(Some(last_used));
     idle.update(db).await.expect("age the tokens");
-    assert_eq!(renew_stale(&app.state).await, 0);
+    assert_eq!(renew_stale(&app.state, &cancel).await, 0);
     let kept = portal::Entity::find_by_id(row.id)
         .one(db)
         .await
         .expect("query")
         .expect("portal");
     assert_eq!(kept.refresh_token, renewed.refresh_token);
-    assert_eq!(renew_stale(&app.state).await, 1);
+    assert_eq!(renew_stale(&app.state, &cancel).await, 1);
 }

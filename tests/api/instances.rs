@@ -115,19 +115,31 @@ async fn shared_bucket_paces_like_the_in_process_one() {
         per_sec: 10.0,
         burst: 4,
     };
-    let mut waits = Vec::new();
+    // (start, end, wait) of each reservation; the database reads its clock
+    // somewhere between start and end.
+    let mut calls = Vec::new();
     for _ in 0..5 {
-        waits.push(
-            bucket
-                .reserve("clinic.example:443", rate)
-                .await
-                .expect("reserve"),
+        let start = std::time::Instant::now();
+        let wait = bucket
+            .reserve("clinic.example:443", rate)
+            .await
+            .expect("reserve");
+        calls.push((start, std::time::Instant::now(), wait));
+    }
+    let waits: Vec<Duration> = calls.iter().map(|c| c.2).collect();
+    assert!(waits[..3].iter().all(Duration::is_zero), "{waits:?}");
+    // The k-th request may go 100 ms × (k − 2) after the first one was counted.
+    let (first_start, first_end, _) = calls[0];
+    let slack = Duration::from_millis(2);
+    for (k, (start, end, wait)) in calls.iter().enumerate().skip(3) {
+        let due = Duration::from_millis(100 * (k as u64 - 2));
+        let earliest = (*start + *wait).duration_since(first_end);
+        let latest = (*end + *wait).duration_since(first_start);
+        assert!(
+            earliest <= due + slack && due <= latest + slack,
+            "request {k}: due {due:?}, ready between {earliest:?} and {latest:?}"
         );
     }
-    let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-    assert!(ms[..3].iter().all(|&w| w == 0), "{ms:?}");
-    assert!((90..=100).contains(&ms[3]), "{ms:?}");
-    assert!((190..=200).contains(&ms[4]), "{ms:?}");
     // Another portal has a bucket of its own.
     assert_eq!(
         bucket
