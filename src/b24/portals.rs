@@ -5,6 +5,7 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    sea_query::LockType,
 };
 use url::Url;
 
@@ -83,8 +84,8 @@ impl TokenStore for DbTokenStore {
     }
 
     /// Several instances share a PostgreSQL database (a SQLite file has one): the
-    /// portal's row is locked (`SELECT … FOR UPDATE`) in a transaction that reads
-    /// and saves the tokens. A lock held by a crashed instance goes with its
+    /// portal's row is locked (`SELECT … FOR NO KEY UPDATE`) in a transaction that
+    /// reads and saves the tokens. A lock held by a crashed instance goes with its
     /// connection; `lock_timeout` bounds the wait behind one that hangs.
     async fn lock_refresh<'a>(
         &'a self,
@@ -97,9 +98,11 @@ impl TokenStore for DbTokenStore {
         txn.execute_unprepared("SET LOCAL lock_timeout = '90s'")
             .await
             .map_err(store_error)?;
+        // FOR NO KEY UPDATE, not FOR UPDATE: robot calls keep inserting invitations
+        // (whose foreign key share-locks this row) while a refresh is in flight.
         let row = portal::Entity::find()
             .filter(portal::Column::MemberId.eq(member_id))
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&txn)
             .await
             .map_err(store_error)?;

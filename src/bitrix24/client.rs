@@ -470,6 +470,20 @@ impl B24Client {
         member_id: &str,
         failed: &Secret<String>,
     ) -> Result<PortalAuth, B24Error> {
+        // On a task of its own: a caller that is dropped (shutdown, a request's
+        // timeout) must not cut a refresh off between the OAuth answer and the save,
+        // which would lose the portal.
+        let (client, member_id, failed) = (self.clone(), member_id.to_owned(), failed.clone());
+        tokio::spawn(async move { client.refresh_exclusive(&member_id, &failed).await })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::new(format!("refresh task failed: {e}")).into()))
+    }
+
+    async fn refresh_exclusive(
+        &self,
+        member_id: &str,
+        failed: &Secret<String>,
+    ) -> Result<PortalAuth, B24Error> {
         let portal_lock = lock(&self.inner.refresh_locks)
             .entry(member_id.to_owned())
             .or_default()
@@ -515,7 +529,9 @@ impl B24Client {
     }
 
     /// The old refresh token is used up: the new pair in hand is the portal's only
-    /// way in, so storing it is retried before giving up on the portal.
+    /// way in, so storing it is retried before giving up on the portal. The store's
+    /// lock is gone by now: another instance refreshing meanwhile would meet
+    /// `invalid_grant` that once, while the portal lives on with the pair saved here.
     async fn save_refreshed(
         &self,
         member_id: &str,

@@ -265,6 +265,33 @@ async fn refreshed_tokens_that_cannot_be_stored_are_never_refreshed_again() {
 }
 
 #[tokio::test]
+async fn a_caller_that_gives_up_does_not_cut_a_refresh_off() {
+    let s = setup().await;
+    s.fake
+        .fail_next("oauth.token", Fault::Delay(Duration::from_millis(300)), 1);
+    s.fake.expire_access_tokens();
+    let before = s.store.get(&s.fake.member_id()).expect("stored");
+    // The caller is dropped while the OAuth server is still thinking.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        s.client.call(&s.target, "profile", json!({})),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = s.store.get(&s.fake.member_id()).expect("stored");
+    assert_ne!(
+        after.refresh_token, before.refresh_token,
+        "the new pair was saved"
+    );
+    s.client
+        .call(&s.target, "profile", json!({}))
+        .await
+        .expect("the saved pair works");
+    assert_eq!(s.fake.refresh_count(), 1);
+}
+
+#[tokio::test]
 async fn user_tokens_are_never_refreshed_and_crm_rights_apply() {
     let s = setup().await;
     s.fake.add_user(17, "Игорь", "Воронцов", false);

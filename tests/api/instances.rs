@@ -78,6 +78,33 @@ async fn instances_on_one_database_refresh_a_portal_once() {
 }
 
 #[tokio::test]
+async fn a_refresh_in_flight_does_not_hold_up_robot_calls() {
+    use opros::b24::portals::DbTokenStore;
+    use opros::bitrix24::TokenStore;
+
+    let fake = FakePortal::start(FakePortalConfig::default())
+        .await
+        .expect("fake portal starts");
+    let Some([app, _other]) = two_instances("instances::refresh_vs_robot", &fake, &[]).await else {
+        return;
+    };
+    // Another instance is in the middle of a refresh: it holds the portal's row.
+    let store = DbTokenStore::new(app.state.db.clone());
+    let member_id = fake.member_id();
+    let held = store.lock_refresh(&member_id).await.expect("lock");
+    let deal = fake.add_deal("Приём", 3, None);
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        fake.run_robot("opros_send_survey", deal, &[]),
+    )
+    .await
+    .expect("the robot call does not wait for the refresh")
+    .expect("delivered");
+    assert!(answered.1.status().is_success());
+    held.release().await.expect("release");
+}
+
+#[tokio::test]
 async fn instances_on_one_database_share_the_portal_rate_limit() {
     // Each instance alone would send 19 requests at once, together 38 into a
     // bucket of 20.
