@@ -330,7 +330,8 @@ async fn user_tokens_are_never_refreshed_and_crm_rights_apply() {
 
 #[tokio::test]
 async fn burst_of_200_calls_waits_for_room_instead_of_bouncing() {
-    let rate = (25.0, 25);
+    // A 2/10 portal's bucket of 10, drained ten times as fast to keep the test short.
+    let rate = (20.0, 10);
     let s = setup_with(
         FakePortalConfig {
             rate,

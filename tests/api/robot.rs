@@ -99,6 +99,36 @@ async fn wrong_application_token_sends_nothing() {
 }
 
 #[tokio::test]
+async fn a_burst_on_a_2_10_portal_is_coalesced_into_at_most_10_requests() {
+    use crate::support::portal::{app_for, fake as fake_portal, install};
+    let fake = fake_portal().await;
+    let app = app_for(&fake, &[("B24_RATE_LIMIT", "2/10")]).await;
+    install(&fake, &app).await;
+    let deal_ids: Vec<u64> = (0..50).map(|_| patient_deal(&fake)).collect();
+    // The portal's real limit from now on; 50 runs queue 200 commands.
+    fake.set_rate(2.0, 10);
+    let before = fake.http_request_count();
+    let runs = deal_ids
+        .iter()
+        .map(|d| fake.run_robot("opros_send_survey", *d, &[]));
+    for r in futures::future::join_all(runs).await {
+        assert_eq!(r.unwrap().1.status(), 200);
+    }
+    crate::support::eventually("50 bizproc.event.send", || async {
+        fake.event_sends().len() == 50
+    })
+    .await;
+    let requests = fake.http_request_count() - before;
+    assert!(requests <= 10, "{requests} HTTP requests for 50 robot runs");
+    let limited = fake
+        .calls()
+        .iter()
+        .filter(|c| c.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
+        .count();
+    assert_eq!(limited, 0);
+}
+
+#[tokio::test]
 async fn fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once() {
     let log = logs::capture();
     let (fake, app) = installed().await;
