@@ -52,6 +52,13 @@ async fn setup_with(cfg: FakePortalConfig, tweak: impl FnOnce(&mut ClientConfig)
     }
 }
 
+impl Setup {
+    /// The simplest call there is, as the portal's app.
+    async fn profile(&self) -> Result<Value, B24Error> {
+        self.client.call(&self.target, "profile", json!({})).await
+    }
+}
+
 async fn setup() -> Setup {
     setup_with(FakePortalConfig::default(), |_| {}).await
 }
@@ -70,10 +77,7 @@ fn webhook(fake: &FakePortal) -> Target {
 async fn expiry_mid_flight_refreshes_once_and_rotation_keeps_working() {
     let s = setup().await;
     let deal = s.fake.add_deal("Приём терапевта", 3, None);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("first call");
+    s.profile().await.expect("first call");
     let before = s.store.get(&s.fake.member_id()).expect("stored");
 
     s.fake.expire_access_tokens();
@@ -95,10 +99,7 @@ async fn expiry_mid_flight_refreshes_once_and_rotation_keeps_working() {
 
     // The rotated refresh token works on the next expiry.
     s.fake.expire_access_tokens();
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("second expiry");
+    s.profile().await.expect("second expiry");
     assert_eq!(s.fake.refresh_count(), 2);
     assert_eq!(s.store.save_count(), 2);
 }
@@ -121,10 +122,7 @@ async fn refreshes_ahead_of_expiry_without_hitting_expired_token() {
     let mut auth = s.store.get(&member).expect("stored");
     auth.expires_at = Utc::now() + chrono::Duration::seconds(30);
     s.store.insert(&member, auth);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("call");
+    s.profile().await.expect("call");
     assert_eq!(s.fake.refresh_count(), 1);
     assert!(s.fake.calls().iter().all(|c| c.status == 200));
 }
@@ -133,18 +131,11 @@ async fn refreshes_ahead_of_expiry_without_hitting_expired_token() {
 async fn invalid_token_gets_one_refresh_then_is_permanent() {
     let s = setup().await;
     s.fake.fail_next("profile", Fault::InvalidToken, 1);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("one refresh cures it");
+    s.profile().await.expect("one refresh cures it");
     assert_eq!(s.fake.refresh_count(), 1);
 
     s.fake.fail_next("profile", Fault::InvalidToken, 2);
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("still invalid after refresh");
+    let err = s.profile().await.expect_err("still invalid after refresh");
     assert!(matches!(err, B24Error::InvalidToken), "{err:?}");
     assert!(err.needs_reinstall() && !err.is_retryable());
     assert_eq!(s.fake.refresh_count(), 2);
@@ -155,8 +146,7 @@ async fn refresh_errors_are_permanent_and_explained() {
     let s = setup().await;
     s.fake.uninstall(false).await.ok();
     let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
+        .profile()
         .await
         .expect_err("tokens died with the uninstall");
     assert!(matches!(err, B24Error::RefreshRejected), "{err:?}");
@@ -168,11 +158,7 @@ async fn refresh_errors_are_permanent_and_explained() {
     })
     .await;
     s.fake.expire_access_tokens();
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("wrong secret");
+    let err = s.profile().await.expect_err("wrong secret");
     assert!(matches!(err, B24Error::InvalidClient), "{err:?}");
 
     let unknown = Target::Portal {
@@ -193,10 +179,7 @@ async fn token_server_trouble_is_retried_and_odd_answers_understood() {
     s.fake.fail_next("oauth.token", Fault::Status(503), 1);
     s.fake.fail_next("oauth.token", Fault::DropConnection, 1);
     s.fake.expire_access_tokens();
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("refreshed on the third try");
+    s.profile().await.expect("refreshed on the third try");
     assert_eq!(s.fake.refresh_count(), 1);
 
     // The same refused grant, once with the documented 400 and once with 200.
@@ -207,11 +190,7 @@ async fn token_server_trouble_is_retried_and_odd_answers_understood() {
             1,
         );
         s.fake.expire_access_tokens();
-        let err = s
-            .client
-            .call(&s.target, "profile", json!({}))
-            .await
-            .expect_err("grant refused");
+        let err = s.profile().await.expect_err("grant refused");
         assert!(
             matches!(err, B24Error::RefreshRejected),
             "{status}: {err:?}"
@@ -223,18 +202,11 @@ async fn token_server_trouble_is_retried_and_odd_answers_understood() {
         Fault::error(403, "PAYMENT_REQUIRED", "Subscription expired"),
         1,
     );
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("refused");
+    let err = s.profile().await.expect_err("refused");
     assert_eq!(err.code(), Some("PAYMENT_REQUIRED"), "{err:?}");
     assert!(!err.is_retryable());
     // The portal's tokens survived all of it.
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("still installed");
+    s.profile().await.expect("still installed");
     assert_eq!(s.fake.refresh_count(), 2);
 }
 
@@ -244,21 +216,14 @@ async fn refreshed_tokens_that_cannot_be_stored_are_never_refreshed_again() {
     // The database hiccups: the new pair is stored on a later attempt.
     s.store.fail_next_saves(2);
     s.fake.expire_access_tokens();
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("stored on the third attempt");
+    s.profile().await.expect("stored on the third attempt");
     assert_eq!(s.fake.refresh_count(), 1);
 
     // The database is gone: the portal is reported lost, and its used-up refresh
     // token is not sent again (that would only earn invalid_grant).
     s.store.fail_next_saves(100);
     s.fake.expire_access_tokens();
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("not stored");
+    let err = s.profile().await.expect_err("not stored");
     assert!(matches!(err, B24Error::TokensNotSaved(_)), "{err:?}");
     assert!(err.needs_reinstall() && !err.is_retryable());
     assert_eq!(s.fake.refresh_count(), 2);
@@ -284,10 +249,7 @@ async fn a_caller_that_gives_up_does_not_cut_a_refresh_off() {
         after.refresh_token, before.refresh_token,
         "the new pair was saved"
     );
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("the saved pair works");
+    s.profile().await.expect("the saved pair works");
     assert_eq!(s.fake.refresh_count(), 1);
 }
 
@@ -356,16 +318,9 @@ async fn burst_of_200_calls_waits_for_room_instead_of_bouncing() {
 async fn query_limit_is_retried_then_reported() {
     let s = setup().await;
     s.fake.fail_next("profile", Fault::QueryLimit, 2);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("retried");
+    s.profile().await.expect("retried");
     s.fake.fail_next("profile", Fault::QueryLimit, 4);
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("bounded retries");
+    let err = s.profile().await.expect_err("bounded retries");
     assert!(matches!(err, B24Error::QueryLimitExceeded));
     assert!(err.is_retryable());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
@@ -586,11 +541,7 @@ async fn every_error_kind_is_mapped() {
     for (fault, check) in cases {
         let before = s.fake.http_request_count();
         s.fake.fail_next("profile", fault.clone(), 1);
-        let err = s
-            .client
-            .call(&s.target, "profile", json!({}))
-            .await
-            .expect_err("fault");
+        let err = s.profile().await.expect_err("fault");
         assert!(check(&err), "{fault:?} → {err:?}");
         assert!(!err.is_retryable(), "{err:?}");
         assert_eq!(
@@ -623,19 +574,13 @@ async fn transient_failures_are_retried_with_backoff() {
     .await;
     let before = s.fake.http_request_count();
     s.fake.fail_next("profile", Fault::Status(502), 2);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("5xx twice then success");
+    s.profile().await.expect("5xx twice then success");
     assert_eq!(s.fake.http_request_count() - before, 3);
 
     s.fake.fail_next("profile", Fault::DropConnection, 1);
     s.fake
         .fail_next("user.admin", Fault::Delay(Duration::from_secs(1)), 1);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("dropped connection retried");
+    s.profile().await.expect("dropped connection retried");
     assert_eq!(
         s.client
             .call(&s.target, "user.admin", json!({}))
@@ -645,19 +590,11 @@ async fn transient_failures_are_retried_with_backoff() {
     );
 
     s.fake.fail_next("profile", Fault::DropConnection, 4);
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("dropped every time");
+    let err = s.profile().await.expect_err("dropped every time");
     assert!(matches!(err, B24Error::Network { .. }), "{err:?}");
 
     s.fake.fail_next("profile", Fault::Status(500), 4);
-    let err = s
-        .client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect_err("bounded");
+    let err = s.profile().await.expect_err("bounded");
     assert!(
         matches!(err, B24Error::Server { status: 500, .. }),
         "{err:?}"
@@ -665,14 +602,15 @@ async fn transient_failures_are_retried_with_backoff() {
     assert!(err.is_retryable());
 }
 
-#[tokio::test]
-async fn operation_time_limit_pauses_only_that_method() {
+/// A portal whose `crm.deal.get` budget is 1 s, after two calls of 0.6 s each; the
+/// client assumes `client_limit` as the budget.
+async fn spend_deal_get_budget(client_limit: Duration) -> (Setup, u64) {
     let s = setup_with(
         FakePortalConfig {
             operating_limit_secs: 1.0,
             ..FakePortalConfig::default()
         },
-        |_| {},
+        |c| c.operating_limit = client_limit,
     )
     .await;
     let deal = s.fake.add_deal("Приём", 0, None);
@@ -683,6 +621,13 @@ async fn operation_time_limit_pauses_only_that_method() {
             .await
             .expect("within budget");
     }
+    (s, deal)
+}
+
+#[tokio::test]
+async fn operation_time_limit_pauses_only_that_method() {
+    // The client does not know this portal's small budget: the portal refuses.
+    let (s, deal) = spend_deal_get_budget(Duration::from_secs(480)).await;
     let err = s
         .client
         .call(&s.target, "crm.deal.get", json!({"id": deal}))
@@ -706,30 +651,12 @@ async fn operation_time_limit_pauses_only_that_method() {
         .expect_err("paused");
     assert!(matches!(again, B24Error::OperationTimeLimit { .. }));
     assert_eq!(s.fake.http_request_count(), requests, "paused locally");
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("other methods keep working");
+    s.profile().await.expect("other methods keep working");
 }
 
 #[tokio::test]
 async fn spent_operating_budget_pauses_the_method_before_the_portal_refuses() {
-    let s = setup_with(
-        FakePortalConfig {
-            operating_limit_secs: 1.0,
-            ..FakePortalConfig::default()
-        },
-        |c| c.operating_limit = Duration::from_secs(1),
-    )
-    .await;
-    let deal = s.fake.add_deal("Приём", 0, None);
-    s.fake.set_operating_cost("crm.deal.get", 0.6);
-    for _ in 0..2 {
-        s.client
-            .call(&s.target, "crm.deal.get", json!({"id": deal}))
-            .await
-            .expect("within budget");
-    }
+    let (s, deal) = spend_deal_get_budget(Duration::from_secs(1)).await;
     // The second answer said 1.2 s of 1 s are spent: the third call waits for the
     // oldest basket without asking.
     let requests = s.fake.http_request_count();
@@ -747,10 +674,7 @@ async fn spent_operating_budget_pauses_the_method_before_the_portal_refuses() {
     );
     assert_eq!(s.fake.http_request_count(), requests);
     assert!(s.fake.calls().iter().all(|c| c.status != 429));
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("other methods keep working");
+    s.profile().await.expect("other methods keep working");
 }
 
 // ---- logs ----------------------------------------------------------------------------
@@ -791,10 +715,7 @@ async fn no_secret_reaches_the_log() {
         .call(&hook, "bizproc.robot.add", json!({"CODE": "x"}))
         .await;
     s.fake.fail_next("profile", Fault::Status(502), 1);
-    s.client
-        .call(&s.target, "profile", json!({}))
-        .await
-        .expect("retried");
+    s.profile().await.expect("retried");
     // A connection error to a closed port: reqwest's message would carry the URL.
     let dead: WebhookUrl = format!("http://127.0.0.1:9/rest/1/{code}/")
         .parse()
@@ -811,7 +732,7 @@ async fn no_secret_reaches_the_log() {
         1,
     );
     s.fake.expire_access_tokens();
-    let _ = s.client.call(&s.target, "profile", json!({})).await;
+    let _ = s.profile().await;
 
     let latest = s.store.get(&member).expect("stored");
     sentinels.push(latest.access_token.expose().clone());
