@@ -115,8 +115,7 @@ pub async fn is_admin(state: &AppState, caller: &FrameCaller) -> Result<bool, Fr
         .call(&caller.target, "user.admin", json!({}))
         .await
         .map_err(|e| refused(&caller.portal, e))?;
-    Ok(matches!(answer, Value::Bool(true))
-        || text(&answer, &[]).is_some_and(|a| a == "true" || a == "Y" || a == "1"))
+    Ok(super::inbound::truthy(&answer))
 }
 
 fn refused(portal: &portal::Model, e: B24Error) -> FrameAuthError {

@@ -10,7 +10,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::inbound::text;
+use super::inbound::{text, truthy};
 use super::{page, portals, registration};
 use crate::bitrix24::Target;
 use crate::db::entities::portal;
@@ -240,19 +240,31 @@ async fn accept(
                 e.admin_message()
             ))
         })?;
-    let is_admin = match profile.get("ADMIN") {
-        Some(flag) => truthy(flag),
-        // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
-        None => state
-            .b24
-            .call(&target, "user.admin", json!({}))
-            .await
-            .is_ok_and(|v| truthy(&v)),
-    };
-    if from_page && !is_admin {
-        return Err(InstallError::Forbidden(
-            "Установить приложение может только администратор портала".into(),
-        ));
+    if from_page {
+        let is_admin = match profile.get("ADMIN") {
+            Some(flag) => truthy(flag),
+            // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
+            None => state
+                .b24
+                .call(&target, "user.admin", json!({}))
+                .await
+                .map(|v| truthy(&v))
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        InstallError::Unavailable(e.admin_message())
+                    } else {
+                        InstallError::Forbidden(format!(
+                            "Портал не подтвердил права пользователя ({})",
+                            e.admin_message()
+                        ))
+                    }
+                })?,
+        };
+        if !is_admin {
+            return Err(InstallError::Forbidden(
+                "Установить приложение может только администратор портала".into(),
+            ));
+        }
     }
     let installer = text(&profile, &["ID"]).and_then(|s| s.parse().ok());
     tracing::debug!(app = ?info.get("CODE"), "Портал подтвердил токен приложения");
@@ -326,15 +338,6 @@ async fn accept(
     )
     .await;
     Ok((saved, installer))
-}
-
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::String(s) => matches!(s.as_str(), "true" | "Y" | "1"),
-        Value::Number(n) => n.as_i64() == Some(1),
-        _ => false,
-    }
 }
 
 async fn store_report(state: &AppState, portal: &portal::Model, report: &registration::Report) {

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use super::inbound::text;
 use super::portals;
 use crate::error::ApiError;
-use crate::invitations::issue::link_jobs;
-use crate::invitations::{self, Channel, EntityRef, NewInvitation, patient};
-use crate::outbox::{self, Job};
+use crate::invitations::issue;
+use crate::invitations::{Channel, EntityRef, NewInvitation, patient};
+use crate::outbox::Job;
 use crate::state::AppState;
 
 #[handler]
@@ -90,30 +90,22 @@ pub async fn send_survey(
         reuse_active,
         dedupe_key: Some(key.clone()),
     };
-    let portal_id = portal.id;
-    let outcome = state
-        .group_write(move |txn| {
-            let (new, event_token, key) = (new.clone(), event_token.clone(), key.clone());
-            let name_known = given_name.is_some();
-            Box::pin(async move {
-                let outcome = invitations::create_or_reuse(txn, &new, now).await?;
-                let inv = &outcome.invitation;
-                let mut jobs = vec![(
-                    Job::ReturnRobotValues {
-                        invitation: inv.id.clone(),
-                        event_token,
-                    },
-                    format!("{key}:return"),
-                )];
-                jobs.extend(link_jobs(&inv.id, &key, name_known));
-                outbox::enqueue_all(txn, Some(portal_id), &jobs).await?;
-                Ok(outcome)
-            })
-        })
-        .await?;
+    let name_known = given_name.is_some();
+    let outcome = issue::store(state, new, now, move |outcome| {
+        let inv = &outcome.invitation.id;
+        let mut jobs = vec![(
+            Job::ReturnRobotValues {
+                invitation: inv.clone(),
+                event_token: event_token.clone(),
+            },
+            format!("{key}:return"),
+        )];
+        jobs.extend(issue::link_jobs(inv, &key, name_known));
+        jobs
+    })
+    .await?;
     let inv = &outcome.invitation;
-    state.nudge_outbox();
 
-    crate::invitations::issue::log_link(state, inv, outcome.existing);
+    issue::log_link(state, inv, outcome.existing);
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))
 }

@@ -62,7 +62,7 @@ impl RateLimit {
     /// free so that requests reordered on their way never overfill the portal's
     /// bucket.
     pub fn tolerance(&self) -> Duration {
-        self.interval() * self.burst.saturating_sub(1).max(1).saturating_sub(1)
+        self.interval() * self.burst.saturating_sub(2)
     }
 }
 
@@ -103,14 +103,6 @@ impl Limiter {
         }
     }
 
-    fn interval(&self) -> Duration {
-        self.rate.interval()
-    }
-
-    fn tolerance(&self) -> Duration {
-        self.rate.tolerance()
-    }
-
     /// Waits until a request to `key` fits into the bucket, and counts it.
     pub(crate) async fn acquire(&self, key: &str) {
         if let Some(shared) = &self.shared {
@@ -132,8 +124,11 @@ impl Limiter {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
             let tat = buckets.get(key).copied().unwrap_or(now).max(now);
-            let ready_at = tat.checked_sub(self.tolerance()).unwrap_or(now).max(now);
-            buckets.insert(key.to_owned(), tat + self.interval());
+            let ready_at = tat
+                .checked_sub(self.rate.tolerance())
+                .unwrap_or(now)
+                .max(now);
+            buckets.insert(key.to_owned(), tat + self.rate.interval());
             ready_at
         };
         tokio::time::sleep_until(ready_at).await;
@@ -155,7 +150,7 @@ impl Limiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let full = now + self.tolerance() + self.interval();
+        let full = now + self.rate.tolerance() + self.rate.interval();
         let tat = buckets.entry(key.to_owned()).or_insert(now);
         if *tat < full {
             *tat = full;

@@ -2,9 +2,12 @@
 //! новую ссылку»): the invitation plus, in the same transaction, the name lookup and
 //! the link field update.
 
-use chrono::Utc;
+use std::sync::Arc;
 
-use super::{Channel, EntityRef, NewInvitation, create_or_reuse, patient};
+use chrono::{DateTime, Utc};
+use sea_orm::DbErr;
+
+use super::{Channel, EntityRef, NewInvitation, Outcome, create_or_reuse, patient};
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
@@ -102,31 +105,50 @@ pub async fn issue(
         reuse_active,
         dedupe_key,
     };
-    let outcome = state
-        .group_write(move |txn| {
-            let new = new.clone();
-            let name_known = given_name.is_some();
-            Box::pin(async move {
-                let outcome = create_or_reuse(txn, &new, now).await?;
-                if !outcome.existing && delivers {
-                    let inv = &outcome.invitation.id;
-                    let key = format!("invitation:{inv}");
-                    let jobs = link_jobs(inv, &key, name_known);
-                    outbox::enqueue_all(txn, portal_id, &jobs).await?;
-                }
-                Ok(outcome)
-            })
-        })
-        .await?;
+    let name_known = given_name.is_some();
+    let outcome = store(state, new, now, move |outcome: &Outcome| {
+        let inv = &outcome.invitation.id;
+        if outcome.existing || !delivers {
+            return Vec::new();
+        }
+        link_jobs(inv, &format!("invitation:{inv}"), name_known)
+    })
+    .await?;
     let inv = outcome.invitation.clone();
     if !delivers {
         tracing::warn!(
             "BITRIX24_WEBHOOK_URL не задан: ссылка не будет записана в сделку, а результат опроса не попадёт в Битрикс24"
         );
     }
-    state.nudge_outbox();
     log_link(state, &inv, outcome.existing);
     Ok((inv, outcome.existing))
+}
+
+/// Creates (or reuses) an invitation and queues the jobs `jobs` names for the
+/// outcome, in one transaction shared with concurrent callers
+/// (`AppState::group_write`), then wakes the outbox.
+pub async fn store<J>(
+    state: &AppState,
+    new: NewInvitation,
+    now: DateTime<Utc>,
+    jobs: J,
+) -> Result<Outcome, DbErr>
+where
+    J: Fn(&Outcome) -> Vec<(Job, String)> + Send + Sync + 'static,
+{
+    let jobs = Arc::new(jobs);
+    let outcome = state
+        .group_write(move |txn| {
+            let (new, jobs) = (new.clone(), Arc::clone(&jobs));
+            Box::pin(async move {
+                let outcome = create_or_reuse(txn, &new, now).await?;
+                outbox::enqueue_all(txn, new.portal_id, &jobs(&outcome)).await?;
+                Ok(outcome)
+            })
+        })
+        .await?;
+    state.nudge_outbox();
+    Ok(outcome)
 }
 
 /// The name lookup (unless the caller knew the name) and the link field update for

@@ -204,6 +204,16 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
     }
 }
 
+/// `batch` itself refused (a portal or proxy without it), as opposed to a portal
+/// that refuses us: only then do the calls go one by one.
+fn refuses_batch(e: &B24Error) -> bool {
+    match e {
+        B24Error::MethodNotFound { .. } | B24Error::WrongAuthType { .. } => true,
+        B24Error::InvalidResponse { status, .. } => (400..500).contains(status),
+        _ => false,
+    }
+}
+
 async fn run_chunk(
     state: &AppState,
     target: &Target,
@@ -217,7 +227,7 @@ async fn run_chunk(
             .map(|o| (o.name, o.result))
             .collect::<HashMap<_, _>>(),
         // A portal (or proxy) that refuses `batch` itself still gets every call.
-        Err(e) if !e.is_retryable() && !e.needs_reinstall() => {
+        Err(e) if refuses_batch(&e) => {
             tracing::warn!(error = %e, "Пакетный вызов отклонён, отправляем вызовы по одному");
             one_by_one(state, target, commands).await
         }
@@ -371,13 +381,15 @@ async fn post_completion(
                 return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
             }
             Ok(None) => {}
-            Err(e) if e.is_retryable() => return classify(&e, row.attempts, now),
-            // A portal that cannot list comments: posting again risks a duplicate,
+            // An app not allowed to list comments: posting again risks a duplicate,
             // not posting loses the result; the doctor must get it.
-            Err(e) => tracing::warn!(
+            Err(e) if e.is_access_denied() || matches!(e, B24Error::InsufficientScope) => {
+                tracing::warn!(
                 error = %e,
-                "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
-            ),
+                    "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
+                )
+            }
+            Err(e) => return classify(&e, row.attempts, now),
         }
     }
 

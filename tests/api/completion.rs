@@ -103,7 +103,7 @@ async fn portal_outage_and_restart_deliver_the_comment_once() {
 
     // Restart the service on the same database; the portal comes back.
     let db_url = app.stop().await;
-    let app = app_for_db(&fake, &db_url).await;
+    let app = app_for_db(&fake, &db_url, &[]).await;
     fake.clear_faults("crm.timeline.comment.add");
     make_due(&app).await;
     app.run_outbox().await;
@@ -112,13 +112,8 @@ async fn portal_outage_and_restart_deliver_the_comment_once() {
     assert_eq!(fake.timeline_comments().len(), 1);
 }
 
-#[tokio::test]
-async fn a_lost_answer_does_not_post_twice() {
-    let (fake, app) = installed().await;
-    complete_survey(&fake, &app).await;
-    app.run_outbox().await;
-    assert_eq!(fake.timeline_comments().len(), 1);
-    // The worker died after the portal created the comment, before recording it.
+/// The worker died after the portal created the comment, before recording it.
+async fn lose_the_comment_answer(app: &TestApp) {
     let job = outbox_job::Entity::find()
         .filter(outbox_job::Column::Kind.eq("post_completion"))
         .one(&app.state.db)
@@ -127,8 +122,18 @@ async fn a_lost_answer_does_not_post_twice() {
         .unwrap();
     let mut row: outbox_job::ActiveModel = job.into();
     row.done_at = Set(None);
+    row.dead_at = Set(None);
     row.run_at = Set(0);
     row.update(&app.state.db).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_answer_does_not_post_twice() {
+    let (fake, app) = installed().await;
+    complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    lose_the_comment_answer(&app).await;
     app.run_outbox().await;
     assert_eq!(fake.timeline_comments().len(), 1, "posted twice");
     let job = outbox_job::Entity::find()
@@ -138,4 +143,30 @@ async fn a_lost_answer_does_not_post_twice() {
         .unwrap()
         .unwrap();
     assert!(job.done_at.is_some());
+}
+
+#[tokio::test]
+async fn an_unverifiable_repeat_posts_only_when_listing_is_forbidden() {
+    let (fake, app) = installed().await;
+    complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    // A portal that refuses us altogether: nothing is posted blindly.
+    lose_the_comment_answer(&app).await;
+    fake.fail_next(
+        "crm.timeline.comment.list",
+        Fault::error(503, "OVERLOAD_LIMIT", "Blocked"),
+        1,
+    );
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    // The app may not list comments: the doctor gets the result, at the risk of
+    // a second copy.
+    lose_the_comment_answer(&app).await;
+    fake.fail_next(
+        "crm.timeline.comment.list",
+        Fault::error(403, "ACCESS_DENIED", "Access denied"),
+        1,
+    );
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 2);
 }

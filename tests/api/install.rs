@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::portal::{app_for, fake, install, installed, patient_deal};
+use crate::support::portal::{app_for, fake, install, installed, robot_link};
 
 #[tokio::test]
 async fn install_registers_everything_once_even_twice() {
@@ -120,13 +120,7 @@ async fn app_update_wiping_registrations_is_repaired_on_reinstall() {
 #[tokio::test]
 async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
     let (fake, app) = installed().await;
-    let deal = patient_deal(&fake);
-    let (_, r) = fake
-        .run_robot("opros_send_survey", deal, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    app.run_outbox().await;
+    let (deal, _) = robot_link(&fake, &app).await;
     use sea_orm::EntityTrait;
     let before = opros::db::entities::invitation::Entity::find()
         .all(&app.state.db)

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::support::TestApp;
 use crate::support::db::postgres;
-use crate::support::portal::install;
+use crate::support::portal::{app_for_db, install};
 
 /// Two instances on a fresh PostgreSQL database, the app installed through the first.
 async fn two_instances(
@@ -21,13 +21,9 @@ async fn two_instances(
     extra: &[(&str, &str)],
 ) -> Option<[TestApp; 2]> {
     let pg = postgres(test).await?;
-    let id = fake.client_id();
-    let secret = fake.client_secret();
-    let mut vars: Vec<(&str, &str)> = vec![("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)];
-    vars.extend_from_slice(extra);
-    let a = crate::support::spawn_app_on(&pg.url, &vars).await;
+    let a = app_for_db(fake, &pg.url, extra).await;
     install(fake, &a).await;
-    let b = crate::support::spawn_app_on(&pg.url, &vars).await;
+    let b = app_for_db(fake, &pg.url, extra).await;
     Some([a, b])
 }
 

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 
 use sea_orm::EntityTrait;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::logs;
-use crate::support::portal::{app_for_db, installed, patient_deal};
+use crate::support::portal::{app_for_db, installed, patient_deal, robot_link};
 
 #[tokio::test]
 async fn robot_returns_link_writes_field_and_resolves_name() {
@@ -55,7 +55,12 @@ async fn robot_returns_link_writes_field_and_resolves_name() {
         !text.contains(&fake.application_token()),
         "application token logged"
     );
-    let (access, refresh) = fake.issue_user_token(1);
+    // The tokens the service holds and used for these calls.
+    let stored = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .unwrap()
+        .unwrap();
+    let (access, refresh) = (stored.access_token.unwrap(), stored.refresh_token.unwrap());
     assert!(!text.contains(&access[..24]) && !text.contains(&refresh[..24]));
 
     // The same robot call again: same link, nothing sent twice.
@@ -183,7 +188,7 @@ async fn worker_killed_midway_runs_every_job_once_after_restart() {
     app.stop().await;
 
     // Restart on the same database; expire the lease as time would.
-    let app = app_for_db(&fake, &db_url).await;
+    let app = app_for_db(&fake, &db_url, &[]).await;
     use opros::db::entities::outbox_job;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     for job in outbox_job::Entity::find().all(&app.state.db).await.unwrap() {
@@ -199,13 +204,11 @@ async fn worker_killed_midway_runs_every_job_once_after_restart() {
     assert_eq!(sends.len(), 1, "delivered exactly once: {sends:?}");
     let jobs = outbox_job::Entity::find().all(&app.state.db).await.unwrap();
     assert!(jobs.iter().all(|j| j.done_at.is_some()), "{jobs:?}");
-    let _ = json!({});
 }
 
 #[tokio::test]
 async fn a_portal_refusing_batch_still_gets_every_call() {
     let (fake, app) = installed().await;
-    let deal = patient_deal(&fake);
     fake.fail_next(
         "batch",
         opros::testing::fake_portal::Fault::error(
@@ -215,12 +218,7 @@ async fn a_portal_refusing_batch_still_gets_every_call() {
         ),
         1,
     );
-    let (_, r) = fake
-        .run_robot("opros_send_survey", deal, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    app.run_outbox().await;
+    let (deal, token) = robot_link(&fake, &app).await;
     assert_eq!(fake.event_sends().len(), 1);
     assert!(
         fake.deal(deal).unwrap()["UF_CRM_OPROS_LINK"]
@@ -228,8 +226,6 @@ async fn a_portal_refusing_batch_still_gets_every_call() {
             .unwrap()
             .contains("/s/")
     );
-    let url = fake.event_sends()[0].1["SURVEY_URL"].clone();
-    let token = url.rsplit('/').next().unwrap().to_owned();
     let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert_eq!(
         survey["patient_name"], "Смирнова Анна Петровна",

@@ -113,7 +113,7 @@ async fn claims_are_exclusive_and_keys_idempotent_on_every_backend() {
 async fn the_whole_flow_on_every_backend() {
     for test_db in all("storage::flow").await {
         let fake = fake().await;
-        let app = app_for_db(&fake, &test_db.url).await;
+        let app = app_for_db(&fake, &test_db.url, &[]).await;
         install(&fake, &app).await;
         let (_, token) = robot_link(&fake, &app).await;
         let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;

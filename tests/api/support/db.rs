@@ -22,6 +22,14 @@ pub fn sqlite() -> TestDb {
     }
 }
 
+/// A fresh SQLite file whose directory lives as long as the test process.
+pub fn sqlite_for_process() -> String {
+    let db = sqlite();
+    let url = db.url.clone();
+    std::mem::forget(db);
+    url
+}
+
 /// A new, empty PostgreSQL database, or `None` (with a SKIP line) when no server is
 /// configured.
 pub async fn postgres(test: &str) -> Option<TestDb> {

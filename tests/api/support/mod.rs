@@ -52,9 +52,13 @@ impl TestApp {
                 .count(&self.state.db)
                 .await
                 .expect("count jobs");
-            if busy == 0 || Instant::now() > deadline {
+            if busy == 0 {
                 return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the outbox still has {busy} due jobs after 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -108,10 +112,7 @@ pub fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// The service on a free port with the given variables (DATABASE_URL defaults to a
 /// fresh SQLite file; PUBLIC_URL to the service's own address).
 pub async fn spawn_app(pairs: &[(&str, &str)]) -> TestApp {
-    let db = db::sqlite();
-    let url = db.url.clone();
-    std::mem::forget(db); // the temp dir lives as long as the test process
-    spawn_app_on(&url, pairs).await
+    spawn_app_on(&db::sqlite_for_process(), pairs).await
 }
 
 pub async fn spawn_app_on(db_url: &str, pairs: &[(&str, &str)]) -> TestApp {

@@ -2,7 +2,7 @@
 
 use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
 
-use super::{TestApp, spawn_app, spawn_app_on};
+use super::{TestApp, spawn_app_on};
 
 pub async fn fake() -> FakePortal {
     FakePortal::start(FakePortalConfig::default())
@@ -12,21 +12,15 @@ pub async fn fake() -> FakePortal {
 
 /// Service configured for OAuth with the fake portal's credentials.
 pub async fn app_for(fake: &FakePortal, extra: &[(&str, &str)]) -> TestApp {
+    app_for_db(fake, &super::db::sqlite_for_process(), extra).await
+}
+
+pub async fn app_for_db(fake: &FakePortal, db_url: &str, extra: &[(&str, &str)]) -> TestApp {
     let id = fake.client_id();
     let secret = fake.client_secret();
     let mut vars: Vec<(&str, &str)> = vec![("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)];
     vars.extend_from_slice(extra);
-    spawn_app(&vars).await
-}
-
-pub async fn app_for_db(fake: &FakePortal, db_url: &str) -> TestApp {
-    let id = fake.client_id();
-    let secret = fake.client_secret();
-    spawn_app_on(
-        db_url,
-        &[("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)],
-    )
-    .await
+    spawn_app_on(db_url, &vars).await
 }
 
 /// Install page POST, then what `BX24.installFinish()` does.
