@@ -22,13 +22,23 @@ pub fn init(config: &Config) {
         LogFormat::Json => registry
             .with(fmt::layer().json().with_current_span(true))
             .try_init(),
-        LogFormat::Human => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Human => registry
+            .with(fmt::layer().with_target(false).with_ansi(colour_wanted()))
+            .try_init(),
     };
     if result.is_ok() {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
     }
+}
+
+/// Colour only on a terminal: `docker compose logs`, Railway and files would otherwise
+/// keep the escape codes as text. `NO_COLOR` (any non-empty value, no-color.org) wins.
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stdout().is_terminal()
 }
 
 /// Path templates for routes whose segments carry secrets or personal links.
