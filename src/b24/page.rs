@@ -3,6 +3,7 @@
 //! portal serves; everything else comes from this service.
 
 use poem::http::StatusCode;
+use poem::web::Html;
 use poem::{IntoResponse, Response};
 
 use super::registration::Report;
@@ -34,8 +35,9 @@ pub fn layout(title: &str, body_attrs: &str, content: &str) -> String {
 }
 
 pub fn respond(status: StatusCode, html: String) -> Response {
-    html.with_status(status)
-        .with_header("content-type", "text/html; charset=utf-8")
+    // `Html` sets the one content-type (`with_header` would add a second).
+    Html(html)
+        .with_status(status)
         .with_header("content-security-policy", FRAME_CSP)
         .with_header("x-content-type-options", "nosniff")
         .with_header("referrer-policy", "no-referrer")

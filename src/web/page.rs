@@ -89,8 +89,8 @@ pub struct SurveyPage<'a> {
     pub expires_at: Option<&'a str>,
 }
 
-/// The one page frame every patient page shares.
-fn layout(title: &str, body: &str, with_script: bool) -> String {
+/// The one page frame every patient page (and the operator page) shares.
+pub(super) fn layout(title: &str, body: &str, with_script: bool) -> String {
     let script = if with_script {
         format!("<script src=\"{}\" defer></script>\n", js_url())
     } else {
