@@ -90,7 +90,11 @@ pub fn readme() -> Response {
 }
 
 fn configured(yes: bool) -> &'static str {
-    if yes { "настроено" } else { "не настроено" }
+    if yes {
+        "настроено"
+    } else {
+        "не настроено"
+    }
 }
 
 /// One line of the state list: what, and a word that says whether it is in order.

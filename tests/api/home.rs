@@ -102,12 +102,7 @@ async fn a_request_cannot_change_the_addresses_or_inject_markup() {
     let r = app.http.post(app.url("/")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
-    let r = app
-        .http
-        .delete(app.url("/README.md"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.http.delete(app.url("/README.md")).send().await.unwrap();
     assert_eq!(r.status(), 405);
 
     // A path that is not a page is still the JSON 404, the path not echoed.

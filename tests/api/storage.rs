@@ -73,8 +73,7 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
     let now = Utc::now();
     let mut ids: Vec<i64> = Vec::new();
     for _ in 0..20 {
-        let claims =
-            futures::future::join_all((0..4).map(|_| jobs::claim(&conn, now, 7))).await;
+        let claims = futures::future::join_all((0..4).map(|_| jobs::claim(&conn, now, 7))).await;
         let round: Vec<i64> = claims
             .into_iter()
             .flat_map(|c| c.unwrap())
