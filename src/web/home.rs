@@ -7,7 +7,7 @@
 
 use poem::http::StatusCode;
 use poem::web::Data;
-use poem::{Response, handler};
+use poem::{IntoResponse, Response, handler};
 
 use super::html;
 use super::page::{escape, layout};
@@ -81,7 +81,6 @@ pub async fn home(Data(state): Data<&AppState>) -> Response {
 /// The README as plain text (it is Markdown, readable as is).
 #[handler]
 pub fn readme() -> Response {
-    use poem::IntoResponse;
     // A &str answers as text/plain; charset=utf-8.
     README
         .with_header("x-content-type-options", "nosniff")

@@ -21,6 +21,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use opros::db::entities::invitation;
 use opros::demo::{Demo, DemoOptions};
+use opros::testing::fake_portal::Fault;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -156,10 +157,13 @@ impl Browser {
         std::fs::write(artefacts().join(name), png).expect("write screenshot");
     }
 
-    /// Runs axe-core in the current document (injected through the driver, so the
-    /// page's CSP is untouched) and keeps every violation with its rule, element and,
-    /// for contrast, the ratio found and the one required.
+    /// Opens every `<details>` and runs axe-core in the current document (injected
+    /// through the driver, so the page's CSP is untouched); keeps every violation
+    /// with its rule, element and, for contrast, the ratio found and the one required.
     async fn audit(&mut self, page: &str) {
+        // What is folded away (questionnaires, handler addresses) is checked too.
+        self.js("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+            .await;
         let injected = self
             .client
             .execute(&format!("{}\n;return typeof window.axe;", self.axe), vec![])
@@ -683,6 +687,27 @@ async fn tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium() {
     b.shot("install-1280.png").await;
     b.client.set_window_size(390, 844).await.unwrap();
     b.audit("install, phone").await;
+
+    // An installation the portal refuses in part: the failed steps, in red.
+    for method in ["bizproc.robot.update", "bizproc.robot.add"] {
+        demo.portal.fail_next(
+            method,
+            Fault::error(403, "ACCESS_DENIED", "Access denied"),
+            10,
+        );
+    }
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    b.open_frame_page(&demo.admin_url(), Some("/b24/install"))
+        .await;
+    assert!(b.text().await.contains("Установка не завершена"));
+    assert!(
+        b.client.find(Locator::Css(".step--fail")).await.is_ok(),
+        "a failed step shown"
+    );
+    b.audit("install: failed step").await;
+    b.shot("install-failed-1280.png").await;
+    demo.portal.clear_faults("bizproc.robot.update");
+    demo.portal.clear_faults("bizproc.robot.add");
 
     b.assert_no_violations();
     let _ = b.client.clone().close().await;
