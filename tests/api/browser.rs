@@ -19,11 +19,11 @@ use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use opros::db::entities::invitation;
+use opros::db::entities::{invitation, outbox_job};
 use opros::demo::{Demo, DemoOptions};
 use opros::testing::fake_portal::Fault;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::support::{db, eventually, full_answers, skip};
@@ -641,7 +641,28 @@ async fn tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium() {
     b.client.enter_parent_frame().await.unwrap();
     b.shot("deal-card-390.png").await;
 
-    // The administrator's page: every action by keyboard, then «Сохранить».
+    // The administrator's page with a job the portal refused for good: every action
+    // by keyboard, then «Сохранить».
+    let last_job = outbox_job::Entity::find()
+        .order_by_desc(outbox_job::Column::Id)
+        .one(&demo.state.db)
+        .await
+        .expect("read jobs")
+        .expect("the demo queued jobs");
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::DoneAt,
+            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+        )
+        .col_expr(outbox_job::Column::DeadAt, Expr::value(Some(Utc::now())))
+        .col_expr(
+            outbox_job::Column::LastError,
+            Expr::value(Some("ACCESS_DENIED: Access denied".to_owned())),
+        )
+        .filter(outbox_job::Column::Id.eq(last_job.id))
+        .exec(&demo.state.db)
+        .await
+        .expect("a dead job");
     b.client.set_window_size(1280, 1100).await.unwrap();
     b.open_frame_page(&demo.admin_url(), None).await;
     let status = b
