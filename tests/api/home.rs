@@ -120,3 +120,23 @@ async fn a_request_cannot_change_the_addresses_or_inject_markup() {
     let (status, _) = app.get_json("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn every_page_names_one_content_type() {
+    let app = configured().await;
+    // The operator page, the patient's «not found» page and a Bitrix24 frame's
+    // refusal: three page builders, each with one content-type header.
+    for request in [
+        app.http.get(app.url("/")),
+        app.http.get(app.url("/s/forged-link")),
+        app.http
+            .post(app.url("/b24/placement/deal-tab"))
+            .form(&[("AUTH_ID", "x")]),
+    ] {
+        let r = request.send().await.unwrap();
+        let url = r.url().to_string();
+        assert!(r.status().as_u16() < 500, "{url}: {}", r.status());
+        let types: Vec<_> = r.headers().get_all("content-type").iter().collect();
+        assert_eq!(types, ["text/html; charset=utf-8"], "{url}");
+    }
+}
