@@ -23,7 +23,7 @@ pub const APP_JS: &str = include_str!("assets/app.js");
 const CSS_HASH: u32 = fnv1a(APP_CSS.as_bytes());
 const JS_HASH: u32 = fnv1a(APP_JS.as_bytes());
 
-const fn fnv1a(bytes: &[u8]) -> u32 {
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     let mut i = 0;
     while i < bytes.len() {
