@@ -336,7 +336,7 @@ fn token_of(link: &str) -> String {
     link.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
-/// Saves answers through the patient API and submits them, as the page's script does.
+/// Submits answers through the patient API, as the page's script does.
 async fn submit_answers(demo: &Demo, link: &str, answers: impl Fn(&Value) -> Value) {
     let token = token_of(link);
     let http = reqwest::Client::new();
