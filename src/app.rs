@@ -1,8 +1,9 @@
 //! The route tree.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get, post};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Route, get, post};
 use poem_openapi::OpenApiService;
 
 use crate::state::AppState;
@@ -36,7 +37,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         });
     }
     match p {
-        "/healthz" | "/openapi.json" => Some("GET"),
+        "" | "/healthz" | "/openapi.json" | "/README.md" => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),
@@ -48,10 +49,24 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = api_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    // `/` is the operator's page. The API is nested at `/`, and a nest's catch-all wins
+    // over a route at `/` itself, so the page is picked out in front of the API.
+    let home = Arc::new(get(web::home::home));
+    let api = api.into_endpoint().around(move |api, req| {
+        let home = home.clone();
+        async move {
+            if req.uri().path() == "/" {
+                home.call(req).await
+            } else {
+                api.call(req).await.map(IntoResponse::into_response)
+            }
+        }
+    });
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .at("/README.md", get(web::home::readme))
         .at(
             "/s/:token",
             get(web::survey_page).post(web::survey_form_submit),

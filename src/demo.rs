@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::listener::TcpAcceptor;
-use poem::web::{Data, Path};
+use poem::web::{Data, Html, Path};
 use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -299,7 +299,8 @@ fn routes(state: AppState, data: DemoData) -> impl poem::Endpoint {
 }
 
 fn html(body: String) -> Response {
-    body.with_header("content-type", "text/html; charset=utf-8")
+    // `Html` sets the one content-type (`with_header` would add a second).
+    Html(body)
         .with_header("content-security-policy", CARD_CSP)
         .with_header("cache-control", "no-store")
         .with_header("x-content-type-options", "nosniff")

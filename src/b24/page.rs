@@ -3,6 +3,7 @@
 //! portal serves; everything else comes from this service.
 
 use poem::http::StatusCode;
+use poem::web::Html;
 use poem::{IntoResponse, Response};
 
 use super::registration::Report;
@@ -18,6 +19,18 @@ pub const FRAME_JS: &str = include_str!("assets/b24-frame.js");
 
 pub use crate::web::page::escape;
 
+/// One content hash over the frame pages' files, so that a new build (new colours,
+/// say) is never met by a stale cached copy under an unchanged version number.
+const FRAME_ASSETS_HASH: u32 = crate::web::page::fnv1a(FRAME_CSS.as_bytes())
+    ^ crate::web::page::fnv1a(FRAME_JS.as_bytes()).rotate_left(8)
+    ^ crate::web::page::fnv1a(super::tab_view::TAB_CSS.as_bytes()).rotate_left(16)
+    ^ crate::web::page::fnv1a(super::tab_view::TAB_JS.as_bytes()).rotate_left(24);
+
+/// The `?v=` of the frame pages' asset URLs.
+pub fn assets_version() -> String {
+    format!("{FRAME_ASSETS_HASH:08x}")
+}
+
 /// The frame layout. `body_attrs` lets a page ask the frame script for
 /// `installFinish()`.
 pub fn layout(title: &str, body_attrs: &str, content: &str) -> String {
@@ -29,13 +42,14 @@ pub fn layout(title: &str, body_attrs: &str, content: &str) -> String {
 <script src=\"/assets/b24-frame.js?v={v}\" defer></script></head>\
 <body {body_attrs}><main class=\"frame\">{content}</main></body></html>",
         title = escape(title),
-        v = env!("CARGO_PKG_VERSION"),
+        v = assets_version(),
     )
 }
 
 pub fn respond(status: StatusCode, html: String) -> Response {
-    html.with_status(status)
-        .with_header("content-type", "text/html; charset=utf-8")
+    // `Html` sets the one content-type (`with_header` would add a second).
+    Html(html)
+        .with_status(status)
         .with_header("content-security-policy", FRAME_CSP)
         .with_header("x-content-type-options", "nosniff")
         .with_header("referrer-policy", "no-referrer")

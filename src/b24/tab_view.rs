@@ -82,7 +82,7 @@ pub async fn page(
 }
 
 fn assets() -> String {
-    let v = env!("CARGO_PKG_VERSION");
+    let v = super::page::assets_version();
     format!(
         "<link rel=\"stylesheet\" href=\"/assets/deal-tab.css?v={v}\">\
 <script src=\"/assets/deal-tab.js?v={v}\" defer></script>"

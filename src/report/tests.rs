@@ -190,6 +190,7 @@ fn absurdly_long_report_is_refused() {
 }
 
 #[test]
+#[ignore = "needs pdftotext from poppler-utils (see README)"]
 fn text_extracts_with_pdftotext() {
     if !require_tool("pdftotext", "poppler-utils") {
         return;
@@ -216,6 +217,7 @@ fn text_extracts_with_pdftotext() {
 }
 
 #[test]
+#[ignore = "needs pdftoppm and tesseract with Russian (see README)"]
 fn ocr_reads_first_page_like_a_doctor() {
     if !require_tool("pdftoppm", "poppler-utils")
         || !require_tool("tesseract", "tesseract-ocr tesseract-ocr-rus")

@@ -2,12 +2,13 @@
 //! also takes a plain form POST when JavaScript is off), its JSON API, and the assets.
 
 pub mod api;
+pub mod home;
 pub mod page;
 
 use std::collections::BTreeMap;
 
 use poem::http::StatusCode;
-use poem::web::{Data, Path};
+use poem::web::{Data, Html, Path};
 use poem::{Body, IntoResponse, Response, handler};
 
 use crate::invitations::COMPLETED;
@@ -19,8 +20,10 @@ pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 pub fn html(status: StatusCode, body: String) -> Response {
-    body.with_status(status)
-        .with_header("content-type", "text/html; charset=utf-8")
+    // `Html` sets the one content-type; `with_header` would add a second beside a
+    // String's text/plain.
+    Html(body)
+        .with_status(status)
         .with_header("content-security-policy", PAGE_CSP)
         .with_header("x-content-type-options", "nosniff")
         .with_header("x-frame-options", "DENY")

@@ -23,7 +23,7 @@ pub const APP_JS: &str = include_str!("assets/app.js");
 const CSS_HASH: u32 = fnv1a(APP_CSS.as_bytes());
 const JS_HASH: u32 = fnv1a(APP_JS.as_bytes());
 
-const fn fnv1a(bytes: &[u8]) -> u32 {
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     let mut i = 0;
     while i < bytes.len() {
@@ -89,8 +89,8 @@ pub struct SurveyPage<'a> {
     pub expires_at: Option<&'a str>,
 }
 
-/// The one page frame every patient page shares.
-fn layout(title: &str, body: &str, with_script: bool) -> String {
+/// The one page frame every patient page (and the operator page) shares.
+pub(super) fn layout(title: &str, body: &str, with_script: bool) -> String {
     let script = if with_script {
         format!("<script src=\"{}\" defer></script>\n", js_url())
     } else {

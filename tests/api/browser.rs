@@ -1,20 +1,38 @@
-//! Headless Chromium through chromedriver against `opros demo`: the patient page at
-//! phone size, the deal card with the tab in its frame, the admin page. Screenshots go
-//! to `target/test-artefacts/`. Skips (a failure under OPROS_STRICT_SKIPS=1) when
-//! chromium or chromedriver is missing.
+//! Headless Chromium through chromedriver against `opros demo`: every page the service
+//! renders, in each of its states, audited with axe-core for WCAG 2.1 A and AA, and
+//! the doctor's and administrator's pages walked with the Tab key. Screenshots go to
+//! `target/test-artefacts/`.
+//!
+//! axe-core is the npm package (`npm install --prefix target/axe axe-core@4`, which
+//! `.ci/run` does); the test reads `axe.min.js` from `OPROS_AXE_JS` or, by default,
+//! `target/axe/node_modules/axe-core/axe.min.js`, and injects it through the driver,
+//! so the pages keep their strict CSP. These tests are `#[ignore]`d with the reason
+//! (`cargo test` lists them) and run with `--include-ignored`; a missing program is
+//! then a SKIP line, a failure under OPROS_STRICT_SKIPS=1.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use opros::db::entities::{invitation, outbox_job};
 use opros::demo::{Demo, DemoOptions};
+use opros::testing::fake_portal::Fault;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::support::{db, eventually, full_answers, skip};
 
-const TEST: &str = "browser::demo_pages_in_chromium";
+/// Where `.ci/run` installs axe-core unless `OPROS_AXE_JS` says otherwise.
+const AXE_DEFAULT: &str = "target/axe/node_modules/axe-core/axe.min.js";
+
+/// The rule sets an accessibility audit for WCAG 2.1 AA runs.
+const WCAG_TAGS: [&str; 4] = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
 
 fn find_program(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -23,6 +41,12 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
     })
+}
+
+fn axe_path() -> PathBuf {
+    std::env::var_os("OPROS_AXE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(AXE_DEFAULT))
 }
 
 /// chromedriver, killed when the test ends.
@@ -41,139 +65,406 @@ fn artefacts() -> PathBuf {
     dir
 }
 
-async fn shot(client: &Client, name: &str) {
-    let png = client.screenshot().await.expect("screenshot");
-    std::fs::write(artefacts().join(name), png).expect("write screenshot");
+/// A browser session with axe-core at hand; the audit findings of every page are
+/// gathered and reported together at the end.
+struct Browser {
+    client: Client,
+    axe: String,
+    findings: Vec<String>,
+    audited: Vec<String>,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
 }
 
-async fn start_browser(
-    chromium: &Path,
-    chromedriver: &Path,
-) -> (Driver, Client, tempfile::TempDir) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let driver = Driver(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let profile = tempfile::tempdir().expect("profile dir");
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium.to_string_lossy(),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
-                format!("--user-data-dir={}", profile.path().display()),
-            ]
-        }),
-    );
-    let client = ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("browser session");
-    (driver, client, profile)
-}
-
-async fn js(client: &Client, script: &str) -> Value {
-    client.execute(script, vec![]).await.expect(script)
-}
-
-/// Waits until the card's script has sized the frame to its content.
-async fn frame_fitted(client: &Client) {
-    eventually("the frame sized to its content", || async {
-        js(
-            client,
-            "return document.querySelector('iframe.app-frame').style.height !== ''",
-        )
-        .await
-            == Value::Bool(true)
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn demo_pages_in_chromium() {
-    let Some(chromium) = find_program(&["chromium", "chromium-browser", "google-chrome"]) else {
-        return skip(TEST, "chromium not installed (apt-get install chromium)");
-    };
-    let Some(chromedriver) = find_program(&["chromedriver"]) else {
-        return skip(
-            TEST,
-            "chromedriver not installed (apt-get install chromium-driver)",
+impl Browser {
+    /// `None` (with a SKIP line) when a program or axe-core is missing.
+    async fn start(test: &str) -> Option<Browser> {
+        let Some(chromium) = find_program(&["chromium", "chromium-browser", "google-chrome"])
+        else {
+            skip(test, "chromium not installed (apt-get install chromium)");
+            return None;
+        };
+        let Some(chromedriver) = find_program(&["chromedriver"]) else {
+            skip(
+                test,
+                "chromedriver not installed (apt-get install chromium-driver)",
+            );
+            return None;
+        };
+        let axe_js = axe_path();
+        let Ok(axe) = std::fs::read_to_string(&axe_js) else {
+            skip(
+                test,
+                &format!(
+                    "axe-core not found at {} (npm install --prefix target/axe axe-core@4, or set OPROS_AXE_JS)",
+                    axe_js.display()
+                ),
+            );
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Driver(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium.to_string_lossy(),
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }),
         );
-    };
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("browser session");
+        Some(Browser {
+            client,
+            axe,
+            findings: Vec::new(),
+            audited: Vec::new(),
+            _driver: driver,
+            _profile: profile,
+        })
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect(script)
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(artefacts().join(name), png).expect("write screenshot");
+    }
+
+    /// Opens every `<details>` and runs axe-core in the current document (injected
+    /// through the driver, so the page's CSP is untouched); keeps every violation
+    /// with its rule, element and, for contrast, the ratio found and the one required.
+    async fn audit(&mut self, page: &str) {
+        // What is folded away (questionnaires, handler addresses) is checked too.
+        self.js("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+            .await;
+        let injected = self
+            .client
+            .execute(&format!("{}\n;return typeof window.axe;", self.axe), vec![])
+            .await
+            .expect("inject axe-core");
+        assert_eq!(injected, json!("object"), "axe-core loaded into {page}");
+        let result = self
+            .client
+            .execute_async(
+                r#"const done = arguments[arguments.length - 1];
+                const tags = arguments[0];
+                window.axe.run(document, {
+                    runOnly: {type: 'tag', values: tags},
+                    resultTypes: ['violations'],
+                    iframes: false,
+                }).then(r => done({violations: r.violations.map(v => ({
+                    id: v.id,
+                    help: v.help,
+                    nodes: v.nodes.map(n => ({
+                        target: n.target.join(' '),
+                        html: n.html.slice(0, 160),
+                        summary: n.failureSummary,
+                        data: n.any.concat(n.all, n.none).map(c => c.data)
+                            .find(d => d && d.contrastRatio !== undefined) || null,
+                    })),
+                }))}), e => done({error: String(e)}));"#,
+                vec![json!(WCAG_TAGS)],
+            )
+            .await
+            .expect("axe.run");
+        assert!(result.get("error").is_none(), "axe on {page}: {result}");
+        self.audited.push(page.to_owned());
+        for v in result["violations"].as_array().cloned().unwrap_or_default() {
+            for node in v["nodes"].as_array().cloned().unwrap_or_default() {
+                let contrast = match node["data"].as_object() {
+                    Some(d) => format!(
+                        " — contrast {}:1 ({} on {}, {}, needs {})",
+                        d.get("contrastRatio").unwrap_or(&Value::Null),
+                        d.get("fgColor").and_then(Value::as_str).unwrap_or("?"),
+                        d.get("bgColor").and_then(Value::as_str).unwrap_or("?"),
+                        d.get("fontSize").and_then(Value::as_str).unwrap_or("?"),
+                        d.get("expectedContrastRatio")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?"),
+                    ),
+                    None => String::new(),
+                };
+                self.findings.push(format!(
+                    "{page}: {rule} ({help}) at `{target}` {html}{contrast}",
+                    rule = v["id"].as_str().unwrap_or("?"),
+                    help = v["help"].as_str().unwrap_or(""),
+                    target = node["target"].as_str().unwrap_or("?"),
+                    html = node["html"].as_str().unwrap_or(""),
+                ));
+            }
+        }
+    }
+
+    /// Fails with every violation found on any audited page.
+    fn assert_no_violations(&self) {
+        assert!(
+            self.findings.is_empty(),
+            "axe-core ({}) found {} WCAG 2.1 AA violation(s) on {:?}:\n{}",
+            WCAG_TAGS.join(", "),
+            self.findings.len(),
+            self.audited,
+            self.findings.join("\n")
+        );
+    }
+
+    async fn press(&self, key: Key) {
+        let c: char = key.into();
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: c })
+            .then(KeyAction::Up { value: c });
+        self.client.perform_actions(keys).await.expect("key press");
+    }
+
+    /// Walks the page with Tab from the top: every visible control is reached once,
+    /// in document order, and shows a focus ring (`:focus-visible` with an outline).
+    /// Returns the labels of the controls reached.
+    async fn tab_through(&self, page: &str) -> Vec<String> {
+        let expected = self
+            .js(
+                "window.scrollTo(0, 0); window.focus();\
+                 const start = document.createElement('span'); start.tabIndex = -1;\
+                 document.body.prepend(start); start.focus(); start.blur();\
+                 const sel = 'a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), \
+                   select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex=\"-1\"])';\
+                 const all = Array.from(document.querySelectorAll(sel))\
+                   .filter(e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden');\
+                 all.forEach((e, i) => e.dataset.kb = String(i));\
+                 return all.map(e => (e.innerText || e.value || e.getAttribute('aria-label') || e.name || e.tagName).trim().slice(0, 40));",
+            )
+            .await;
+        let expected: Vec<String> = serde_json::from_value(expected).expect("labels");
+        assert!(!expected.is_empty(), "{page}: no controls found");
+        for (step, label) in expected.iter().enumerate() {
+            self.press(Key::Tab).await;
+            let seen = self
+                .js(
+                    "const e = document.activeElement; const s = getComputedStyle(e);\
+                     return {kb: e.dataset ? (e.dataset.kb || null) : null, tag: e.tagName,\
+                       visible: e.matches(':focus-visible') && s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 1};",
+                )
+                .await;
+            let index = seen["kb"].as_str().and_then(|k| k.parse::<usize>().ok());
+            assert_eq!(
+                index,
+                Some(step),
+                "{page}: Tab press {} should reach «{label}», reached {seen}",
+                step + 1,
+            );
+            assert_eq!(
+                seen["visible"],
+                Value::Bool(true),
+                "{page}: «{label}» has focus but no visible focus ring",
+            );
+        }
+        expected
+    }
+
+    /// Opens a Bitrix24 frame page of the demo card as the whole window: the card's
+    /// own form, which plays the portal's POST into the frame, is sent again to the
+    /// top window (optionally to another handler of ours).
+    async fn open_frame_page(&self, card_url: &str, handler: Option<&str>) {
+        self.client.goto(card_url).await.expect("demo card");
+        let retarget = match handler {
+            Some(path) => format!(
+                "const u = new URL(f.action); u.pathname = {}; f.action = u.toString();",
+                json!(path)
+            ),
+            None => String::new(),
+        };
+        self.js(&format!(
+            "const f = document.querySelector('form[data-autosubmit]'); {retarget} \
+             f.target = '_self'; HTMLFormElement.prototype.submit.call(f);"
+        ))
+        .await;
+        eventually("the frame page as the top window", || async {
+            self.js("return document.querySelector('main.frame') !== null && document.readyState === 'complete'")
+                .await
+                == Value::Bool(true)
+        })
+        .await;
+    }
+
+    async fn text(&self) -> String {
+        self.js("return document.body.innerText")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+async fn start_demo() -> (Demo, db::TestDb) {
     let db = db::sqlite();
     let demo = Demo::start(DemoOptions {
         database_url: Some(db.url.clone()),
+        extra: [("CLINIC_NAME".to_owned(), "Клиника «Здоровье»".to_owned())].into(),
         ..DemoOptions::default()
     })
     .await
     .expect("demo starts");
-    let (_driver, client, _profile) = start_browser(&chromium, &chromedriver).await;
+    (demo, db)
+}
 
-    // The patient page on a phone.
-    client.set_window_size(390, 844).await.expect("resize");
-    client.goto(&demo.survey_url).await.expect("survey page");
-    client
+fn token_of(link: &str) -> String {
+    link.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Submits answers through the patient API, as the page's script does.
+async fn submit_answers(demo: &Demo, link: &str, answers: impl Fn(&Value) -> Value) {
+    let token = token_of(link);
+    let http = reqwest::Client::new();
+    let survey: Value = http
+        .get(demo.url(&format!("/api/v1/surveys/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(demo.url(&format!("/api/v1/surveys/{token}/submit")))
+        .json(&json!({"answers": answers(&survey)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Answers that raise no flag: «нет» wherever «нет» is an answer.
+fn calm_answers(survey: &Value) -> Value {
+    let mut answers = full_answers(survey);
+    let questions = survey["questions"].as_array().cloned().unwrap_or_default();
+    if let Some(map) = answers.as_object_mut() {
+        for q in &questions {
+            let has_no = q["type"] == "yes_no"
+                || q["options"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|o| o["value"] == "no"));
+            if has_no {
+                map.insert(q["id"].as_str().unwrap_or_default().to_owned(), json!("no"));
+            }
+        }
+    }
+    answers
+}
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn patient_and_operator_pages_pass_wcag_in_chromium() {
+    const TEST: &str = "browser::patient_and_operator_pages_pass_wcag_in_chromium";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let (demo, _db) = start_demo().await;
+
+    // The operator page, on a desktop.
+    b.client.set_window_size(1280, 1000).await.expect("resize");
+    b.client.goto(&demo.url("/")).await.expect("operator page");
+    let text = b.text().await;
+    assert!(text.contains(&demo.url("/b24/app")), "{text}");
+    assert!(
+        text.contains("не сможет до него достучаться"),
+        "loopback PUBLIC_URL named"
+    );
+    b.audit("operator page").await;
+    b.shot("operator-1280.png").await;
+
+    // A forged link, at phone size.
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client
+        .goto(&demo.url("/s/not-a-real-link"))
+        .await
+        .expect("bad link");
+    assert!(b.text().await.contains("Страница не найдена"));
+    b.audit("patient: bad link").await;
+    b.shot("patient-bad-link-390.png").await;
+
+    // The questionnaire as it opens.
+    b.client.goto(&demo.survey_url).await.expect("survey page");
+    b.client
         .wait()
         .for_element(Locator::Css("#survey"))
         .await
         .expect("questionnaire shown");
-    let details = client
+    b.audit("patient: open").await;
+    let details = b
+        .client
         .find(Locator::Css("#q-allergy_details"))
         .await
         .expect("conditional question");
     assert!(!details.is_displayed().await.unwrap(), "hidden before «да»");
-    js(
-        &client,
-        "document.querySelector('#q-allergies input[value=\"yes\"]').click()",
-    )
-    .await;
+    b.js("document.querySelector('#q-allergies input[value=\"yes\"]').click()")
+        .await;
     assert!(details.is_displayed().await.unwrap(), "shown after «да»");
-    shot(&client, "patient-conditional-390.png").await;
-    client
+    b.shot("patient-conditional-390.png").await;
+
+    // Submitted with answers missing: the script's error summary.
+    b.client
         .find(Locator::Css("#survey button[type=submit]"))
         .await
         .expect("submit button")
         .click()
         .await
         .expect("submit");
-    let summary = client
+    let summary = b
+        .client
         .wait()
         .for_element(Locator::Css("#error-summary:not([hidden])"))
         .await
         .expect("missing answers reported");
-    let messages = summary.text().await.unwrap();
-    assert!(!messages.trim().is_empty());
-    let required_shown = js(
-        &client,
-        "return Array.from(document.querySelectorAll('.q-error .err')).some(e => !e.hidden && e.textContent.trim().length > 0)",
-    )
-    .await;
+    assert!(!summary.text().await.unwrap().trim().is_empty());
+    let required_shown = b
+        .js("return Array.from(document.querySelectorAll('.q-error .err')).some(e => !e.hidden && e.textContent.trim().length > 0)")
+        .await;
     assert_eq!(
         required_shown,
         Value::Bool(true),
         "a required question says what is missing"
     );
-    shot(&client, "patient-missing-390.png").await;
+    b.audit("patient: errors (script)").await;
+    b.shot("patient-missing-390.png").await;
+
+    // The same without the script: the form posted as is, the server's 422 page.
+    b.js("HTMLFormElement.prototype.submit.call(document.querySelector('#survey'))")
+        .await;
+    eventually("the server's error page", || async {
+        b.js("return document.readyState === 'complete' && document.title.startsWith('Ошибка')")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+    b.audit("patient: errors (server)").await;
+    b.shot("patient-errors-server-390.png").await;
 
     // The rest of the answers as a saved draft, then submit from the page.
-    let token = demo.survey_url.rsplit('/').next().unwrap().to_owned();
+    let token = token_of(&demo.survey_url);
     let http = reqwest::Client::new();
     let survey: Value = http
         .get(demo.url(&format!("/api/v1/surveys/{token}")))
@@ -191,9 +482,9 @@ async fn demo_pages_in_chromium() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Clear the page's own copy on the device so the server draft is what loads.
-    js(&client, "try { localStorage.clear(); } catch (e) {}").await;
-    client.goto(&demo.survey_url).await.expect("reload");
-    client
+    b.js("try { localStorage.clear(); } catch (e) {}").await;
+    b.client.goto(&demo.survey_url).await.expect("reload");
+    b.client
         .wait()
         .for_element(Locator::Css("#survey button[type=submit]"))
         .await
@@ -202,59 +493,244 @@ async fn demo_pages_in_chromium() {
         .await
         .unwrap();
     eventually("the thank-you page", || async {
-        js(&client, "return document.body.innerText")
-            .await
-            .as_str()
-            .is_some_and(|t| t.contains("Спасибо"))
+        b.text().await.contains("Спасибо")
     })
     .await;
-    shot(&client, "patient-thanks-390.png").await;
+    b.audit("patient: done").await;
+    b.shot("patient-thanks-390.png").await;
 
-    // The deal card: the tab in its frame shows the flagged answers first.
-    client.set_window_size(1280, 1100).await.unwrap();
-    client.goto(&demo.deal_card_url()).await.unwrap();
-    client.enter_frame(0).await.expect("tab frame");
-    client
+    // The link again after completion.
+    b.client.goto(&demo.survey_url).await.expect("reopen");
+    assert!(b.text().await.contains("ответы получены"), "completed page");
+    b.audit("patient: completed link").await;
+
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+    demo.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium() {
+    const TEST: &str = "browser::tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let (demo, _db) = start_demo().await;
+    b.client.set_window_size(1280, 1000).await.expect("resize");
+
+    // A deal nobody has sent a questionnaire for: the empty tab.
+    let contact = demo
+        .portal
+        .add_contact("Олег", "Иванович", "Петров", "+79160000001");
+    let calm_deal = demo.portal.add_deal("Повторный приём", 0, Some(contact));
+    let calm_card = demo.url(&format!("/demo/deal/{calm_deal}"));
+    b.open_frame_page(&calm_card, None).await;
+    assert!(b.text().await.contains("Пациент ещё не заполнил анкету"));
+    b.audit("tab: empty").await;
+    b.shot("tab-empty-1280.png").await;
+
+    // Its one action by keyboard: Tab to «Отправить новую ссылку», Enter.
+    let reached = b.tab_through("tab: empty").await;
+    assert_eq!(reached, ["Отправить новую ссылку"]);
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#new-link"))
+        .await
+        .expect("the new link shown");
+    let link = b
+        .js("return document.querySelector('#new-link').value")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(link.contains("/s/"), "{link}");
+    b.audit("tab: new link").await;
+    let reached = b.tab_through("tab: new link").await;
+    assert!(reached.contains(&"Скопировать".to_owned()), "{reached:?}");
+    b.shot("tab-new-link-1280.png").await;
+
+    // That link expires unanswered: the patient's page and the tab's badge.
+    let past = Utc::now() - chrono::Duration::days(1);
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::ExpiresAt, Expr::value(past))
+        .filter(invitation::Column::EntityId.eq(calm_deal as i64))
+        .exec(&demo.state.db)
+        .await
+        .expect("expire the link");
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client.goto(&link).await.expect("expired link");
+    assert!(b.text().await.contains("Срок действия ссылки истёк"));
+    b.audit("patient: expired").await;
+    b.shot("patient-expired-390.png").await;
+    b.client.set_window_size(1280, 1000).await.expect("resize");
+    b.open_frame_page(&calm_card, None).await;
+    assert!(b.text().await.contains("истекла"), "the expired badge");
+    b.audit("tab: expired link").await;
+
+    // A questionnaire answered with nothing to flag.
+    b.tab_through("tab: expired link").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#new-link"))
+        .await
+        .expect("a second link");
+    let link = b
+        .js("return document.querySelector('#new-link').value")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    submit_answers(&demo, &link, calm_answers).await;
+    b.open_frame_page(&calm_card, None).await;
+    assert!(b.text().await.contains("Открыть PDF"));
+    assert!(
+        b.client.find(Locator::Css(".flagged")).await.is_err(),
+        "calm answers raise no flag"
+    );
+    b.audit("tab: answers").await;
+    b.shot("tab-answers-1280.png").await;
+
+    // The demo deal with flagged answers, in the card's frame as a doctor sees it.
+    submit_answers(&demo, &demo.survey_url, full_answers).await;
+    b.client.goto(&demo.deal_card_url()).await.unwrap();
+    b.client.enter_frame(0).await.expect("tab frame");
+    b.client
         .wait()
         .for_element(Locator::Css(".flagged"))
         .await
         .expect("answers in the tab");
-    let order = js(
-        &client,
-        "const f = document.querySelector('.flagged').getBoundingClientRect().top; \
-         const s = document.querySelector('.section-title').getBoundingClientRect().top; \
-         return f < s",
-    )
-    .await;
+    let order = b
+        .js(
+            "const f = document.querySelector('.flagged').getBoundingClientRect().top; \
+             const s = document.querySelector('.section-title').getBoundingClientRect().top; \
+             return f < s",
+        )
+        .await;
     assert_eq!(order, Value::Bool(true), "flagged answers come first");
-    client.enter_parent_frame().await.unwrap();
-    frame_fitted(&client).await;
-    shot(&client, "deal-card-1280.png").await;
-    client.set_window_size(390, 844).await.unwrap();
-    client.goto(&demo.deal_card_url()).await.unwrap();
-    client.enter_frame(0).await.unwrap();
-    client
+    b.client.enter_parent_frame().await.unwrap();
+    eventually("the frame sized to its content", || async {
+        b.js("return document.querySelector('iframe.app-frame').style.height !== ''")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+    b.shot("deal-card-1280.png").await;
+    b.open_frame_page(&demo.deal_card_url(), None).await;
+    b.audit("tab: flagged answers").await;
+    let reached = b.tab_through("tab: flagged answers").await;
+    for action in ["Отправить новую ссылку", "Открыть PDF", "Скачать PDF"]
+    {
+        assert!(
+            reached.contains(&action.to_owned()),
+            "{action}: {reached:?}"
+        );
+    }
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.audit("tab: flagged answers, phone").await;
+    b.shot("tab-flagged-390.png").await;
+    b.client.goto(&demo.deal_card_url()).await.unwrap();
+    b.client.enter_frame(0).await.unwrap();
+    b.client
         .wait()
         .for_element(Locator::Css(".flagged"))
         .await
         .unwrap();
-    client.enter_parent_frame().await.unwrap();
-    shot(&client, "deal-card-390.png").await;
+    b.client.enter_parent_frame().await.unwrap();
+    b.shot("deal-card-390.png").await;
 
-    // The admin page.
-    client.set_window_size(1280, 1100).await.unwrap();
-    client.goto(&demo.admin_url()).await.unwrap();
-    client.enter_frame(0).await.unwrap();
-    let status = client
-        .wait()
-        .for_element(Locator::Css(".steps"))
+    // The administrator's page with a job the portal refused for good: every action
+    // by keyboard, then «Сохранить».
+    let last_job = outbox_job::Entity::find()
+        .order_by_desc(outbox_job::Column::Id)
+        .one(&demo.state.db)
+        .await
+        .expect("read jobs")
+        .expect("the demo queued jobs");
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::DoneAt,
+            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+        )
+        .col_expr(outbox_job::Column::DeadAt, Expr::value(Some(Utc::now())))
+        .col_expr(
+            outbox_job::Column::LastError,
+            Expr::value(Some("ACCESS_DENIED: Access denied".to_owned())),
+        )
+        .filter(outbox_job::Column::Id.eq(last_job.id))
+        .exec(&demo.state.db)
+        .await
+        .expect("a dead job");
+    b.client.set_window_size(1280, 1100).await.unwrap();
+    b.open_frame_page(&demo.admin_url(), None).await;
+    let status = b
+        .client
+        .find(Locator::Css(".steps"))
         .await
         .expect("install status");
     assert!(status.text().await.unwrap().contains("Робот"));
-    client.enter_parent_frame().await.unwrap();
-    frame_fitted(&client).await;
-    shot(&client, "admin-1280.png").await;
+    b.audit("admin").await;
+    b.shot("admin-1280.png").await;
+    let reached = b.tab_through("admin").await;
+    for action in ["Переустановить", "Сохранить"] {
+        assert!(
+            reached.contains(&action.to_owned()),
+            "{action}: {reached:?}"
+        );
+    }
+    b.js("Array.from(document.querySelectorAll('button')).find(e => e.textContent.trim() === 'Сохранить').focus()")
+        .await;
+    b.shot("admin-focus-1280.png").await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css(".notice"))
+        .await
+        .expect("settings saved");
+    b.audit("admin: saved").await;
+    b.client.goto(&demo.admin_url()).await.unwrap();
+    b.client.enter_frame(0).await.unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::Css(".steps"))
+        .await
+        .unwrap();
+    b.client.enter_parent_frame().await.unwrap();
+    b.shot("admin-card-1280.png").await;
 
-    let _ = client.close().await;
+    // The install page, as the portal opens it on (re)installation.
+    b.open_frame_page(&demo.admin_url(), Some("/b24/install"))
+        .await;
+    assert!(b.text().await.contains("установлено"), "{}", b.text().await);
+    b.audit("install").await;
+    b.shot("install-1280.png").await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.audit("install, phone").await;
+
+    // An installation the portal refuses in part: the failed steps, in red.
+    for method in ["bizproc.robot.update", "bizproc.robot.add"] {
+        demo.portal.fail_next(
+            method,
+            Fault::error(403, "ACCESS_DENIED", "Access denied"),
+            10,
+        );
+    }
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    b.open_frame_page(&demo.admin_url(), Some("/b24/install"))
+        .await;
+    assert!(b.text().await.contains("Установка не завершена"));
+    assert!(
+        b.client.find(Locator::Css(".step--fail")).await.is_ok(),
+        "a failed step shown"
+    );
+    b.audit("install: failed step").await;
+    b.shot("install-failed-1280.png").await;
+    demo.portal.clear_faults("bizproc.robot.update");
+    demo.portal.clear_faults("bizproc.robot.add");
+
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
     demo.stop().await;
 }

@@ -50,6 +50,7 @@ async fn call_from_all(apps: &[TestApp; 2], fake: &FakePortal, per_instance: usi
 }
 
 #[tokio::test]
+#[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
 async fn instances_on_one_database_refresh_a_portal_once() {
     let fake = FakePortal::start(FakePortalConfig::default())
         .await
@@ -74,6 +75,7 @@ async fn instances_on_one_database_refresh_a_portal_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
 async fn a_refresh_in_flight_does_not_hold_up_robot_calls() {
     use opros::b24::portals::DbTokenStore;
     use opros::bitrix24::TokenStore;
@@ -101,6 +103,7 @@ async fn a_refresh_in_flight_does_not_hold_up_robot_calls() {
 }
 
 #[tokio::test]
+#[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
 async fn instances_on_one_database_share_the_portal_rate_limit() {
     // Each instance alone would send 19 requests at once, together 38 into a
     // bucket of 20.
@@ -125,6 +128,7 @@ async fn instances_on_one_database_share_the_portal_rate_limit() {
 }
 
 #[tokio::test]
+#[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
 async fn shared_bucket_paces_like_the_in_process_one() {
     let Some(pg) = postgres("instances::bucket").await else {
         return;

@@ -9,6 +9,7 @@ mod completion;
 mod config_cli;
 mod deal_tab;
 mod demo;
+mod home;
 mod install;
 mod instances;
 mod legacy;

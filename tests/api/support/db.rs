@@ -1,6 +1,8 @@
 //! Databases for tests: a fresh SQLite file per test, and a fresh PostgreSQL database
-//! per test when `OPROS_TEST_POSTGRES_URL` names a server (CI sets it; locally the
-//! PostgreSQL leg says it is skipped, and with `OPROS_STRICT_SKIPS=1` a skip fails).
+//! per test when `OPROS_TEST_POSTGRES_URL` names a server. PostgreSQL tests are
+//! `#[ignore]`d with the reason, so `cargo test` counts and names them; run with
+//! `--include-ignored` (as CI does) they print SKIP without a server, and with
+//! `OPROS_STRICT_SKIPS=1` a skip fails.
 
 use std::path::PathBuf;
 
@@ -57,11 +59,26 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
     })
 }
 
-/// SQLite always, PostgreSQL when available.
-pub async fn all(test: &str) -> Vec<TestDb> {
-    let mut dbs = vec![sqlite()];
-    if let Some(pg) = postgres(test).await {
-        dbs.push(pg);
-    }
-    dbs
+/// Declares a module named `$name` holding two tests of the `async fn $name(TestDb)`
+/// beside it: `sqlite`, always run, and `postgres`, ignored with its reason so that
+/// `cargo test` lists it instead of passing it silently; `.ci/run` runs it with
+/// `--include-ignored` against its own server.
+macro_rules! on_both_databases {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(crate::support::db::sqlite()).await;
+            }
+
+            #[tokio::test]
+            #[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
+            async fn postgres() {
+                if let Some(db) = crate::support::db::postgres(module_path!()).await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    };
 }
+pub(crate) use on_both_databases;
