@@ -96,7 +96,8 @@ impl FakePortal {
             // §3.2: a lifetime in seconds, not a timestamp.
             ("AUTH_EXPIRES", state.cfg.token_ttl.as_secs().to_string()),
             ("REFRESH_ID", refresh),
-            ("SERVER_ENDPOINT", self.client_endpoint().to_string()),
+            // §3.2: the OAuth server's REST base (this server serves both).
+            ("SERVER_ENDPOINT", self.server_endpoint()),
             ("APPLICATION_TOKEN", state.application_token.clone()),
             ("APPLICATION_SCOPE", super::state::SCOPE.to_owned()),
             ("member_id", state.cfg.member_id.clone()),
@@ -342,6 +343,7 @@ impl FakePortal {
         token: &str,
     ) -> Delivery {
         let base = self.client_endpoint().to_string();
+        let server = self.server_endpoint();
         let body = pairs(&[
             ("event", event.to_ascii_uppercase()),
             ("event_handler_id", "975".into()),
@@ -349,7 +351,7 @@ impl FakePortal {
             ("ts", unix_now().to_string()),
             ("auth[domain]", self.domain()),
             ("auth[client_endpoint]", base.clone()),
-            ("auth[server_endpoint]", base),
+            ("auth[server_endpoint]", server),
             ("auth[member_id]", self.member_id()),
             ("auth[application_token]", token.to_owned()),
         ]);
