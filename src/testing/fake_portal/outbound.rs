@@ -231,7 +231,7 @@ impl FakePortal {
                 .find(|p| p.get("placement").and_then(Value::as_str) == Some("CRM_DEAL_DETAIL_TAB"))
                 .and_then(|p| p.get("handler").and_then(Value::as_str).map(str::to_owned))
                 .ok_or_else(|| FakePortalError::NotBound("CRM_DEAL_DETAIL_TAB".into()))?;
-            let url = with_frame_query(&handler, &self.domain())?;
+            let url = with_frame_query(&handler, &self.shared.portal_domain(&state))?;
             let options = format!(
                 r#"{{"ID":"{deal_id}","URI":"\/crm\/deal\/details\/{deal_id}\/?IFRAME=Y&IFRAME_TYPE=SIDE_SLIDER"}}"#
             );
