@@ -164,7 +164,11 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
 }
 
 fn install_error(e: InstallError) -> Response {
-    tracing::warn!(status = e.status.as_u16(), code = e.code, "Установка отклонена");
+    tracing::warn!(
+        status = e.status.as_u16(),
+        code = e.code,
+        "Установка отклонена"
+    );
     page::error(e.status, e.message).into_response()
 }
 
@@ -440,7 +444,11 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 }
 
 fn install_error_json(e: InstallError) -> Response {
-    tracing::warn!(status = e.status.as_u16(), code = e.code, "Событие установки отклонено");
+    tracing::warn!(
+        status = e.status.as_u16(),
+        code = e.code,
+        "Событие установки отклонено"
+    );
     use crate::error::ApiError;
     let err = match e.status {
         StatusCode::BAD_REQUEST => ApiError::bad_request(e.code, e.message),

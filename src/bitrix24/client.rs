@@ -528,7 +528,9 @@ impl B24Client {
             return Ok(current);
         }
         let host = Target::endpoint_host(&current.client_endpoint);
-        let fresh = match oauth::refresh(&self.inner.http, &self.inner.config, member_id, &current).await {
+        let fresh = match oauth::refresh(&self.inner.http, &self.inner.config, member_id, &current)
+            .await
+        {
             Ok(fresh) => fresh,
             Err(err) => {
                 let _ = held.release().await;

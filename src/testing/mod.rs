@@ -6,9 +6,9 @@ pub mod fake_portal;
 mod log_capture;
 mod memory_store;
 
+pub use evil_server::{EVIL_MEMBER_ID, EvilServer, SeenRequest};
 pub use fake_portal::{
     AuthKind, FakePortal, FakePortalConfig, FakePortalError, Fault, RecordedCall, TimelineComment,
 };
-pub use evil_server::{EVIL_MEMBER_ID, EvilServer, SeenRequest};
 pub use log_capture::LogCapture;
 pub use memory_store::MemoryTokenStore;

@@ -126,11 +126,7 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
     let evil = evil().await;
     let before = stored(&app, &fake.member_id()).await.expect("installed");
     doctor_tokens(&fake);
-    let (member, app_token, domain) = (
-        fake.member_id(),
-        fake.application_token(),
-        fake.domain(),
-    );
+    let (member, app_token, domain) = (fake.member_id(), fake.application_token(), fake.domain());
     let endpoint = evil.rest_endpoint();
     let evil_domain = evil.domain();
 
@@ -141,7 +137,14 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
         let (status, body) = post(
             &app,
             path,
-            &forged_event(&domain, &member, &access, Some(&refresh), &endpoint, &app_token),
+            &forged_event(
+                &domain,
+                &member,
+                &access,
+                Some(&refresh),
+                &endpoint,
+                &app_token,
+            ),
         )
         .await;
         assert_eq!(status, 403, "{path}: {body}");
@@ -288,7 +291,10 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(!page.contains("INJECTED") && !page.contains("weird"), "{page}");
+    assert!(
+        !page.contains("INJECTED") && !page.contains("weird"),
+        "{page}"
+    );
 
     fake.fail_next(
         "app.info",
@@ -301,7 +307,10 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(!page.contains("INJECTED") && !page.contains("Denied"), "{page}");
+    assert!(
+        !page.contains("INJECTED") && !page.contains("Denied"),
+        "{page}"
+    );
     assert!(stored(&app, &fake.member_id()).await.is_none());
 
     let text = log.text();
@@ -356,7 +365,14 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     let (status, _) = post(
         &app,
         "/b24/events",
-        &forged_event(&evil.domain(), &member, "a", Some("r"), &endpoint, "attacker"),
+        &forged_event(
+            &evil.domain(),
+            &member,
+            "a",
+            Some("r"),
+            &endpoint,
+            "attacker",
+        ),
     )
     .await;
     assert_eq!(status, 403);
@@ -399,7 +415,13 @@ async fn a_domain_moves_only_when_the_oauth_server_says_so() {
     let (status, page) = post(
         &app,
         &install_path(&new_host),
-        &install_form(&access, &refresh, &member, &server, &fake.application_token()),
+        &install_form(
+            &access,
+            &refresh,
+            &member,
+            &server,
+            &fake.application_token(),
+        ),
     )
     .await;
     assert_eq!(status, 403, "{page}");
@@ -432,7 +454,13 @@ async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead(
     let (status, page) = post(
         &app,
         &install_path(&fake.domain()),
-        &install_form(&access, &refresh, &member, &fake.server_endpoint(), "another"),
+        &install_form(
+            &access,
+            &refresh,
+            &member,
+            &fake.server_endpoint(),
+            "another",
+        ),
     )
     .await;
     assert_eq!(status, 403, "{page}");

@@ -78,7 +78,10 @@ fn check_config_names_the_token_url_and_allowed_portals() {
     let out = opros()
         .env("B24_CLIENT_ID", "local.1.2")
         .env("B24_CLIENT_SECRET", "VeryVerySecretValue123")
-        .env("B24_ALLOWED_DOMAINS", "clinic.bitrix24.ru, second.bitrix24.ru")
+        .env(
+            "B24_ALLOWED_DOMAINS",
+            "clinic.bitrix24.ru, second.bitrix24.ru",
+        )
         .arg("check-config")
         .current_dir(std::env::temp_dir())
         .output()

@@ -315,9 +315,7 @@ impl FakePortal {
         let state = self.state();
         format!(
             "{}{}/{}/",
-            endpoint,
-            state.cfg.webhook_user_id,
-            state.cfg.webhook_code
+            endpoint, state.cfg.webhook_user_id, state.cfg.webhook_code
         )
     }
 
