@@ -457,3 +457,27 @@ fn install_error_json(e: InstallError) -> Response {
     };
     err.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clearly_named_other_client_id_is_another_app() {
+        let ours = "local.6651f0a2c3b4d5.38291745";
+        // Fixture app-info.json: a numeric ID and our client id as CODE.
+        assert!(!names_other_app(&json!({"ID": 27, "CODE": ours}), ours));
+        // CODE is not promised to be the client id (protocol §11): a marketplace-like
+        // code or none at all proves nothing either way.
+        assert!(!names_other_app(&json!({"ID": 27, "CODE": "vendor.app"}), ours));
+        assert!(!names_other_app(&json!({"ID": 27}), ours));
+        assert!(names_other_app(
+            &json!({"ID": 27, "CODE": "local.0000000000aaaa.11111111"}),
+            ours
+        ));
+        assert!(names_other_app(
+            &json!({"ID": "local.0000000000aaaa.11111111", "CODE": ours}),
+            ours
+        ));
+    }
+}
