@@ -291,10 +291,17 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
             .map(|v| truthy(&v))
             .map_err(portal_refused)?,
     };
+    let user = text(&profile, &["ID"]).and_then(|s| s.parse::<i64>().ok());
+    // The token's owner as the OAuth server named it must be the one the portal sees.
+    if let (Some(vouched), Some(seen)) = (vouched.user_id, user)
+        && vouched != seen
+    {
+        return Err(NOT_VERIFIED);
+    }
     if !is_admin {
         return Err(NOT_ADMIN);
     }
-    Ok(text(&profile, &["ID"]).and_then(|s| s.parse().ok()))
+    Ok(user)
 }
 
 /// A portal that is installed here changes hands only with its stored
@@ -469,7 +476,10 @@ mod tests {
         assert!(!names_other_app(&json!({"ID": 27, "CODE": ours}), ours));
         // CODE is not promised to be the client id (protocol §11): a marketplace-like
         // code or none at all proves nothing either way.
-        assert!(!names_other_app(&json!({"ID": 27, "CODE": "vendor.app"}), ours));
+        assert!(!names_other_app(
+            &json!({"ID": 27, "CODE": "vendor.app"}),
+            ours
+        ));
         assert!(!names_other_app(&json!({"ID": 27}), ours));
         assert!(names_other_app(
             &json!({"ID": 27, "CODE": "local.0000000000aaaa.11111111"}),
