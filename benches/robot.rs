@@ -38,6 +38,7 @@ async fn service(fake: &FakePortal, rate: &str) -> Running {
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("B24_CLIENT_ID", fake.client_id()),
         ("B24_CLIENT_SECRET", fake.client_secret()),
+        ("B24_OAUTH_URL", fake.token_url()),
         ("B24_RATE_LIMIT", rate.to_owned()),
         ("RUST_LOG", "error".to_owned()),
     ]

@@ -44,6 +44,9 @@ pub struct Config {
     pub b24_client_id: Option<String>,
     pub b24_client_secret: Option<Secret<String>>,
     pub b24_oauth_url: Option<Url>,
+    /// Portal domains (`host[:port]`, lower case) that may install; empty = any portal
+    /// the OAuth server vouches for.
+    pub b24_allowed_domains: Vec<String>,
     pub b24_rate_limit: RateLimit,
     pub webhook_url: Option<WebhookUrl>,
     pub incoming_token: Option<Secret<String>>,
@@ -77,6 +80,7 @@ const KNOWN: &[&str] = &[
     "B24_CLIENT_ID",
     "B24_CLIENT_SECRET",
     "B24_OAUTH_URL",
+    "B24_ALLOWED_DOMAINS",
     "B24_RATE_LIMIT",
     "BITRIX24_WEBHOOK_URL",
     "BITRIX24_INCOMING_TOKEN",
@@ -166,6 +170,10 @@ impl Config {
         let b24_oauth_url = get("B24_OAUTH_URL")
             .map(|u| parse_http_url("B24_OAUTH_URL", &u))
             .transpose()?;
+        let b24_allowed_domains = get("B24_ALLOWED_DOMAINS")
+            .map(|list| parse_domains(&list))
+            .transpose()?
+            .unwrap_or_default();
         let b24_rate_limit = match get("B24_RATE_LIMIT") {
             None => RateLimit {
                 per_sec: 2.0,
@@ -241,6 +249,7 @@ impl Config {
             b24_client_id,
             b24_client_secret,
             b24_oauth_url,
+            b24_allowed_domains,
             b24_rate_limit,
             webhook_url,
             incoming_token: get("BITRIX24_INCOMING_TOKEN").map(Secret::new),
@@ -302,7 +311,19 @@ impl Config {
                 self.b24_oauth_url
                     .as_ref()
                     .map(Url::to_string)
-                    .unwrap_or_else(|| "по адресу сервера авторизации портала".into()),
+                    .unwrap_or_else(|| {
+                        "не задан: https://oauth.bitrix.info/oauth/token/ \
+                         (или oauth.bitrix24.tech, если портал назвал его)"
+                            .into()
+                    }),
+            ),
+            (
+                "B24_ALLOWED_DOMAINS",
+                if self.b24_allowed_domains.is_empty() {
+                    "не задан: любой портал, подтверждённый сервером авторизации".into()
+                } else {
+                    self.b24_allowed_domains.join(",")
+                },
             ),
             (
                 "B24_RATE_LIMIT",
@@ -377,6 +398,37 @@ fn resolve_public_url(
             parse_http_url("PUBLIC_URL", &format!("http://127.0.0.1:{port}"))
         }
     }
+}
+
+/// `B24_ALLOWED_DOMAINS`: `clinic.bitrix24.ru,clinic2.bitrix24.ru`; a pasted
+/// `https://clinic.bitrix24.ru/` is read as its domain.
+fn parse_domains(list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let domain = match Url::parse(raw) {
+            Ok(url) if raw.contains("://") => match (url.host_str(), url.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_owned(),
+                _ => String::new(),
+            },
+            _ => raw.trim_end_matches('/').to_ascii_lowercase(),
+        };
+        let valid = !domain.is_empty()
+            && domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !valid {
+            return Err(ConfigError {
+                variable: "B24_ALLOWED_DOMAINS",
+                problem: format!(
+                    "ожидаются адреса порталов через запятую, например clinic.bitrix24.ru, \
+                     получено \"{raw}\""
+                ),
+            });
+        }
+        out.push(domain);
+    }
+    Ok(out)
 }
 
 fn parse_http_url(variable: &'static str, raw: &str) -> Result<Url, ConfigError> {
@@ -455,6 +507,30 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn allowed_domains_are_a_comma_list() {
+        let c = Config::from_map(&vars(&[(
+            "B24_ALLOWED_DOMAINS",
+            " Clinic.Bitrix24.ru , https://second.bitrix24.ru/,127.0.0.1:8080",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.b24_allowed_domains,
+            ["clinic.bitrix24.ru", "second.bitrix24.ru", "127.0.0.1:8080"]
+        );
+        assert!(c.warnings.is_empty());
+        assert!(
+            Config::from_map(&vars(&[]))
+                .unwrap()
+                .b24_allowed_domains
+                .is_empty()
+        );
+        let e = Config::from_map(&vars(&[("B24_ALLOWED_DOMAINS", "clinic.bitrix24.ru,a b")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "B24_ALLOWED_DOMAINS");
+        assert!(e.problem.contains("a b"), "{e}");
     }
 
     #[test]

@@ -142,7 +142,9 @@ impl Demo {
         vars.insert("PUBLIC_URL".into(), base.clone());
         vars.insert("B24_CLIENT_ID".into(), portal.client_id());
         vars.insert("B24_CLIENT_SECRET".into(), portal.client_secret());
-        // B24_OAUTH_URL stays unset: the token URL comes from the portal's server_endpoint.
+        // The fake portal is its own OAuth server (over http on loopback): the token
+        // URL is named, as an operator would for a test portal.
+        vars.insert("B24_OAUTH_URL".into(), portal.token_url());
         let config = Config::from_map(&vars)?;
         if options.install_logging {
             crate::telemetry::init(&config);
@@ -347,7 +349,7 @@ fn frame_form(
         ("AUTH_ID", access),
         ("AUTH_EXPIRES", "3600".to_owned()),
         ("REFRESH_ID", refresh),
-        ("SERVER_ENDPOINT", fake.client_endpoint().to_string()),
+        ("SERVER_ENDPOINT", fake.server_endpoint()),
         ("APPLICATION_TOKEN", fake.application_token()),
         ("member_id", fake.member_id()),
         ("status", "L".to_owned()),

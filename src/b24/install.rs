@@ -1,8 +1,13 @@
 //! `POST /b24/install`: the install page POST from the admin's browser and the
-//! `ONAPPINSTALL` event (protocol §3). Nothing in either is taken on trust: the tokens
-//! are checked with the portal itself before the portal is stored.
+//! `ONAPPINSTALL` event (protocol §3). Nothing in either is taken on trust (CONTRACT
+//! "Trust rules"): the offered refresh token is exchanged once at the trusted OAuth
+//! server, whose answer says which portal it belongs to (`member_id`) and where that
+//! portal lives (`client_endpoint`); the portal then confirms with the new token that
+//! the app is ours and the user is its admin. The request's own `DOMAIN`,
+//! `server_endpoint` and `client_endpoint` are never called: they only have to agree
+//! with what was vouched for.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use poem::http::StatusCode;
 use poem::web::{Data, Query};
 use poem::{Body, IntoResponse, Request, Response, handler};
@@ -12,7 +17,7 @@ use url::Url;
 
 use super::inbound::{text, truthy};
 use super::{page, portals, registration};
-use crate::bitrix24::Target;
+use crate::bitrix24::{B24Error, Target, Vouched};
 use crate::db::entities::portal;
 use crate::secret::{Secret, constant_time_eq};
 use crate::state::AppState;
@@ -25,23 +30,76 @@ pub struct PortalQuery {
     pub lang: Option<String>,
 }
 
-/// What the portal sent, from either source.
+/// What the request claims, from either source. Only compared, never called.
 struct Claim {
     member_id: String,
+    /// `host[:port]`, lower case.
     domain: String,
-    client_endpoint: Url,
-    server_endpoint: Option<String>,
-    access_token: String,
-    refresh_token: Option<String>,
-    expires_in: i64,
+    /// Chooses the OAuth server only as `bitrix24::token_url` allows.
+    server_endpoint: Option<Url>,
+    refresh_token: Secret<String>,
     application_token: Option<String>,
-    scope: Option<String>,
 }
 
-pub enum InstallError {
-    BadRequest(String),
-    Forbidden(String),
-    Unavailable(String),
+/// A refused install: HTTP status, a stable code (the event's JSON answer) and a
+/// fixed Russian message. No remote text goes into either.
+pub struct InstallError {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+}
+
+const fn refused(status: StatusCode, code: &'static str, message: &'static str) -> InstallError {
+    InstallError {
+        status,
+        code,
+        message,
+    }
+}
+
+const NOT_VOUCHED: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "install_not_vouched",
+    "Сервер авторизации Битрикс24 не подтвердил установку. Откройте приложение из Битрикс24 заново.",
+);
+const MISMATCH: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "portal_mismatch",
+    "Адрес портала или member_id в запросе не совпадают с подтверждёнными сервером авторизации.",
+);
+const NOT_ALLOWED: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "portal_not_allowed",
+    "Этому порталу установка не разрешена (B24_ALLOWED_DOMAINS).",
+);
+const NOT_VERIFIED: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "install_not_verified",
+    "Портал не подтвердил установку. Откройте приложение из Битрикс24 заново.",
+);
+const FOREIGN_APP: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "foreign_application",
+    "Токен выдан другому приложению, а не этому сервису (B24_CLIENT_ID).",
+);
+const NOT_ADMIN: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "not_admin",
+    "Установить приложение может только администратор портала.",
+);
+const STILL_INSTALLED: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "application_token_mismatch",
+    "Приложение уже установлено на этом портале, а токен приложения в запросе другой; запрос отклонён.",
+);
+const UNAVAILABLE: InstallError = refused(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "unavailable",
+    "Битрикс24 или база данных сейчас недоступны. Попробуйте ещё раз через минуту.",
+);
+
+fn bad_request(message: &'static str) -> InstallError {
+    refused(StatusCode::BAD_REQUEST, "bad_install_request", message)
 }
 
 /// A portal host as Bitrix24 sends it in `DOMAIN`: a host name, optionally with a port.
@@ -52,17 +110,10 @@ pub fn valid_domain(d: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
 }
 
-/// `PROTOCOL=0` means plain http (protocol §3.2); anything else https.
-pub fn endpoint_for(domain: &str, protocol: Option<&str>) -> Option<Url> {
-    if !valid_domain(domain) {
-        return None;
-    }
-    let scheme = if protocol == Some("0") {
-        "http"
-    } else {
-        "https"
-    };
-    Url::parse(&format!("{scheme}://{domain}/rest/")).ok()
+/// `B24_ALLOWED_DOMAINS`: empty = any portal the OAuth server vouches for.
+fn allowed(state: &AppState, domain: &str) -> bool {
+    let list = &state.config.b24_allowed_domains;
+    list.is_empty() || list.iter().any(|d| d == domain)
 }
 
 #[handler]
@@ -94,7 +145,7 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
         Ok(c) => c,
         Err(e) => return install_error(e),
     };
-    match accept(state, claim, true).await {
+    match accept(state, claim, "install").await {
         Ok((portal, installer)) => {
             let target = Target::Portal {
                 member_id: portal.member_id.clone(),
@@ -113,207 +164,234 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
 }
 
 fn install_error(e: InstallError) -> Response {
-    let (status, msg) = match e {
-        InstallError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-        InstallError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-        InstallError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-    };
-    tracing::warn!(status = status.as_u16(), reason = %msg, "Установка отклонена");
-    page::error(status, &msg).into_response()
+    tracing::warn!(
+        status = e.status.as_u16(),
+        code = e.code,
+        "Установка отклонена"
+    );
+    page::error(e.status, e.message).into_response()
+}
+
+fn domain_of(raw: &str) -> Result<String, InstallError> {
+    let domain = raw.trim().to_ascii_lowercase();
+    if valid_domain(&domain) {
+        Ok(domain)
+    } else {
+        Err(bad_request("Неверный адрес портала (DOMAIN)"))
+    }
 }
 
 fn claim_from_page(query: &PortalQuery, form: &Value) -> Result<Claim, InstallError> {
-    let need = |k: &str| {
-        text(form, &[k]).ok_or_else(|| {
-            InstallError::BadRequest(format!(
-                "В запросе установки нет поля {k}. Откройте приложение из Битрикс24 заново."
-            ))
-        })
-    };
     let domain = query
         .domain
         .clone()
         .or_else(|| text(form, &["DOMAIN"]))
-        .ok_or_else(|| InstallError::BadRequest("В запросе установки нет DOMAIN".into()))?;
-    let protocol = query.protocol.clone().or_else(|| text(form, &["PROTOCOL"]));
-    let client_endpoint = endpoint_for(&domain, protocol.as_deref())
-        .ok_or_else(|| InstallError::BadRequest("Неверный адрес портала (DOMAIN)".into()))?;
+        .ok_or_else(|| bad_request("В запросе установки нет DOMAIN"))?;
     Ok(Claim {
-        member_id: need("member_id")?,
-        domain,
-        client_endpoint,
-        server_endpoint: text(form, &["SERVER_ENDPOINT"]),
-        access_token: need("AUTH_ID")?,
-        refresh_token: Some(need("REFRESH_ID")?),
-        // protocol §3.2: AUTH_EXPIRES is a lifetime in seconds, not a timestamp.
-        expires_in: text(form, &["AUTH_EXPIRES"])
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3600),
+        domain: domain_of(&domain)?,
+        member_id: text(form, &["member_id"]).ok_or_else(|| {
+            bad_request(
+                "В запросе установки нет поля member_id. Откройте приложение из Битрикс24 заново.",
+            )
+        })?,
+        server_endpoint: text(form, &["SERVER_ENDPOINT"]).and_then(|s| Url::parse(&s).ok()),
+        refresh_token: Secret::new(text(form, &["REFRESH_ID"]).ok_or_else(|| {
+            bad_request(
+                "В запросе установки нет поля REFRESH_ID. Откройте приложение из Битрикс24 заново.",
+            )
+        })?),
         application_token: text(form, &["APPLICATION_TOKEN"]),
-        scope: text(form, &["APPLICATION_SCOPE"]),
     })
 }
 
 fn claim_from_event(form: &Value) -> Result<Claim, InstallError> {
     let auth = |k: &str| text(form, &["auth", k]);
-    let domain =
-        auth("domain").ok_or_else(|| InstallError::BadRequest("нет auth[domain]".into()))?;
-    // The event names the endpoint; it must be the portal's own, or we fall back to
-    // the domain's https endpoint.
-    let client_endpoint = auth("client_endpoint")
-        .and_then(|e| Url::parse(&e).ok())
-        .filter(|u| {
-            let host = match u.port() {
-                Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
-                None => u.host_str().unwrap_or_default().to_owned(),
-            };
-            host == domain
-        })
-        .or_else(|| endpoint_for(&domain, None))
-        .ok_or_else(|| InstallError::BadRequest("неверный auth[domain]".into()))?;
+    let domain = auth("domain").ok_or_else(|| bad_request("В событии нет auth[domain]"))?;
     Ok(Claim {
-        member_id: auth("member_id")
-            .ok_or_else(|| InstallError::BadRequest("нет auth[member_id]".into()))?,
-        domain,
-        client_endpoint,
-        server_endpoint: auth("server_endpoint"),
-        access_token: auth("access_token")
-            .ok_or_else(|| InstallError::BadRequest("нет auth[access_token]".into()))?,
-        refresh_token: auth("refresh_token"),
-        expires_in: auth("expires_in")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3600),
+        domain: domain_of(&domain)?,
+        member_id: auth("member_id").ok_or_else(|| bad_request("В событии нет auth[member_id]"))?,
+        server_endpoint: auth("server_endpoint").and_then(|s| Url::parse(&s).ok()),
+        // protocol §3.3: ONAPPINSTALL carries refresh_token. Without it the OAuth server
+        // cannot say whose portal this is, so nothing may change.
+        refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED)?),
         application_token: auth("application_token"),
-        scope: auth("scope"),
     })
 }
 
-/// Verifies the claim with the portal and stores it. Returns the portal and the
-/// installing user's id.
-async fn accept(
-    state: &AppState,
-    claim: Claim,
-    from_page: bool,
-) -> Result<(portal::Model, Option<i64>), InstallError> {
-    let existing = portals::by_member(&state.db, &claim.member_id)
+/// The OAuth server's answer about the offered refresh token; its refusal (an
+/// attacker's token, a used one) and a failure to reach it look the same to the
+/// caller except for the status.
+async fn vouch(state: &AppState, claim: &Claim) -> Result<(Vouched, String), InstallError> {
+    let vouched = state
+        .b24
+        .vouch(claim.server_endpoint.as_ref(), &claim.refresh_token)
         .await
-        .map_err(|e| InstallError::Unavailable(format!("база данных недоступна: {e}")))?;
+        .map_err(|e| {
+            tracing::warn!(code = e.code().unwrap_or_default(), error = %e, "Сервер авторизации не подтвердил токен установки");
+            if e.is_retryable() || matches!(e, B24Error::OAuthNotConfigured) {
+                UNAVAILABLE
+            } else {
+                NOT_VOUCHED
+            }
+        })?;
+    // protocol §2.3: the answer's `domain` is the OAuth server's own; the portal is
+    // the host of `client_endpoint`.
+    let domain = Target::endpoint_host(&vouched.auth.client_endpoint).to_ascii_lowercase();
+    Ok((vouched, domain))
+}
 
-    if let Some(p) = &existing
-        && p.domain != claim.domain
-    {
-        // A renamed portal keeps its member_id; only its own application token may move it.
-        let same_app = match (&p.application_token, &claim.application_token) {
-            (Some(a), Some(b)) => constant_time_eq(a.as_bytes(), b.as_bytes()),
-            _ => false,
-        };
-        if !same_app {
-            return Err(InstallError::Forbidden(
-                "Этот портал уже установлен под другим адресом; запрос отклонён".into(),
-            ));
-        }
-    }
+/// protocol §11 does not promise that `app.info`'s `CODE` is the client id, so only a
+/// field that clearly names a local application's client id (`local.…`) other than
+/// ours counts as another application.
+fn names_other_app(info: &Value, client_id: &str) -> bool {
+    ["CODE", "ID", "CLIENT_ID", "client_id"]
+        .iter()
+        .filter_map(|k| info.get(*k).and_then(Value::as_str))
+        .any(|v| v.starts_with("local.") && v != client_id)
+}
 
-    // protocol §11: a call with the token on the portal's own endpoint proves the token;
-    // app.info only answers in an application context, so it proves it is ours.
+/// With the vouched token on the vouched endpoint: `app.info` answers only in an
+/// application context (protocol §11) and must not name another app; `profile` says
+/// who the user is, and only an admin installs. Returns the user's id.
+async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64>, InstallError> {
     let target = Target::UserToken {
-        endpoint: claim.client_endpoint.clone(),
-        access_token: Secret::new(claim.access_token.clone()),
+        endpoint: vouched.auth.client_endpoint.clone(),
+        access_token: vouched.auth.access_token.clone(),
+    };
+    let portal_refused = |e: B24Error| {
+        tracing::warn!(code = e.code().unwrap_or_default(), error = %e, "Портал не подтвердил токен установки");
+        if e.is_retryable() {
+            UNAVAILABLE
+        } else {
+            NOT_VERIFIED
+        }
     };
     let info = state
         .b24
         .call(&target, "app.info", json!({}))
         .await
-        .map_err(|e| {
-            InstallError::Forbidden(format!(
-                "Портал не подтвердил установку ({}). Откройте приложение из Битрикс24 заново.",
-                e.admin_message()
-            ))
-        })?;
+        .map_err(portal_refused)?;
+    if let Some(ours) = &state.config.b24_client_id
+        && names_other_app(&info, ours)
+    {
+        return Err(FOREIGN_APP);
+    }
     let profile = state
         .b24
         .call(&target, "profile", json!({}))
         .await
-        .map_err(|e| {
-            InstallError::Forbidden(format!(
-                "Портал не подтвердил пользователя ({})",
-                e.admin_message()
-            ))
-        })?;
-    if from_page {
-        let is_admin = match profile.get("ADMIN") {
-            Some(flag) => truthy(flag),
-            // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
-            None => state
-                .b24
-                .call(&target, "user.admin", json!({}))
-                .await
-                .map(|v| truthy(&v))
-                .map_err(|e| {
-                    if e.is_retryable() {
-                        InstallError::Unavailable(e.admin_message())
-                    } else {
-                        InstallError::Forbidden(format!(
-                            "Портал не подтвердил права пользователя ({})",
-                            e.admin_message()
-                        ))
-                    }
-                })?,
-        };
-        if !is_admin {
-            return Err(InstallError::Forbidden(
-                "Установить приложение может только администратор портала".into(),
-            ));
-        }
-    }
-    let installer = text(&profile, &["ID"]).and_then(|s| s.parse().ok());
-    tracing::debug!(app = ?info.get("CODE"), "Портал подтвердил токен приложения");
-
-    if !from_page
-        && let (Some(p), Some(new)) = (&existing, &claim.application_token)
-        && p.status == portal::INSTALLED
-        && let Some(stored) = &p.application_token
-        && !constant_time_eq(stored.as_bytes(), new.as_bytes())
+        .map_err(portal_refused)?;
+    let is_admin = match profile.get("ADMIN") {
+        Some(flag) => truthy(flag),
+        // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
+        None => state
+            .b24
+            .call(&target, "user.admin", json!({}))
+            .await
+            .map(|v| truthy(&v))
+            .map_err(portal_refused)?,
+    };
+    let user = text(&profile, &["ID"]).and_then(|s| s.parse::<i64>().ok());
+    // The token's owner as the OAuth server named it must be the one the portal sees.
+    if let (Some(vouched), Some(seen)) = (vouched.user_id, user)
+        && vouched != seen
     {
-        return Err(InstallError::Forbidden(
-            "application_token события не совпадает с полученным при установке".into(),
-        ));
+        return Err(NOT_VERIFIED);
+    }
+    if !is_admin {
+        return Err(NOT_ADMIN);
+    }
+    Ok(user)
+}
+
+/// A portal that is installed here changes hands only with its stored
+/// `application_token`. A genuine reinstall after an `ONAPPUNINSTALL` that never
+/// arrived carries a new token; it is told from a forgery by asking the OAuth server
+/// about the stored refresh token: after an uninstall it is dead (`invalid_grant`,
+/// protocol §2.5, §7.3), while a live one means the installation it belongs to still
+/// exists and the request is not its owner. A live token is refreshed and saved by
+/// the client as any refresh is, so asking loses nothing.
+async fn may_replace(
+    state: &AppState,
+    stored: &portal::Model,
+    claim: &Claim,
+) -> Result<(), InstallError> {
+    if stored.status != portal::INSTALLED {
+        return Ok(());
+    }
+    let same_app = match (&stored.application_token, &claim.application_token) {
+        (Some(a), Some(b)) => constant_time_eq(a.as_bytes(), b.as_bytes()),
+        _ => false,
+    };
+    if same_app {
+        return Ok(());
+    }
+    match state.b24.renew(&stored.member_id).await {
+        Err(B24Error::RefreshRejected | B24Error::NotInstalled { .. }) => {
+            tracing::info!(portal = %stored.domain, "Переустановка: прежняя установка больше не действует");
+            Ok(())
+        }
+        Ok(()) => Err(STILL_INSTALLED),
+        Err(_) => Err(UNAVAILABLE),
+    }
+}
+
+/// Verifies the claim with the OAuth server and the portal and stores the portal.
+/// Returns it and the installing user's id.
+async fn accept(
+    state: &AppState,
+    claim: Claim,
+    source: &'static str,
+) -> Result<(portal::Model, Option<i64>), InstallError> {
+    // Cheap refusal first: no outbound call for a portal that may not install.
+    if !allowed(state, &claim.domain) {
+        return Err(NOT_ALLOWED);
+    }
+    let (vouched, domain) = vouch(state, &claim).await?;
+    if !vouched.member_id.eq_ignore_ascii_case(&claim.member_id) || domain != claim.domain {
+        tracing::warn!(claimed = %claim.domain, vouched = %domain, "Запрос установки не совпал с подтверждённым порталом");
+        return Err(MISMATCH);
+    }
+    if !allowed(state, &domain) {
+        return Err(NOT_ALLOWED);
+    }
+    let installer = confirm_admin(state, &vouched).await?;
+
+    let existing = portals::by_member(&state.db, &vouched.member_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "База данных недоступна при установке");
+            UNAVAILABLE
+        })?;
+    if let Some(p) = &existing {
+        may_replace(state, p, &claim).await?;
+        if p.domain != domain {
+            // The OAuth server itself named the new address for this member_id.
+            tracing::info!(from = %p.domain, to = %domain, "Портал сменил адрес");
+        }
     }
 
     let now = Utc::now();
     let mut row: portal::ActiveModel = match existing.clone() {
         Some(p) => p.into(),
         None => portal::ActiveModel {
-            member_id: Set(claim.member_id.clone()),
+            member_id: Set(vouched.member_id.clone()),
             created_at: Set(now),
             registration: Set(None),
             ..Default::default()
         },
     };
-    row.domain = Set(claim.domain.clone());
-    row.client_endpoint = Set(claim.client_endpoint.to_string());
-    if claim.server_endpoint.is_some() {
-        row.server_endpoint = Set(claim.server_endpoint.clone());
-    }
-    row.access_token = Set(Some(claim.access_token.clone()));
-    if claim.refresh_token.is_some() {
-        row.refresh_token = Set(claim.refresh_token.clone());
-    }
-    row.expires_at = Set(Some(
-        now + Duration::seconds(claim.expires_in.clamp(60, 86_400)),
-    ));
-    let keep_token = existing
-        .as_ref()
-        .filter(|p| p.status == portal::INSTALLED)
-        .and_then(|p| p.application_token.clone());
-    row.application_token = Set(match (from_page, &claim.application_token) {
-        // A verified admin install (a reinstall issues a new application token).
-        (true, Some(t)) => Some(t.clone()),
-        (_, Some(t)) if keep_token.is_none() => Some(t.clone()),
-        _ => keep_token,
-    });
-    if claim.scope.is_some() {
-        row.scope = Set(claim.scope.clone());
+    row.domain = Set(domain);
+    row.client_endpoint = Set(vouched.auth.client_endpoint.to_string());
+    row.server_endpoint = Set(vouched.auth.server_endpoint.as_ref().map(Url::to_string));
+    row.access_token = Set(Some(vouched.auth.access_token.expose().clone()));
+    row.refresh_token = Set(Some(vouched.auth.refresh_token.expose().clone()));
+    row.expires_at = Set(Some(vouched.auth.expires_at));
+    // Either the same token (kept) or, on a new or replaced installation, the one
+    // this verified admin's request brought.
+    row.application_token = Set(claim.application_token.clone());
+    if vouched.scope.is_some() {
+        row.scope = Set(vouched.scope.clone());
     }
     if installer.is_some() {
         row.installed_by = Set(installer);
@@ -324,16 +402,15 @@ async fn accept(
         Some(_) => row.update(&state.db).await,
         None => row.insert(&state.db).await,
     }
-    .map_err(|e| InstallError::Unavailable(format!("база данных недоступна: {e}")))?;
+    .map_err(|e| {
+        tracing::warn!(error = %e, "Не удалось сохранить портал");
+        UNAVAILABLE
+    })?;
     let _ = crate::db::audit(
         &state.db,
         Some(saved.id),
         &format!("user:{}", installer.unwrap_or_default()),
-        if from_page {
-            "install"
-        } else {
-            "install_event"
-        },
+        source,
         Some(&saved.domain),
     )
     .await;
@@ -349,14 +426,15 @@ async fn store_report(state: &AppState, portal: &portal::Model, report: &registr
     }
 }
 
-/// `ONAPPINSTALL` (protocol §3.3): may come late or never; it refreshes the stored
-/// tokens and registers only if the install page never did.
+/// `ONAPPINSTALL` (protocol §3.3): may come late or never; verified exactly as the
+/// install page is, it refreshes the stored tokens and registers only if the install
+/// page never did.
 pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
     let claim = match claim_from_event(form) {
         Ok(c) => c,
         Err(e) => return install_error_json(e),
     };
-    match accept(state, claim, false).await {
+    match accept(state, claim, "install_event").await {
         Ok((portal, installer)) => {
             if portal.registration.is_none() {
                 let target = Target::Portal {
@@ -373,11 +451,43 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 }
 
 fn install_error_json(e: InstallError) -> Response {
-    let err = match e {
-        InstallError::BadRequest(m) => crate::error::ApiError::bad_request("bad_install_event", m),
-        InstallError::Forbidden(m) => crate::error::ApiError::forbidden("install_not_verified", m),
-        InstallError::Unavailable(m) => crate::error::ApiError::unavailable("unavailable", m),
+    tracing::warn!(
+        status = e.status.as_u16(),
+        code = e.code,
+        "Событие установки отклонено"
+    );
+    use crate::error::ApiError;
+    let err = match e.status {
+        StatusCode::BAD_REQUEST => ApiError::bad_request(e.code, e.message),
+        StatusCode::FORBIDDEN => ApiError::forbidden(e.code, e.message),
+        _ => ApiError::unavailable(e.code, e.message),
     };
-    tracing::warn!(reason = %err.body().message, "Событие установки отклонено");
     err.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clearly_named_other_client_id_is_another_app() {
+        let ours = "local.6651f0a2c3b4d5.38291745";
+        // Fixture app-info.json: a numeric ID and our client id as CODE.
+        assert!(!names_other_app(&json!({"ID": 27, "CODE": ours}), ours));
+        // CODE is not promised to be the client id (protocol §11): a marketplace-like
+        // code or none at all proves nothing either way.
+        assert!(!names_other_app(
+            &json!({"ID": 27, "CODE": "vendor.app"}),
+            ours
+        ));
+        assert!(!names_other_app(&json!({"ID": 27}), ours));
+        assert!(names_other_app(
+            &json!({"ID": 27, "CODE": "local.0000000000aaaa.11111111"}),
+            ours
+        ));
+        assert!(names_other_app(
+            &json!({"ID": "local.0000000000aaaa.11111111", "CODE": ours}),
+            ours
+        ));
+    }
 }

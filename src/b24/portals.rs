@@ -59,6 +59,11 @@ async fn save_on<C: ConnectionTrait>(
     row.access_token = Set(Some(auth.access_token.expose().clone()));
     row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
     row.expires_at = Set(Some(auth.expires_at));
+    // A refreshed pair comes from the trusted OAuth server (`bitrix24::token_url`): a
+    // new client_endpoint in it is a move that server confirms, and the domain that
+    // frame checks compare follows it.
+    row.domain =
+        Set(crate::bitrix24::Target::endpoint_host(&auth.client_endpoint).to_ascii_lowercase());
     row.client_endpoint = Set(auth.client_endpoint.to_string());
     if let Some(server) = &auth.server_endpoint {
         row.server_endpoint = Set(Some(server.to_string()));

@@ -451,6 +451,23 @@ impl B24Client {
             .map(|_| ())
     }
 
+    /// Exchanges a refresh token offered by an install or `ONAPPINSTALL` at the
+    /// trusted OAuth server, which answers whose portal it is and where it lives
+    /// (see [`oauth::vouch`]). Nothing is stored here.
+    pub async fn vouch(
+        &self,
+        server_endpoint: Option<&Url>,
+        refresh_token: &Secret<String>,
+    ) -> Result<oauth::Vouched, B24Error> {
+        oauth::vouch(
+            &self.inner.http,
+            &self.inner.config,
+            server_endpoint,
+            refresh_token,
+        )
+        .await
+    }
+
     async fn load(&self, member_id: &str) -> Result<PortalAuth, B24Error> {
         self.inner
             .store
@@ -511,7 +528,9 @@ impl B24Client {
             return Ok(current);
         }
         let host = Target::endpoint_host(&current.client_endpoint);
-        let fresh = match oauth::refresh(&self.inner.http, &self.inner.config, &current).await {
+        let fresh = match oauth::refresh(&self.inner.http, &self.inner.config, member_id, &current)
+            .await
+        {
             Ok(fresh) => fresh,
             Err(err) => {
                 let _ = held.release().await;

@@ -16,6 +16,27 @@ impl StoreError {
     }
 }
 
+/// Longest remote text kept in an error.
+const REMOTE_TEXT_MAX: usize = 200;
+
+/// Text a remote server chose (an error code or description), made safe for a log
+/// line: control characters (a newline would forge a second line) are escaped and
+/// the length is capped.
+pub fn remote_text(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(REMOTE_TEXT_MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().nth(REMOTE_TEXT_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Why a Bitrix24 call failed. Error codes follow protocol §10 and the docs'
 /// `_includes/system-errors.md`; descriptions are never matched (§10 "Notes").
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,7 +129,10 @@ impl B24Error {
     /// Maps an error body to a variant (protocol §10). `status` is the HTTP status,
     /// `0` for per-command errors inside a batch.
     pub fn from_body(status: u16, code: &str, description: &str, method: &str) -> Self {
-        let description = description.to_owned();
+        // Both come from the remote side and end up in logs and messages.
+        let description = remote_text(description);
+        let code = remote_text(code);
+        let code = code.as_str();
         match code {
             "expired_token" => B24Error::ExpiredToken,
             "invalid_token" => B24Error::InvalidToken,

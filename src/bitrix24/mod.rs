@@ -13,8 +13,8 @@ mod webhook_url;
 
 pub use batch::MAX_COMMANDS as BATCH_MAX_COMMANDS;
 pub use client::B24Client;
-pub use error::{B24Error, StoreError};
-pub use oauth::token_url;
+pub use error::{B24Error, StoreError, remote_text};
+pub use oauth::{Vouched, is_bitrix_oauth_server, rest_endpoint, token_url};
 pub use rate_limit::{RateLimit, RateLimitParseError, SharedBucket};
 pub use types::{
     B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, RefreshLock, Target,

@@ -20,33 +20,78 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::error::B24Error;
+use super::error::{B24Error, remote_text};
 use super::types::{ClientConfig, PortalAuth};
 use crate::secret::Secret;
 
 /// The documented default OAuth server (`settings/oauth/index.md`).
 const DEFAULT_TOKEN_URL: &str = "https://oauth.bitrix.info/oauth/token/";
 
-/// Where to refresh: the configured URL, else `<server_endpoint minus rest/>oauth/token/`
-/// (§1: never hard-code the server; the JS SDK derives it the same way in
-/// `packages/jssdk/src/oauth/auth.ts`), else the documented default.
-pub fn token_url(config: &ClientConfig, auth: &PortalAuth) -> Result<Url, B24Error> {
+/// Bitrix24's own OAuth servers (protocol §1; automation §A8: the PHP SDK knows these
+/// two and nothing else). `client_secret` goes "only in requests to the
+/// authorization server", so a `server_endpoint` naming any other host is ignored.
+const BITRIX_OAUTH_HOSTS: [&str; 2] = ["oauth.bitrix.info", "oauth.bitrix24.tech"];
+
+/// Whether a `server_endpoint` names one of Bitrix24's OAuth servers over https on
+/// the default port.
+pub fn is_bitrix_oauth_server(url: &Url) -> bool {
+    url.scheme() == "https"
+        && url.port().is_none()
+        && url
+            .host_str()
+            .is_some_and(|h| BITRIX_OAUTH_HOSTS.contains(&h))
+}
+
+/// Where to refresh (CONTRACT "Trust rules"): `B24_OAUTH_URL` when set, always.
+/// Otherwise the `server_endpoint` named by the portal or a request only when it is
+/// one of Bitrix24's OAuth servers (the Russian cloud is served by
+/// `oauth.bitrix24.tech`, §1), else the documented default. The URL is rebuilt from
+/// the host alone, so nothing else of a request's value travels along.
+pub fn token_url(config: &ClientConfig, server_endpoint: Option<&Url>) -> Result<Url, B24Error> {
     if let Some(url) = &config.oauth_url {
         return Ok(url.clone());
     }
-    if let Some(server) = &auth.server_endpoint {
-        let mut url = server.clone();
-        let path = url.path().to_owned();
-        let base = path
-            .strip_suffix("rest/")
-            .or_else(|| path.strip_suffix("rest"));
-        if let Some(base) = base {
-            url.set_path(&format!("{base}oauth/token/"));
-            url.set_query(None);
-            return Ok(url);
-        }
+    let url = match server_endpoint
+        .filter(|u| is_bitrix_oauth_server(u))
+        .and_then(Url::host_str)
+    {
+        Some(host) => format!("https://{host}/oauth/token/"),
+        None => DEFAULT_TOKEN_URL.to_owned(),
+    };
+    Url::parse(&url).map_err(|e| B24Error::InvalidRequest(e.to_string()))
+}
+
+/// A portal's REST base as a token answer names it (`client_endpoint`, §2.3): an
+/// http(s) URL with a host and nothing else that could redirect a call (no user
+/// info, query or fragment), ending in `/` so that methods join onto it.
+pub fn rest_endpoint(raw: &str) -> Option<Url> {
+    let mut url = Url::parse(raw.trim()).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return None;
     }
-    Url::parse(DEFAULT_TOKEN_URL).map_err(|e| B24Error::InvalidRequest(e.to_string()))
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Some(url)
+}
+
+/// What the OAuth server vouches for when it accepts a refresh token: whose portal
+/// the token belongs to and where that portal lives (§2.3). A portal's identity is
+/// taken from here, never from what an install POST or an event claims.
+#[derive(Debug)]
+pub struct Vouched {
+    pub member_id: String,
+    /// `client_endpoint` of the answer; its host is the portal's domain.
+    pub auth: PortalAuth,
+    pub scope: Option<String>,
+    pub user_id: Option<i64>,
 }
 
 /// The token response (§2.3, fixture `oauth-refresh-response.json`).
@@ -61,6 +106,10 @@ struct B24TokenResponse {
     expires_in: Option<u64>,
     server_endpoint: Option<String>,
     client_endpoint: Option<String>,
+    member_id: Option<String>,
+    /// An integer in the docs' example; read whatever its type.
+    user_id: Option<serde_json::Value>,
+    scope: Option<String>,
 }
 
 fn bearer() -> BasicTokenType {
@@ -166,11 +215,11 @@ fn oauth_error(status: u16, code: &str) -> B24Error {
         "invalid_client" => B24Error::InvalidClient,
         code if status >= 500 => B24Error::Server {
             status,
-            code: code.to_owned(),
+            code: remote_text(code),
         },
         code => B24Error::Api {
             status,
-            code: code.to_owned(),
+            code: remote_text(code),
             description: "OAuth refresh failed".to_owned(),
         },
     }
@@ -206,13 +255,14 @@ fn refresh_error(status: u16, err: RequestTokenError<B24Error, BasicErrorRespons
     }
 }
 
-/// Exchanges the refresh token for a new pair. The old refresh token is consumed
-/// by this call (§2.4), so the caller must persist the result before anything else.
-pub(crate) async fn refresh(
+/// One refresh at `url`. The refresh token is consumed by this call (§2.4), so the
+/// caller must persist the result before anything else.
+async fn exchange(
     http: &reqwest::Client,
     config: &ClientConfig,
-    current: &PortalAuth,
-) -> Result<PortalAuth, B24Error> {
+    url: Url,
+    refresh_token: &Secret<String>,
+) -> Result<B24TokenResponse, B24Error> {
     let (Some(client_id), Some(client_secret)) = (&config.client_id, &config.client_secret) else {
         return Err(B24Error::OAuthNotConfigured);
     };
@@ -222,33 +272,71 @@ pub(crate) async fn refresh(
         // body rather than the documented GET query keeps the secret out of access
         // logs (JS SDK issue #149).
         .set_auth_type(AuthType::RequestBody)
-        .set_token_uri(TokenUrl::from_url(token_url(config, current)?));
+        .set_token_uri(TokenUrl::from_url(url));
     let transport = Transport {
         http,
         status: AtomicU16::new(0),
     };
-    let refresh_token = RefreshToken::new(current.refresh_token.expose().clone());
-    let parsed = client
+    let refresh_token = RefreshToken::new(refresh_token.expose().clone());
+    client
         .exchange_refresh_token(&refresh_token)
         .request_async(&transport)
         .await
-        .map_err(|err| refresh_error(transport.status.load(Ordering::Relaxed), err))?;
+        .map_err(|err| refresh_error(transport.status.load(Ordering::Relaxed), err))
+}
+
+fn expiry(parsed: &B24TokenResponse) -> chrono::DateTime<Utc> {
     let now = Utc::now();
-    let expires_at = match (parsed.expires, parsed.expires_in) {
+    match (parsed.expires, parsed.expires_in) {
         (_, Some(secs)) => now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(3600)),
         (Some(unix), None) => Utc.timestamp_opt(unix, 0).single().unwrap_or(now),
         (None, None) => now + chrono::Duration::seconds(3600),
-    };
-    let client_endpoint = parsed
-        .client_endpoint
-        .as_deref()
-        .and_then(|s| Url::parse(s).ok())
-        .unwrap_or_else(|| current.client_endpoint.clone());
-    let server_endpoint = parsed
+    }
+}
+
+/// The answer's `server_endpoint`, kept only when it is one of Bitrix24's OAuth
+/// servers: it may choose the token URL later (when `B24_OAUTH_URL` is unset).
+fn answered_server(parsed: &B24TokenResponse) -> Option<Url> {
+    parsed
         .server_endpoint
         .as_deref()
         .and_then(|s| Url::parse(s).ok())
-        .or_else(|| current.server_endpoint.clone());
+        .filter(is_bitrix_oauth_server)
+}
+
+fn foreign_answer(message: &str) -> B24Error {
+    B24Error::InvalidResponse {
+        status: 200,
+        message: message.to_owned(),
+    }
+}
+
+/// Exchanges a stored portal's refresh token for a new pair at the trusted token URL.
+/// The answer comes from the trusted server, so a new `client_endpoint` in it is a
+/// move it confirms; an answer about another portal is refused and nothing of it
+/// is returned for saving.
+pub(crate) async fn refresh(
+    http: &reqwest::Client,
+    config: &ClientConfig,
+    member_id: &str,
+    current: &PortalAuth,
+) -> Result<PortalAuth, B24Error> {
+    let url = token_url(config, current.server_endpoint.as_ref())?;
+    let parsed = exchange(http, config, url, &current.refresh_token).await?;
+    if parsed
+        .member_id
+        .as_deref()
+        .is_some_and(|m| !m.eq_ignore_ascii_case(member_id))
+    {
+        return Err(foreign_answer("token answer names another portal"));
+    }
+    let expires_at = expiry(&parsed);
+    let client_endpoint = parsed
+        .client_endpoint
+        .as_deref()
+        .and_then(rest_endpoint)
+        .unwrap_or_else(|| current.client_endpoint.clone());
+    let server_endpoint = answered_server(&parsed).or_else(|| current.server_endpoint.clone());
     Ok(PortalAuth {
         client_endpoint,
         server_endpoint,
@@ -258,19 +346,51 @@ pub(crate) async fn refresh(
     })
 }
 
+/// Asks the trusted OAuth server who an offered refresh token belongs to (install,
+/// `ONAPPINSTALL`): its answer must name the portal (`member_id`) and where it lives
+/// (`client_endpoint`). The offered token is used up; the returned pair replaces it.
+/// `server_endpoint` is what the request named: it is used only as [`token_url`]
+/// allows.
+pub(crate) async fn vouch(
+    http: &reqwest::Client,
+    config: &ClientConfig,
+    server_endpoint: Option<&Url>,
+    refresh_token: &Secret<String>,
+) -> Result<Vouched, B24Error> {
+    let url = token_url(config, server_endpoint)?;
+    let parsed = exchange(http, config, url, refresh_token).await?;
+    let member_id = parsed
+        .member_id
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| foreign_answer("token answer names no member_id"))?;
+    let client_endpoint = parsed
+        .client_endpoint
+        .as_deref()
+        .and_then(rest_endpoint)
+        .ok_or_else(|| foreign_answer("token answer names no usable client_endpoint"))?;
+    let user_id = parsed.user_id.as_ref().and_then(|v| match v {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    Ok(Vouched {
+        member_id,
+        scope: parsed.scope.clone(),
+        user_id,
+        auth: PortalAuth {
+            client_endpoint,
+            server_endpoint: answered_server(&parsed),
+            expires_at: expiry(&parsed),
+            access_token: Secret::new(parsed.access_token.into_secret()),
+            refresh_token: Secret::new(parsed.refresh_token.into_secret()),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn auth(server: Option<&str>) -> PortalAuth {
-        PortalAuth {
-            client_endpoint: Url::parse("https://clinic.bitrix24.ru/rest/").expect("url"),
-            server_endpoint: server.map(|s| Url::parse(s).expect("url")),
-            access_token: Secret::new("a".into()),
-            refresh_token: Secret::new("r".into()),
-            expires_at: Utc::now(),
-        }
-    }
 
     #[test]
     fn json_bodies_are_labelled_json() {
@@ -283,28 +403,70 @@ mod tests {
         assert_eq!(headers[CONTENT_TYPE], "application/json");
     }
 
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
     #[test]
-    fn token_url_is_derived_from_server_endpoint() {
+    fn token_url_trusts_only_bitrix_oauth_servers() {
         let config = ClientConfig::default();
-        assert_eq!(
-            token_url(&config, &auth(Some("https://oauth.bitrix24.tech/rest/")))
+        let derived = |server: &str| {
+            token_url(&config, Some(&url(server)))
                 .expect("url")
-                .as_str(),
+                .to_string()
+        };
+        assert_eq!(
+            derived("https://oauth.bitrix24.tech/rest/"),
             "https://oauth.bitrix24.tech/oauth/token/"
         );
         assert_eq!(
-            token_url(&config, &auth(None)).expect("url").as_str(),
+            derived("https://oauth.bitrix.info/rest/"),
             "https://oauth.bitrix.info/oauth/token/"
         );
+        assert_eq!(
+            token_url(&config, None).expect("url").as_str(),
+            DEFAULT_TOKEN_URL
+        );
+        // Any other host, plain http, another port or a look-alike: the default.
+        for evil in [
+            "https://evil.example/rest/",
+            "http://oauth.bitrix.info/rest/",
+            "https://oauth.bitrix.info:8443/rest/",
+            "https://oauth.bitrix.info.evil.example/rest/",
+            "https://user@evil.example/rest/",
+            "http://127.0.0.1:9/rest/",
+        ] {
+            assert_eq!(derived(evil), DEFAULT_TOKEN_URL, "{evil}");
+        }
         let explicit = ClientConfig {
-            oauth_url: Some(Url::parse("http://127.0.0.1:9/oauth/token/").expect("url")),
+            oauth_url: Some(url("http://127.0.0.1:9/oauth/token/")),
             ..ClientConfig::default()
         };
         assert_eq!(
-            token_url(&explicit, &auth(Some("https://oauth.bitrix24.tech/rest/")))
+            token_url(&explicit, Some(&url("https://oauth.bitrix24.tech/rest/")))
                 .expect("url")
                 .as_str(),
             "http://127.0.0.1:9/oauth/token/"
         );
+    }
+
+    #[test]
+    fn rest_endpoints_are_plain_http_bases() {
+        assert_eq!(
+            rest_endpoint("https://clinic.bitrix24.ru/rest")
+                .expect("endpoint")
+                .as_str(),
+            "https://clinic.bitrix24.ru/rest/"
+        );
+        assert!(rest_endpoint("http://127.0.0.1:8080/rest/").is_some());
+        for bad in [
+            "ftp://clinic.bitrix24.ru/rest/",
+            "https://user:pw@clinic.bitrix24.ru/rest/",
+            "https://clinic.bitrix24.ru/rest/?x=1",
+            "https://clinic.bitrix24.ru/rest/#x",
+            "not a url",
+        ] {
+            assert!(rest_endpoint(bad).is_none(), "{bad}");
+        }
     }
 }

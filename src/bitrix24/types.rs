@@ -129,9 +129,10 @@ impl Target {
 pub struct ClientConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
-    /// Explicit token URL (`B24_OAUTH_URL`). Otherwise derived from the portal's
-    /// `server_endpoint` (strip `rest/`, add `oauth/token/`), else
-    /// `https://oauth.bitrix.info/oauth/token/`.
+    /// Explicit token URL (`B24_OAUTH_URL`), used always when set. Otherwise the
+    /// portal's `server_endpoint` only when it is `oauth.bitrix.info` or
+    /// `oauth.bitrix24.tech` over https, else `https://oauth.bitrix.info/oauth/token/`
+    /// (see `oauth::token_url`).
     pub oauth_url: Option<Url>,
     /// The portal's request budget, mirrored on our side.
     pub rate: RateLimit,

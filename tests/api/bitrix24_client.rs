@@ -23,7 +23,7 @@ fn client_config(fake: &FakePortal) -> ClientConfig {
     ClientConfig {
         client_id: Some(fake.client_id()),
         client_secret: Some(Secret::new(fake.client_secret())),
-        oauth_url: None,
+        oauth_url: url::Url::parse(&fake.token_url()).ok(),
         rate: RateLimit {
             per_sec: 1000.0,
             burst: 1000,

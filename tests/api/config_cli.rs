@@ -72,3 +72,40 @@ fn committed_openapi_matches_the_code() {
         "openapi/openapi.json is out of date; regenerate it with:\n  cargo run -- openapi > openapi/openapi.json"
     );
 }
+
+#[test]
+fn check_config_names_the_token_url_and_allowed_portals() {
+    let out = opros()
+        .env("B24_CLIENT_ID", "local.1.2")
+        .env("B24_CLIENT_SECRET", "VeryVerySecretValue123")
+        .env(
+            "B24_ALLOWED_DOMAINS",
+            "clinic.bitrix24.ru, second.bitrix24.ru",
+        )
+        .arg("check-config")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("https://oauth.bitrix.info/oauth/token/"),
+        "{text}"
+    );
+    assert!(
+        text.contains("clinic.bitrix24.ru,second.bitrix24.ru"),
+        "{text}"
+    );
+    assert!(!text.contains("VeryVerySecretValue123"), "{text}");
+
+    let out = opros()
+        .env("B24_ALLOWED_DOMAINS", "clinic.bitrix24.ru,не домен")
+        .arg("check-config")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().starts_with("B24_ALLOWED_DOMAINS: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

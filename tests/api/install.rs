@@ -207,13 +207,16 @@ async fn onappinstall_event_alone_installs_and_registers() {
         Some(fake.application_token().as_str())
     );
 
-    // A later event with another application token is refused.
+    // A later event with another application token is refused, even with an
+    // admin's genuine tokens, while this installation is alive.
+    let (access, refresh) = fake.issue_user_token(1);
     let r = app
         .http
         .post(app.url("/b24/events"))
         .form(&[
             ("event", "ONAPPINSTALL"),
             ("auth[access_token]", access.as_str()),
+            ("auth[refresh_token]", refresh.as_str()),
             ("auth[domain]", &fake.domain()),
             ("auth[client_endpoint]", fake.client_endpoint().as_str()),
             ("auth[member_id]", &fake.member_id()),
@@ -223,6 +226,13 @@ async fn onappinstall_event_alone_installs_and_registers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!(body["code"], "application_token_mismatch", "{body}");
+    let kept = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.application_token, portal.application_token);
 }
 
 #[tokio::test]

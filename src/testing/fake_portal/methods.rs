@@ -172,7 +172,7 @@ pub(crate) fn dispatch(
 fn app_info(state: &State) -> Outcome {
     // Fixture app-info.json; INSTALLED flips with installFinish (§3.1 step 4).
     Ok(Success::of(json!({
-        "ID": 27, "CODE": state.cfg.client_id, "VERSION": state.version, "STATUS": "L",
+        "ID": 27, "CODE": state.app_code.as_ref().unwrap_or(&state.cfg.client_id), "VERSION": state.version, "STATUS": "L",
         "INSTALLED": state.installed, "PAYMENT_EXPIRED": "N", "DAYS": null,
         "LANGUAGE_ID": "ru", "LICENSE": "ru_pro100", "LICENSE_TYPE": "pro100",
         "LICENSE_FAMILY": "pro"

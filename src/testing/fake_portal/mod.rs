@@ -149,6 +149,26 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The portal's `host[:port]`: the server's own unless the portal moved
+    /// ([`FakePortal::move_to`]).
+    fn portal_domain(&self, state: &State) -> String {
+        state
+            .portal_host
+            .clone()
+            .unwrap_or_else(|| self.domain.clone())
+    }
+
+    /// `http://<portal domain>/rest/`, the portal's `client_endpoint` (§2.3).
+    fn portal_endpoint(&self, state: &State) -> String {
+        format!("http://{}/rest/", self.portal_domain(state))
+    }
+
+    /// `http://127.0.0.1:<port>/rest/`: the OAuth server's `server_endpoint` (§1),
+    /// which stays where the server is when the portal moves.
+    fn server_endpoint(&self) -> String {
+        format!("{}rest/", self.base_url)
+    }
 }
 
 /// A running fake portal; the server stops when this is dropped.
@@ -223,7 +243,48 @@ impl FakePortal {
 
     /// `127.0.0.1:<port>` — what Bitrix24 sends as `DOMAIN` (§3.2).
     pub fn domain(&self) -> String {
-        self.shared.domain.clone()
+        let state = self.state();
+        self.shared.portal_domain(&state)
+    }
+
+    /// `http://127.0.0.1:<port>/oauth/token/`: this portal's OAuth server, what the
+    /// service is given as `B24_OAUTH_URL`.
+    pub fn token_url(&self) -> String {
+        format!("{}oauth/token/", self.shared.base_url)
+    }
+
+    /// `http://127.0.0.1:<port>/rest/`: what Bitrix24 sends as `SERVER_ENDPOINT`.
+    pub fn server_endpoint(&self) -> String {
+        self.shared.server_endpoint()
+    }
+
+    /// The portal gets a new address (a renamed portal keeps its `member_id`): from
+    /// now on its pages send `DOMAIN=<host>` and the OAuth server answers
+    /// `client_endpoint=http://<host>/rest/`. `host` must reach this same server
+    /// (`localhost:<port>`).
+    pub fn move_to(&self, host: &str) {
+        self.state().portal_host = Some(host.to_owned());
+    }
+
+    /// `app.info` names this `CODE` instead of the configured client id.
+    pub fn set_app_code(&self, code: &str) {
+        self.state().app_code = Some(code.to_owned());
+    }
+
+    /// The app was deleted and its `ONAPPUNINSTALL` never reached the service, then
+    /// an admin installed it again (§3.4, §7.3): every old token is dead, the
+    /// registrations are gone and the new installation has a new application token.
+    pub fn reinstall_after_lost_uninstall(&self) {
+        let mut state = self.state();
+        state.tokens.clear();
+        for entry in state.refresh_tokens.values_mut() {
+            entry.used = true;
+        }
+        state.events.clear();
+        state.placements.clear();
+        state.robots.clear();
+        state.installed = false;
+        state.application_token = state::random_hex(16);
     }
 
     pub fn member_id(&self) -> String {
@@ -241,19 +302,20 @@ impl FakePortal {
     /// `http://127.0.0.1:<port>/rest/`: REST base and `server_endpoint` alike, so the
     /// token URL derived from it (§1) is this portal's `/oauth/token/`.
     pub fn client_endpoint(&self) -> Url {
-        self.base_url()
-            .join("rest/")
-            .unwrap_or_else(|_| self.base_url())
+        let endpoint = {
+            let state = self.state();
+            self.shared.portal_endpoint(&state)
+        };
+        Url::parse(&endpoint).unwrap_or_else(|_| self.base_url())
     }
 
     /// `http://127.0.0.1:<port>/rest/<user>/<code>/` (§5.1).
     pub fn webhook_url(&self) -> String {
+        let endpoint = self.client_endpoint();
         let state = self.state();
         format!(
             "{}{}/{}/",
-            self.client_endpoint(),
-            state.cfg.webhook_user_id,
-            state.cfg.webhook_code
+            endpoint, state.cfg.webhook_user_id, state.cfg.webhook_code
         )
     }
 
@@ -382,7 +444,7 @@ impl FakePortal {
         let ttl = self.state().cfg.token_ttl;
         PortalAuth {
             client_endpoint: self.client_endpoint(),
-            server_endpoint: Some(self.client_endpoint()),
+            server_endpoint: Url::parse(&self.server_endpoint()).ok(),
             access_token: Secret::new(access),
             refresh_token: Secret::new(refresh),
             expires_at: Utc::now()
@@ -536,7 +598,9 @@ impl FakePortal {
         shared: &Shared,
         user: Option<(u32, bool)>,
     ) -> Vec<(String, String)> {
-        let base = shared.base_url.as_str().trim_end_matches('/').to_owned();
+        let portal = shared.portal_endpoint(state);
+        let domain = shared.portal_domain(state);
+        let server = shared.server_endpoint();
         let mut pairs = Vec::new();
         let mut push = |k: &str, v: String| pairs.push((format!("auth[{k}]"), v));
         if let Some((user_id, with_refresh)) = user {
@@ -546,19 +610,19 @@ impl FakePortal {
             push("expires", (state::unix_now() + ttl).to_string());
             push("expires_in", ttl.to_string());
             push("scope", state::SCOPE.to_owned());
-            push("domain", shared.domain.clone());
-            push("server_endpoint", format!("{base}/rest/"));
+            push("domain", domain.clone());
+            push("server_endpoint", server.clone());
             push("status", "L".to_owned());
-            push("client_endpoint", format!("{base}/rest/"));
+            push("client_endpoint", portal.clone());
             push("member_id", state.cfg.member_id.clone());
             push("user_id", user_id.to_string());
             if with_refresh {
                 push("refresh_token", refresh);
             }
         } else {
-            push("domain", shared.domain.clone());
-            push("server_endpoint", format!("{base}/rest/"));
-            push("client_endpoint", format!("{base}/rest/"));
+            push("domain", domain);
+            push("server_endpoint", server);
+            push("client_endpoint", portal);
             push("member_id", state.cfg.member_id.clone());
         }
         push("application_token", state.application_token.clone());

@@ -96,7 +96,8 @@ impl FakePortal {
             // §3.2: a lifetime in seconds, not a timestamp.
             ("AUTH_EXPIRES", state.cfg.token_ttl.as_secs().to_string()),
             ("REFRESH_ID", refresh),
-            ("SERVER_ENDPOINT", self.client_endpoint().to_string()),
+            // §3.2: the OAuth server's REST base (this server serves both).
+            ("SERVER_ENDPOINT", self.server_endpoint()),
             ("APPLICATION_TOKEN", state.application_token.clone()),
             ("APPLICATION_SCOPE", super::state::SCOPE.to_owned()),
             ("member_id", state.cfg.member_id.clone()),
@@ -230,7 +231,7 @@ impl FakePortal {
                 .find(|p| p.get("placement").and_then(Value::as_str) == Some("CRM_DEAL_DETAIL_TAB"))
                 .and_then(|p| p.get("handler").and_then(Value::as_str).map(str::to_owned))
                 .ok_or_else(|| FakePortalError::NotBound("CRM_DEAL_DETAIL_TAB".into()))?;
-            let url = with_frame_query(&handler, &self.domain())?;
+            let url = with_frame_query(&handler, &self.shared.portal_domain(&state))?;
             let options = format!(
                 r#"{{"ID":"{deal_id}","URI":"\/crm\/deal\/details\/{deal_id}\/?IFRAME=Y&IFRAME_TYPE=SIDE_SLIDER"}}"#
             );
@@ -342,6 +343,7 @@ impl FakePortal {
         token: &str,
     ) -> Delivery {
         let base = self.client_endpoint().to_string();
+        let server = self.server_endpoint();
         let body = pairs(&[
             ("event", event.to_ascii_uppercase()),
             ("event_handler_id", "975".into()),
@@ -349,7 +351,7 @@ impl FakePortal {
             ("ts", unix_now().to_string()),
             ("auth[domain]", self.domain()),
             ("auth[client_endpoint]", base.clone()),
-            ("auth[server_endpoint]", base),
+            ("auth[server_endpoint]", server),
             ("auth[member_id]", self.member_id()),
             ("auth[application_token]", token.to_owned()),
         ]);

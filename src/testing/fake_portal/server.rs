@@ -403,8 +403,8 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
     let (access, new_refresh) = state.issue_tokens(user_id);
     state.refresh_count += 1;
     let ttl = state.cfg.token_ttl.as_secs();
-    let base = shared.base_url.as_str().trim_end_matches('/').to_owned();
-    // §2.3: `domain` is the OAuth server's, client_endpoint the portal's.
+    // §2.3: `domain` is the OAuth server's (this server's own host), server_endpoint
+    // its REST base, client_endpoint the portal's (another host after a move).
     json_response(
         200,
         &json!({
@@ -413,9 +413,9 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
             "expires_in": ttl,
             "scope": super::state::SCOPE,
             "domain": shared.domain,
-            "server_endpoint": format!("{base}/rest/"),
+            "server_endpoint": shared.server_endpoint(),
             "status": "L",
-            "client_endpoint": format!("{base}/rest/"),
+            "client_endpoint": shared.portal_endpoint(&state),
             "member_id": state.cfg.member_id,
             "user_id": user_id,
             "refresh_token": new_refresh,

@@ -137,6 +137,10 @@ pub(crate) struct State {
     /// Host of the install page: robot handlers must live on the same domain (§4.1).
     pub app_host: Option<String>,
     pub drop_onappinstall: bool,
+    /// The portal's address after a move (`FakePortal::move_to`).
+    pub portal_host: Option<String>,
+    /// `app.info` `CODE` other than the client id (`FakePortal::set_app_code`).
+    pub app_code: Option<String>,
     /// The app's main handler, for `open_app`.
     pub app_url: Option<String>,
     /// Who the request being served runs as (for the call record).
@@ -215,6 +219,8 @@ impl State {
             refresh_count: 0,
             app_host: None,
             drop_onappinstall: false,
+            portal_host: None,
+            app_code: None,
             app_url: None,
             last_auth: AuthKind::None,
         }

@@ -18,7 +18,12 @@ pub async fn app_for(fake: &FakePortal, extra: &[(&str, &str)]) -> TestApp {
 pub async fn app_for_db(fake: &FakePortal, db_url: &str, extra: &[(&str, &str)]) -> TestApp {
     let id = fake.client_id();
     let secret = fake.client_secret();
-    let mut vars: Vec<(&str, &str)> = vec![("B24_CLIENT_ID", &id), ("B24_CLIENT_SECRET", &secret)];
+    let oauth = fake.token_url();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("B24_CLIENT_ID", &id),
+        ("B24_CLIENT_SECRET", &secret),
+        ("B24_OAUTH_URL", &oauth),
+    ];
     vars.extend_from_slice(extra);
     spawn_app_on(db_url, &vars).await
 }
