@@ -6,6 +6,7 @@ pub mod bitrix24;
 pub mod body_limit;
 pub mod completion;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod invitations;
@@ -30,6 +31,7 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use connections::GuardedAcceptor;
 pub use state::AppState;
 
 /// The service, bound to its port (port 0 gives a free one, which tests use) but not
@@ -37,7 +39,7 @@ pub use state::AppState;
 pub struct Application {
     pub state: AppState,
     addr: SocketAddr,
-    acceptor: poem::listener::TcpAcceptor,
+    acceptor: GuardedAcceptor<poem::listener::TcpAcceptor>,
 }
 
 impl Application {
@@ -48,6 +50,8 @@ impl Application {
     }
 
     pub async fn with_state(state: AppState, listen: SocketAddr) -> anyhow::Result<Self> {
+        // Before the first socket: idle clients must not run out the descriptors.
+        let descriptors = connections::raise_descriptor_limit();
         let acceptor = TcpListener::bind(listen)
             .into_acceptor()
             .await
@@ -57,10 +61,11 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(listen);
+        let limits = state.config.connections;
         Ok(Self {
             state,
             addr,
-            acceptor,
+            acceptor: GuardedAcceptor::new(acceptor, limits, descriptors),
         })
     }
 

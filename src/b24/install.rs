@@ -42,6 +42,18 @@ pub enum InstallError {
     BadRequest(String),
     Forbidden(String),
     Unavailable(String),
+    /// The identity checks' budget is spent (`B24Client::call_to_verify`).
+    Refused(super::verify_guard::Refused),
+}
+
+/// A failed check of the install's token; `say` words the portal's refusal.
+fn not_verified(e: crate::bitrix24::B24Error, say: impl Fn(&str) -> String) -> InstallError {
+    match e {
+        crate::bitrix24::B24Error::VerifyBudgetSpent { retry_after } => {
+            InstallError::Refused(super::verify_guard::Refused { retry_after })
+        }
+        e => InstallError::Forbidden(say(&e.admin_message())),
+    }
 }
 
 /// A portal host as Bitrix24 sends it in `DOMAIN`: a host name, optionally with a port.
@@ -73,12 +85,48 @@ pub async fn install(
     Data(state): Data<&AppState>,
 ) -> Response {
     let Some(form) = super::inbound::read(req, body).await else {
-        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        return page::frame_for(refused, page::claimed_origin(&query).as_deref());
     };
-    if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
-        return on_app_install(state, &form).await;
+    // Repeated refusals from one address, or for one claimed portal, are refused
+    // before any portal is asked (`verify_guard`).
+    let ip = super::verify_guard::client_ip(req);
+    let claimed = query
+        .domain
+        .clone()
+        .or_else(|| text(&form, &["DOMAIN"]))
+        .or_else(|| text(&form, &["auth", "domain"]))
+        .filter(|d| valid_domain(d))
+        .map(|d| format!("install:{}", d.to_ascii_lowercase()));
+    let attempt = match &claimed {
+        Some(portal) => state.verify_guard.admit(ip, portal).map(Some),
+        None => state.verify_guard.check_address(ip).map(|()| None),
+    };
+    // The install page shows in the portal's frame: its result names the stored
+    // portal (install_page), its refusals the portal the request claims.
+    let claimed_origin = page::claimed_origin(&query);
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(refused) => return page::frame_for(refused.page(), claimed_origin.as_deref()),
+    };
+    let response =
+        if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
+            on_app_install(state, &form).await
+        } else {
+            let shown = install_page(state, &query, &form).await;
+            if shown.status().is_success() {
+                shown
+            } else {
+                page::frame_for(shown, claimed_origin.as_deref())
+            }
+        };
+    match (attempt, response.status()) {
+        (Some(a), StatusCode::OK) => a.succeeded(),
+        (Some(a), StatusCode::FORBIDDEN) => a.failed(),
+        (None, StatusCode::FORBIDDEN) => state.verify_guard.record_failure(ip, None),
+        _ => {}
     }
-    install_page(state, &query, &form).await
+    response
 }
 
 async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Response {
@@ -106,7 +154,10 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
                 complete = report.all_critical_ok(),
                 "Приложение установлено на портал"
             );
-            page::install_result(&portal.domain, &report, state).into_response()
+            page::frame_for(
+                page::install_result(&portal.domain, &report, state),
+                page::portal_origin(&portal).as_deref(),
+            )
         }
         Err(e) => install_error(e),
     }
@@ -114,6 +165,7 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
 
 fn install_error(e: InstallError) -> Response {
     let (status, msg) = match e {
+        InstallError::Refused(refused) => return refused.page(),
         InstallError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
         InstallError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
         InstallError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
@@ -222,31 +274,27 @@ async fn accept(
     };
     let info = state
         .b24
-        .call(&target, "app.info", json!({}))
+        .call_to_verify(&target, "app.info", json!({}))
         .await
         .map_err(|e| {
-            InstallError::Forbidden(format!(
-                "Портал не подтвердил установку ({}). Откройте приложение из Битрикс24 заново.",
-                e.admin_message()
-            ))
+            not_verified(e, |why| {
+                format!(
+                    "Портал не подтвердил установку ({why}). Откройте приложение из Битрикс24 заново."
+                )
+            })
         })?;
     let profile = state
         .b24
-        .call(&target, "profile", json!({}))
+        .call_to_verify(&target, "profile", json!({}))
         .await
-        .map_err(|e| {
-            InstallError::Forbidden(format!(
-                "Портал не подтвердил пользователя ({})",
-                e.admin_message()
-            ))
-        })?;
+        .map_err(|e| not_verified(e, |why| format!("Портал не подтвердил пользователя ({why})")))?;
     if from_page {
         let is_admin = match profile.get("ADMIN") {
             Some(flag) => truthy(flag),
             // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
             None => state
                 .b24
-                .call(&target, "user.admin", json!({}))
+                .call_to_verify(&target, "user.admin", json!({}))
                 .await
                 .map(|v| truthy(&v))
                 .map_err(|e| {
@@ -374,6 +422,7 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 
 fn install_error_json(e: InstallError) -> Response {
     let err = match e {
+        InstallError::Refused(refused) => return refused.json(),
         InstallError::BadRequest(m) => crate::error::ApiError::bad_request("bad_install_event", m),
         InstallError::Forbidden(m) => crate::error::ApiError::forbidden("install_not_verified", m),
         InstallError::Unavailable(m) => crate::error::ApiError::unavailable("unavailable", m),

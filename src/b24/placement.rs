@@ -29,20 +29,29 @@ pub async fn deal_tab(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
+    let claimed = page::claimed_origin(&query);
     let Some(form) = super::inbound::read(req, body).await else {
-        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        return page::frame_for(refused, claimed.as_deref());
     };
-    let caller = match frame_auth::verify(state, &query, &form).await {
+    let ip = super::verify_guard::client_ip(req);
+    let caller = match frame_auth::verify(state, ip, &query, &form).await {
         Ok(c) => c,
-        Err(e) => return e.page(),
+        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
     };
-    let Some(entity) = entity_of(&form) else {
+    let shown = show_tab(state, &caller, &form).await;
+    page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
+}
+
+/// The tab for a confirmed caller.
+async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Response {
+    let Some(entity) = entity_of(form) else {
         return page::error(
             StatusCode::BAD_REQUEST,
             "Битрикс24 не передал номер сделки. Откройте вкладку из карточки сделки.",
         );
     };
-    if let Err(response) = check_read_access(state, &caller, entity).await {
+    if let Err(response) = check_read_access(state, caller, entity).await {
         return response;
     }
     let session = Session::new(
@@ -80,16 +89,25 @@ async fn check_read_access(
     caller: &FrameCaller,
     entity: EntityRef,
 ) -> Result<(), Response> {
+    if state.verify_guard.may_read(&caller.token, entity) {
+        return Ok(());
+    }
     let method = match entity.kind {
         EntityType::Deal => "crm.deal.get",
         EntityType::Lead => "crm.lead.get",
     };
     match state
         .b24
-        .call(&caller.target, method, json!({"id": entity.id}))
+        .call_to_verify(&caller.target, method, json!({"id": entity.id}))
         .await
     {
-        Ok(Value::Object(_)) => Ok(()),
+        Ok(Value::Object(_)) => {
+            state.verify_guard.note_readable(&caller.token, entity);
+            Ok(())
+        }
+        Err(e @ crate::bitrix24::B24Error::VerifyBudgetSpent { .. }) => {
+            Err(frame_auth::refused(&caller.portal, e).page())
+        }
         Err(e) if e.is_retryable() => {
             tracing::warn!(portal = %caller.portal.domain, error = %e, "Портал не ответил на чтение сделки");
             Err(page::error(
@@ -175,13 +193,19 @@ pub struct ReportQuery {
     download: Option<String>,
 }
 
-/// The PDF of one invitation, for the session of its own document only.
+/// The PDF of one invitation, for the session of its own document only. It opens
+/// in a browser tab of its own and may not be framed.
 #[handler]
 pub async fn report(
     Path(invitation_id): Path<String>,
     Query(query): Query<ReportQuery>,
     Data(state): Data<&AppState>,
 ) -> Response {
+    let response = report_of(state, invitation_id, query).await;
+    page::frame_for(response, None)
+}
+
+async fn report_of(state: &AppState, invitation_id: String, query: ReportQuery) -> Response {
     let (session, entity, _) = match tab_session(state, query.s.as_deref()).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -239,7 +263,14 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
     let form = parse_form(&bytes);
-    let (session, entity, portal) = match tab_session(state, text(&form, &["s"]).as_deref()).await {
+    let token = text(&form, &["s"]);
+    let origin = page::session_origin(state, token.as_deref()).await;
+    let response = issue_new_link(state, token.as_deref()).await;
+    page::frame_for(response, origin.as_deref())
+}
+
+async fn issue_new_link(state: &AppState, token: Option<&str>) -> Response {
+    let (session, entity, portal) = match tab_session(state, token).await {
         Ok(s) => s,
         Err(r) => return r,
     };
