@@ -131,7 +131,11 @@ pub async fn verify(
     let attempt = guard
         .admit(ip, &portal.member_id)
         .map_err(FrameAuthError::Refused)?;
-    let profile = match state.b24.call_to_verify(&target, "profile", json!({})).await {
+    let profile = match state
+        .b24
+        .call_to_verify(&target, "profile", json!({}))
+        .await
+    {
         Ok(profile) => profile,
         Err(e) => {
             let err = refused(&portal, e);

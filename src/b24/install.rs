@@ -287,7 +287,11 @@ async fn accept(
         .b24
         .call_to_verify(&target, "profile", json!({}))
         .await
-        .map_err(|e| not_verified(e, |why| format!("Портал не подтвердил пользователя ({why})")))?;
+        .map_err(|e| {
+            not_verified(e, |why| {
+                format!("Портал не подтвердил пользователя ({why})")
+            })
+        })?;
     if from_page {
         let is_admin = match profile.get("ADMIN") {
             Some(flag) => truthy(flag),

@@ -15,7 +15,10 @@ pub const FRAME_CSP: &str = "default-src 'none'; script-src 'self' https://api.b
 
 /// The CSP of a frame page that `origin` may frame; `None`: nobody may.
 pub fn frame_csp(origin: Option<&str>) -> String {
-    format!("{FRAME_CSP}; frame-ancestors {}", origin.unwrap_or("'none'"))
+    format!(
+        "{FRAME_CSP}; frame-ancestors {}",
+        origin.unwrap_or("'none'")
+    )
 }
 
 /// Lets only `origin` frame this response (`None`: nobody). Pages that show data or
@@ -35,7 +38,10 @@ pub fn frame_for(mut response: Response, origin: Option<&str>) -> Response {
 /// `scheme://domain[:port]` of a portal: where Bitrix24 shows the app's frames. The
 /// scheme is that of the stored REST endpoint, the host its stored domain.
 pub fn portal_origin(portal: &crate::db::entities::portal::Model) -> Option<String> {
-    let scheme = url::Url::parse(&portal.client_endpoint).ok()?.scheme().to_owned();
+    let scheme = url::Url::parse(&portal.client_endpoint)
+        .ok()?
+        .scheme()
+        .to_owned();
     origin_of(&scheme, &portal.domain)
 }
 

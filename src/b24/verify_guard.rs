@@ -376,13 +376,13 @@ mod tests {
         let guard = VerifyGuard::default();
         guard.admit(ip(200), "p").expect("admitted").succeeded();
         for n in 0..MAX_FAILURES_PER_PORTAL {
-            guard
-                .admit(ip(n as u8), "p")
-                .expect("admitted")
-                .failed();
+            guard.admit(ip(n as u8), "p").expect("admitted").failed();
         }
         assert!(guard.admit(ip(100), "p").is_err(), "a stranger is refused");
-        assert!(guard.admit(ip(200), "p").is_ok(), "the clinic's address passes");
+        assert!(
+            guard.admit(ip(200), "p").is_ok(),
+            "the clinic's address passes"
+        );
         assert!(guard.admit(ip(100), "other").is_ok());
     }
 

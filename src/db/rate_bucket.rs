@@ -104,7 +104,9 @@ impl SharedBucket for DbRateBucket {
             return Ok(Err(rate.interval()));
         };
         let wait_us: i64 = row.try_get("", "wait_us").map_err(store_error)?;
-        Ok(Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0))))
+        Ok(Ok(Duration::from_micros(
+            u64::try_from(wait_us).unwrap_or(0),
+        )))
     }
 
     async fn mark_full(&self, key: &str, rate: RateLimit) -> Result<(), StoreError> {

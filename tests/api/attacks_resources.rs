@@ -52,7 +52,11 @@ fn tab_form(auth: &str, member_id: &str, deal: u64) -> Vec<(String, String)> {
     .collect()
 }
 
-async fn post_form(http: &reqwest::Client, url: &str, form: &[(String, String)]) -> reqwest::Response {
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    form: &[(String, String)],
+) -> reqwest::Response {
     http.post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(opros::bitrix24::form::encode(form))
@@ -71,7 +75,9 @@ fn checks(fake: &FakePortal) -> usize {
 
 fn is_refusal(r: &reqwest::Response) -> bool {
     r.status() == 429
-        && r.headers().get("x-error-code").and_then(|v| v.to_str().ok())
+        && r.headers()
+            .get("x-error-code")
+            .and_then(|v| v.to_str().ok())
             == Some("too_many_attempts")
         && r.headers()
             .get("retry-after")
@@ -159,13 +165,24 @@ async fn an_address_with_repeated_failures_is_refused_without_asking_the_portal(
     let before = checks(&fake);
     let mut statuses = Vec::new();
     for n in 0..30 {
-        let r = post_form(&http, &tab, &tab_form(&format!("forged-{n}"), &fake.member_id(), deal)).await;
+        let r = post_form(
+            &http,
+            &tab,
+            &tab_form(&format!("forged-{n}"), &fake.member_id(), deal),
+        )
+        .await;
         statuses.push((r.status().as_u16(), is_refusal(&r)));
     }
     let reached = checks(&fake) - before;
     assert_eq!(reached, 10, "failed checks before the address is refused");
-    assert!(statuses[..10].iter().all(|(s, _)| *s == 403), "{statuses:?}");
-    assert!(statuses[10..].iter().all(|(_, refused)| *refused), "{statuses:?}");
+    assert!(
+        statuses[..10].iter().all(|(s, _)| *s == 403),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[10..].iter().all(|(_, refused)| *refused),
+        "{statuses:?}"
+    );
     // The refusal is the address's: the clinic's own doctors still get in.
     let r = fake.open_deal_tab(1, deal).await.expect("genuine tab");
     assert_eq!(r.status(), 200);
@@ -186,11 +203,24 @@ async fn a_doctor_reopening_the_tab_costs_no_portal_call() {
 
     let again = post_form(&app.http, &tab, &tab_form(&auth, &fake.member_id(), deal)).await;
     assert_eq!(again.status(), 200);
-    assert_eq!(fake.calls_of("profile").len(), profiles, "no second profile call");
-    assert_eq!(fake.calls_of("crm.deal.get").len(), deal_reads, "no second deal read");
+    assert_eq!(
+        fake.calls_of("profile").len(),
+        profiles,
+        "no second profile call"
+    );
+    assert_eq!(
+        fake.calls_of("crm.deal.get").len(),
+        deal_reads,
+        "no second deal read"
+    );
 
     // Another deal with the same token: the portal is asked about the deal only.
-    let other = post_form(&app.http, &tab, &tab_form(&auth, &fake.member_id(), other_deal)).await;
+    let other = post_form(
+        &app.http,
+        &tab,
+        &tab_form(&auth, &fake.member_id(), other_deal),
+    )
+    .await;
     assert_eq!(other.status(), 200);
     assert_eq!(fake.calls_of("profile").len(), profiles);
     assert_eq!(fake.calls_of("crm.deal.get").len(), deal_reads + 1);
@@ -223,7 +253,9 @@ async fn hostile_server() -> (String, tokio::task::JoinHandle<()>) {
             .body(poem::Body::from_bytes_stream(chunks))
     });
     let server = tokio::spawn(async move {
-        let _ = poem::Server::new_with_acceptor(acceptor).run(endpoint).await;
+        let _ = poem::Server::new_with_acceptor(acceptor)
+            .run(endpoint)
+            .await;
     });
     (format!("http://{addr}/"), server)
 }
@@ -363,7 +395,8 @@ async fn closed_by_server(mut socket: TcpStream, within: Duration) -> bool {
 async fn open_idle(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut sockets = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let opened = futures::future::join_all(chunk.iter().map(|_| TcpStream::connect(addr))).await;
+        let opened =
+            futures::future::join_all(chunk.iter().map(|_| TcpStream::connect(addr))).await;
         sockets.extend(opened.into_iter().map(|s| s.expect("connect")));
     }
     sockets
@@ -378,7 +411,11 @@ async fn idle_and_trickling_connections_are_closed_and_healthz_still_answers() {
     // Slowloris: a request head a byte at a time, never finished in time.
     let mut trickler = TcpStream::connect(addr).await.expect("connect");
     let trickle = tokio::spawn(async move {
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle().take(200) {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+            .take(200)
+        {
             if trickler.write_all(&[*byte]).await.is_err() {
                 return true;
             }
@@ -436,7 +473,10 @@ async fn at_the_connection_cap_the_longest_idle_are_shed() {
     )
     .await;
     let shed = closed.iter().filter(|c| **c).count();
-    assert!(shed >= 200, "only {shed} of 300 idle connections shed at a cap of 100");
+    assert!(
+        shed >= 200,
+        "only {shed} of 300 idle connections shed at a cap of 100"
+    );
 }
 
 // ---- item 11: framing ----------------------------------------------------------------
@@ -503,7 +543,10 @@ async fn frames_are_allowed_only_to_the_installed_portal() {
     )
     .await;
     assert_eq!(r.status(), 403);
-    assert_eq!(frame_ancestors(&r), "frame-ancestors https://clinic.example");
+    assert_eq!(
+        frame_ancestors(&r),
+        "frame-ancestors https://clinic.example"
+    );
     // ...and by nobody when it names none, or names something that is no host.
     let r = post_form(
         &app.http,
@@ -534,7 +577,9 @@ async fn frames_are_allowed_only_to_the_installed_portal() {
     assert_eq!(r.status(), 200);
     assert_eq!(frame_ancestors(&r), "frame-ancestors 'none'");
     assert_eq!(
-        r.headers().get("x-frame-options").and_then(|v| v.to_str().ok()),
+        r.headers()
+            .get("x-frame-options")
+            .and_then(|v| v.to_str().ok()),
         Some("DENY")
     );
 }
