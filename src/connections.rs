@@ -86,6 +86,24 @@ pub fn raise_descriptor_limit() -> u64 {
     }
 }
 
+/// Connections the kernel may hold before they are accepted. A burst of new
+/// connections (a flood, or many clients at once) overflowing a short queue is
+/// silently dropped; the cap above decides what is kept.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the service's port with [`LISTEN_BACKLOG`] (the kernel may cap it lower).
+pub fn bind(listen: std::net::SocketAddr) -> io::Result<poem::listener::TcpAcceptor> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own bind does: a restart may reuse the port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    poem::listener::TcpAcceptor::from_tokio(socket.listen(LISTEN_BACKLOG)?)
+}
+
 /// The connection cap for a descriptor limit: what is left after the reserve.
 pub fn max_connections_for(descriptors: u64) -> usize {
     let cap = descriptors

@@ -27,7 +27,7 @@ pub mod testing;
 
 use std::net::SocketAddr;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::Acceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -52,9 +52,7 @@ impl Application {
     pub async fn with_state(state: AppState, listen: SocketAddr) -> anyhow::Result<Self> {
         // Before the first socket: idle clients must not run out the descriptors.
         let descriptors = connections::raise_descriptor_limit();
-        let acceptor = TcpListener::bind(listen)
-            .into_acceptor()
-            .await
+        let acceptor = connections::bind(listen)
             .map_err(|e| anyhow::anyhow!("не удалось занять адрес {listen}: {e}"))?;
         let addr = acceptor
             .local_addr()
