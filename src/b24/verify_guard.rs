@@ -51,7 +51,7 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// The stable code of a refusal.
 pub const REFUSED_CODE: &str = "too_many_attempts";
 const REFUSED_MESSAGE: &str =
-    "Слишком много неудачных попыток входа. Подождите несколько минут и откройте страницу снова.";
+    "Слишком много попыток входа за короткое время. Подождите немного и откройте страницу снова.";
 
 /// A check refused before it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,11 +71,12 @@ impl RateLimit {
     /// admin page): a fifth of the rate and of the bucket. Anyone who can reach the
     /// service can ask for a check, so checks never draw on the rest, which robot
     /// and outbox work use alone ([`RateLimit::work_share`]). Together the two
-    /// shares stay inside the portal's bucket.
+    /// shares stay inside the portal's bucket. At least three checks go at once:
+    /// an install makes that many in a row.
     pub fn verification_share(&self) -> RateLimit {
         RateLimit {
             per_sec: self.per_sec / 5.0,
-            burst: (self.burst / 5).max(1),
+            burst: (self.burst / 5).max(4).min(self.burst / 2).max(1),
         }
     }
 
@@ -268,11 +269,11 @@ mod tests {
 
     #[tokio::test]
     async fn burst_then_steady_rate() {
-        // Work gets 16/s and a bucket of 5 of the portal's 20/6.
+        // Work gets 16/s and a bucket of 5 of the portal's 20/9.
         let limiter = Limiter::new(
             RateLimit {
                 per_sec: 20.0,
-                burst: 6,
+                burst: 9,
             },
             None,
         );

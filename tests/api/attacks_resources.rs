@@ -130,7 +130,7 @@ async fn forged_tab_and_install_posts_from_many_addresses_do_not_delay_the_robot
         );
     }
     let reached = checks(&fake) - checks_before;
-    // The checks' share of a 2/50 bucket is 10 (9 at once, one more within 2 s).
+    // The checks' share of a 2/50 bucket is 10: 9 at once, two more within 5 s.
     assert!(reached <= 12, "{reached} forged checks reached the portal");
     assert!(refused >= 300, "only {refused} of 320 refused with 429");
 
