@@ -583,3 +583,45 @@ async fn frames_are_allowed_only_to_the_installed_portal() {
         Some("DENY")
     );
 }
+
+#[tokio::test]
+async fn instances_share_the_checks_budget_and_a_refusal_takes_no_slot() {
+    use opros::bitrix24::SharedBucket;
+    use opros::db::rate_bucket::DbRateBucket;
+    let Some(pg) = db::postgres("attacks_resources::checks_bucket").await else {
+        return;
+    };
+    let conn = opros::db::connect(&pg.url).await.expect("connect");
+    opros::db::migrate(&conn).await.expect("migrate");
+    let bucket = DbRateBucket::for_shared_db(&conn).expect("PostgreSQL shares buckets");
+    // One slot every 10 s, a bucket of 4: three go at once, then nothing for long.
+    let rate = RateLimit {
+        per_sec: 0.1,
+        burst: 4,
+    };
+    let key = "verify:clinic.example:443";
+    for _ in 0..3 {
+        let wait = bucket
+            .try_reserve(key, rate, Duration::ZERO)
+            .await
+            .expect("store")
+            .expect("admitted at once");
+        assert_eq!(wait, Duration::ZERO);
+    }
+    for _ in 0..20 {
+        let retry = bucket
+            .try_reserve(key, rate, Duration::ZERO)
+            .await
+            .expect("store")
+            .expect_err("refused");
+        assert!(retry > Duration::ZERO);
+    }
+    // The refusals took nothing: the next slot is still one interval away, so a
+    // caller willing to wait that long gets it.
+    let wait = bucket
+        .try_reserve(key, rate, Duration::from_secs(11))
+        .await
+        .expect("store")
+        .expect("admitted within 11 s");
+    assert!(wait <= Duration::from_secs(10), "{wait:?}");
+}
