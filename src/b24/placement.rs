@@ -1,7 +1,7 @@
 //! The «Анкета пациента» tab of a deal or lead card (protocol §6): `POST
 //! /b24/placement/deal-tab` verifies the doctor with the portal and reads the deal with
 //! the doctor's own token before anything is shown; the page's follow-up requests
-//! (`GET /b24/tab/report/{invitation}`, `POST /b24/tab/new-link`) carry the signed
+//! (`POST /b24/tab/report/{invitation}`, `POST /b24/tab/new-link`) carry the signed
 //! session it was given and work only for that portal and that document.
 
 use chrono::Utc;
@@ -9,7 +9,6 @@ use poem::http::StatusCode;
 use poem::web::{Data, Path, Query};
 use poem::{Body, Request, Response, handler};
 use sea_orm::EntityTrait;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
@@ -187,26 +186,25 @@ async fn tab_session(
     Ok((session, entity, portal))
 }
 
-#[derive(Deserialize)]
-pub struct ReportQuery {
-    s: Option<String>,
-    download: Option<String>,
-}
-
-/// The PDF of one invitation, for the session of its own document only. It opens
-/// in a browser tab of its own and may not be framed.
+/// The PDF of one invitation, for the session of its own document only. The tab's
+/// form posts the session (`s`, and `download` for an attachment), so it never
+/// stands in a URL. The PDF opens in a browser tab of its own and may not be framed.
 #[handler]
 pub async fn report(
     Path(invitation_id): Path<String>,
-    Query(query): Query<ReportQuery>,
+    body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let response = report_of(state, invitation_id, query).await;
+    let form = match body.into_bytes().await {
+        Ok(bytes) => parse_form(&bytes),
+        Err(_) => Value::Null,
+    };
+    let response = report_of(state, invitation_id, &form).await;
     page::frame_for(response, None)
 }
 
-async fn report_of(state: &AppState, invitation_id: String, query: ReportQuery) -> Response {
-    let (session, entity, _) = match tab_session(state, query.s.as_deref()).await {
+async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Response {
+    let (session, entity, _) = match tab_session(state, text(form, &["s"]).as_deref()).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -239,7 +237,7 @@ async fn report_of(state: &AppState, invitation_id: String, query: ReportQuery) 
         );
     };
     let name = crate::completion::pdf_file_name(&inv, inv.completed_at.unwrap_or(submitted_at));
-    let disposition = if query.download.is_some() {
+    let disposition = if text(form, &["download"]).is_some() {
         "attachment"
     } else {
         "inline"
