@@ -319,8 +319,12 @@ impl<T> GuardedIo<T> {
     }
 
     /// A write: the answer has begun (the next bytes read start a new head), or
-    /// the connection is not idle.
-    fn wrote(&mut self) {
+    /// the connection is not idle. An interim answer (`100 Continue`) comes before
+    /// the request's body, which is no head.
+    fn wrote(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Busy && bytes.starts_with(b"HTTP/1.1 1") {
+            return;
+        }
         match self.phase {
             Phase::Busy => self.wait_for_head(self.limits.idle_timeout),
             Phase::Head if !self.began_head => {
@@ -371,6 +375,38 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
+impl<T> GuardedIo<T> {
+    /// Notes a write, and cuts off a client that reads nothing of its answer for
+    /// `idle_timeout`, or a connection shed at the cap while it answers.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.wrote(bytes);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if self.state.shed.load(Ordering::Relaxed) {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                self.state.waker.register(cx.waker());
+                if self.phase != Phase::Busy && self.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the answer was not read in time",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -379,10 +415,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote();
-        }
-        result
+        this.after_write(cx, result, buf)
     }
 
     fn poll_write_vectored(
@@ -392,10 +425,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.wrote();
-        }
-        result
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        this.after_write(cx, result, first)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -442,5 +476,60 @@ mod tests {
         }
         drop(open);
         assert!(registry.admit(2).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_is_followed_to_its_end_and_an_interim_answer_is_no_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let registry = Arc::new(Registry {
+            epoch: std::time::Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        });
+        let (id, state) = registry.admit(10).expect("room");
+        let (client, server) = tokio::io::duplex(4096);
+        let limits = ConnectionLimits::default();
+        let mut io = GuardedIo {
+            inner: server,
+            id,
+            state,
+            registry: registry.clone(),
+            limits,
+            phase: Phase::Head,
+            began_head: false,
+            crlf: 0,
+            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        };
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let mut buf = [0u8; 256];
+        // A head split across reads, its blank line too.
+        for part in [
+            &b"POST / HTTP/1.1\r\nExpect: 100-continue\r"[..],
+            b"\n\r",
+            b"\n",
+        ] {
+            client_write.write_all(part).await.expect("write");
+            let n = io.read(&mut buf).await.expect("read");
+            assert_eq!(n, part.len());
+        }
+        assert_eq!(io.phase, Phase::Busy);
+        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(io.phase, Phase::Busy, "the body is still to come");
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(io.phase, Phase::Head, "the next bytes start a new head");
+        let n = client_read.read(&mut buf).await.expect("answer");
+        assert!(n > 0);
+        drop(io);
+        assert!(
+            registry
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
     }
 }
