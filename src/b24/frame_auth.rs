@@ -86,8 +86,8 @@ pub async fn verify(
     form: &Value,
 ) -> Result<FrameCaller, FrameAuthError> {
     let guard = &state.verify_guard;
-    guard.check_address(ip).map_err(FrameAuthError::Refused)?;
     let Some(member_id) = text(form, &["member_id"]) else {
+        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
         failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
@@ -96,19 +96,24 @@ pub async fn verify(
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
         .filter(|p| p.status == portal::INSTALLED);
     let Some(portal) = portal else {
+        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
         failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
+    // Refused before anything else is looked at (see `VerifyGuard::admit`).
+    let attempt = guard
+        .admit(ip, &portal.member_id)
+        .map_err(FrameAuthError::Refused)?;
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
     let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
     if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
         tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
-        failed(state, ip, Some(&portal.member_id));
+        attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     }
     let Some(access) = text(form, &["AUTH_ID"]) else {
-        failed(state, ip, Some(&portal.member_id));
+        attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     };
     let endpoint = Url::parse(&portal.client_endpoint)
@@ -128,9 +133,6 @@ pub async fn verify(
             token,
         });
     }
-    let attempt = guard
-        .admit(ip, &portal.member_id)
-        .map_err(FrameAuthError::Refused)?;
     let profile = match state
         .b24
         .call_to_verify(&target, "profile", json!({}))

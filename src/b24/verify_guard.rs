@@ -234,22 +234,27 @@ impl VerifyGuard {
     }
 
     /// Admits a check of a caller at `ip` for `portal` (a member_id or a domain),
-    /// or refuses it: too many failures from the address, or for the portal from
-    /// addresses it has not seen pass lately.
+    /// or refuses it: too many failures from the address, or for the portal. An
+    /// address that passed a check for this portal lately is admitted whatever the
+    /// counts: behind a proxy or a clinic's NAT many people share one address, and
+    /// an attacker among them must not lock the others out (the checks' share of
+    /// the portal's budget still bounds what they can spend).
     pub fn admit(&self, ip: Option<IpAddr>, portal: &str) -> Result<Attempt<'_>, Refused> {
-        self.check_address(ip)?;
         let now = Instant::now();
         let inner = self.lock();
         let trusted = ip
             .and_then(|ip| inner.trusted.get(&(portal.to_owned(), ip)))
             .is_some_and(|at| now.duration_since(*at) < TRUSTED_FOR);
-        if !trusted
-            && let Some(refused) = inner
-                .failures
-                .get(&Key::Portal(portal.to_owned()))
-                .and_then(|c| c.refusal(now, MAX_FAILURES_PER_PORTAL))
-        {
-            return Err(refused);
+        if !trusted {
+            let counts = [
+                ip.map(|ip| (Key::Address(ip), MAX_FAILURES_PER_ADDRESS)),
+                Some((Key::Portal(portal.to_owned()), MAX_FAILURES_PER_PORTAL)),
+            ];
+            for (key, max) in counts.into_iter().flatten() {
+                if let Some(refused) = inner.failures.get(&key).and_then(|c| c.refusal(now, max)) {
+                    return Err(refused);
+                }
+            }
         }
         Ok(Attempt {
             guard: self,
@@ -369,6 +374,18 @@ mod tests {
         assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= WINDOW);
         assert!(guard.check_address(ip(1)).is_err());
         assert!(guard.admit(ip(2), "other").is_ok());
+    }
+
+    #[test]
+    fn an_address_that_passed_is_not_locked_out_by_others_behind_it() {
+        let guard = VerifyGuard::default();
+        guard.admit(ip(9), "p").expect("admitted").succeeded();
+        for _ in 0..MAX_FAILURES_PER_ADDRESS {
+            guard.record_failure(ip(9), None);
+        }
+        assert!(guard.check_address(ip(9)).is_err());
+        assert!(guard.admit(ip(9), "p").is_ok(), "trusted for its portal");
+        assert!(guard.admit(ip(9), "other").is_err());
     }
 
     #[test]
