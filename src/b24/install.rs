@@ -88,7 +88,7 @@ pub async fn install(
         let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
         return page::frame_for(refused, page::claimed_origin(&query).as_deref());
     };
-    // Repeated refusals from one address, or for one claimed portal, are refused
+    // Repeated failures from one address, or for one claimed portal, are refused
     // before any portal is asked (`verify_guard`).
     let ip = super::verify_guard::client_ip(req);
     let claimed = query
