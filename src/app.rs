@@ -76,7 +76,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/b24/robot/send-survey", post(b24::robot::send_survey))
         .at("/b24/events", post(b24::events::events))
         .at("/b24/placement/deal-tab", post(b24::placement::deal_tab))
-        .at("/b24/tab/report/:invitation", get(b24::placement::report))
+        .at("/b24/tab/report/:invitation", post(b24::placement::report))
         .at("/b24/tab/new-link", post(b24::placement::new_link))
         .at("/b24/app", post(b24::admin::app_page))
         .at("/b24/app/action", post(b24::admin::action))

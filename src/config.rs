@@ -35,6 +35,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Timeouts and cap of client connections; no variables, tests set them in code.
+    pub connections: crate::connections::ConnectionLimits,
     pub database_url: Secret<String>,
     /// Base URL of the service as the outside world sees it, without a trailing slash.
     pub public_url: Url,
@@ -241,6 +243,7 @@ impl Config {
 
         Ok(Config {
             listen: SocketAddr::new(host, port),
+            connections: Default::default(),
             database_url: Secret::new(database_url),
             public_url,
             link_secret: get("SURVEY_LINK_SECRET").map(Secret::new),

@@ -6,6 +6,7 @@ pub mod bitrix24;
 pub mod body_limit;
 pub mod completion;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod invitations;
@@ -26,10 +27,11 @@ pub mod testing;
 
 use std::net::SocketAddr;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::Acceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use connections::GuardedAcceptor;
 pub use state::AppState;
 
 /// The service, bound to its port (port 0 gives a free one, which tests use) but not
@@ -37,7 +39,7 @@ pub use state::AppState;
 pub struct Application {
     pub state: AppState,
     addr: SocketAddr,
-    acceptor: poem::listener::TcpAcceptor,
+    acceptor: GuardedAcceptor<poem::listener::TcpAcceptor>,
 }
 
 impl Application {
@@ -48,19 +50,20 @@ impl Application {
     }
 
     pub async fn with_state(state: AppState, listen: SocketAddr) -> anyhow::Result<Self> {
-        let acceptor = TcpListener::bind(listen)
-            .into_acceptor()
-            .await
+        // Before the first socket: idle clients must not run out the descriptors.
+        let descriptors = connections::raise_descriptor_limit();
+        let acceptor = connections::bind(listen)
             .map_err(|e| anyhow::anyhow!("не удалось занять адрес {listen}: {e}"))?;
         let addr = acceptor
             .local_addr()
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(listen);
+        let limits = state.config.connections;
         Ok(Self {
             state,
             addr,
-            acceptor,
+            acceptor: GuardedAcceptor::new(acceptor, limits, descriptors),
         })
     }
 

@@ -28,6 +28,8 @@ pub struct Inner {
     pub outbox_notify: Arc<Notify>,
     /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
     pub session_key: Secret<Vec<u8>>,
+    /// Refusals of repeated failed identity checks and the confirmed tab tokens.
+    pub verify_guard: crate::b24::verify_guard::VerifyGuard,
     /// SQLite has one writer at a time, and a writer that finds the lock taken sleeps
     /// in SQLite's busy handler with growing pauses; within this process writers
     /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
@@ -104,6 +106,7 @@ impl AppState {
             b24,
             outbox_notify: Arc::new(Notify::new()),
             session_key,
+            verify_guard: Default::default(),
             link_fields: Default::default(),
             sqlite_turn: (db_backend == sea_orm::DatabaseBackend::Sqlite)
                 .then(|| Arc::new(tokio::sync::Mutex::new(()))),

@@ -28,14 +28,23 @@ pub async fn app_page(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
+    let claimed = page::claimed_origin(&query);
     let Some(form) = super::inbound::read(req, body).await else {
-        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        return page::frame_for(refused, claimed.as_deref());
     };
-    let caller = match frame_auth::verify(state, &query, &form).await {
+    let ip = super::verify_guard::client_ip(req);
+    let caller = match frame_auth::verify(state, ip, &query, &form).await {
         Ok(c) => c,
-        Err(e) => return e.page(),
+        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
     };
-    match frame_auth::is_admin(state, &caller).await {
+    let shown = for_admin(state, &caller).await;
+    page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
+}
+
+/// The page for a confirmed caller, if an administrator.
+async fn for_admin(state: &AppState, caller: &frame_auth::FrameCaller) -> Response {
+    match frame_auth::is_admin(state, caller).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(portal = %caller.portal.domain, user = caller.user_id, "Страница приложения открыта не администратором");
@@ -83,7 +92,13 @@ pub async fn action(body: Body, Data(state): Data<&AppState>) -> Response {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
     let form = parse_form(&bytes);
-    let Some(session) = text(&form, &["s"])
+    let origin = page::session_origin(state, text(&form, &["s"]).as_deref()).await;
+    let response = act(state, &form).await;
+    page::frame_for(response, origin.as_deref())
+}
+
+async fn act(state: &AppState, form: &Value) -> Response {
+    let Some(session) = text(form, &["s"])
         .and_then(|s| Session::verify_admin(state.session_key.expose(), &s, Utc::now()).ok())
     else {
         tracing::warn!("Действие на странице приложения без действующего сеанса администратора");
@@ -97,17 +112,17 @@ pub async fn action(body: Body, Data(state): Data<&AppState>) -> Response {
         _ => return expired(),
     };
     let actor = format!("user:{}", session.user_id);
-    let notice = match text(&form, &["action"]).as_deref() {
+    let notice = match text(form, &["action"]).as_deref() {
         Some("reinstall") => reinstall(state, &portal).await,
-        Some("retry") => retry(state, &portal, &form).await,
-        Some("settings") => save_settings(state, &portal, &form).await,
+        Some("retry") => retry(state, &portal, form).await,
+        Some("settings") => save_settings(state, &portal, form).await,
         _ => return page::error(StatusCode::BAD_REQUEST, "Неизвестное действие"),
     };
     let _ = crate::db::audit(
         &state.db,
         Some(portal.id),
         &actor,
-        &format!("admin_{}", text(&form, &["action"]).unwrap_or_default()),
+        &format!("admin_{}", text(form, &["action"]).unwrap_or_default()),
         None,
     )
     .await;

@@ -2,7 +2,13 @@
 //! comes from a browser and can be forged, so nothing in it is believed (protocol
 //! §6.2, §11): the portal is found by `member_id` among the installed ones, and the
 //! `AUTH_ID` is shown to that portal's stored endpoint — never to the POST's `DOMAIN` —
-//! which answers with the user it belongs to.
+//! which answers with the user it belongs to. Repeated failures are refused before
+//! any portal is asked, and a confirmed token is remembered by its hash until it
+//! expires (`verify_guard`); the checks draw on their own share of the portal's
+//! budget (`B24Client::call_to_verify`).
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use poem::Response;
 use poem::http::StatusCode;
@@ -11,6 +17,7 @@ use url::Url;
 
 use super::inbound::text;
 use super::install::PortalQuery;
+use super::verify_guard::{Refused, TokenHash};
 use super::{page, portals};
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::portal;
@@ -25,6 +32,8 @@ pub struct FrameCaller {
     pub user_name: String,
     /// Calls as this user on the portal's stored endpoint; never refreshed or stored.
     pub target: Target,
+    /// The token's hash, under which the guard remembers what the portal confirmed.
+    pub token: TokenHash,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,9 @@ pub enum FrameAuthError {
     NotConfirmed,
     #[error("the portal could not be asked: {0}")]
     Unavailable(String),
+    /// Too many failed checks lately, or the checks' budget is spent: nobody asked.
+    #[error("refused before asking the portal")]
+    Refused(Refused),
 }
 
 impl FrameAuthError {
@@ -55,71 +67,141 @@ impl FrameAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Битрикс24 не ответил. Попробуйте открыть вкладку ещё раз через минуту.",
             ),
+            FrameAuthError::Refused(refused) => refused.page(),
         }
     }
 }
 
-/// Verifies an iframe POST (already decoded) with the portal.
+/// A failed check counted against the caller's address (and the portal, if known).
+fn failed(state: &AppState, ip: Option<IpAddr>, portal: Option<&str>) {
+    state.verify_guard.record_failure(ip, portal);
+}
+
+/// Verifies an iframe POST (already decoded) with the portal. `ip` is the caller's
+/// address (`verify_guard::client_ip`).
 pub async fn verify(
     state: &AppState,
+    ip: Option<IpAddr>,
     query: &PortalQuery,
     form: &Value,
 ) -> Result<FrameCaller, FrameAuthError> {
-    let member_id = text(form, &["member_id"]).ok_or(FrameAuthError::UnknownPortal)?;
+    let guard = &state.verify_guard;
+    let Some(member_id) = text(form, &["member_id"]) else {
+        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
+        failed(state, ip, None);
+        return Err(FrameAuthError::UnknownPortal);
+    };
     let portal = portals::by_member(&state.db, &member_id)
         .await
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
-        .filter(|p| p.status == portal::INSTALLED)
-        .ok_or(FrameAuthError::UnknownPortal)?;
+        .filter(|p| p.status == portal::INSTALLED);
+    let Some(portal) = portal else {
+        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
+        failed(state, ip, None);
+        return Err(FrameAuthError::UnknownPortal);
+    };
+    // Refused before anything else is looked at (see `VerifyGuard::admit`).
+    let attempt = guard
+        .admit(ip, &portal.member_id)
+        .map_err(FrameAuthError::Refused)?;
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
     let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
     if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
         tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
+        attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     }
-    let access = text(form, &["AUTH_ID"]).ok_or(FrameAuthError::NotConfirmed)?;
+    let Some(access) = text(form, &["AUTH_ID"]) else {
+        attempt.failed();
+        return Err(FrameAuthError::NotConfirmed);
+    };
     let endpoint = Url::parse(&portal.client_endpoint)
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?;
+    let token = TokenHash::of(&access);
     let target = Target::UserToken {
         endpoint,
         access_token: Secret::new(access),
     };
-    let profile = state
+    // A token the portal confirmed lately: reopening the tab asks nothing.
+    if let Some(known) = guard.token(&token).filter(|t| t.portal_id == portal.id) {
+        return Ok(FrameCaller {
+            portal,
+            user_id: known.user_id,
+            user_name: known.user_name,
+            target,
+            token,
+        });
+    }
+    let profile = match state
         .b24
-        .call(&target, "profile", json!({}))
+        .call_to_verify(&target, "profile", json!({}))
         .await
-        .map_err(|e| refused(&portal, e))?;
+    {
+        Ok(profile) => profile,
+        Err(e) => {
+            let err = refused(&portal, e);
+            if matches!(err, FrameAuthError::NotConfirmed) {
+                attempt.failed();
+            }
+            return Err(err);
+        }
+    };
     // An inactive user gets an empty profile (§11): not a login.
-    let user_id = text(&profile, &["ID"])
+    let Some(user_id) = text(&profile, &["ID"])
         .and_then(|id| id.parse::<i64>().ok())
         .filter(|id| *id > 0)
-        .ok_or(FrameAuthError::NotConfirmed)?;
+    else {
+        attempt.failed();
+        return Err(FrameAuthError::NotConfirmed);
+    };
+    attempt.succeeded();
     let user_name = [text(&profile, &["NAME"]), text(&profile, &["LAST_NAME"])]
         .into_iter()
         .flatten()
         .collect::<Vec<_>>()
         .join(" ");
+    // protocol §6.2: AUTH_EXPIRES is the token's lifetime in seconds.
+    let lifetime = text(form, &["AUTH_EXPIRES"])
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    guard.remember_token(token, portal.id, user_id, &user_name, lifetime);
     Ok(FrameCaller {
         portal,
         user_id,
         user_name,
         target,
+        token,
     })
 }
 
 /// Whether the caller may manage the application (`user.admin`, protocol §11).
 pub async fn is_admin(state: &AppState, caller: &FrameCaller) -> Result<bool, FrameAuthError> {
+    if let Some(known) = state.verify_guard.admin(&caller.token) {
+        return Ok(known);
+    }
     let answer = state
         .b24
-        .call(&caller.target, "user.admin", json!({}))
+        .call_to_verify(&caller.target, "user.admin", json!({}))
         .await
         .map_err(|e| refused(&caller.portal, e))?;
-    Ok(super::inbound::truthy(&answer))
+    let admin = super::inbound::truthy(&answer);
+    state.verify_guard.note_admin(&caller.token, admin);
+    Ok(admin)
 }
 
-fn refused(portal: &portal::Model, e: B24Error) -> FrameAuthError {
-    if e.is_retryable() {
+/// What a failed check means for the page.
+pub fn refused(portal: &portal::Model, e: B24Error) -> FrameAuthError {
+    if let B24Error::VerifyBudgetSpent { retry_after } = e {
+        tracing::warn!(portal = %portal.domain, "Бюджет проверок входа для портала исчерпан");
+        return FrameAuthError::Refused(Refused { retry_after });
+    }
+    // An answer that is no answer is the portal's trouble, not the caller's.
+    let no_answer = matches!(
+        e,
+        B24Error::ResponseTooLarge { .. } | B24Error::InvalidResponse { .. }
+    );
+    if e.is_retryable() || no_answer {
         tracing::warn!(portal = %portal.domain, error = %e, "Портал не ответил на проверку входа");
         FrameAuthError::Unavailable(e.to_string())
     } else {

@@ -47,6 +47,9 @@ pub struct InstallError {
     status: StatusCode,
     code: &'static str,
     message: &'static str,
+    /// Set when the identity checks' budget is spent (`B24Client::call_to_verify`):
+    /// answered as the guard's 429 with `Retry-After`.
+    busy: Option<super::verify_guard::Refused>,
 }
 
 const fn refused(status: StatusCode, code: &'static str, message: &'static str) -> InstallError {
@@ -54,6 +57,7 @@ const fn refused(status: StatusCode, code: &'static str, message: &'static str) 
         status,
         code,
         message,
+        busy: None,
     }
 }
 
@@ -124,12 +128,48 @@ pub async fn install(
     Data(state): Data<&AppState>,
 ) -> Response {
     let Some(form) = super::inbound::read(req, body).await else {
-        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        return page::frame_for(refused, page::claimed_origin(&query).as_deref());
     };
-    if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
-        return on_app_install(state, &form).await;
+    // Repeated failures from one address, or for one claimed portal, are refused
+    // before any portal or OAuth server is asked (`verify_guard`).
+    let ip = super::verify_guard::client_ip(req);
+    let claimed = query
+        .domain
+        .clone()
+        .or_else(|| text(&form, &["DOMAIN"]))
+        .or_else(|| text(&form, &["auth", "domain"]))
+        .filter(|d| valid_domain(d))
+        .map(|d| format!("install:{}", d.to_ascii_lowercase()));
+    let attempt = match &claimed {
+        Some(portal) => state.verify_guard.admit(ip, portal).map(Some),
+        None => state.verify_guard.check_address(ip).map(|()| None),
+    };
+    // The install page shows in the portal's frame: its result names the stored
+    // portal (install_page), its refusals the portal the request claims.
+    let claimed_origin = page::claimed_origin(&query);
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(refused) => return page::frame_for(refused.page(), claimed_origin.as_deref()),
+    };
+    let response =
+        if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
+            on_app_install(state, &form).await
+        } else {
+            let shown = install_page(state, &query, &form).await;
+            if shown.status().is_success() {
+                shown
+            } else {
+                page::frame_for(shown, claimed_origin.as_deref())
+            }
+        };
+    match (attempt, response.status()) {
+        (Some(a), StatusCode::OK) => a.succeeded(),
+        (Some(a), StatusCode::FORBIDDEN) => a.failed(),
+        (None, StatusCode::FORBIDDEN) => state.verify_guard.record_failure(ip, None),
+        _ => {}
     }
-    install_page(state, &query, &form).await
+    response
 }
 
 async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Response {
@@ -157,13 +197,19 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
                 complete = report.all_critical_ok(),
                 "Приложение установлено на портал"
             );
-            page::install_result(&portal.domain, &report, state).into_response()
+            page::frame_for(
+                page::install_result(&portal.domain, &report, state),
+                page::portal_origin(&portal).as_deref(),
+            )
         }
         Err(e) => install_error(e),
     }
 }
 
 fn install_error(e: InstallError) -> Response {
+    if let Some(busy) = e.busy {
+        return busy.page();
+    }
     tracing::warn!(
         status = e.status.as_u16(),
         code = e.code,
@@ -260,7 +306,12 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
     };
     let portal_refused = |e: B24Error| {
         tracing::warn!(code = e.code().unwrap_or_default(), error = %e, "Портал не подтвердил токен установки");
-        if e.is_retryable() {
+        if let B24Error::VerifyBudgetSpent { retry_after } = e {
+            InstallError {
+                busy: Some(super::verify_guard::Refused { retry_after }),
+                ..UNAVAILABLE
+            }
+        } else if e.is_retryable() {
             UNAVAILABLE
         } else {
             NOT_VERIFIED
@@ -268,7 +319,7 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
     };
     let info = state
         .b24
-        .call(&target, "app.info", json!({}))
+        .call_to_verify(&target, "app.info", json!({}))
         .await
         .map_err(portal_refused)?;
     if let Some(ours) = &state.config.b24_client_id
@@ -278,7 +329,7 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
     }
     let profile = state
         .b24
-        .call(&target, "profile", json!({}))
+        .call_to_verify(&target, "profile", json!({}))
         .await
         .map_err(portal_refused)?;
     let is_admin = match profile.get("ADMIN") {
@@ -286,7 +337,7 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
         // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
         None => state
             .b24
-            .call(&target, "user.admin", json!({}))
+            .call_to_verify(&target, "user.admin", json!({}))
             .await
             .map(|v| truthy(&v))
             .map_err(portal_refused)?,
@@ -451,6 +502,9 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 }
 
 fn install_error_json(e: InstallError) -> Response {
+    if let Some(busy) = e.busy {
+        return busy.json();
+    }
     tracing::warn!(
         status = e.status.as_u16(),
         code = e.code,

@@ -16,3 +16,4 @@ pub mod robot;
 pub mod session;
 pub mod tab_view;
 pub mod token_upkeep;
+pub mod verify_guard;

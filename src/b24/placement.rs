@@ -1,7 +1,7 @@
 //! The «Анкета пациента» tab of a deal or lead card (protocol §6): `POST
 //! /b24/placement/deal-tab` verifies the doctor with the portal and reads the deal with
 //! the doctor's own token before anything is shown; the page's follow-up requests
-//! (`GET /b24/tab/report/{invitation}`, `POST /b24/tab/new-link`) carry the signed
+//! (`POST /b24/tab/report/{invitation}`, `POST /b24/tab/new-link`) carry the signed
 //! session it was given and work only for that portal and that document.
 
 use chrono::Utc;
@@ -9,7 +9,6 @@ use poem::http::StatusCode;
 use poem::web::{Data, Path, Query};
 use poem::{Body, Request, Response, handler};
 use sea_orm::EntityTrait;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
@@ -29,20 +28,29 @@ pub async fn deal_tab(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
+    let claimed = page::claimed_origin(&query);
     let Some(form) = super::inbound::read(req, body).await else {
-        return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
+        return page::frame_for(refused, claimed.as_deref());
     };
-    let caller = match frame_auth::verify(state, &query, &form).await {
+    let ip = super::verify_guard::client_ip(req);
+    let caller = match frame_auth::verify(state, ip, &query, &form).await {
         Ok(c) => c,
-        Err(e) => return e.page(),
+        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
     };
-    let Some(entity) = entity_of(&form) else {
+    let shown = show_tab(state, &caller, &form).await;
+    page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
+}
+
+/// The tab for a confirmed caller.
+async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Response {
+    let Some(entity) = entity_of(form) else {
         return page::error(
             StatusCode::BAD_REQUEST,
             "Битрикс24 не передал номер сделки. Откройте вкладку из карточки сделки.",
         );
     };
-    if let Err(response) = check_read_access(state, &caller, entity).await {
+    if let Err(response) = check_read_access(state, caller, entity).await {
         return response;
     }
     let session = Session::new(
@@ -80,16 +88,25 @@ async fn check_read_access(
     caller: &FrameCaller,
     entity: EntityRef,
 ) -> Result<(), Response> {
+    if state.verify_guard.may_read(&caller.token, entity) {
+        return Ok(());
+    }
     let method = match entity.kind {
         EntityType::Deal => "crm.deal.get",
         EntityType::Lead => "crm.lead.get",
     };
     match state
         .b24
-        .call(&caller.target, method, json!({"id": entity.id}))
+        .call_to_verify(&caller.target, method, json!({"id": entity.id}))
         .await
     {
-        Ok(Value::Object(_)) => Ok(()),
+        Ok(Value::Object(_)) => {
+            state.verify_guard.note_readable(&caller.token, entity);
+            Ok(())
+        }
+        Err(e @ crate::bitrix24::B24Error::VerifyBudgetSpent { .. }) => {
+            Err(frame_auth::refused(&caller.portal, e).page())
+        }
         Err(e) if e.is_retryable() => {
             tracing::warn!(portal = %caller.portal.domain, error = %e, "Портал не ответил на чтение сделки");
             Err(page::error(
@@ -169,20 +186,25 @@ async fn tab_session(
     Ok((session, entity, portal))
 }
 
-#[derive(Deserialize)]
-pub struct ReportQuery {
-    s: Option<String>,
-    download: Option<String>,
-}
-
-/// The PDF of one invitation, for the session of its own document only.
+/// The PDF of one invitation, for the session of its own document only. The tab's
+/// form posts the session (`s`, and `download` for an attachment), so it never
+/// stands in a URL. The PDF opens in a browser tab of its own and may not be framed.
 #[handler]
 pub async fn report(
     Path(invitation_id): Path<String>,
-    Query(query): Query<ReportQuery>,
+    body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let (session, entity, _) = match tab_session(state, query.s.as_deref()).await {
+    let form = match body.into_bytes().await {
+        Ok(bytes) => parse_form(&bytes),
+        Err(_) => Value::Null,
+    };
+    let response = report_of(state, invitation_id, &form).await;
+    page::frame_for(response, None)
+}
+
+async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Response {
+    let (session, entity, _) = match tab_session(state, text(form, &["s"]).as_deref()).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -215,7 +237,7 @@ pub async fn report(
         );
     };
     let name = crate::completion::pdf_file_name(&inv, inv.completed_at.unwrap_or(submitted_at));
-    let disposition = if query.download.is_some() {
+    let disposition = if text(form, &["download"]).is_some() {
         "attachment"
     } else {
         "inline"
@@ -239,7 +261,14 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
     let form = parse_form(&bytes);
-    let (session, entity, portal) = match tab_session(state, text(&form, &["s"]).as_deref()).await {
+    let token = text(&form, &["s"]);
+    let origin = page::session_origin(state, token.as_deref()).await;
+    let response = issue_new_link(state, token.as_deref()).await;
+    page::frame_for(response, origin.as_deref())
+}
+
+async fn issue_new_link(state: &AppState, token: Option<&str>) -> Response {
+    let (session, entity, portal) = match tab_session(state, token).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -104,6 +104,12 @@ impl Session {
         })
     }
 
+    /// The portal a token names, unverified: only for choosing who may frame the
+    /// answer to it (see `page::frame_for`), never for access.
+    pub fn portal_hint(token: &str) -> Option<i64> {
+        token.split('.').next()?.parse().ok()
+    }
+
     /// Verifies and requires the tab of some document.
     pub fn verify_tab(
         key: &[u8],

@@ -121,16 +121,17 @@ async fn answers_block(
     let flagged_titles: Vec<&str> = flags.iter().map(|f| f.question.as_str()).collect();
     let mut html = String::new();
     let when = inv.completed_at.map(moscow).unwrap_or_default();
-    let pdf = format!(
-        "/b24/tab/report/{id}?s={s}",
-        id = escape(&inv.id),
-        s = escape(session)
-    );
+    // The session goes in a form field, never in a URL (history, proxies' logs).
+    let pdf = format!("/b24/tab/report/{id}", id = escape(&inv.id));
+    let s = escape(session);
     html.push_str(&format!(
         "<section class=\"card result\"><div class=\"result__head\"><div><h2>{title}</h2>\
 <p class=\"muted\">Заполнена {when}</p></div><div class=\"result__pdf\">\
-<a class=\"btn btn--light\" href=\"{pdf}\" target=\"_blank\" rel=\"noopener\">Открыть PDF</a>\
-<a class=\"btn btn--light\" href=\"{pdf}&amp;download=1\" download>Скачать PDF</a></div></div>",
+<form method=\"post\" action=\"{pdf}\" target=\"_blank\"><input type=\"hidden\" name=\"s\" value=\"{s}\">\
+<button type=\"submit\" class=\"btn btn--light\">Открыть PDF</button></form>\
+<form method=\"post\" action=\"{pdf}\"><input type=\"hidden\" name=\"s\" value=\"{s}\">\
+<input type=\"hidden\" name=\"download\" value=\"1\">\
+<button type=\"submit\" class=\"btn btn--light\">Скачать PDF</button></form></div></div>",
         title = escape(&q.title),
         when = escape(&when),
     ));

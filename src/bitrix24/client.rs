@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::batch::{self, MAX_COMMANDS};
+use super::body;
 use super::error::{B24Error, StoreError};
 use super::form::{self, FormPairs};
 use super::oauth;
@@ -37,6 +38,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const SAVE_ATTEMPTS: u32 = 5;
 /// Guard against a portal that keeps answering `next`.
 const MAX_PAGES: usize = 10_000;
+/// The longest an identity check waits for a slot of its share of the budget (two
+/// slots on the cloud's usual 2/50): an install makes three checks in a row. A
+/// check that would wait longer is turned away (`VerifyBudgetSpent`).
+const VERIFY_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// A Bitrix24 REST client; cheap to clone.
 #[derive(Clone)]
@@ -161,6 +166,55 @@ impl B24Client {
     ) -> Result<B24Response, B24Error> {
         check_method(method)?;
         self.execute(target, method, &form::flatten(&params)).await
+    }
+
+    /// Calls a method to learn who is calling (install, deal tab, admin page: the
+    /// caller's own token, protocol §11). Anyone can ask for such a check, so it
+    /// draws on a small share of the portal's budget of its own
+    /// ([`RateLimit::verification_share`](super::RateLimit::verification_share))
+    /// and never on what robot and outbox work use. When that share is spent it
+    /// fails at once with [`B24Error::VerifyBudgetSpent`], sending nothing; a slot
+    /// is taken only for a request that is sent. One attempt, no refresh, no retry:
+    /// the person can open the page again.
+    pub async fn call_to_verify(
+        &self,
+        target: &Target,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, B24Error> {
+        check_method(method)?;
+        let pairs = form::flatten(&params);
+        let (resolved, _) = self.resolve(target, method).await?;
+        let budget = (target.budget_key(&resolved.host), method.to_owned());
+        self.check_pause(&budget)?;
+        self.inner
+            .limiter
+            .try_acquire_verify(&resolved.host, VERIFY_MAX_WAIT)
+            .await
+            .map_err(|retry_after| B24Error::VerifyBudgetSpent { retry_after })?;
+        let started = Instant::now();
+        let (status, outcome) = self.send(&resolved, method, &pairs).await;
+        let ms = started.elapsed().as_millis() as u64;
+        let kind = target.kind();
+        match outcome {
+            Ok(response) => {
+                tracing::debug!(method, target = kind, portal = %resolved.host, status, ms, "Bitrix24 identity check");
+                if let Some(time) = &response.time {
+                    self.note_operating(budget, time);
+                }
+                Ok(response.result)
+            }
+            Err(err) => {
+                let code = err.code().unwrap_or_default().to_owned();
+                tracing::warn!(method, target = kind, portal = %resolved.host, status, ms, code = %code, "Bitrix24 identity check failed");
+                if let B24Error::Api { code, .. } = &err
+                    && code == "OPERATION_TIME_LIMIT"
+                {
+                    return Err(self.pause(budget));
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Runs any number of commands through `batch`, 50 per request (§13); outcomes
@@ -602,9 +656,9 @@ impl B24Client {
             Err(e) => return (0, Err(B24Error::from_reqwest(e))),
         };
         let status = response.status().as_u16();
-        let bytes = match response.bytes().await {
+        let bytes = match body::read_capped(response, body::MAX_BODY).await {
             Ok(b) => b,
-            Err(e) => return (status, Err(B24Error::from_reqwest(e))),
+            Err(e) => return (status, Err(e)),
         };
         (status, parse_body(status, method, &bytes))
     }

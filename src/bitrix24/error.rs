@@ -107,6 +107,13 @@ pub enum B24Error {
     /// A body that is not the JSON Bitrix24 sends.
     #[error("unexpected response (HTTP {status}): {message}")]
     InvalidResponse { status: u16, message: String },
+    /// An answer longer than the client reads (`body::MAX_BODY`): cut off unread.
+    #[error("response over {limit} bytes (HTTP {status})")]
+    ResponseTooLarge { status: u16, limit: usize },
+    /// The small budget of identity checks (install, deal tab, admin page) is spent
+    /// for this portal; nothing was sent. Robot and outbox work has its own.
+    #[error("verification budget spent; retry in {retry_after:?}")]
+    VerifyBudgetSpent { retry_after: Duration },
     /// A batch command that never ran (an earlier one failed with `halt`).
     #[error("batch command not executed")]
     NotExecuted,
@@ -270,6 +277,7 @@ impl B24Error {
                 Some((*until - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             }
             B24Error::QueryLimitExceeded => Some(Duration::from_secs(1)),
+            B24Error::VerifyBudgetSpent { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -320,7 +328,9 @@ impl B24Error {
             B24Error::Api {
                 code, description, ..
             } => format!("Битрикс24 вернул ошибку {code}: {description}"),
-            B24Error::Server { .. } | B24Error::InvalidResponse { .. } => {
+            B24Error::Server { .. }
+            | B24Error::InvalidResponse { .. }
+            | B24Error::ResponseTooLarge { .. } => {
                 "Битрикс24 временно недоступен. Запрос будет повторён автоматически.".to_owned()
             }
             B24Error::Network { .. } | B24Error::Timeout => {
@@ -333,6 +343,9 @@ impl B24Error {
                 "Файлы нельзя передавать в пакетном запросе Битрикс24.".to_owned()
             }
             B24Error::Store(_) => "Ошибка хранилища токенов сервиса.".to_owned(),
+            B24Error::VerifyBudgetSpent { .. } => {
+                "Слишком много проверок входа за короткое время. Попробуйте через минуту.".to_owned()
+            }
             B24Error::InvalidRequest(_) => "Некорректный запрос к Битрикс24.".to_owned(),
         }
     }

@@ -3,6 +3,7 @@
 //! Bitrix24 sends. The reference is `/shared/bitrix24-protocol.md` ("protocol §n").
 
 mod batch;
+pub mod body;
 mod client;
 mod error;
 pub mod form;

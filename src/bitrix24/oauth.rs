@@ -185,7 +185,7 @@ async fn send(
     if let Some(headers) = answer.headers_mut() {
         *headers = response.headers().clone();
     }
-    let body = response.bytes().await.map_err(B24Error::from_reqwest)?;
+    let body = super::body::read_capped(response, super::body::MAX_BODY).await?;
     if let Some(headers) = answer.headers_mut() {
         label_json(headers, &body);
     }

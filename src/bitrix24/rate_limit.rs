@@ -66,6 +66,30 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// The share of the portal's budget kept for identity checks (install, deal tab,
+    /// admin page): a fifth of the rate and of the bucket. Anyone who can reach the
+    /// service can ask for a check, so checks never draw on the rest, which robot
+    /// and outbox work use alone ([`RateLimit::work_share`]). Together the two
+    /// shares stay inside the portal's bucket. At least three checks go at once:
+    /// an install makes that many in a row.
+    pub fn verification_share(&self) -> RateLimit {
+        RateLimit {
+            per_sec: self.per_sec / 5.0,
+            burst: (self.burst / 5).max(4).min(self.burst / 2).max(1),
+        }
+    }
+
+    /// What is left for robot and outbox work after [`RateLimit::verification_share`].
+    pub fn work_share(&self) -> RateLimit {
+        let verify = self.verification_share();
+        RateLimit {
+            per_sec: self.per_sec - verify.per_sec,
+            burst: self.burst.saturating_sub(verify.burst).max(1),
+        }
+    }
+}
+
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.per_sec, self.burst)
@@ -81,6 +105,23 @@ pub trait SharedBucket: Send + Sync + 'static {
     async fn reserve(&self, key: &str, rate: RateLimit) -> Result<Duration, StoreError>;
     /// The portal said its bucket is full: the shared one is made full too.
     async fn mark_full(&self, key: &str, rate: RateLimit) -> Result<(), StoreError>;
+    /// Counts a request to `key` only if it may go within `max_wait`, and says how
+    /// long to wait (`Ok(Ok)`); otherwise counts nothing (`Ok(Err(retry after))`).
+    /// A store that cannot do this answers `Err`, and the process paces alone.
+    async fn try_reserve(
+        &self,
+        key: &str,
+        rate: RateLimit,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let _ = (key, rate, max_wait);
+        Err(StoreError::new("conditional reservation not supported"))
+    }
+}
+
+/// Bucket key of the identity-check share of a portal's budget.
+fn verify_key(key: &str) -> String {
+    format!("verify:{key}")
 }
 
 /// Leaky buckets by portal key, as a generic cell rate algorithm: each request
@@ -88,19 +129,67 @@ pub trait SharedBucket: Send + Sync + 'static {
 /// in arrival order without polling. With a [`SharedBucket`] the slots come from
 /// there, and the process's own buckets only stand in while it cannot be reached.
 pub(crate) struct Limiter {
+    /// Robot and outbox work: [`RateLimit::work_share`] of the portal's budget.
     rate: RateLimit,
+    /// Identity checks: [`RateLimit::verification_share`].
+    verify_rate: RateLimit,
     shared: Option<Arc<dyn SharedBucket>>,
     /// Per key: the theoretical time at which the bucket is empty again.
     buckets: Mutex<HashMap<String, Instant>>,
 }
 
 impl Limiter {
+    /// Splits the portal's budget `rate` between work and identity checks.
     pub(crate) fn new(rate: RateLimit, shared: Option<Arc<dyn SharedBucket>>) -> Self {
         Self {
-            rate,
+            rate: rate.work_share(),
+            verify_rate: rate.verification_share(),
             shared,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes a slot of `key`'s identity-check share if one is free within
+    /// `max_wait`, and waits for it; otherwise takes nothing and says when to come
+    /// back. Nobody queues here: a flood of forged checks is turned away at once
+    /// instead of holding slots it may never use.
+    pub(crate) async fn try_acquire_verify(
+        &self,
+        key: &str,
+        max_wait: Duration,
+    ) -> Result<(), Duration> {
+        let key = verify_key(key);
+        if let Some(shared) = &self.shared {
+            match shared.try_reserve(&key, self.verify_rate, max_wait).await {
+                Ok(Ok(wait)) => {
+                    tokio::time::sleep(wait).await;
+                    return Ok(());
+                }
+                Ok(Err(retry_after)) => return Err(retry_after),
+                Err(err) => {
+                    tracing::warn!(portal = %key, error = %err, "shared rate bucket unavailable; pacing within this process");
+                }
+            }
+        }
+        let ready_at = {
+            let mut buckets = self
+                .buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let tat = buckets.get(&key).copied().unwrap_or(now).max(now);
+            let ready_at = tat
+                .checked_sub(self.verify_rate.tolerance())
+                .unwrap_or(now)
+                .max(now);
+            if ready_at - now > max_wait {
+                return Err(ready_at - now);
+            }
+            buckets.insert(key, tat + self.verify_rate.interval());
+            ready_at
+        };
+        tokio::time::sleep_until(ready_at).await;
+        Ok(())
     }
 
     /// Waits until a request to `key` fits into the bucket, and counts it.
@@ -180,10 +269,11 @@ mod tests {
 
     #[tokio::test]
     async fn burst_then_steady_rate() {
+        // Work gets 16/s and a bucket of 5 of the portal's 20/9.
         let limiter = Limiter::new(
             RateLimit {
                 per_sec: 20.0,
-                burst: 5,
+                burst: 9,
             },
             None,
         );
@@ -197,5 +287,36 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(40));
         limiter.acquire("p").await;
         assert!(start.elapsed() >= Duration::from_millis(45));
+    }
+
+    #[tokio::test]
+    async fn identity_checks_are_turned_away_without_touching_work() {
+        let limiter = Limiter::new(
+            RateLimit {
+                per_sec: 2.0,
+                burst: 50,
+            },
+            None,
+        );
+        // A fifth of the bucket (10), less the safety slot, goes at once.
+        let mut admitted = 0;
+        let mut refused = 0;
+        for _ in 0..100 {
+            match limiter.try_acquire_verify("p", Duration::ZERO).await {
+                Ok(()) => admitted += 1,
+                Err(retry) => {
+                    assert!(retry > Duration::ZERO);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 9);
+        assert_eq!(refused, 91);
+        // Work on the same portal starts at once, as if no check had been made.
+        let start = Instant::now();
+        for _ in 0..30 {
+            limiter.acquire("p").await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(40));
     }
 }

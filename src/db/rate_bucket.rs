@@ -26,6 +26,17 @@ INSERT INTO rate_bucket (bucket, tat_us)
 SELECT $1, now_us + $2 FROM clock
 ON CONFLICT (bucket) DO UPDATE SET tat_us = GREATEST(rate_bucket.tat_us, EXCLUDED.tat_us)";
 
+/// A reservation that counts only if it may go within `$4` microseconds; no row
+/// comes back when it may not, and the bucket is left as it was. `EXCLUDED.tat_us`
+/// is now plus one interval.
+const TRY_RESERVE: &str = "\
+WITH clock AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint AS now_us)
+INSERT INTO rate_bucket (bucket, tat_us)
+SELECT $1, now_us + $2 FROM clock
+ON CONFLICT (bucket) DO UPDATE SET tat_us = GREATEST(rate_bucket.tat_us + $2, EXCLUDED.tat_us)
+WHERE GREATEST(rate_bucket.tat_us + $2, EXCLUDED.tat_us) - EXCLUDED.tat_us - $3 <= $4
+RETURNING GREATEST(0, tat_us - $2 - $3 - (SELECT now_us FROM clock)) AS wait_us";
+
 /// Buckets in the `rate_bucket` table; for PostgreSQL only (a SQLite file is never
 /// shared by several instances).
 pub struct DbRateBucket {
@@ -66,6 +77,36 @@ impl SharedBucket for DbRateBucket {
             .ok_or_else(|| StoreError::new("rate bucket upsert returned no row"))?;
         let wait_us: i64 = row.try_get("", "wait_us").map_err(store_error)?;
         Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
+    }
+
+    async fn try_reserve(
+        &self,
+        key: &str,
+        rate: RateLimit,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                TRY_RESERVE,
+                [
+                    key.into(),
+                    micros(rate.interval()).into(),
+                    micros(rate.tolerance()).into(),
+                    micros(max_wait).into(),
+                ],
+            ))
+            .await
+            .map_err(store_error)?;
+        let Some(row) = row else {
+            // Refused; a slot frees up at least every interval.
+            return Ok(Err(rate.interval()));
+        };
+        let wait_us: i64 = row.try_get("", "wait_us").map_err(store_error)?;
+        Ok(Ok(Duration::from_micros(
+            u64::try_from(wait_us).unwrap_or(0),
+        )))
     }
 
     async fn mark_full(&self, key: &str, rate: RateLimit) -> Result<(), StoreError> {

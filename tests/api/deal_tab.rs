@@ -65,14 +65,16 @@ fn session_of(body: &str) -> String {
         .to_owned()
 }
 
-/// The PDF link of the completed survey: `/b24/tab/report/<id>?s=<session>`.
+/// Where the completed survey's PDF form posts: `/b24/tab/report/<id>`. The session
+/// goes in the form (`s`), never in the URL.
 fn report_link(body: &str) -> String {
-    let start = body.find("/b24/tab/report/").expect("PDF link");
-    body[start..]
-        .split('"')
-        .next()
-        .expect("link")
-        .replace("&amp;", "&")
+    let start = body.find("/b24/tab/report/").expect("PDF form");
+    let link = body[start..].split('"').next().expect("link").to_owned();
+    assert!(
+        !link.contains('?'),
+        "nothing in the PDF's URL but its id: {link}"
+    );
+    link
 }
 
 fn forged_tab_url(app: &TestApp, domain: &str) -> String {
@@ -129,7 +131,14 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
 
     // Open and download the PDF.
     let link = report_link(&body);
-    let r = app.http.get(app.url(&link)).send().await.unwrap();
+    let session = session_of(&body);
+    let r = app
+        .http
+        .post(app.url(&link))
+        .form(&[("s", session.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/pdf");
     assert!(
@@ -141,7 +150,8 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
     assert!(r.bytes().await.unwrap().starts_with(b"%PDF"));
     let r = app
         .http
-        .get(app.url(&format!("{link}&download=1")))
+        .post(app.url(&link))
+        .form(&[("s", session.as_str()), ("download", "1")])
         .send()
         .await
         .unwrap();
@@ -251,29 +261,47 @@ async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
     let other_deal = patient_deal(&fake);
 
     let (_, body) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
-    let link = report_link(&body);
-    let (path, own_session) = link.split_once("?s=").expect("session in the link");
+    let path = report_link(&body);
+    let own_session = session_of(&body);
+    let own_session = own_session.as_str();
     let (_, other_body) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
     let other_session = session_of(&other_body);
     assert_ne!(other_session, own_session);
 
-    let get = |url: String| {
-        let http = app.http.clone();
-        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    let pdf = |session: Option<String>| {
+        let (http, url) = (app.http.clone(), app.url(&path));
+        async move {
+            let form: Vec<(&str, String)> = session.into_iter().map(|s| ("s", s)).collect();
+            http.post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
-    assert_eq!(get(app.url(&link)).await, 200);
+    assert_eq!(pdf(Some(own_session.to_owned())).await, 200);
     assert_eq!(
-        get(app.url(&format!("{path}?s={other_session}"))).await,
+        pdf(Some(other_session.clone())).await,
         403,
         "another deal's session"
     );
     let mut tampered = own_session.to_owned();
     let last = tampered.pop().unwrap();
     tampered.push(if last == '0' { '1' } else { '0' });
-    assert_eq!(get(app.url(&format!("{path}?s={tampered}"))).await, 403);
+    assert_eq!(pdf(Some(tampered.clone())).await, 403);
     let forged_scope = own_session.replacen(&format!(".D{deal}."), &format!(".D{other_deal}."), 1);
-    assert_eq!(get(app.url(&format!("{path}?s={forged_scope}"))).await, 403);
-    assert_eq!(get(app.url(path)).await, 403, "no session");
+    assert_eq!(pdf(Some(forged_scope)).await, 403);
+    assert_eq!(pdf(None).await, 403, "no session");
+    // The old link with the session in its query string is gone.
+    let r = app
+        .http
+        .get(app.url(&format!("{path}?s={own_session}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
 
     // «Отправить новую ссылку»: refused without a valid session…
     let r = app

@@ -87,13 +87,16 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
     let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
     assert_eq!(status, 200);
     assert!(tab.contains("Обратите внимание"), "{tab}");
-    let start = tab.find("/b24/tab/report/").expect("PDF link");
-    let link = tab[start..]
-        .split('"')
-        .next()
-        .unwrap()
-        .replace("&amp;", "&");
-    let pdf = http.get(demo.url(&link)).send().await.unwrap();
+    let start = tab.find("/b24/tab/report/").expect("PDF form");
+    let link = tab[start..].split('"').next().unwrap();
+    let session_at = tab.find("name=\"s\" value=\"").expect("tab session") + 16;
+    let session = tab[session_at..].split('"').next().unwrap();
+    let pdf = http
+        .post(demo.url(link))
+        .form(&[("s", session)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pdf.status(), 200);
     assert!(pdf.bytes().await.unwrap().starts_with(b"%PDF"));
 

@@ -4,6 +4,7 @@ mod support;
 
 mod admin_page;
 mod attacks_identity;
+mod attacks_resources;
 mod bitrix24_client;
 mod browser;
 mod completion;

@@ -116,6 +116,15 @@ pub async fn spawn_app(pairs: &[(&str, &str)]) -> TestApp {
 }
 
 pub async fn spawn_app_on(db_url: &str, pairs: &[(&str, &str)]) -> TestApp {
+    spawn_app_tuned(db_url, pairs, |_| {}).await
+}
+
+/// [`spawn_app_on`] with settings that have no variable (connection limits).
+pub async fn spawn_app_tuned(
+    db_url: &str,
+    pairs: &[(&str, &str)],
+    tune: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut map = vars(pairs);
     map.entry("DATABASE_URL".into())
         .or_insert_with(|| db_url.to_owned());
@@ -125,7 +134,8 @@ pub async fn spawn_app_on(db_url: &str, pairs: &[(&str, &str)]) -> TestApp {
     map.insert("PORT".into(), port.to_string());
     map.entry("PUBLIC_URL".into())
         .or_insert_with(|| format!("http://127.0.0.1:{port}"));
-    let config = Config::from_map(&map).expect("test configuration is valid");
+    let mut config = Config::from_map(&map).expect("test configuration is valid");
+    tune(&mut config);
     let listen = config.listen;
     let state = AppState::build(config).await.expect("state");
     let app = Application::with_state(state.clone(), listen)
