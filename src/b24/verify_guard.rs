@@ -41,6 +41,8 @@ const WINDOW: Duration = Duration::from_secs(10 * 60);
 const MAX_FAILURES_PER_ADDRESS: u32 = 10;
 /// Failed checks for one portal within WINDOW, from addresses it has not seen pass.
 const MAX_FAILURES_PER_PORTAL: u32 = 20;
+/// How long a caller refused only for checks still under way waits before trying again.
+const PENDING_RETRY: Duration = Duration::from_secs(5);
 /// How long an address that passed a check stays exempt from its portal's count.
 const TRUSTED_FOR: Duration = Duration::from_secs(12 * 60 * 60);
 /// Bounds of the maps (addresses, portals, trusted pairs, remembered tokens).
@@ -151,6 +153,10 @@ enum Key {
 #[derive(Default)]
 struct Inner {
     failures: HashMap<Key, Count>,
+    /// Checks admitted and not yet answered, per key. They count as failures until
+    /// they are answered: a burst of forged POSTs sent at once must not all pass the
+    /// door before the first of them has failed.
+    pending: HashMap<Key, u32>,
     /// (portal, address) → last passed check.
     trusted: HashMap<(String, IpAddr), Instant>,
     tokens: HashMap<TokenHash, VerifiedToken>,
@@ -169,6 +175,22 @@ pub struct Attempt<'a> {
     guard: &'a VerifyGuard,
     ip: Option<IpAddr>,
     portal: String,
+    /// Keys whose pending count this attempt holds; given back when it is dropped.
+    held: Vec<Key>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.guard.lock();
+        for key in self.held.drain(..) {
+            if let Some(n) = inner.pending.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.pending.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Attempt<'_> {
@@ -241,10 +263,11 @@ impl VerifyGuard {
     /// the portal's budget still bounds what they can spend).
     pub fn admit(&self, ip: Option<IpAddr>, portal: &str) -> Result<Attempt<'_>, Refused> {
         let now = Instant::now();
-        let inner = self.lock();
+        let mut inner = self.lock();
         let trusted = ip
             .and_then(|ip| inner.trusted.get(&(portal.to_owned(), ip)))
             .is_some_and(|at| now.duration_since(*at) < TRUSTED_FOR);
+        let mut held = Vec::new();
         if !trusted {
             let counts = [
                 ip.map(|ip| (Key::Address(ip), MAX_FAILURES_PER_ADDRESS)),
@@ -254,12 +277,33 @@ impl VerifyGuard {
                 if let Some(refused) = inner.failures.get(&key).and_then(|c| c.refusal(now, max)) {
                     return Err(refused);
                 }
+                let failed = inner
+                    .failures
+                    .get(&key)
+                    .filter(|c| c.current(now))
+                    .map_or(0, |c| c.failures);
+                let pending = inner.pending.get(&key).copied().unwrap_or(0);
+                if failed.saturating_add(pending) >= max {
+                    return Err(Refused {
+                        retry_after: PENDING_RETRY,
+                    });
+                }
+                held.push(key);
+            }
+            // Bounded like the other maps: an entry lives only while its checks run.
+            if inner.pending.len() < MAX_TRACKED {
+                for key in &held {
+                    *inner.pending.entry(key.clone()).or_insert(0) += 1;
+                }
+            } else {
+                held.clear();
             }
         }
         Ok(Attempt {
             guard: self,
             ip,
             portal: portal.to_owned(),
+            held,
         })
     }
 
@@ -374,6 +418,22 @@ mod tests {
         assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= WINDOW);
         assert!(guard.check_address(ip(1)).is_err());
         assert!(guard.admit(ip(2), "other").is_ok());
+    }
+
+    #[test]
+    fn checks_under_way_count_until_answered() {
+        let guard = VerifyGuard::default();
+        // A burst from many addresses, all admitted before any has failed.
+        let running: Vec<_> = (0..MAX_FAILURES_PER_PORTAL as u8)
+            .map(|n| guard.admit(ip(n), "p").expect("admitted"))
+            .collect();
+        let refused = guard.admit(ip(200), "p").err().expect("refused while running");
+        assert_eq!(refused.retry_after, PENDING_RETRY);
+        // Answered without a verdict (the portal was down): the door opens again.
+        drop(running);
+        let attempt = guard.admit(ip(200), "p").expect("admitted again");
+        attempt.succeeded();
+        assert!(guard.lock().pending.is_empty(), "nothing left pending");
     }
 
     #[test]

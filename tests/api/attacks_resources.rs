@@ -132,7 +132,10 @@ async fn forged_tab_and_install_posts_from_many_addresses_do_not_delay_the_robot
     let reached = checks(&fake) - checks_before;
     // The checks' share of a 2/50 bucket is 10: 9 at once, two more within 5 s.
     assert!(reached <= 12, "{reached} forged checks reached the portal");
-    assert!(refused >= 300, "only {refused} of 320 refused with 429");
+    // Checks under way count as failures until answered, so of each kind (tab, install)
+    // at most 20 pass the door at once; the install ones then fail at the OAuth server
+    // (403), a few tab ones at the portal (403).
+    assert!(refused >= 270, "only {refused} of 320 refused with 429");
 
     // The robot runs at once: the forged checks spent none of its budget (before,
     // its answer waited for 160 spent slots to drain: about a minute).
