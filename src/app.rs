@@ -36,7 +36,8 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         });
     }
     match p {
-        "/healthz" | "/openapi.json" => Some("GET"),
+        "/healthz" | "/openapi.json" | "/docs" => Some("GET"),
+        _ if p.starts_with("/docs/") => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),
@@ -50,8 +51,9 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let docs = api.swagger_ui();
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        // The document and its UI are read-only: other methods get 405 with `Allow`.
+        .at("/openapi.json", get(spec))
+        .nest("/docs", get(docs))
         .at(
             "/s/:token",
             get(web::survey_page).post(web::survey_form_submit),

@@ -12,6 +12,7 @@ mod demo;
 mod install;
 mod instances;
 mod legacy;
+mod recovery;
 mod robot;
 mod storage;
 mod survey_flow;
