@@ -373,3 +373,116 @@ async fn a_surviving_instance_finishes_a_killed_ones_jobs() {
     sent.dedup();
     assert_eq!(sent.len(), 12, "every robot run answered once");
 }
+
+/// SIGTERM in the middle of a call that does not answer: the service stops within
+/// its grace period and gives the job's lease up, so the next instance starts on it
+/// without waiting for the lease to lapse.
+#[tokio::test]
+async fn sigterm_gives_the_leases_of_unfinished_jobs_up() {
+    let test_db = sqlite();
+    let fake = fake().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http = reqwest::Client::new();
+    let mut service = Service::start(&test_db.url, free_port(), &fake, dir.path(), "one").await;
+    install(&fake, &service).await;
+    robot_run(&fake).await;
+    within(Duration::from_secs(20), "the robot's link", || async {
+        fake.event_sends().len() == 1
+    })
+    .await;
+    let token = link_tokens(&fake).pop().expect("a link");
+    fake.fail_next("crm.timeline.comment.add", Fault::Delay(HANG), 1);
+    let requests = fake.http_request_count();
+    submit(&http, &service, &token).await;
+    let db = opros::db::connect(&test_db.url).await.expect("connect");
+    within(
+        Duration::from_secs(20),
+        "the comment's call in flight",
+        || async {
+            let held = open_jobs(&db)
+                .await
+                .iter()
+                .any(|j| j.kind == "post_completion" && j.lease.is_some());
+            held && fake.http_request_count() > requests
+        },
+    )
+    .await;
+
+    let stopped = Instant::now();
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(service.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = loop {
+        if let Some(status) = service.child.try_wait().expect("child status") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM\n{}",
+            service.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", service.log_tail());
+    let job = open_jobs(&db)
+        .await
+        .into_iter()
+        .find(|j| j.kind == "post_completion")
+        .expect("the comment is still to be delivered");
+    assert_eq!(
+        (job.lease, job.locked_until, job.dead_at),
+        (None, None, None),
+        "the lease is given up on SIGTERM"
+    );
+    eprintln!("SIGTERM: stopped and released in {:?}", stopped.elapsed());
+}
+
+/// One portal hangs and then refuses everything; another portal's robot run is
+/// answered meanwhile, by the same worker.
+#[tokio::test]
+async fn one_portals_outage_does_not_delay_another() {
+    use opros::testing::fake_portal::FakePortalConfig;
+
+    let (slow, app) = crate::support::portal::installed().await;
+    let other = FakePortal::start(FakePortalConfig {
+        member_id: "9b1d7e3a5c2f4e6a8b0d1f3e5a7c9b2d".into(),
+        ..FakePortalConfig::default()
+    })
+    .await
+    .expect("second portal");
+    crate::support::portal::install(&other, &app).await;
+
+    slow.fail_next("batch", Fault::Delay(Duration::from_secs(120)), 1);
+    slow.fail_next("batch", Fault::QueryLimit, 100_000);
+    robot_run(&slow).await;
+    within(
+        Duration::from_secs(10),
+        "the slow portal's batch in flight",
+        || async {
+            open_jobs(&app.state.db)
+                .await
+                .iter()
+                .any(|j| j.locked_until.is_some())
+        },
+    )
+    .await;
+    let started = Instant::now();
+    robot_run(&other).await;
+    crate::support::eventually("the other portal's link", || async {
+        other.event_sends().len() == 1
+    })
+    .await;
+    eprintln!(
+        "isolation: the other portal answered in {:?} while the first hung",
+        started.elapsed()
+    );
+    assert!(slow.event_sends().is_empty());
+    let stuck = open_jobs(&app.state.db).await;
+    assert!(
+        !stuck.is_empty() && stuck.iter().all(|j| j.dead_at.is_none()),
+        "{stuck:?}"
+    );
+}
