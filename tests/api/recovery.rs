@@ -486,3 +486,57 @@ async fn one_portals_outage_does_not_delay_another() {
         "{stuck:?}"
     );
 }
+
+/// A call that takes longer than a lease: the worker's heartbeat keeps the job, so
+/// another instance on the same database never runs it a second time.
+#[tokio::test]
+async fn a_running_job_keeps_its_lease_past_the_lease_time() {
+    let Some(pg) = postgres("recovery::heartbeat").await else {
+        return;
+    };
+    let fake = fake().await;
+    let a = crate::support::portal::app_for_db(&fake, &pg.url, &[]).await;
+    crate::support::portal::install(&fake, &a).await;
+    let deal = robot_run(&fake).await;
+    within(Duration::from_secs(20), "the robot's link", || async {
+        fake.event_sends().len() == 1
+    })
+    .await;
+    let token = link_tokens(&fake).pop().expect("a link");
+    let slow = Duration::from_millis(opros::outbox::jobs::LEASE_MS as u64) + Duration::from_secs(6);
+    fake.fail_next("crm.timeline.comment.add", Fault::Delay(slow), 1);
+    let (status, survey) = a.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = a
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    within(
+        Duration::from_secs(20),
+        "the comment's call in flight",
+        || async {
+            open_jobs(&a.state.db)
+                .await
+                .iter()
+                .any(|j| j.kind == "post_completion" && j.lease.is_some())
+        },
+    )
+    .await;
+    let b = crate::support::portal::app_for_db(&fake, &pg.url, &[]).await;
+    within(
+        slow + Duration::from_secs(30),
+        "the slow comment",
+        || async { open_jobs(&b.state.db).await.is_empty() },
+    )
+    .await;
+    assert_eq!(comments_on(&fake, deal), 1);
+    assert!(
+        fake.calls_of("crm.timeline.comment.list").is_empty(),
+        "nobody ran the job a second time"
+    );
+    assert_eq!(fake.calls_of("crm.timeline.comment.add").len(), 1);
+}
