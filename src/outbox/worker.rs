@@ -69,10 +69,6 @@ impl Outbox {
         }
     }
 
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// Runs until cancelled. On start, takes back what this instance held when it
     /// stopped; on cancellation, lets jobs in flight finish for a moment and gives
     /// the rest of its leases up, so the next instance starts on them at once.
