@@ -22,9 +22,9 @@ use crate::db::entities::outbox_job;
 /// are taken over within seconds (another instance delivers them within 15 s of the
 /// portal being able to take them); three heartbeats fit into it, so one slow
 /// database round does not lose a lease.
-pub const LEASE_MS: i64 = 12_000;
+pub const LEASE_MS: i64 = 10_000;
 /// How often a worker renews the leases of the jobs it is running.
-pub const HEARTBEAT_MS: i64 = 4_000;
+pub const HEARTBEAT_MS: i64 = 3_000;
 /// After this many attempts a job is dead and waits for an admin.
 pub const MAX_ATTEMPTS: i32 = 10;
 
