@@ -37,7 +37,8 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         });
     }
     match p {
-        "" | "/healthz" | "/openapi.json" | "/README.md" => Some("GET"),
+        "" | "/healthz" | "/openapi.json" | "/README.md" | "/docs" => Some("GET"),
+        _ if p.starts_with("/docs/") => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),
@@ -64,8 +65,9 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     });
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        // The document and its UI are read-only: other methods get 405 with `Allow`.
+        .at("/openapi.json", get(spec))
+        .nest("/docs", get(docs))
         .at("/README.md", get(web::home::readme))
         .at(
             "/s/:token",

@@ -78,7 +78,12 @@ impl Application {
     /// Serves and runs the outbox worker and the token upkeep until `cancel` fires;
     /// in-flight requests finish, the worker stops between jobs.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> std::io::Result<()> {
-        let worker = tokio::spawn(outbox::Outbox::new(self.state.clone()).run(cancel.clone()));
+        // The port makes the instance's name unique on its host while it runs, and
+        // the same after a restart: the worker takes its own old leases back.
+        let instance = format!("{}:{}", outbox::worker::host_name(), self.addr.port());
+        let worker = tokio::spawn(
+            outbox::Outbox::for_instance(self.state.clone(), instance).run(cancel.clone()),
+        );
         let upkeep = tokio::spawn(b24::token_upkeep::run(self.state.clone(), cancel.clone()));
         let endpoint = app::routes(self.state.clone());
         let stop = cancel.clone();

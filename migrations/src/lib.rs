@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_init;
 mod m20261123_000002_rate_bucket;
+mod m20261207_000003_outbox_recovery;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261123_000002_rate_bucket::Migration),
+            Box::new(m20261207_000003_outbox_recovery::Migration),
         ]
     }
 }

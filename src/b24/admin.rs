@@ -1,6 +1,7 @@
 //! The application's page in the portal (`POST /b24/app`, the main handler): for
 //! portal administrators only, verified like the deal tab. Its actions (`POST
-//! /b24/app/action`: reinstall, retry a dead job, save settings) carry the admin
+//! /b24/app/action`: reinstall, retry a dead job, retry the waiting jobs now, save
+//! settings) carry the admin
 //! session the page was given.
 
 use chrono::Utc;
@@ -115,6 +116,7 @@ async fn act(state: &AppState, form: &Value) -> Response {
     let notice = match text(form, &["action"]).as_deref() {
         Some("reinstall") => reinstall(state, &portal).await,
         Some("retry") => retry(state, &portal, form).await,
+        Some("retry_now") => retry_now(state, &portal).await,
         Some("settings") => save_settings(state, &portal, form).await,
         _ => return page::error(StatusCode::BAD_REQUEST, "Неизвестное действие"),
     };
@@ -169,6 +171,22 @@ async fn retry(state: &AppState, portal: &portal::Model, form: &Value) -> String
         Err(e) => {
             tracing::error!(error = %e, "Не удалось вернуть задание в очередь");
             "Не удалось вернуть задание в очередь: база данных недоступна.".to_owned()
+        }
+    }
+}
+
+/// «Повторить сейчас»: the portal's waiting jobs (after failures or a pause for the
+/// portal's limits) are due at once.
+async fn retry_now(state: &AppState, portal: &portal::Model) -> String {
+    match crate::outbox::jobs::retry_now(&state.db, Some(portal.id), Utc::now()).await {
+        Ok(0) => "Ожидающих заданий нет: всё уже отправляется.".to_owned(),
+        Ok(n) => {
+            state.nudge_outbox();
+            format!("Заданий отправляется сейчас: {n}.")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Не удалось запустить задания сейчас");
+            "Не удалось запустить задания: база данных недоступна.".to_owned()
         }
     }
 }

@@ -9,6 +9,7 @@ use super::page::{escape, layout};
 use super::portal_settings;
 use crate::completion::moscow;
 use crate::db::entities::{outbox_job, portal};
+use crate::outbox::jobs::QueueSummary;
 use crate::state::AppState;
 
 /// How many open jobs the page lists.
@@ -22,6 +23,7 @@ pub async fn page(
 ) -> Result<String, DbErr> {
     let settings = portal_settings::load(&state.db, portal.id, state.config.link_days).await?;
     let jobs = crate::outbox::jobs::open_jobs(&state.db, Some(portal.id), JOBS_SHOWN).await?;
+    let queue = crate::outbox::jobs::summary(&state.db, Some(portal.id)).await?;
     let v = env!("CARGO_PKG_VERSION");
     let mut html = format!(
         "<link rel=\"stylesheet\" href=\"/assets/deal-tab.css?v={v}\">\
@@ -40,7 +42,7 @@ pub async fn page(
     html.push_str(&settings_card(session, settings));
     html.push_str(&urls_card(state));
     html.push_str("</div>");
-    html.push_str(&outbox_card(&jobs, session));
+    html.push_str(&outbox_card(&jobs, &queue, session));
     html.push_str(&questionnaires_card(state));
     Ok(layout("Анкета пациента — настройки", "", &html))
 }
@@ -137,7 +139,7 @@ fn urls_card(state: &AppState) -> String {
 fn job_state(job: &outbox_job::Model) -> &'static str {
     if job.dead_at.is_some() {
         "не удалось"
-    } else if job.attempts > 0 {
+    } else if job.last_error.is_some() {
         "повторяется"
     } else {
         "ожидает"
@@ -150,7 +152,49 @@ fn run_at(job: &outbox_job::Model) -> String {
         .unwrap_or_default()
 }
 
-fn outbox_card(jobs: &[outbox_job::Model], session: &str) -> String {
+/// The portal's queue in one line: counts, the next try, the last portal error, and
+/// «Повторить сейчас» for whatever waits.
+fn queue_summary(queue: &QueueSummary, session: &str) -> String {
+    let next = queue
+        .next_at
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(|at| {
+            format!(
+                "<p>Следующая попытка: <time>{}</time></p>",
+                escape(&moscow(at))
+            )
+        })
+        .unwrap_or_default();
+    let error = queue
+        .last_error
+        .as_deref()
+        .map(|e| {
+            format!(
+                "<p class=\"job-error\">Последняя ошибка портала: {}</p>",
+                escape(e)
+            )
+        })
+        .unwrap_or_default();
+    let retry_now = if queue.queued + queue.retrying > 0 {
+        format!(
+            "<form method=\"post\" action=\"/b24/app/action\" class=\"inline-form\">{s}\
+<input type=\"hidden\" name=\"action\" value=\"retry_now\">\
+<button type=\"submit\" class=\"btn btn--light btn--small\">Повторить сейчас</button></form>",
+            s = hidden_session(session),
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<div class=\"queue-summary\"><p>В очереди: {queued} · повторяется: {retrying} · \
+не удалось: {dead}</p>{next}{error}{retry_now}</div>",
+        queued = queue.queued,
+        retrying = queue.retrying,
+        dead = queue.dead,
+    )
+}
+
+fn outbox_card(jobs: &[outbox_job::Model], queue: &QueueSummary, session: &str) -> String {
     if jobs.is_empty() {
         return "<section class=\"card\"><h2>Очередь отправки в Битрикс24</h2>\
 <p class=\"muted\">Очередь пуста: всё доставлено.</p></section>"
@@ -185,9 +229,10 @@ fn outbox_card(jobs: &[outbox_job::Model], session: &str) -> String {
         ));
     }
     format!(
-        "<section class=\"card\"><h2>Очередь отправки в Битрикс24</h2><div class=\"table-wrap\"><table>\
+        "<section class=\"card\"><h2>Очередь отправки в Битрикс24</h2>{summary}<div class=\"table-wrap\"><table>\
 <thead><tr><th>№</th><th>Задание</th><th>Состояние</th><th class=\"optional\">Попыток</th>\
-<th class=\"optional\">Следующая попытка</th><th>Ошибка</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
+<th class=\"optional\">Следующая попытка</th><th>Ошибка</th></tr></thead><tbody>{rows}</tbody></table></div></section>",
+        summary = queue_summary(queue, session),
     )
 }
 

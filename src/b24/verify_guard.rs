@@ -199,7 +199,7 @@ impl Attempt<'_> {
         let Some(ip) = self.ip else { return };
         let mut inner = self.guard.lock();
         let now = Instant::now();
-        insert_bounded(&mut inner.trusted, (self.portal, ip), now, |at| *at);
+        insert_bounded(&mut inner.trusted, (self.portal.clone(), ip), now, |at| *at);
     }
 
     /// The portal refused the caller's token (or the claim was wrong on its face).
@@ -427,7 +427,10 @@ mod tests {
         let running: Vec<_> = (0..MAX_FAILURES_PER_PORTAL as u8)
             .map(|n| guard.admit(ip(n), "p").expect("admitted"))
             .collect();
-        let refused = guard.admit(ip(200), "p").err().expect("refused while running");
+        let refused = guard
+            .admit(ip(200), "p")
+            .err()
+            .expect("refused while running");
         assert_eq!(refused.retry_after, PENDING_RETRY);
         // Answered without a verdict (the portal was down): the door opens again.
         drop(running);

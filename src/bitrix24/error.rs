@@ -98,9 +98,10 @@ pub enum B24Error {
     /// HTTP 5xx or a server-side error code (`INTERNAL_SERVER_ERROR`, …).
     #[error("server error {status} '{code}'")]
     Server { status: u16, code: String },
-    /// Connection failure; the message was stripped of its URL.
+    /// Connection failure; the message was stripped of its URL. `refused`: nothing
+    /// listens at the portal's address (it is restarting or down), so nothing was sent.
     #[error("network error: {message}")]
-    Network { message: String },
+    Network { message: String, refused: bool },
     /// No answer within the request timeout.
     #[error("request timed out")]
     Timeout,
@@ -180,13 +181,17 @@ impl B24Error {
         }
         let err = err.without_url();
         let mut message = err.to_string();
+        let mut refused = false;
         let mut source = std::error::Error::source(&err);
         while let Some(cause) = source {
             message.push_str(": ");
             message.push_str(&cause.to_string());
+            refused |= cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
             source = cause.source();
         }
-        B24Error::Network { message }
+        B24Error::Network { message, refused }
     }
 
     /// The Bitrix24 error code, when the portal sent one.
@@ -267,6 +272,23 @@ impl B24Error {
                 | B24Error::Timeout
                 | B24Error::Store(_)
         ) || matches!(self, B24Error::InvalidResponse { status, .. } if *status >= 500)
+    }
+
+    /// The portal pushes back rather than fails: it is over its request limit
+    /// (`QUERY_LIMIT_EXCEEDED`, §10.1), pauses a method (`OPERATION_TIME_LIMIT`, §10.2),
+    /// answers 503/429 (its own or a proxy's "come back later"), or refuses the
+    /// connection. Nothing was carried out, and the portal will take the call again
+    /// soon: the outbox pauses that portal's queue and probes it on a short schedule
+    /// instead of counting a failure.
+    pub fn is_backpressure(&self) -> bool {
+        match self {
+            B24Error::QueryLimitExceeded | B24Error::OperationTimeLimit { .. } => true,
+            B24Error::Server { status, .. }
+            | B24Error::Api { status, .. }
+            | B24Error::InvalidResponse { status, .. } => matches!(status, 429 | 503),
+            B24Error::Network { refused, .. } => *refused,
+            _ => false,
+        }
     }
 
     /// The earliest useful retry, when the error says so: the end of an operating
@@ -382,5 +404,37 @@ mod tests {
             .is_already_registered()
         );
         assert!(B24Error::from_body(502, "", "", "x").is_retryable());
+    }
+
+    #[test]
+    fn backpressure_is_told_apart_from_failure() {
+        for pushback in [
+            B24Error::from_body(503, "QUERY_LIMIT_EXCEEDED", "", "x"),
+            B24Error::from_body(503, "", "", "x"),
+            B24Error::from_body(429, "TOO_MANY_REQUESTS", "", "x"),
+            B24Error::InvalidResponse {
+                status: 503,
+                message: "Service Unavailable".into(),
+            },
+            B24Error::Network {
+                message: "Connection refused".into(),
+                refused: true,
+            },
+        ] {
+            assert!(pushback.is_backpressure(), "{pushback:?}");
+        }
+        for failure in [
+            B24Error::from_body(500, "INTERNAL_SERVER_ERROR", "", "x"),
+            B24Error::from_body(502, "", "", "x"),
+            B24Error::from_body(503, "OVERLOAD_LIMIT", "", "x"),
+            B24Error::from_body(400, "", "Access denied", "x"),
+            B24Error::Network {
+                message: "connection reset".into(),
+                refused: false,
+            },
+            B24Error::Timeout,
+        ] {
+            assert!(!failure.is_backpressure(), "{failure:?}");
+        }
     }
 }

@@ -2,6 +2,12 @@
 //! Portable between SQLite and PostgreSQL: a claim is one conditional UPDATE that
 //! stamps a random lease, and the claimer reads back the rows carrying its lease, so
 //! two workers can never both own a row.
+//!
+//! Leases are short and renewed: a running worker extends its leases every
+//! [`HEARTBEAT_MS`], so a lease that stops being renewed (its process died or hung)
+//! lapses within [`LEASE_MS`] and any worker may take the job. Every write of a
+//! job's outcome is fenced on the lease, so a worker that lost its lease cannot
+//! record over the new owner.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -12,8 +18,13 @@ use sea_orm::{
 
 use crate::db::entities::outbox_job;
 
-/// How long a claimed job is ours; longer than any call with its retries takes.
-pub const LEASE_MS: i64 = 5 * 60 * 1000;
+/// How long a claimed job is ours without a renewal. Short, so a dead worker's jobs
+/// are taken over within seconds (another instance delivers them within 15 s of the
+/// portal being able to take them); three heartbeats fit into it, so one slow
+/// database round does not lose a lease.
+pub const LEASE_MS: i64 = 10_000;
+/// How often a worker renews the leases of the jobs it is running.
+pub const HEARTBEAT_MS: i64 = 3_000;
 /// After this many attempts a job is dead and waits for an admin.
 pub const MAX_ATTEMPTS: i32 = 10;
 
@@ -29,17 +40,38 @@ fn due(now_ms: i64) -> Condition {
         )
 }
 
-/// Claims up to `limit` due jobs, oldest first.
+/// Jobs of these portals are left alone (`None`: the webhook setup's jobs).
+fn not_of(portals: &[Option<i64>]) -> Condition {
+    let ids: Vec<i64> = portals.iter().flatten().copied().collect();
+    let mut c = Condition::all();
+    if !ids.is_empty() {
+        c = c.add(
+            Condition::any()
+                .add(outbox_job::Column::PortalId.is_null())
+                .add(outbox_job::Column::PortalId.is_not_in(ids)),
+        );
+    }
+    if portals.contains(&None) {
+        c = c.add(outbox_job::Column::PortalId.is_not_null());
+    }
+    c
+}
+
+/// Claims up to `limit` due jobs, oldest first, for the instance `owner`, leaving out
+/// the portals in `busy` (this worker is already running their jobs).
 pub async fn claim<C: ConnectionTrait>(
     db: &C,
     now: DateTime<Utc>,
     limit: u64,
+    owner: &str,
+    busy: &[Option<i64>],
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
     let now_ms = now.timestamp_millis();
     let ids: Vec<i64> = outbox_job::Entity::find()
         .select_only()
         .column(outbox_job::Column::Id)
         .filter(due(now_ms))
+        .filter(not_of(busy))
         .order_by_asc(outbox_job::Column::RunAt)
         .order_by_asc(outbox_job::Column::Id)
         .limit(limit)
@@ -54,6 +86,7 @@ pub async fn claim<C: ConnectionTrait>(
     // worker may have claimed some of these rows, and only this check is atomic.
     outbox_job::Entity::update_many()
         .col_expr(outbox_job::Column::Lease, Expr::value(lease.clone()))
+        .col_expr(outbox_job::Column::LeaseOwner, Expr::value(owner))
         .col_expr(
             outbox_job::Column::LockedUntil,
             Expr::value(now_ms + LEASE_MS),
@@ -74,21 +107,197 @@ pub async fn claim<C: ConnectionTrait>(
         .await
 }
 
-/// Milliseconds until the next job is due, if any is waiting.
+/// Milliseconds until the next job is due, if any is waiting: a free job at its
+/// `run_at`, a leased one when its lease lapses (unless renewed meanwhile).
 pub async fn next_due_in<C: ConnectionTrait>(
     db: &C,
     now: DateTime<Utc>,
 ) -> Result<Option<i64>, DbErr> {
-    let next: Option<i64> = outbox_job::Entity::find()
-        .select_only()
+    let now_ms = now.timestamp_millis();
+    let pending = || {
+        outbox_job::Entity::find()
+            .select_only()
+            .filter(outbox_job::Column::DoneAt.is_null())
+            .filter(outbox_job::Column::DeadAt.is_null())
+    };
+    let free: Option<i64> = pending()
         .column_as(outbox_job::Column::RunAt.min(), "next")
-        .filter(outbox_job::Column::DoneAt.is_null())
-        .filter(outbox_job::Column::DeadAt.is_null())
+        .filter(
+            Condition::any()
+                .add(outbox_job::Column::LockedUntil.is_null())
+                .add(outbox_job::Column::LockedUntil.lt(now_ms)),
+        )
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?
         .flatten();
-    Ok(next.map(|at| Ord::max(at - now.timestamp_millis(), 0)))
+    let leased: Option<i64> = pending()
+        .column_as(outbox_job::Column::LockedUntil.min(), "next")
+        .filter(outbox_job::Column::LockedUntil.gte(now_ms))
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    let next = match (free, leased) {
+        (Some(a), Some(b)) => Some(Ord::min(a, b + 1)),
+        (a, b) => a.or(b.map(|b| b + 1)),
+    };
+    Ok(next.map(|at| Ord::max(at - now_ms, 0)))
+}
+
+/// Extends the leases this worker holds; returns how many jobs are still ours.
+pub async fn renew<C: ConnectionTrait>(
+    db: &C,
+    leases: &[String],
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    if leases.is_empty() {
+        return Ok(0);
+    }
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::LockedUntil,
+            Expr::value(now.timestamp_millis() + LEASE_MS),
+        )
+        .filter(outbox_job::Column::Lease.is_in(leases.iter().cloned()))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}
+
+/// Whether `job`'s lease is still ours: checked right before a side effect that
+/// cannot be told apart from a repeat by the portal itself.
+pub async fn holds<C: ConnectionTrait>(db: &C, job: &outbox_job::Model) -> Result<bool, DbErr> {
+    let Some(lease) = &job.lease else {
+        return Ok(false);
+    };
+    let found = outbox_job::Entity::find()
+        .select_only()
+        .column(outbox_job::Column::Id)
+        .filter(outbox_job::Column::Id.eq(job.id))
+        .filter(outbox_job::Column::Lease.eq(lease.clone()))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .into_tuple::<i64>()
+        .one(db)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Gives leases up (shutdown): the jobs are due again at once for any worker.
+pub async fn release<C: ConnectionTrait>(db: &C, leases: &[String]) -> Result<u64, DbErr> {
+    if leases.is_empty() {
+        return Ok(0);
+    }
+    unlock()
+        .filter(outbox_job::Column::Lease.is_in(leases.iter().cloned()))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}
+
+fn unlock() -> sea_orm::UpdateMany<outbox_job::Entity> {
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::LockedUntil,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(
+            outbox_job::Column::Lease,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            outbox_job::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+}
+
+/// What a starting instance finds of its own previous life: leases it held when it
+/// died (`owner`; `None`: every lease, for a database only this process uses) and
+/// jobs paused by a portal's backpressure. Both are due at once: the old leases are
+/// dead by definition, and a restart is a good moment for one probe.
+pub async fn recover<C: ConnectionTrait>(
+    db: &C,
+    owner: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(u64, u64), DbErr> {
+    let mut taken = unlock()
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::LockedUntil.is_not_null());
+    if let Some(owner) = owner {
+        taken = taken.filter(outbox_job::Column::LeaseOwner.eq(owner));
+    }
+    let taken = taken.exec(db).await?.rows_affected;
+    let probed = outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::RunAt,
+            Expr::value(now.timestamp_millis()),
+        )
+        .col_expr(outbox_job::Column::Paused, Expr::value(false))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .filter(outbox_job::Column::Paused.eq(true))
+        .filter(outbox_job::Column::RunAt.gt(now.timestamp_millis()))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok((taken, probed))
+}
+
+/// «Повторить сейчас»: the portal's waiting jobs are due now. Jobs being run (leased)
+/// are left to their worker.
+pub async fn retry_now<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let now_ms = now.timestamp_millis();
+    let mut q = outbox_job::Entity::update_many()
+        .col_expr(outbox_job::Column::RunAt, Expr::value(now_ms))
+        .col_expr(outbox_job::Column::Paused, Expr::value(false))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .filter(outbox_job::Column::RunAt.gt(now_ms))
+        .filter(
+            Condition::any()
+                .add(outbox_job::Column::LockedUntil.is_null())
+                .add(outbox_job::Column::LockedUntil.lt(now_ms)),
+        );
+    q = match portal_id {
+        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
+        None => q.filter(outbox_job::Column::PortalId.is_null()),
+    };
+    Ok(q.exec(db).await?.rows_affected)
+}
+
+/// Holds back a portal's other waiting jobs until `until` (its queue is paused by
+/// backpressure), so no worker of any instance hammers a portal that pushes back.
+pub async fn pause_portal<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let (now_ms, until_ms) = (now.timestamp_millis(), until.timestamp_millis());
+    let mut q = outbox_job::Entity::update_many()
+        .col_expr(outbox_job::Column::RunAt, Expr::value(until_ms))
+        .col_expr(outbox_job::Column::Paused, Expr::value(true))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .filter(outbox_job::Column::RunAt.lt(until_ms))
+        .filter(
+            Condition::any()
+                .add(outbox_job::Column::LockedUntil.is_null())
+                .add(outbox_job::Column::LockedUntil.lt(now_ms)),
+        );
+    q = match portal_id {
+        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
+        None => q.filter(outbox_job::Column::PortalId.is_null()),
+    };
+    Ok(q.exec(db).await?.rows_affected)
 }
 
 /// What happened to one job.
@@ -96,7 +305,13 @@ pub async fn next_due_in<C: ConnectionTrait>(
 pub enum Outcome {
     Done(serde_json::Value),
     RetryAt(DateTime<Utc>, String),
+    /// The portal pushed back (see `B24Error::is_backpressure`): try again at this
+    /// time; it does not count toward dead.
+    Deferred(DateTime<Utc>, String),
     Dead(String),
+    /// The lease was taken by another worker before the side effect: the new owner
+    /// runs the job, nothing is recorded here.
+    Lost,
 }
 
 /// Records an outcome, but only while the lease is still ours: a worker that lost its
@@ -115,8 +330,18 @@ pub async fn finish<C: ConnectionTrait>(
         .col_expr(
             outbox_job::Column::Lease,
             Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            outbox_job::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
         );
     update = match outcome {
+        Outcome::Lost => return Ok(()),
+        Outcome::Deferred(..) => update,
+        _ => update.col_expr(outbox_job::Column::Paused, Expr::value(false)),
+    };
+    update = match outcome {
+        Outcome::Lost => return Ok(()),
         Outcome::Done(result) => update
             .col_expr(outbox_job::Column::DoneAt, Expr::value(now))
             .col_expr(outbox_job::Column::Result, Expr::value(result))
@@ -130,6 +355,17 @@ pub async fn finish<C: ConnectionTrait>(
                 Expr::value(at.timestamp_millis()),
             )
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
+        Outcome::Deferred(at, error) => update
+            .col_expr(
+                outbox_job::Column::RunAt,
+                Expr::value(at.timestamp_millis()),
+            )
+            .col_expr(outbox_job::Column::LastError, Expr::value(error))
+            .col_expr(
+                outbox_job::Column::Deferrals,
+                Expr::col(outbox_job::Column::Deferrals).add(1),
+            )
+            .col_expr(outbox_job::Column::Paused, Expr::value(true)),
         Outcome::Dead(error) => update
             .col_expr(outbox_job::Column::DeadAt, Expr::value(now))
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
@@ -155,6 +391,7 @@ pub async fn revive<C: ConnectionTrait>(
             Expr::value(Option::<DateTime<Utc>>::None),
         )
         .col_expr(outbox_job::Column::Attempts, Expr::value(0))
+        .col_expr(outbox_job::Column::Deferrals, Expr::value(0))
         .col_expr(
             outbox_job::Column::RunAt,
             Expr::value(now.timestamp_millis()),
@@ -183,4 +420,62 @@ pub async fn open_jobs<C: ConnectionTrait>(
         None => q.filter(outbox_job::Column::PortalId.is_null()),
     };
     q.all(db).await
+}
+
+/// Failed tries of a job: its attempts less those a portal's backpressure deferred.
+pub fn failures(job: &outbox_job::Model) -> i32 {
+    Ord::max(job.attempts.saturating_sub(job.deferrals), 0)
+}
+
+/// A portal's queue at a glance, for the admin page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueSummary {
+    /// Waiting, never failed.
+    pub queued: u64,
+    /// Waiting after a failure or a portal's pushback.
+    pub retrying: u64,
+    pub dead: u64,
+    /// Unix milliseconds of the earliest waiting job.
+    pub next_at: Option<i64>,
+    /// The latest error of a waiting or dead job (Russian, for the administrator).
+    pub last_error: Option<String>,
+}
+
+pub async fn summary<C: ConnectionTrait>(
+    db: &C,
+    portal_id: Option<i64>,
+) -> Result<QueueSummary, DbErr> {
+    let of_portal = |q: sea_orm::Select<outbox_job::Entity>| match portal_id {
+        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
+        None => q.filter(outbox_job::Column::PortalId.is_null()),
+    };
+    let open =
+        || of_portal(outbox_job::Entity::find().filter(outbox_job::Column::DoneAt.is_null()));
+    // (dead, failed before, run_at, error) of every open job, light columns only.
+    let rows: Vec<(Option<DateTime<Utc>>, Option<String>, i64)> = open()
+        .select_only()
+        .column(outbox_job::Column::DeadAt)
+        .column(outbox_job::Column::LastError)
+        .column(outbox_job::Column::RunAt)
+        .order_by_asc(outbox_job::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut s = QueueSummary::default();
+    for (dead_at, error, run_at) in rows {
+        if dead_at.is_some() {
+            s.dead += 1;
+        } else {
+            if error.is_some() {
+                s.retrying += 1;
+            } else {
+                s.queued += 1;
+            }
+            s.next_at = Some(s.next_at.map_or(run_at, |n| Ord::min(n, run_at)));
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+    Ok(s)
 }

@@ -3,8 +3,11 @@
 //!
 //! Guarantees: a job is never lost (it stays until done or dead); a repeated request
 //! cannot enqueue it twice (unique idempotency key); a job cut off mid-way runs again
-//! when its lease expires, and each job kind is made harmless to repeat (see `run`).
+//! when its lease lapses (seconds: leases are renewed while a job runs), and each job
+//! kind is made harmless to repeat (see `run`). A portal that pushes back pauses its
+//! own queue only (`backpressure`).
 
+pub mod backpressure;
 pub mod jobs;
 pub mod run;
 pub mod worker;

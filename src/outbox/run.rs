@@ -14,7 +14,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, Quer
 use serde_json::{Value, json};
 
 use super::Job;
-use super::jobs::{MAX_ATTEMPTS, Outcome};
+use super::jobs::{MAX_ATTEMPTS, Outcome, failures};
 use crate::bitrix24::{B24Error, BatchCommand, Target};
 use crate::db::entities::{invitation, outbox_job, response};
 use crate::invitations::{EntityRef, EntityType, patient};
@@ -52,7 +52,7 @@ pub async fn run_group(
                     let outcome = match &why {
                         Unreachable::Gone(reason) => Outcome::Dead(reason.clone()),
                         Unreachable::Transient(reason) => {
-                            retry(c.row.attempts, None, reason.clone(), now)
+                            retry(failures(&c.row), None, reason.clone(), now)
                         }
                     };
                     (c.row, outcome)
@@ -75,7 +75,7 @@ pub async fn run_group(
             return claimed
                 .into_iter()
                 .map(|c| {
-                    let outcome = retry(c.row.attempts, None, error.clone(), now);
+                    let outcome = retry(failures(&c.row), None, error.clone(), now);
                     (c.row, outcome)
                 })
                 .collect();
@@ -84,6 +84,9 @@ pub async fn run_group(
 
     let mut outcomes = Vec::new();
     let mut batchable = Vec::new();
+    // Once the portal pushes back, the group's remaining jobs wait with it: calling
+    // again now would only add to its load.
+    let mut pushback: Option<String> = None;
     for c in claimed {
         match invitations.get(c.job.invitation()) {
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
@@ -93,7 +96,13 @@ pub async fn run_group(
             )),
             Some(inv) => match &c.job {
                 Job::PostCompletion { .. } => {
-                    let outcome = post_completion(state, &target, &c.row, inv, now).await;
+                    let outcome = match &pushback {
+                        Some(error) => Outcome::Deferred(now, error.clone()),
+                        None => post_completion(state, &target, &c.row, inv, now).await,
+                    };
+                    if let Outcome::Deferred(_, error) = &outcome {
+                        pushback = Some(error.clone());
+                    }
                     outcomes.push((c.row, outcome));
                 }
                 _ => batchable.push((c, inv.clone())),
@@ -113,19 +122,36 @@ pub async fn run_group(
         }
     }
 
+    let mut chunks: Vec<Vec<(Claimed, invitation::Model, Vec<BatchCommand>)>> = Vec::new();
     let mut chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)> = Vec::new();
     let mut size = 0;
     for (c, inv) in batchable {
         let commands = commands_for(state, &c, &inv);
         if size + commands.len() > MAX_COMMANDS && !chunk.is_empty() {
-            outcomes.extend(run_chunk(state, &target, std::mem::take(&mut chunk), now).await);
+            chunks.push(std::mem::take(&mut chunk));
             size = 0;
         }
         size += commands.len();
         chunk.push((c, inv, commands));
     }
     if !chunk.is_empty() {
-        outcomes.extend(run_chunk(state, &target, chunk, now).await);
+        chunks.push(chunk);
+    }
+    for chunk in chunks {
+        if let Some(error) = &pushback {
+            outcomes.extend(
+                chunk
+                    .into_iter()
+                    .map(|(c, _, _)| (c.row, Outcome::Deferred(now, error.clone()))),
+            );
+            continue;
+        }
+        let done = run_chunk(state, &target, chunk, now).await;
+        pushback = done.iter().find_map(|(_, o)| match o {
+            Outcome::Deferred(_, error) => Some(error.clone()),
+            _ => None,
+        });
+        outcomes.extend(done);
     }
     outcomes
 }
@@ -236,7 +262,7 @@ async fn run_chunk(
             return chunk
                 .into_iter()
                 .map(|(c, _, _)| {
-                    let outcome = classify(&e, c.row.attempts, now);
+                    let outcome = classify(&e, &c.row, now);
                     (c.row, outcome)
                 })
                 .collect();
@@ -260,7 +286,7 @@ async fn run_chunk(
                         let name = patient::best_name(contact.as_ref(), Some(&record));
                         store_name(state, &inv, name, now).await
                     }
-                    Err(e) => classify(&e, c.row.attempts, now),
+                    Err(e) => classify(&e, &c.row, now),
                 }
             }
             Job::ReturnRobotValues { .. } => match take(format!("e{id}")) {
@@ -270,11 +296,11 @@ async fn run_chunk(
                 Err(e) if e.is_access_denied() && c.row.attempts > 1 => Outcome::Done(
                     json!({"note": "event token already used: an earlier attempt was delivered"}),
                 ),
-                Err(e) => classify(&e, c.row.attempts, now),
+                Err(e) => classify(&e, &c.row, now),
             },
             Job::WriteLinkField { .. } => match take(format!("f{id}")) {
                 Ok(v) => Outcome::Done(json!({"result": v})),
-                Err(e) => classify(&e, c.row.attempts, now),
+                Err(e) => classify(&e, &c.row, now),
             },
             Job::PostCompletion { .. } => Outcome::Dead("not a batch job".into()),
         };
@@ -358,7 +384,7 @@ async fn post_completion(
     {
         Ok(Some(r)) => r,
         Ok(None) => return Outcome::Dead("ответы не найдены".into()),
-        Err(e) => return retry(row.attempts, None, format!("база данных: {e}"), now),
+        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
     };
     let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
         return Outcome::Dead("опрос не завершён".into());
@@ -389,7 +415,7 @@ async fn post_completion(
                     "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
                 )
             }
-            Err(e) => return classify(&e, row.attempts, now),
+            Err(e) => return classify(&e, row, now),
         }
     }
 
@@ -409,6 +435,13 @@ async fn post_completion(
             }
         }
     };
+    // The portal cannot tell a second comment from a first: post only while the job
+    // is still ours, not after another worker took it over from a stalled one.
+    match super::jobs::holds(&state.db, row).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::Lost,
+        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
+    }
     let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
     let file = crate::completion::pdf_file_name(inv, completed_at);
     let params = json!({
@@ -425,7 +458,7 @@ async fn post_completion(
         .await
     {
         Ok(id) => Outcome::Done(json!({"comment_id": id})),
-        Err(e) => classify(&e, row.attempts, now),
+        Err(e) => classify(&e, row, now),
     }
 }
 
@@ -479,10 +512,21 @@ pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
     }
 }
 
-/// Retry or give up, as the error says.
-pub fn classify(e: &B24Error, attempts: i32, now: DateTime<Utc>) -> Outcome {
-    if e.is_retryable() {
-        retry(attempts, e.retry_after(), e.admin_message(), now)
+/// A pushback's first probe comes this soon; the worker spaces later ones out per
+/// portal (`backpressure::Probes`).
+const FIRST_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Wait for the portal, retry, or give up, as the error says.
+pub fn classify(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> Outcome {
+    if e.is_backpressure() {
+        let after = e
+            .retry_after()
+            .unwrap_or(FIRST_PROBE)
+            .min(super::backpressure::PROBE_CAP);
+        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::seconds(1));
+        Outcome::Deferred(now + after, e.admin_message())
+    } else if e.is_retryable() {
+        retry(failures(row), e.retry_after(), e.admin_message(), now)
     } else {
         Outcome::Dead(e.admin_message())
     }

@@ -1,17 +1,22 @@
-//! The outbox worker loop: claim due jobs, run them per portal, record outcomes.
+//! The outbox worker loop: claim due jobs, run each portal's jobs on a task of its
+//! own, record outcomes. A portal whose calls are slow or pushed back holds up only
+//! its own queue: the loop keeps claiming for the other portals meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::EntityTrait;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Job;
-use super::jobs::{self, Outcome};
+use super::backpressure::Probes;
+use super::jobs::{self, HEARTBEAT_MS, Outcome};
 use super::run::{Claimed, Unreachable, run_group};
 use crate::bitrix24::Target;
-use crate::db::entities::portal;
+use crate::db::entities::{outbox_job, portal};
 use crate::state::AppState;
 
 /// Jobs claimed per round; several batches' worth so one portal's burst coalesces.
@@ -21,37 +26,77 @@ const CLAIM_LIMIT: u64 = 200;
 const LINGER: Duration = Duration::from_millis(150);
 /// Upper bound on sleeping when idle (a job scheduled by another instance).
 const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Shortest sleep between claims, so due jobs of a portal being run do not spin the loop.
+const MIN_POLL: Duration = Duration::from_millis(50);
+/// On shutdown, jobs in flight get this long to finish before their leases are
+/// given up (container runtimes send SIGKILL 10 s after SIGTERM).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A portal's jobs (`None`: the webhook setup's).
+type PortalKey = Option<i64>;
 
 #[derive(Clone)]
 pub struct Outbox {
     state: AppState,
+    /// Who takes the leases: `host:port` of the serving instance.
+    instance: String,
+    probes: Arc<Probes>,
+    /// Leases of the jobs being run, per portal; the heartbeat renews them, and a
+    /// portal listed here is not claimed for again until its task is done.
+    held: Arc<Mutex<HashMap<PortalKey, Vec<String>>>>,
 }
 
 impl Outbox {
+    /// A worker with an identity of its own (tests, benches, one-off runs).
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        let instance = format!(
+            "{}:{}",
+            host_name(),
+            crate::invitations::links::new_invitation_id()
+        );
+        Self::for_instance(state, instance)
     }
 
-    /// Runs until cancelled. A job cut off by cancellation keeps its lease and runs
-    /// again after the lease expires (here or in another instance).
+    /// The serving instance's worker; `instance` must be the same after a restart
+    /// and differ between instances running at once (`host:port` is both: two live
+    /// processes cannot listen on one port of one host).
+    pub fn for_instance(state: AppState, instance: String) -> Self {
+        Self {
+            state,
+            instance,
+            probes: Arc::new(Probes::default()),
+            held: Arc::default(),
+        }
+    }
+
+    /// Runs until cancelled. On start, takes back what this instance held when it
+    /// stopped; on cancellation, lets jobs in flight finish for a moment and gives
+    /// the rest of its leases up, so the next instance starts on them at once.
     pub async fn run(self, cancel: CancellationToken) {
-        tracing::info!("Очередь отправки в Битрикс24 запущена");
+        tracing::info!(instance = %self.instance, "Очередь отправки в Битрикс24 запущена");
+        self.recover().await;
+        let beat = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(beat.clone()));
+        let mut running: JoinSet<()> = JoinSet::new();
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let handled = tokio::select! {
-                n = self.run_once() => n,
+            let started = tokio::select! {
+                n = self.start_due(&mut running) => n,
                 () = cancel.cancelled() => break,
             };
-            if handled > 0 {
+            if started > 0 {
                 continue;
             }
             let wait = match jobs::next_due_in(&self.state.db, Utc::now()).await {
                 Ok(Some(ms)) => Duration::from_millis(ms as u64).min(IDLE_POLL),
                 _ => IDLE_POLL,
-            };
+            }
+            .max(MIN_POLL);
             tokio::select! {
+                // A portal's task ended: its waiting jobs may be claimed again.
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 () = self.state.outbox_notify.notified() => {
                     tokio::time::sleep(LINGER).await;
                 }
@@ -59,6 +104,14 @@ impl Outbox {
                 () = cancel.cancelled() => break,
             }
         }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        running.shutdown().await;
+        beat.cancel();
+        let _ = heartbeat.await;
+        self.release_held().await;
         tracing::info!("Очередь отправки остановлена");
     }
 
@@ -75,70 +128,209 @@ impl Outbox {
     /// One round: claim, run per target concurrently, record. Returns jobs handled.
     pub async fn run_once(&self) -> usize {
         let now = Utc::now();
+        let Some((groups, count)) = self.claim(now).await else {
+            return 0;
+        };
+        let runs = groups
+            .into_iter()
+            .map(|(portal_id, claimed)| self.clone().run_portal(portal_id, claimed, now));
+        futures::future::join_all(runs).await;
+        count
+    }
+
+    /// Claims due jobs and starts a task per portal; returns jobs claimed.
+    async fn start_due(&self, running: &mut JoinSet<()>) -> usize {
+        let now = Utc::now();
+        let Some((groups, count)) = self.claim(now).await else {
+            return 0;
+        };
+        for (portal_id, claimed) in groups {
+            running.spawn(self.clone().run_portal(portal_id, claimed, now));
+        }
+        count
+    }
+
+    /// Claims due jobs of portals not being run, grouped per portal; jobs that cannot
+    /// be read are recorded dead at once.
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Option<(BTreeMap<PortalKey, Vec<Claimed>>, usize)> {
+        let busy: Vec<PortalKey> = lock(&self.held).keys().copied().collect();
         let claimed = {
             let _turn = self.state.write_turn().await;
-            jobs::claim(&self.state.db, now, CLAIM_LIMIT).await
+            jobs::claim(&self.state.db, now, CLAIM_LIMIT, &self.instance, &busy).await
         };
         let claimed = match claimed {
+            Ok(c) if c.is_empty() => return None,
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "Не удалось взять задания из очереди");
-                return 0;
+                return None;
             }
         };
         let count = claimed.len();
-        if count == 0 {
-            return 0;
-        }
-        let mut groups: BTreeMap<Option<i64>, Vec<Claimed>> = BTreeMap::new();
-        let mut finished = Vec::new();
+        let mut groups: BTreeMap<PortalKey, Vec<Claimed>> = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for row in claimed {
             match serde_json::from_value::<Job>(row.payload.clone()) {
                 Ok(job) => groups
                     .entry(row.portal_id)
                     .or_default()
                     .push(Claimed { row, job }),
-                Err(e) => finished.push((row, Outcome::Dead(format!("неизвестное задание: {e}")))),
+                Err(e) => {
+                    unreadable.push((row, Outcome::Dead(format!("неизвестное задание: {e}"))))
+                }
             }
         }
-        let runs = groups.into_iter().map(|(portal_id, claimed)| {
-            let state = self.state.clone();
-            async move {
-                let target = target_for(&state, portal_id).await;
-                run_group(&state, target, claimed, now).await
+        {
+            let mut held = lock(&self.held);
+            for (portal_id, claimed) in &groups {
+                held.entry(*portal_id)
+                    .or_default()
+                    .extend(claimed.iter().filter_map(|c| c.row.lease.clone()));
             }
-        });
-        for group in futures::future::join_all(runs).await {
-            finished.extend(group);
         }
+        if !unreadable.is_empty() {
+            self.record(unreadable, None, Utc::now()).await;
+        }
+        Some((groups, count))
+    }
+
+    /// Runs one portal's claimed jobs and records their outcomes; a pushback pauses
+    /// the portal's whole queue until its next probe.
+    async fn run_portal(self, portal_id: PortalKey, claimed: Vec<Claimed>, now: DateTime<Utc>) {
+        let target = target_for(&self.state, portal_id).await;
+        let mut finished = run_group(&self.state, target, claimed, now).await;
         let done_at = Utc::now();
+        let hint = finished
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Deferred(at, _) => Some(*at),
+                _ => None,
+            })
+            .max();
+        let pause = match hint {
+            Some(hint) => {
+                let probe = self.probes.next(portal_id, hint, done_at);
+                for (_, outcome) in &mut finished {
+                    if let Outcome::Deferred(at, _) = outcome {
+                        *at = probe;
+                    }
+                }
+                tracing::warn!(portal = ?portal_id, probe_at = %probe, "Портал просит подождать: очередь портала приостановлена");
+                Some((portal_id, probe))
+            }
+            None => {
+                if finished.iter().any(|(_, o)| matches!(o, Outcome::Done(_))) {
+                    self.probes.clear(portal_id);
+                }
+                None
+            }
+        };
         for (row, outcome) in &finished {
             log_outcome(row, outcome);
         }
-        // One transaction for the round: one commit instead of one per job. If it
-        // fails, the leases expire and the jobs run again; every job is safe to repeat.
-        if let Err(e) = self.record(finished, done_at).await {
-            tracing::error!(error = %e, "Не удалось записать результаты заданий");
-        }
-        count
+        self.record(finished, pause, done_at).await;
+        lock(&self.held).remove(&portal_id);
     }
-}
 
-impl Outbox {
+    /// One transaction for a portal's round: one commit instead of one per job. If
+    /// it fails, the leases lapse and the jobs run again; every job is safe to repeat.
     async fn record(
         &self,
-        finished: Vec<(crate::db::entities::outbox_job::Model, Outcome)>,
-        at: chrono::DateTime<Utc>,
-    ) -> Result<(), sea_orm::DbErr> {
-        let (_turn, txn) = self.state.begin_write().await?;
-        for (row, outcome) in finished {
-            jobs::finish(&txn, &row, outcome, at).await?;
+        finished: Vec<(outbox_job::Model, Outcome)>,
+        pause: Option<(PortalKey, DateTime<Utc>)>,
+        at: DateTime<Utc>,
+    ) {
+        let written = async {
+            let (_turn, txn) = self.state.begin_write().await?;
+            for (row, outcome) in finished {
+                jobs::finish(&txn, &row, outcome, at).await?;
+            }
+            if let Some((portal_id, until)) = pause {
+                jobs::pause_portal(&txn, portal_id, until, at).await?;
+            }
+            txn.commit().await
+        };
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, "Не удалось записать результаты заданий");
         }
-        txn.commit().await
+    }
+
+    /// Keeps the leases of running jobs alive, so only a dead or hung worker's lapse.
+    async fn heartbeat(self, stop: CancellationToken) {
+        let every = Duration::from_millis(HEARTBEAT_MS as u64);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+            let leases: Vec<String> = lock(&self.held).values().flatten().cloned().collect();
+            if leases.is_empty() {
+                continue;
+            }
+            let renewed = {
+                let _turn = self.state.write_turn().await;
+                jobs::renew(&self.state.db, &leases, Utc::now()).await
+            };
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, "Не удалось продлить аренду заданий");
+            }
+        }
+    }
+
+    /// A restarted instance's old leases are dead: it died holding them. On SQLite
+    /// this process is the only user of the database, so every lease is its own.
+    async fn recover(&self) {
+        let shared = self.state.db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite;
+        let owner = shared.then_some(self.instance.as_str());
+        let recovered = {
+            let _turn = self.state.write_turn().await;
+            jobs::recover(&self.state.db, owner, Utc::now()).await
+        };
+        match recovered {
+            Ok((0, 0)) => {}
+            Ok((taken, probed)) => tracing::info!(
+                taken,
+                probed,
+                "Задания прежнего запуска возвращены в очередь"
+            ),
+            Err(e) => tracing::warn!(error = %e, "Не удалось вернуть задания прежнего запуска"),
+        }
+    }
+
+    async fn release_held(&self) {
+        let leases: Vec<String> = lock(&self.held).drain().flat_map(|(_, l)| l).collect();
+        if leases.is_empty() {
+            return;
+        }
+        let released = {
+            let _turn = self.state.write_turn().await;
+            jobs::release(&self.state.db, &leases).await
+        };
+        match released {
+            Ok(n) => tracing::info!(jobs = n, "Аренда незавершённых заданий снята"),
+            Err(e) => tracing::warn!(error = %e, "Не удалось снять аренду заданий"),
+        }
     }
 }
 
-fn log_outcome(row: &crate::db::entities::outbox_job::Model, outcome: &Outcome) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The machine's name, for lease owners; the kernel's, else the shell's, else none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn log_outcome(row: &outbox_job::Model, outcome: &Outcome) {
     match outcome {
         Outcome::Done(_) => {
             tracing::info!(job = row.id, kind = %row.kind, attempt = row.attempts, "Задание выполнено")
@@ -151,12 +343,24 @@ fn log_outcome(row: &crate::db::entities::outbox_job::Model, outcome: &Outcome) 
             error = %error,
             "Задание будет повторено"
         ),
+        Outcome::Deferred(at, error) => tracing::info!(
+            job = row.id,
+            kind = %row.kind,
+            probe_at = %at,
+            error = %error,
+            "Задание ждёт, пока портал примет запросы"
+        ),
         Outcome::Dead(error) => tracing::error!(
             job = row.id,
             kind = %row.kind,
             attempt = row.attempts,
             error = %error,
             "Задание не выполнено, нужна помощь администратора"
+        ),
+        Outcome::Lost => tracing::warn!(
+            job = row.id,
+            kind = %row.kind,
+            "Задание перешло к другому обработчику: результат не записан"
         ),
     }
 }

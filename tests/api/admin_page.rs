@@ -171,3 +171,79 @@ async fn non_admins_and_foreign_sessions_are_refused() {
     }
     assert_eq!(fake.calls_of("bizproc.robot.update").len(), robots_before);
 }
+
+#[tokio::test]
+async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() {
+    use opros::db::entities::outbox_job;
+    use sea_orm::EntityTrait;
+
+    let (fake, app) = installed().await;
+    fake.set_app_url(&app.url("/b24/app"));
+    // The portal answers QUERY_LIMIT_EXCEEDED to the batch the robot run's jobs go in.
+    fake.fail_next("batch", Fault::QueryLimit, 10_000);
+    let deal = patient_deal(&fake);
+    fake.run_robot("opros_send_survey", deal, &[])
+        .await
+        .unwrap();
+    app.run_outbox().await;
+    assert!(fake.event_sends().is_empty());
+    let (_, body) = page(fake.open_app(1).await.unwrap()).await;
+    for expected in [
+        "не удалось: 0",
+        "Следующая попытка",
+        "Превышен лимит запросов к Битрикс24",
+        "Повторить сейчас",
+    ] {
+        assert!(body.contains(expected), "«{expected}» missing: {body}");
+    }
+    assert!(body.contains("повторяется: 3"), "{body}");
+    let session = session_of(&body);
+
+    // A deal tab's session or a forged one cannot drive «Повторить сейчас».
+    let (_, tab) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
+    let waiting = |rows: Vec<outbox_job::Model>| {
+        rows.into_iter()
+            .filter(|j| j.done_at.is_none())
+            .map(|j| (j.id, j.run_at))
+            .collect::<Vec<_>>()
+    };
+    let before = waiting(outbox_job::Entity::find().all(&app.state.db).await.unwrap());
+    for s in [session_of(&tab).as_str(), "1.1.A.99999999999.00"] {
+        let r = app
+            .http
+            .post(app.url("/b24/app/action"))
+            .form(&[("s", s), ("action", "retry_now")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let after = waiting(outbox_job::Entity::find().all(&app.state.db).await.unwrap());
+    assert_eq!(before, after, "a refused action changes nothing");
+
+    // The portal is back; the administrator does not wait for the next probe.
+    fake.clear_faults("batch");
+    let r = app
+        .http
+        .post(app.url("/b24/app/action"))
+        .form(&[("s", session.as_str()), ("action", "retry_now")])
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("Заданий отправляется сейчас") || body.contains("Ожидающих заданий нет"),
+        "{body}"
+    );
+    crate::support::eventually(
+        "the robot's values after «Повторить сейчас»",
+        || async {
+            app.run_outbox().await;
+            fake.event_sends().len() == 1
+        },
+    )
+    .await;
+    let (_, body) = page(fake.open_app(1).await.unwrap()).await;
+    assert!(body.contains("Очередь пуста"), "{body}");
+}

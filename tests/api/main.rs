@@ -15,6 +15,7 @@ mod home;
 mod install;
 mod instances;
 mod legacy;
+mod recovery;
 mod robot;
 mod storage;
 mod survey_flow;

@@ -73,7 +73,8 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
     let now = Utc::now();
     let mut ids: Vec<i64> = Vec::new();
     for _ in 0..20 {
-        let claims = futures::future::join_all((0..4).map(|_| jobs::claim(&conn, now, 7))).await;
+        let claims =
+            futures::future::join_all((0..4).map(|_| jobs::claim(&conn, now, 7, "w", &[]))).await;
         let round: Vec<i64> = claims
             .into_iter()
             .flat_map(|c| c.unwrap())
@@ -94,7 +95,12 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
         test_db.backend
     );
     assert_eq!(total, 41, "{}", test_db.backend);
-    assert!(jobs::claim(&conn, now, 20).await.unwrap().is_empty());
+    assert!(
+        jobs::claim(&conn, now, 20, "w", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The generated link secret is kept once.
     let s1 = db::setting_or_insert(&conn, "link_secret", "first")
@@ -193,4 +199,130 @@ async fn group_writes_commit_together_and_fail_alone(test_db: TestDb) {
     assert!(outcomes.iter().all(|o| &o.invitation.id == first));
     assert_eq!(outcomes.iter().filter(|o| !o.existing).count(), 1);
     app.stop().await;
+}
+
+on_both_databases!(a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_at_once);
+async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_at_once(
+    test_db: TestDb,
+) {
+    use opros::db::entities::outbox_job;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    {
+        let conn = db::connect(&test_db.url).await.unwrap();
+        db::migrate(&conn).await.unwrap();
+        let job = Job::WriteLinkField {
+            invitation: "inv".into(),
+        };
+        outbox::enqueue(&conn, None, &job, "fenced").await.unwrap();
+        let now = Utc::now();
+        let stalled = jobs::claim(&conn, now, 10, "host:1", &[]).await.unwrap();
+        assert_eq!(stalled.len(), 1, "{}", test_db.backend);
+        let stalled = stalled[0].clone();
+        assert_eq!(stalled.lease_owner.as_deref(), Some("host:1"));
+        // Nobody else gets a leased job, and the holder's heartbeat keeps it.
+        assert!(
+            jobs::claim(&conn, now, 10, "host:2", &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            jobs::renew(&conn, &[stalled.lease.clone().unwrap()], now)
+                .await
+                .unwrap(),
+            1
+        );
+
+        // The holder stalls past its lease; another worker takes the job over.
+        let later = now + chrono::Duration::milliseconds(jobs::LEASE_MS + 1);
+        let owner = jobs::claim(&conn, later, 10, "host:2", &[]).await.unwrap();
+        assert_eq!(owner.len(), 1, "{}", test_db.backend);
+        let owner = owner[0].clone();
+        assert_ne!(owner.lease, stalled.lease);
+
+        // The stalled worker wakes up: it no longer holds the job, cannot renew it,
+        // and what it records is dropped.
+        assert!(!jobs::holds(&conn, &stalled).await.unwrap());
+        assert!(jobs::holds(&conn, &owner).await.unwrap());
+        assert_eq!(
+            jobs::renew(&conn, &[stalled.lease.clone().unwrap()], later)
+                .await
+                .unwrap(),
+            0
+        );
+        jobs::finish(
+            &conn,
+            &owner,
+            jobs::Outcome::Done(serde_json::json!({"by": "owner"})),
+            later,
+        )
+        .await
+        .unwrap();
+        for late in [
+            jobs::Outcome::Dead("late".into()),
+            jobs::Outcome::RetryAt(later, "late".into()),
+            jobs::Outcome::Done(serde_json::json!({"by": "stalled"})),
+        ] {
+            jobs::finish(&conn, &stalled, late, later).await.unwrap();
+        }
+        let row = outbox_job::Entity::find_by_id(owner.id)
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.done_at.is_some() && row.dead_at.is_none(), "{row:?}");
+        assert_eq!(row.result, Some(serde_json::json!({"by": "owner"})));
+        assert_eq!(row.last_error, None);
+
+        // A pushback is deferred without counting as a failure.
+        outbox::enqueue(&conn, None, &job, "deferred")
+            .await
+            .unwrap();
+        let claimed = jobs::claim(&conn, later, 10, "host:2", &[]).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let probe = later + chrono::Duration::seconds(5);
+        jobs::finish(
+            &conn,
+            &claimed[0],
+            jobs::Outcome::Deferred(probe, "limit".into()),
+            later,
+        )
+        .await
+        .unwrap();
+        let row = outbox_job::Entity::find_by_id(claimed[0].id)
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.attempts, row.deferrals, row.paused), (1, 1, true));
+        assert_eq!(jobs::failures(&row), 0);
+        assert_eq!(row.run_at, probe.timestamp_millis());
+        // A restart probes a paused job at once.
+        let (_, probed) = jobs::recover(&conn, Some("host:9"), later).await.unwrap();
+        assert_eq!(probed, 1, "{}", test_db.backend);
+
+        // Leases given up at shutdown, or left by this instance's previous life, are
+        // due at once; other instances' leases are left alone.
+        let a = jobs::claim(&conn, later, 10, "host:3", &[]).await.unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            jobs::release(&conn, &[a[0].lease.clone().unwrap()])
+                .await
+                .unwrap(),
+            1
+        );
+        let b = jobs::claim(&conn, later, 10, "host:4", &[]).await.unwrap();
+        assert_eq!(b.len(), 1, "released: due at once on {}", test_db.backend);
+        let (taken, _) = jobs::recover(&conn, Some("host:3"), later).await.unwrap();
+        assert_eq!(taken, 0, "host:4's lease is not host:3's to take");
+        let (taken, _) = jobs::recover(&conn, Some("host:4"), later).await.unwrap();
+        assert_eq!(taken, 1);
+        let left = outbox_job::Entity::find()
+            .filter(outbox_job::Column::LockedUntil.is_not_null())
+            .all(&conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

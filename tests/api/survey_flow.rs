@@ -235,3 +235,30 @@ async fn bad_bodies_are_4xx_never_5xx() {
         .unwrap();
     assert_eq!(r.status(), 413);
 }
+
+#[tokio::test]
+async fn the_spec_and_its_ui_refuse_writes_with_405_and_allow() {
+    let app = app().await;
+    for path in ["/docs", "/docs/", "/openapi.json"] {
+        for method in [Method::POST, Method::PUT, Method::DELETE] {
+            let r = app
+                .http
+                .request(method.clone(), app.url(path))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 405, "{method} {path}");
+            assert_eq!(
+                r.headers().get("allow").and_then(|v| v.to_str().ok()),
+                Some("GET"),
+                "{method} {path}"
+            );
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "method_not_allowed", "{method} {path}: {v}");
+            assert!(v["message"].is_string(), "{v}");
+        }
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+    }
+}

@@ -18,6 +18,13 @@ pub struct Model {
     /// Unix milliseconds; a claimed job is leased until then.
     pub locked_until: Option<i64>,
     pub lease: Option<String>,
+    /// The instance holding the lease (`host:port`): a restarted instance takes its
+    /// own leases back at once instead of waiting for them to lapse.
+    pub lease_owner: Option<String>,
+    /// Tries a portal's backpressure pushed back; they do not count toward dead.
+    pub deferrals: i32,
+    /// `run_at` is a backpressure pause (a probe), not a failure's backoff.
+    pub paused: bool,
     pub last_error: Option<String>,
     pub result: Option<Json>,
     pub done_at: Option<DateTimeUtc>,
