@@ -60,9 +60,23 @@ pub async fn run_group(
                 .collect();
         }
     };
+    let mut outcomes = Vec::new();
+    // Portal-wide jobs first: they name no invitation.
+    let (portal_wide, claimed): (Vec<Claimed>, Vec<Claimed>) = claimed
+        .into_iter()
+        .partition(|c| c.job.invitation().is_none());
+    for c in portal_wide {
+        let outcome = match &c.job {
+            Job::ConfirmUninstall { clean } => {
+                super::uninstall::confirm(state, &target, &c.row, *clean, now).await
+            }
+            _ => Outcome::Dead("not a portal-wide job".into()),
+        };
+        outcomes.push((c.row, outcome));
+    }
     let ids: Vec<String> = claimed
         .iter()
-        .map(|c| c.job.invitation().to_owned())
+        .filter_map(|c| c.job.invitation().map(str::to_owned))
         .collect();
     let invitations: HashMap<String, invitation::Model> = match invitation::Entity::find()
         .filter(invitation::Column::Id.is_in(ids))
@@ -72,20 +86,17 @@ pub async fn run_group(
         Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
         Err(e) => {
             let error = format!("база данных: {e}");
-            return claimed
-                .into_iter()
-                .map(|c| {
-                    let outcome = retry(c.row.attempts, None, error.clone(), now);
-                    (c.row, outcome)
-                })
-                .collect();
+            outcomes.extend(claimed.into_iter().map(|c| {
+                let outcome = retry(c.row.attempts, None, error.clone(), now);
+                (c.row, outcome)
+            }));
+            return outcomes;
         }
     };
 
-    let mut outcomes = Vec::new();
     let mut batchable = Vec::new();
     for c in claimed {
-        match invitations.get(c.job.invitation()) {
+        match c.job.invitation().and_then(|id| invitations.get(id)) {
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
             None => outcomes.push((
                 c.row,
@@ -200,7 +211,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } => Vec::new(),
+        Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => Vec::new(),
     }
 }
 
@@ -276,7 +287,9 @@ async fn run_chunk(
                 Ok(v) => Outcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, c.row.attempts, now),
             },
-            Job::PostCompletion { .. } => Outcome::Dead("not a batch job".into()),
+            Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
+                Outcome::Dead("not a batch job".into())
+            }
         };
         out.push((c.row, outcome));
     }
@@ -435,7 +448,6 @@ async fn find_posted_comment(
     entity: EntityRef,
     invitation_id: &str,
 ) -> Result<Option<Value>, B24Error> {
-    let marker = crate::completion::marker(invitation_id);
     let list = state
         .b24
         .list_all(
@@ -452,7 +464,7 @@ async fn find_posted_comment(
         .find(|c| {
             c.get("COMMENT")
                 .and_then(Value::as_str)
-                .is_some_and(|t| t.contains(&marker))
+                .is_some_and(|t| crate::completion::carries_marker(t, invitation_id))
         })
         .and_then(|c| c.get("ID").cloned()))
 }

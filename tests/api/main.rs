@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_page;
+mod attacks_events;
 mod bitrix24_client;
 mod browser;
 mod completion;
