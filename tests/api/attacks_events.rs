@@ -321,9 +321,13 @@ async fn bb_code_typed_by_a_patient_is_inert_in_the_timeline_comment() {
     .await;
     assert_eq!(status, 200, "{body}");
     app.run_outbox().await;
-    let comments = fake.timeline_comments();
+    let comments: Vec<String> = fake
+        .timeline_comments()
+        .into_iter()
+        .map(|c| c.comment)
+        .collect();
     assert_eq!(comments.len(), 1, "{comments:?}");
-    let comment = &comments[0].comment;
+    let comment = &comments[0];
     assert!(comment.contains("Результаты готовы"), "{comment}");
     for tag in ["[URL", "[/URL]", "[USER", "https://evil"] {
         assert!(!comment.contains(tag), "{tag} in {comment}");
@@ -366,10 +370,13 @@ async fn a_patient_typing_the_marker_cannot_suppress_another_comment() {
     assert_eq!(fake.timeline_comments().len(), 1);
 
     // The second comment's first try fails, so its retry looks for the marker first.
-    fake.fail_next("crm.timeline.comment.add", Fault::Status(502), 1);
+    // (Down for longer than the client's own retries, as in completion.rs.)
+    fake.fail_next("crm.timeline.comment.add", Fault::Status(503), 20);
     let (status, body, _) = submit_with(&app, &second, json!({})).await;
     assert_eq!(status, 200, "{body}");
     app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    fake.clear_faults("crm.timeline.comment.add");
     make_due(&app).await;
     app.run_outbox().await;
     let comments = fake.timeline_comments();
