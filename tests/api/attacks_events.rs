@@ -232,6 +232,25 @@ async fn deep_nesting_is_refused_on_every_callback_and_the_process_lives() {
         assert_eq!(json["code"], "form_too_deep", "{path}: {json}");
         assert_alive(&app).await;
     }
+    // The iframe POSTs go through the same decoder: refused, never a crash.
+    for path in [
+        "/b24/install",
+        "/b24/placement/deal-tab",
+        "/b24/tab/new-link",
+        "/b24/app",
+        "/b24/app/action",
+    ] {
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        assert_alive(&app).await;
+    }
     let r = app
         .http
         .get(app.url(&format!("/api/v1/bitrix/webhook?{}", nested(15_000))))
