@@ -17,14 +17,13 @@ use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{invitation, outbox_job, portal, response};
 use crate::state::AppState;
 
-/// Whether an error says our tokens are revoked: what a genuine uninstall looks like.
+/// Whether an error says our tokens are revoked: what a genuine uninstall looks like
+/// (protocol §7.3: 401 on calls, `invalid_grant` on refresh). `invalid_client` is
+/// not among them: a mistyped `B24_CLIENT_SECRET` must never confirm a forged event.
 fn revoked(e: &B24Error) -> bool {
     matches!(
         e,
-        B24Error::RefreshRejected
-            | B24Error::InvalidToken
-            | B24Error::ExpiredToken
-            | B24Error::InvalidClient
+        B24Error::RefreshRejected | B24Error::InvalidToken | B24Error::ExpiredToken
     )
 }
 

@@ -10,8 +10,17 @@ use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use crate::support::portal::{installed, patient_deal, robot_link};
+use crate::support::db::all;
+use crate::support::portal::{app_for_db, fake, install, installed, patient_deal, robot_link};
 use crate::support::{TestApp, logs, spawn_app};
+
+/// A fake portal and a service on this database with the app installed.
+async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
+    let fake = fake().await;
+    let app = app_for_db(&fake, db_url, &[]).await;
+    install(&fake, &app).await;
+    (fake, app)
+}
 
 const LINK_FIELD: &str = "UF_CRM_OPROS_LINK";
 const BB_ANSWER: &str = "[URL=https://evil.example]Результаты готовы[/URL] [USER=1]";
@@ -73,7 +82,13 @@ async fn assert_alive(app: &TestApp) {
 
 #[tokio::test]
 async fn forged_uninstall_with_the_tab_token_deletes_nothing() {
-    let (fake, app) = installed().await;
+    for db in all("forged_uninstall_with_the_tab_token_deletes_nothing").await {
+        forged_uninstall_on(&db.url).await;
+    }
+}
+
+async fn forged_uninstall_on(db_url: &str) {
+    let (fake, app) = installed_on(db_url).await;
     let (deal, _) = robot_link(&fake, &app).await;
     let (status, body) = forged_event(
         &app,
@@ -101,7 +116,13 @@ async fn forged_uninstall_with_the_tab_token_deletes_nothing() {
 
 #[tokio::test]
 async fn genuine_uninstall_waits_out_an_unreachable_portal_then_purges() {
-    let (fake, app) = installed().await;
+    for db in all("genuine_uninstall_waits_out_an_unreachable_portal_then_purges").await {
+        genuine_uninstall_on(&db.url).await;
+    }
+}
+
+async fn genuine_uninstall_on(db_url: &str) {
+    let (fake, app) = installed_on(db_url).await;
     let (deal, _) = robot_link(&fake, &app).await;
     // The portal is overloaded when the job first asks: nothing is deleted yet.
     fake.fail_next("app.info", Fault::QueryLimit, 50);
@@ -457,8 +478,14 @@ async fn after_submit_the_link_shows_no_answers() {
 
 #[tokio::test]
 async fn concurrent_submits_render_one_pdf_and_post_one_comment() {
+    for db in all("concurrent_submits_render_one_pdf_and_post_one_comment").await {
+        concurrent_submits_on(&db.url).await;
+    }
+}
+
+async fn concurrent_submits_on(db_url: &str) {
     let log = logs::capture();
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(db_url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     let id = survey["survey_id"].as_str().expect("id").to_owned();
