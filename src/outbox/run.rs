@@ -417,7 +417,17 @@ async fn post_completion(
                 completed_at,
             );
             match crate::completion::render_report(input).await {
-                Ok(r) => r.pdf,
+                Ok(r) => {
+                    // The submitting request did not store its PDF (it failed or
+                    // stopped after claiming): keep this one for the deal tab.
+                    let mut row: response::ActiveModel = resp.clone().into();
+                    row.report_sha256 = Set(Some(r.sha256.clone()));
+                    row.report_pdf = Set(Some(r.pdf.clone()));
+                    if let Err(e) = row.update(&state.db).await {
+                        tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
+                    }
+                    r.pdf
+                }
                 Err(e) => return Outcome::Dead(format!("PDF не построен: {e}")),
             }
         }

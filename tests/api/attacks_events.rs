@@ -515,3 +515,50 @@ async fn concurrent_submits_on(db_url: &str) {
         .count();
     assert_eq!(rendered, 1, "one PDF for one survey");
 }
+
+#[tokio::test]
+async fn a_submit_that_stopped_after_its_claim_still_reaches_the_deal() {
+    use opros::db::entities::response;
+    let (fake, app) = installed().await;
+    let (_, token) = robot_link(&fake, &app).await;
+    let (status, body, id) = submit_with(&app, &token, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    // What a request that died between its claim and its PDF leaves behind: the
+    // answers and a comment job never tried, no PDF.
+    let row = response::Entity::find_by_id(id.clone())
+        .one(&app.state.db)
+        .await
+        .expect("read")
+        .expect("answers stored");
+    let mut row: response::ActiveModel = row.into();
+    row.report_pdf = Set(None);
+    row.report_sha256 = Set(None);
+    row.update(&app.state.db).await.expect("update");
+    let job = outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("post_completion"))
+        .one(&app.state.db)
+        .await
+        .expect("read")
+        .expect("job");
+    let mut job: outbox_job::ActiveModel = job.into();
+    job.done_at = Set(None);
+    job.attempts = Set(0);
+    job.update(&app.state.db).await.expect("update");
+    make_due(&app).await;
+    app.run_outbox().await;
+    let comments = fake.timeline_comments();
+    assert_eq!(comments.len(), 2);
+    assert!(!comments[1].files.is_empty(), "the PDF is attached");
+    let stored = response::Entity::find_by_id(id)
+        .one(&app.state.db)
+        .await
+        .expect("read")
+        .expect("row");
+    assert!(
+        stored.report_pdf.is_some(),
+        "the job's PDF is kept for the tab"
+    );
+    assert!(stored.report_sha256.is_some());
+}
