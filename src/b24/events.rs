@@ -73,8 +73,8 @@ async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError
         .is_some_and(|c| c == "1" || c.eq_ignore_ascii_case("Y"));
     let job = Job::ConfirmUninstall { clean };
     let (_turn, txn) = state.begin_write().await?;
-    // One pending confirmation per portal and kind is enough: a flood of forged
-    // events costs one portal call, not one each.
+    // One pending confirmation per portal and kind is enough: while it waits, more
+    // of the same event (repeats, or a flood of forged ones) add nothing.
     let pending = outbox_job::Entity::find()
         .filter(outbox_job::Column::PortalId.eq(p.id))
         .filter(outbox_job::Column::Kind.eq(job.kind()))

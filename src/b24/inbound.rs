@@ -228,8 +228,13 @@ fn unreadable() -> ApiError {
 
 /// The 400 for a body the decoder refused, with its stable code.
 pub fn rejected(e: &FormError) -> ApiError {
-    tracing::info!(code = e.code(), "Тело запроса отклонено");
+    log_refusal(e);
     ApiError::bad_request(e.code(), e.message())
+}
+
+/// One line per refused body, with its code only: the body may hold tokens.
+fn log_refusal(e: &FormError) {
+    tracing::info!(code = e.code(), "Тело запроса отклонено");
 }
 
 /// JSON body (an object), else form body; an empty body is an empty object.
@@ -260,7 +265,7 @@ pub fn decode_body<T: DeserializeOwned>(
 /// none of the fields they need and refuse the request.
 pub fn parse_form(body: &[u8]) -> Value {
     form::decode::<Value>(body).unwrap_or_else(|e| {
-        tracing::info!(code = e.code(), "Тело запроса отклонено");
+        log_refusal(&e);
         Value::Object(Map::new())
     })
 }
@@ -270,7 +275,7 @@ pub fn parse_form(body: &[u8]) -> Value {
 pub async fn read(req: &poem::Request, body: poem::Body) -> Option<Value> {
     let bytes = body.into_bytes().await.ok()?;
     decode_body(req.content_type(), &bytes)
-        .map_err(|e| tracing::info!(code = e.code(), "Тело запроса отклонено"))
+        .map_err(|e| log_refusal(&e))
         .ok()
 }
 
