@@ -78,7 +78,7 @@ pub fn timeline_comment(
     if !flagged.is_empty() {
         let items: Vec<String> = flagged
             .iter()
-            .map(|f| format!("{}: {}", f.label, f.answer))
+            .map(|f| format!("{}: {}", neutralise(&f.label), neutralise(&f.answer)))
             .collect();
         text.push_str(&format!("\nОбратите внимание: {}.", items.join("; ")));
     }
@@ -90,6 +90,39 @@ pub fn marker(invitation_id: &str) -> String {
     format!("Опрос № {invitation_id}")
 }
 
+/// Whether a timeline comment is the one [`timeline_comment`] wrote for this survey:
+/// its last line is exactly the marker. Patient text never starts a line (see
+/// [`neutralise`]), so no answer can make another comment look like this one.
+pub fn carries_marker(comment: &str, invitation_id: &str) -> bool {
+    comment
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .is_some_and(|last| last == marker(invitation_id))
+}
+
+/// Makes text someone else typed (a patient's answer, a name from a URL) inert where
+/// Bitrix24 renders BB code: the comment, activity and notification texts all go
+/// through its BB code parser, which knows `[URL=…]`, `[USER=…]`, `[IMG]`, `[DISK
+/// FILE ID=…]` and more, and offers no tag that reliably switches parsing off
+/// (`[CODE]` ends at the first `[/CODE]` the text itself contains). Every tag starts
+/// with `[`, so square brackets become their full-width look-alikes `［` `］`: the
+/// text stays readable, no tag can form. Line breaks become spaces so the text stays
+/// inside its own line and can never produce the survey marker line, and `://`
+/// becomes `：//` so a typed address is not turned into a link under our heading.
+pub fn neutralise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '[' => out.push('［'),
+            ']' => out.push('］'),
+            '\r' | '\n' | '\u{2028}' | '\u{2029}' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.replace("://", "：//")
+}
+
 pub fn pdf_file_name(inv: &invitation::Model, completed_at: DateTime<Utc>) -> String {
     format!(
         "opros-{}-{}-{}.pdf",
@@ -97,4 +130,24 @@ pub fn pdf_file_name(inv: &invitation::Model, completed_at: DateTime<Utc>) -> St
         inv.entity_id,
         completed_at.format("%Y-%m-%d")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_text_forms_no_tag_and_no_marker_line() {
+        let typed = "[URL=https://evil.example]Результаты готовы[/URL] [USER=1]\nОпрос № x";
+        let safe = neutralise(typed);
+        assert!(!safe.contains('[') && !safe.contains(']'), "{safe}");
+        assert!(!safe.contains("://"), "{safe}");
+        assert!(!safe.contains('\n'));
+        assert!(safe.contains("Результаты готовы"));
+        let comment =
+            format!("Пациент завершил опрос.\nОбратите внимание: Жалобы: {safe}.\nОпрос № y");
+        assert!(!carries_marker(&comment, "x"));
+        assert!(carries_marker(&comment, "y"));
+        assert!(carries_marker("Опрос № y\r\n", "y"));
+    }
 }

@@ -1,31 +1,44 @@
 //! `POST /b24/events`: events bound by the application (protocol §7).
+//!
+//! An event carries only the application token as proof of origin, and every user of
+//! the portal can read that token from their own deal-tab POST. So the token alone
+//! never causes a destructive or cross-deal effect: an uninstall is confirmed with
+//! the portal by an outbox job before anything is dropped, and a new deal or lead is
+//! read back from the portal before its link field is written.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use poem::web::{Data, Json};
-use poem::{Body, IntoResponse, Request, Response, handler};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use poem::{IntoResponse, Response, handler};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use super::inbound::text;
+use super::inbound::{Callback, EventCall, rejected};
 use super::{install, portals};
-use crate::db::entities::{invitation, outbox_job, portal};
+use crate::bitrix24::Target;
+use crate::bitrix24::form::FormError;
+use crate::db::entities::{outbox_job, portal};
 use crate::error::ApiError;
 use crate::invitations::{Channel, EntityRef, EntityType};
+use crate::outbox::{self, Job};
 use crate::state::AppState;
 
+/// How old a deal or lead may be when its `ONCRMDEALADD`/`ONCRMLEADADD` arrives.
+/// Bitrix24's queue delivers within seconds, minutes when busy; a record older than
+/// this was not "just created", so the event is not taken as a reason to write.
+const NEW_RECORD_WINDOW: chrono::Duration = chrono::Duration::hours(1);
+
 #[handler]
-pub async fn events(req: &Request, body: Body, Data(state): Data<&AppState>) -> Response {
-    let Some(form) = super::inbound::read(req, body).await else {
-        return ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса")
-            .into_response();
+pub async fn events(Callback(form): Callback<Value>, Data(state): Data<&AppState>) -> Response {
+    // The same bounded decode, read as the struct of what an event carries.
+    let call: EventCall = match serde_json::from_value(form.clone()) {
+        Ok(call) => call,
+        Err(e) => return rejected(&FormError::Malformed(e.to_string())).into_response(),
     };
-    let event = text(&form, &["event"])
-        .unwrap_or_default()
-        .to_ascii_uppercase();
+    let event = call.event.clone().unwrap_or_default().to_ascii_uppercase();
     let result = match event.as_str() {
         "ONAPPINSTALL" => return install::on_app_install(state, &form).await,
-        "ONAPPUNINSTALL" => uninstall(state, &form).await,
-        "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &form, &event).await,
+        "ONAPPUNINSTALL" => uninstall(state, &call).await,
+        "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
         "" => Err(ApiError::bad_request(
             "event_missing",
             "В запросе нет поля event",
@@ -41,80 +54,66 @@ pub async fn events(req: &Request, body: Body, Data(state): Data<&AppState>) -> 
     }
 }
 
-/// protocol §7.3: no tokens arrive, only `application_token`, the one proof the call
-/// came from Bitrix24. The portal's tokens are dropped; with `data[CLEAN]=1` its
-/// patients' invitations and answers (personal data) are deleted as well.
-async fn uninstall(state: &AppState, form: &Value) -> Result<Value, ApiError> {
+/// protocol §7.3: no tokens arrive, only `application_token`. Nothing changes here:
+/// an outbox job asks the portal whether our tokens still work (after a genuine
+/// uninstall they do not) and only then drops the tokens and, with `data[CLEAN]=1`,
+/// the portal's invitations and answers (see `outbox::uninstall`). Until then the
+/// portal keeps working, so a forged event changes nothing.
+async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError> {
     let p = portals::verify_app_token(
         &state.db,
-        text(form, &["auth", "member_id"]).as_deref(),
-        text(form, &["auth", "application_token"]).as_deref(),
+        call.auth.member_id.as_deref(),
+        call.auth.application_token.as_deref(),
     )
     .await?;
-    let clean =
-        text(form, &["data", "CLEAN"]).is_some_and(|c| c == "1" || c.eq_ignore_ascii_case("Y"));
+    let clean = call
+        .data
+        .clean
+        .as_deref()
+        .is_some_and(|c| c == "1" || c.eq_ignore_ascii_case("Y"));
+    let job = Job::ConfirmUninstall { clean };
     let (_turn, txn) = state.begin_write().await?;
-    let mut row: portal::ActiveModel = p.clone().into();
-    row.status = Set(portal::UNINSTALLED.to_owned());
-    row.access_token = Set(None);
-    row.refresh_token = Set(None);
-    row.expires_at = Set(None);
-    row.registration = Set(None);
-    row.updated_at = Set(Utc::now());
-    row.update(&txn).await?;
-    // Jobs for a portal that is gone can never run.
-    outbox_job::Entity::delete_many()
+    // One pending confirmation per portal and kind is enough: while it waits, more
+    // of the same event (repeats, or a flood of forged ones) add nothing.
+    let pending = outbox_job::Entity::find()
         .filter(outbox_job::Column::PortalId.eq(p.id))
+        .filter(outbox_job::Column::Kind.eq(job.kind()))
         .filter(outbox_job::Column::DoneAt.is_null())
-        .exec(&txn)
-        .await?;
-    let mut deleted = 0;
-    if clean {
-        // Responses go with their invitations (ON DELETE CASCADE).
-        let ids: Vec<String> = invitation::Entity::find()
-            .filter(invitation::Column::PortalId.eq(p.id))
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        crate::db::entities::response::Entity::delete_many()
-            .filter(crate::db::entities::response::Column::InvitationId.is_in(ids.clone()))
-            .exec(&txn)
-            .await?;
-        deleted = invitation::Entity::delete_many()
-            .filter(invitation::Column::PortalId.eq(p.id))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        outbox_job::Entity::delete_many()
-            .filter(outbox_job::Column::PortalId.eq(p.id))
-            .exec(&txn)
-            .await?;
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .all(&txn)
+        .await?
+        .into_iter()
+        .any(|row| serde_json::from_value::<Job>(row.payload).ok().as_ref() == Some(&job));
+    if !pending {
+        let key = format!(
+            "uninstall:{}:{}:{}",
+            p.id,
+            u8::from(clean),
+            Utc::now().timestamp_micros()
+        );
+        outbox::enqueue(&txn, Some(p.id), &job, &key).await?;
     }
     crate::db::audit(
         &txn,
         Some(p.id),
         "bitrix24",
-        if clean {
-            "uninstall_clean"
-        } else {
-            "uninstall"
-        },
+        "uninstall_received",
         Some(&p.domain),
     )
     .await?;
     txn.commit().await?;
-    tracing::info!(portal = %p.domain, clean, deleted, "Приложение удалено с портала");
+    state.nudge_outbox();
+    tracing::info!(portal = %p.domain, clean, "Получено событие удаления приложения; проверяем его у портала");
     Ok(json!({"ok": true}))
 }
 
-/// `ONCRMDEALADD`/`ONCRMLEADADD` bound by the application: a link for the new deal.
-async fn crm_added(state: &AppState, form: &Value, event: &str) -> Result<Value, ApiError> {
+/// `ONCRMDEALADD`/`ONCRMLEADADD` bound by the application: a link for the new deal,
+/// once the portal confirms the record exists, was just created and has no link yet.
+async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Value, ApiError> {
     let p = portals::verify_app_token(
         &state.db,
-        text(form, &["auth", "member_id"]).as_deref(),
-        text(form, &["auth", "application_token"]).as_deref(),
+        call.auth.member_id.as_deref(),
+        call.auth.application_token.as_deref(),
     )
     .await?;
     let kind = if event == "ONCRMLEADADD" {
@@ -122,17 +121,90 @@ async fn crm_added(state: &AppState, form: &Value, event: &str) -> Result<Value,
     } else {
         EntityType::Deal
     };
-    let id: i64 = text(form, &["data", "FIELDS", "ID"])
+    let id: i64 = call
+        .data
+        .fields
+        .id
+        .as_deref()
         .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
+    let entity = EntityRef { kind, id };
     tracing::info!(portal = %p.domain, event, "Получен вебхук от Битрикс24");
+    confirm_new_record(state, &p, entity, Utc::now()).await?;
     let inv = crate::invitations::issue::create_for_new_entity(
         state,
         Some(p.id),
         Channel::App,
-        EntityRef { kind, id },
+        entity,
         &format!("event:{}:{}:{}", p.id, kind.as_str(), id),
     )
     .await?;
     Ok(json!({"ok": true, "survey_id": inv.id}))
+}
+
+/// Reads the record with the portal's own token: it must exist, be created within
+/// [`NEW_RECORD_WINDOW`] and carry no link yet. Anything else is refused, so a
+/// forged event cannot overwrite the link of an existing deal.
+async fn confirm_new_record(
+    state: &AppState,
+    p: &portal::Model,
+    entity: EntityRef,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let method = match entity.kind {
+        EntityType::Deal => "crm.deal.get",
+        EntityType::Lead => "crm.lead.get",
+    };
+    let target = Target::Portal {
+        member_id: p.member_id.clone(),
+    };
+    let record = match state
+        .b24
+        .call(&target, method, json!({"id": entity.id}))
+        .await
+    {
+        Ok(record) => record,
+        Err(e) if e.is_not_found() || e.is_access_denied() => {
+            return Err(not_confirmed(p, entity, "запись не найдена"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, portal = %p.domain, "Не удалось проверить событие у портала");
+            return Err(ApiError::unavailable(
+                "portal_unavailable",
+                "Не удалось проверить событие в Битрикс24, попробуйте позже",
+            ));
+        }
+    };
+    let created = record
+        .get("DATE_CREATE")
+        .and_then(Value::as_str)
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let fresh = created
+        .is_some_and(|c| c <= now + chrono::Duration::minutes(5) && now - c <= NEW_RECORD_WINDOW);
+    if !fresh {
+        return Err(not_confirmed(p, entity, "запись создана не сейчас"));
+    }
+    let has_link = record
+        .get(&state.config.link_field)
+        .and_then(Value::as_str)
+        .is_some_and(|l| !l.trim().is_empty());
+    if has_link {
+        return Err(not_confirmed(p, entity, "ссылка уже записана"));
+    }
+    Ok(())
+}
+
+fn not_confirmed(p: &portal::Model, entity: EntityRef, why: &str) -> ApiError {
+    tracing::warn!(
+        portal = %p.domain,
+        entity = %format!("{}_{}", entity.kind.as_str(), entity.id),
+        why,
+        "Событие о новой записи не подтверждено порталом; ссылка не записана"
+    );
+    ApiError::conflict(
+        "event_not_confirmed",
+        "Портал не подтвердил, что запись только что создана; ссылка не записана",
+    )
 }

@@ -5,12 +5,12 @@
 //! event, not for this answer.
 
 use chrono::Utc;
+use poem::handler;
 use poem::web::{Data, Json};
-use poem::{Body, Request, handler};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::inbound::text;
+use super::inbound::{Callback, RobotCall};
 use super::portals;
 use crate::error::ApiError;
 use crate::invitations::issue;
@@ -20,35 +20,31 @@ use crate::state::AppState;
 
 #[handler]
 pub async fn send_survey(
-    req: &Request,
-    body: Body,
+    Callback(call): Callback<RobotCall>,
     Data(state): Data<&AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let form = super::inbound::read(req, body)
-        .await
-        .ok_or_else(|| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
     let portal = portals::verify_app_token(
         &state.db,
-        text(&form, &["auth", "member_id"]).as_deref(),
-        text(&form, &["auth", "application_token"]).as_deref(),
+        call.auth.member_id.as_deref(),
+        call.auth.application_token.as_deref(),
     )
     .await?;
     tracing::info!(portal = %portal.domain, "Получен вебхук от Битрикс24: робот «Отправить опрос»");
 
-    let event_token = text(&form, &["event_token"]).ok_or_else(|| {
+    let event_token = call.event_token.clone().ok_or_else(|| {
         ApiError::bad_request("event_token_missing", "В вызове робота нет event_token")
     })?;
-    let document = text(&form, &["document_id", "2"]).ok_or_else(|| {
+    let document = call.document_id.document().ok_or_else(|| {
         ApiError::bad_request("document_missing", "В вызове робота нет document_id")
     })?;
-    let entity = EntityRef::from_document_id(&document).ok_or_else(|| {
+    let entity = EntityRef::from_document_id(document).ok_or_else(|| {
         ApiError::bad_request(
             "document_unsupported",
             format!("Робот работает только со сделками и лидами, получено «{document}»"),
         )
     })?;
 
-    let prop = |k: &str| text(&form, &["properties", k]);
+    let prop = |k: &str| call.property(k);
     let (code, version) = {
         let catalog = state.catalog();
         let code = prop("survey_code").unwrap_or_else(|| catalog.default_code().to_owned());

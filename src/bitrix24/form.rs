@@ -8,15 +8,10 @@
 //! Bitrix24 payloads goes through this module.
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One `key=value` pair of a form body, decoded.
 pub type FormPairs = Vec<(String, String)>;
-
-/// A form body that did not fit the expected shape.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed form body: {0}")]
-pub struct FormError(String);
 
 /// Flattens JSON params into bracket-key pairs the way PHP's `http_build_query` does
 /// (the docs' data-encoding page names it as the reference encoder): nested objects
@@ -77,6 +72,9 @@ pub fn decode_pairs(body: &[u8]) -> FormPairs {
         .collect()
 }
 
+// The ordered tree below reads back what this service itself encodes (the fake
+// portal decoding our calls, tests); inbound requests go through [`decode`].
+#[cfg(any(test, feature = "testing"))]
 /// Splits a PHP key into its path: `a[b][c]` → `["a", "b", "c"]`, `a[]` → `["a", ""]`.
 /// A key with unbalanced brackets is kept whole, as PHP does.
 pub fn key_path(key: &str) -> Vec<String> {
@@ -98,6 +96,7 @@ pub fn key_path(key: &str) -> Vec<String> {
     path
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// An ordered tree built from bracket keys: PHP arrays keep insertion order, which
 /// matters for `batch` (commands run in the order given).
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +105,7 @@ pub enum FormNode {
     Branch(Vec<(String, FormNode)>),
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FormNode {
     /// Child of a branch by key; `None` for leaves and missing keys.
     pub fn get(&self, key: &str) -> Option<&FormNode> {
@@ -129,7 +129,7 @@ impl FormNode {
                 if is_list {
                     Value::Array(items.iter().map(|(_, v)| v.to_json()).collect())
                 } else {
-                    let mut map = Map::new();
+                    let mut map = serde_json::Map::new();
                     for (k, v) in items {
                         map.insert(k.clone(), v.to_json());
                     }
@@ -178,6 +178,7 @@ impl FormNode {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Builds the ordered tree of a decoded form.
 pub fn pairs_to_tree(pairs: &[(String, String)]) -> FormNode {
     let mut root = FormNode::Branch(Vec::new());
@@ -187,20 +188,159 @@ pub fn pairs_to_tree(pairs: &[(String, String)]) -> FormNode {
     root
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Decodes a form body into JSON (nested objects, lists for `0..n` keys, strings).
 pub fn decode_json(body: &[u8]) -> Value {
     pairs_to_tree(&decode_pairs(body)).to_json()
 }
 
-/// Decodes a Bitrix24 form body into a typed value through `serde_qs` with form
-/// encoding on, so percent-encoded brackets (`auth%5Bmember_id%5D`) nest.
-/// Every scalar arrives as a string.
+/// Deepest bracket nesting accepted in an inbound form or query: Bitrix24's deepest
+/// key is `data[FIELDS][ID]` (3 levels); PHP itself stops at 64.
+pub const MAX_DEPTH: usize = 8;
+/// Most `key=value` pairs accepted in one inbound form or query: a robot call has
+/// about 25; PHP's `max_input_vars` defaults to 1 000.
+pub const MAX_KEYS: usize = 1_000;
+
+/// Why an inbound form body or query was refused. Each has a stable code for the
+/// error body and a Russian message for whoever reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum FormError {
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    #[error("keys nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("more than {MAX_KEYS} keys")]
+    TooManyKeys,
+    #[error("malformed form body: {0}")]
+    Malformed(String),
+}
+
+impl FormError {
+    /// The machine-readable code of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FormError::NotUtf8 => "bad_encoding",
+            FormError::TooDeep => "form_too_deep",
+            FormError::TooManyKeys => "form_too_many_keys",
+            FormError::Malformed(_) => "bad_body",
+        }
+    }
+
+    /// What went wrong, for a person.
+    pub fn message(&self) -> String {
+        match self {
+            FormError::NotUtf8 => "Тело запроса должно быть в кодировке UTF-8".to_owned(),
+            FormError::TooDeep => {
+                format!("Слишком глубокая вложенность ключей формы (больше {MAX_DEPTH} уровней)")
+            }
+            FormError::TooManyKeys => {
+                format!("Слишком много полей в запросе (больше {MAX_KEYS})")
+            }
+            FormError::Malformed(_) => "Не удалось разобрать тело запроса".to_owned(),
+        }
+    }
+}
+
+/// Checks an inbound form body or query against the limits before anything builds a
+/// tree from it: valid UTF-8, at most [`MAX_KEYS`] pairs, no key nested deeper than
+/// [`MAX_DEPTH`]. Keys are counted after percent-decoding, so `%5B` counts as `[`.
+/// The scan is flat: a hostile key costs its length, never stack.
+pub fn check_limits(body: &[u8]) -> Result<(), FormError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(FormError::NotUtf8);
+    }
+    for (count, (key, _)) in url::form_urlencoded::parse(body).enumerate() {
+        if count >= MAX_KEYS {
+            return Err(FormError::TooManyKeys);
+        }
+        if key.bytes().filter(|b| *b == b'[').count() > MAX_DEPTH {
+            return Err(FormError::TooDeep);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an inbound form body or query string (PHP bracket keys, percent-encoded
+/// or not) into a typed value through `serde_qs`, after [`check_limits`]. The one
+/// decoder for everything Bitrix24 and the guides' webhooks send us. Every scalar
+/// arrives as a string.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FormError> {
+    check_limits(body)?;
     serde_qs::Config::new()
-        .max_depth(6)
+        .max_depth(MAX_DEPTH)
         .use_form_encoding(true)
         .deserialize_bytes(body)
-        .map_err(|e| FormError(e.to_string()))
+        .map_err(|e| FormError::Malformed(e.to_string()))
+}
+
+/// Reads a scalar the way every inbound field is read: a trimmed, non-empty string;
+/// numbers and booleans (JSON bodies) as their text; a repeated key (`a=1&a=2`, a
+/// list) gives its last value, as PHP does; nested maps and `null` give `None`.
+/// For `#[serde(default, deserialize_with = "form::text")]` on `Option<String>`.
+pub fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(TextVisitor)
+}
+
+/// A scalar field of an inbound map whose keys are not fixed (robot properties,
+/// `document_id`), read like [`text`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Text(pub Option<String>);
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        text(d).map(Text)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a scalar value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.trim().to_owned()).filter(|s| !s.is_empty()))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut last = None;
+        while let Some(Text(v)) = seq.next_element::<Text>()? {
+            if v.is_some() {
+                last = v;
+            }
+        }
+        Ok(last)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

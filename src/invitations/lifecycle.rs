@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::links::LinkError;
 use super::{COMPLETED, OPENED, SENT};
-use crate::db::entities::{invitation, response};
+use crate::db::entities::{invitation, outbox_job, response};
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
 use crate::state::AppState;
@@ -122,7 +122,19 @@ pub async fn saved(state: &AppState, id: &str) -> Result<Option<response::Model>
         .await?)
 }
 
-/// The draft to show: the saved draft, or the final answers once completed.
+/// The patient's saved draft, for the link's page and JSON. Once the survey is
+/// completed there is none: the link shows only «thank you», and the answers are for
+/// the verified deal tab alone (anyone who sees the link — an SMS gateway, a
+/// forwarded message, the deal's link field — must not read them).
+pub async fn draft_of(state: &AppState, inv: &invitation::Model) -> Result<Answers, FlowError> {
+    if inv.status == COMPLETED {
+        return Ok(Answers::default());
+    }
+    answers_to_show(state, inv).await
+}
+
+/// The saved draft, or the final answers once completed: for the verified deal tab
+/// (the patient's link reads [`draft_of`]).
 pub async fn answers_to_show(
     state: &AppState,
     inv: &invitation::Model,
@@ -190,6 +202,28 @@ pub async fn save_draft(
     Ok((now, draft))
 }
 
+/// How long the comment job waits for the submitting request to store its PDF;
+/// after that the job renders the PDF itself (the request failed or died).
+const RENDER_GRACE: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Moves a pending job's next run to `at`.
+async fn set_job_due<C: ConnectionTrait>(
+    db: &C,
+    key: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::RunAt,
+            Expr::value(at.timestamp_millis()),
+        )
+        .filter(outbox_job::Column::IdempotencyKey.eq(key))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 pub struct Submitted {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
@@ -220,12 +254,71 @@ pub async fn submit(
         Ok(v) => v,
         Err(errors) => {
             // Keep what the patient typed: the draft gains the valid part of this attempt.
-            let mut draft = answers_to_show(state, inv).await.unwrap_or_default();
+            let mut draft = draft_of(state, inv).await.unwrap_or_default();
             draft.extend(crate::survey::normalise_draft(&q, &answers));
             let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
             return Err(FlowError::Invalid(errors.0));
         }
     };
+
+    // Claim first: of concurrent submits only the one that flips the status goes on
+    // to render a PDF; the others are answered `Completed` at once. The answers and
+    // the comment job are stored with the claim, so nothing is lost if rendering
+    // fails or the process stops: the job then renders the PDF itself.
+    let job_key = format!("invitation:{}:completion", inv.id);
+    let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
+    let answers_json =
+        serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
+    {
+        let (_turn, txn) = state.begin_write().await?;
+        let claimed = invitation::Entity::update_many()
+            .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
+            .col_expr(invitation::Column::CompletedAt, Expr::value(now))
+            .filter(invitation::Column::Id.eq(inv.id.clone()))
+            .filter(invitation::Column::Status.ne(COMPLETED))
+            .exec(&txn)
+            .await?;
+        if claimed.rows_affected == 0 {
+            return Err(FlowError::Completed);
+        }
+        response::Entity::insert(response::ActiveModel {
+            invitation_id: Set(inv.id.clone()),
+            draft: Set(None),
+            draft_saved_at: Set(None),
+            answers: Set(Some(answers_json)),
+            submitted_at: Set(Some(now)),
+            report_sha256: Set(None),
+            report_pdf: Set(None),
+        })
+        .on_conflict(
+            OnConflict::column(response::Column::InvitationId)
+                .update_columns([
+                    response::Column::Draft,
+                    response::Column::DraftSavedAt,
+                    response::Column::Answers,
+                    response::Column::SubmittedAt,
+                    response::Column::ReportSha256,
+                    response::Column::ReportPdf,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        if delivers {
+            outbox::enqueue(
+                &txn,
+                inv.portal_id,
+                &Job::PostCompletion {
+                    invitation: inv.id.clone(),
+                },
+                &job_key,
+            )
+            .await?;
+            // Held back while this request renders the PDF; released below.
+            set_job_due(&txn, &job_key, now + RENDER_GRACE).await?;
+        }
+        txn.commit().await?;
+    }
 
     let mut stored = inv.clone();
     stored.status = COMPLETED.to_owned();
@@ -235,53 +328,20 @@ pub async fn submit(
     let report = crate::completion::render_report(input)
         .await
         .map_err(FlowError::Internal)?;
+    tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
 
     let (_turn, txn) = state.begin_write().await?;
-    let claimed = invitation::Entity::update_many()
-        .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
-        .col_expr(invitation::Column::CompletedAt, Expr::value(now))
-        .filter(invitation::Column::Id.eq(inv.id.clone()))
-        .filter(invitation::Column::Status.ne(COMPLETED))
+    response::Entity::update_many()
+        .col_expr(
+            response::Column::ReportSha256,
+            Expr::value(report.sha256.clone()),
+        )
+        .col_expr(response::Column::ReportPdf, Expr::value(report.pdf))
+        .filter(response::Column::InvitationId.eq(inv.id.clone()))
         .exec(&txn)
         .await?;
-    if claimed.rows_affected == 0 {
-        return Err(FlowError::Completed);
-    }
-    let answers_json =
-        serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
-    response::Entity::insert(response::ActiveModel {
-        invitation_id: Set(inv.id.clone()),
-        draft: Set(None),
-        draft_saved_at: Set(None),
-        answers: Set(Some(answers_json)),
-        submitted_at: Set(Some(now)),
-        report_sha256: Set(Some(report.sha256.clone())),
-        report_pdf: Set(Some(report.pdf)),
-    })
-    .on_conflict(
-        OnConflict::column(response::Column::InvitationId)
-            .update_columns([
-                response::Column::Draft,
-                response::Column::DraftSavedAt,
-                response::Column::Answers,
-                response::Column::SubmittedAt,
-                response::Column::ReportSha256,
-                response::Column::ReportPdf,
-            ])
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
-    if inv.portal_id.is_some() || state.config.webhook_url.is_some() {
-        outbox::enqueue(
-            &txn,
-            inv.portal_id,
-            &Job::PostCompletion {
-                invitation: inv.id.clone(),
-            },
-            &format!("invitation:{}:completion", inv.id),
-        )
-        .await?;
+    if delivers {
+        set_job_due(&txn, &job_key, Utc::now()).await?;
     }
     txn.commit().await?;
     state.nudge_outbox();

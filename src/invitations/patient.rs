@@ -4,9 +4,17 @@ use serde_json::Value;
 
 /// A name a robot or webhook passed in, if it is a real one: not empty, not the
 /// seed guide's "Unknown", not an unrendered template (`{{CONTACT_NAME}}`,
-/// `{=Document:…}`) left by a misconfigured robot.
+/// `{=Document:…}`) left by a misconfigured robot. A name can come from anyone who
+/// knows a webhook URL; names have no square brackets, so they are made full-width
+/// (`［` `］`) here and no BB code tag can ride on a name into Bitrix24 (see
+/// `completion::neutralise`).
 pub fn usable_name(raw: Option<&str>) -> Option<String> {
-    let name = raw?.split_whitespace().collect::<Vec<_>>().join(" ");
+    let name = raw?
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('[', "［")
+        .replace(']', "］");
     let lower = name.to_lowercase();
     let bad = name.is_empty()
         || name.contains("{{")

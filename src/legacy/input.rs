@@ -3,45 +3,110 @@
 //! a content type that does not match the body when the body is unambiguous. The
 //! seed guide's «Error parsing data» came from insisting on one format.
 
-use std::collections::BTreeMap;
-
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::b24::inbound::{parse_form, text};
+use crate::b24::inbound::{DocumentId, EventData, rejected};
+use crate::bitrix24::form::{self, FormError};
+use crate::error::ApiError;
 
-/// Flat view of the request's fields (`document_id[2]` stays reachable by path).
-pub struct Fields {
-    merged: Value,
+/// `auth[...]` of an outgoing-webhook event (protocol §8): only its token matters.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WebhookAuth {
+    #[serde(default, deserialize_with = "form::text")]
+    pub application_token: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct InputError(pub String);
+/// Everything the guides' two webhook setups may send, from the query string and the
+/// body alike: the webhook robot's URL parameters (`lead_id`, `auth_token`, …,
+/// protocol §5.2) and the outgoing webhook's event (protocol §8).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Fields {
+    #[serde(default, deserialize_with = "form::text")]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub data: EventData,
+    #[serde(default)]
+    pub auth: WebhookAuth,
+    #[serde(default, deserialize_with = "form::text")]
+    pub application_token: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub token: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub auth_token: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub lead_id: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub deal_id: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub entity_type: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub category_id: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub patient_name: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub force: Option<String>,
+    #[serde(default)]
+    pub document_id: DocumentId,
+}
 
 impl Fields {
-    pub fn get(&self, key: &str) -> Option<String> {
-        text(&self.merged, &[key])
+    /// Field by field, what `self` (the body) gives wins over `other` (the query).
+    fn over(self, other: Fields) -> Fields {
+        let document_id = if self.document_id.0.is_empty() {
+            other.document_id
+        } else {
+            self.document_id
+        };
+        Fields {
+            event: self.event.or(other.event),
+            data: EventData {
+                fields: crate::b24::inbound::EventFields {
+                    id: self.data.fields.id.or(other.data.fields.id),
+                },
+                clean: self.data.clean.or(other.data.clean),
+            },
+            auth: WebhookAuth {
+                application_token: self.auth.application_token.or(other.auth.application_token),
+            },
+            application_token: self.application_token.or(other.application_token),
+            token: self.token.or(other.token),
+            auth_token: self.auth_token.or(other.auth_token),
+            lead_id: self.lead_id.or(other.lead_id),
+            deal_id: self.deal_id.or(other.deal_id),
+            entity_type: self.entity_type.or(other.entity_type),
+            category_id: self.category_id.or(other.category_id),
+            patient_name: self.patient_name.or(other.patient_name),
+            force: self.force.or(other.force),
+            document_id,
+        }
     }
+}
 
-    pub fn path(&self, path: &[&str]) -> Option<String> {
-        text(&self.merged, path)
-    }
+/// Why a request's fields could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Refused by the bounded decoder (too deep, too many keys, not UTF-8).
+    #[error(transparent)]
+    Form(#[from] FormError),
+    /// A body in none of the accepted formats; the message says what was expected.
+    #[error("{0}")]
+    Unparsable(String),
 }
 
 /// The request's fields from its query string and body, or a 400 saying what was
 /// expected.
-pub async fn from_request(
-    req: &poem::Request,
-    body: poem::Body,
-) -> Result<Fields, crate::error::ApiError> {
-    use crate::error::ApiError;
+pub async fn from_request(req: &poem::Request, body: poem::Body) -> Result<Fields, ApiError> {
     let bytes = body
         .into_bytes()
         .await
         .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
     read(req.uri().query(), req.content_type(), &bytes)
         .await
-        .map_err(|e| ApiError::bad_request("unparsable_body", e.0))
+        .map_err(|e| match e {
+            InputError::Form(e) => rejected(&e),
+            InputError::Unparsable(message) => ApiError::bad_request("unparsable_body", message),
+        })
 }
 
 pub async fn read(
@@ -49,21 +114,45 @@ pub async fn read(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Fields, InputError> {
-    let mut merged = parse_form(query.unwrap_or_default().as_bytes());
-    let body_value = parse_body_any(content_type, body).await?;
-    if let (Value::Object(into), Value::Object(from)) = (&mut merged, body_value) {
-        for (k, v) in from {
-            into.insert(k, v);
-        }
-    }
-    Ok(Fields { merged })
+    let from_query: Fields = form::decode(query.unwrap_or_default().as_bytes())?;
+    let from_body = parse_body_any(content_type, body).await?;
+    Ok(from_body.over(from_query))
 }
 
-async fn parse_body_any(content_type: Option<&str>, body: &[u8]) -> Result<Value, InputError> {
+/// A JSON object read as [`Fields`]; `None` if the body is not a JSON object.
+fn json_fields(body: &[u8]) -> Result<Option<Fields>, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut map)) => {
+            // A JSON list `["crm", "CCrmDocumentDeal", "DEAL_1"]` is the same document
+            // id as the form's indexed keys; anything else in its place is ignored.
+            match map.remove("document_id") {
+                Some(Value::Array(items)) => {
+                    let indexed = items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (i.to_string(), v))
+                        .collect();
+                    map.insert("document_id".into(), Value::Object(indexed));
+                }
+                Some(v @ Value::Object(_)) => {
+                    map.insert("document_id".into(), v);
+                }
+                _ => {}
+            }
+            serde_json::from_value(Value::Object(map))
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn parse_body_any(content_type: Option<&str>, body: &[u8]) -> Result<Fields, InputError> {
     let ct = content_type.unwrap_or_default().to_ascii_lowercase();
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
-        return Ok(Value::Object(Default::default()));
+        return Ok(Fields::default());
     };
     if ct.starts_with("multipart/form-data") {
         // Boundaries are case-sensitive: read them from the header as sent.
@@ -73,16 +162,18 @@ async fn parse_body_any(content_type: Option<&str>, body: &[u8]) -> Result<Value
         }
     }
     if first == b'{' || ct.contains("json") {
-        return match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => Ok(Value::Object(map)),
-            Ok(_) => Err(InputError(
+        return match json_fields(body) {
+            Ok(Some(fields)) => Ok(fields),
+            Ok(None) => Err(InputError::Unparsable(
                 "Ожидался JSON-объект вида {\"lead_id\": \"…\", \"auth_token\": \"…\"}".into(),
             )),
-            Err(e) if first == b'{' || !looks_like_form(body) => Err(InputError(format!(
-                "Тело запроса похоже на JSON, но не разбирается ({e}). Ожидался JSON-объект, \
+            Err(e) if first == b'{' || !looks_like_form(body) => {
+                Err(InputError::Unparsable(format!(
+                    "Тело запроса похоже на JSON, но не разбирается ({e}). Ожидался JSON-объект, \
                  форма (x-www-form-urlencoded) или multipart/form-data"
-            ))),
-            Err(_) => Ok(parse_form(body)),
+                )))
+            }
+            Err(_) => Ok(form::decode(body)?),
         };
     }
     if first == b'-'
@@ -90,10 +181,13 @@ async fn parse_body_any(content_type: Option<&str>, body: &[u8]) -> Result<Value
     {
         return parse_multipart(body, boundary).await;
     }
-    if looks_like_form(body) {
-        return Ok(parse_form(body));
+    if std::str::from_utf8(body).is_err() {
+        return Err(FormError::NotUtf8.into());
     }
-    Err(InputError(
+    if looks_like_form(body) {
+        return Ok(form::decode(body)?);
+    }
+    Err(InputError::Unparsable(
         "Не удалось разобрать тело запроса: ожидался JSON-объект, форма (x-www-form-urlencoded) \
          или multipart/form-data; параметры можно передать и в строке адреса"
             .into(),
@@ -115,11 +209,11 @@ fn sniff_boundary(body: &[u8]) -> Option<String> {
     (!line.is_empty()).then(|| line.to_owned())
 }
 
-async fn parse_multipart(body: &[u8], boundary: String) -> Result<Value, InputError> {
+async fn parse_multipart(body: &[u8], boundary: String) -> Result<Fields, InputError> {
     let bytes = bytes_of(body);
     let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
     let mut mp = multer::Multipart::new(stream, boundary);
-    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut fields: Vec<(String, String)> = Vec::new();
     loop {
         match mp.next_field().await {
             Ok(Some(field)) => {
@@ -129,21 +223,22 @@ async fn parse_multipart(body: &[u8], boundary: String) -> Result<Value, InputEr
                 let value = field
                     .text()
                     .await
-                    .map_err(|e| InputError(format!("multipart: {e}")))?;
-                fields.insert(name, value);
+                    .map_err(|e| InputError::Unparsable(format!("multipart: {e}")))?;
+                fields.push((name, value));
+                if fields.len() > form::MAX_KEYS {
+                    return Err(FormError::TooManyKeys.into());
+                }
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(InputError(format!(
+                return Err(InputError::Unparsable(format!(
                     "Не удалось разобрать multipart/form-data: {e}"
                 )));
             }
         }
     }
-    let encoded = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields.iter())
-        .finish();
-    Ok(parse_form(encoded.as_bytes()))
+    // The parts' names are form keys (`document_id[2]`): one decoder reads both.
+    Ok(form::decode(form::encode(&fields).as_bytes())?)
 }
 
 fn bytes_of(body: &[u8]) -> bytes::Bytes {
@@ -159,12 +254,12 @@ mod tests {
         let f = read(Some("lead_id=1&token=q"), None, br#"{"lead_id": "5"}"#)
             .await
             .unwrap();
-        assert_eq!(f.get("lead_id").as_deref(), Some("5"));
-        assert_eq!(f.get("token").as_deref(), Some("q"));
+        assert_eq!(f.lead_id.as_deref(), Some("5"));
+        assert_eq!(f.token.as_deref(), Some("q"));
         let f = read(None, Some("application/json"), b"lead_id=7&auth_token=x")
             .await
             .unwrap();
-        assert_eq!(f.get("lead_id").as_deref(), Some("7"));
+        assert_eq!(f.lead_id.as_deref(), Some("7"));
         let f = read(
             None,
             Some("application/x-www-form-urlencoded"),
@@ -172,19 +267,19 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(f.get("lead_id").as_deref(), Some("8"));
+        assert_eq!(f.lead_id.as_deref(), Some("8"));
         let mp =
             b"--XyZ\r\nContent-Disposition: form-data; name=\"lead_id\"\r\n\r\n9\r\n--XyZ--\r\n";
         let f = read(None, Some("multipart/form-data; boundary=XyZ"), mp)
             .await
             .unwrap();
-        assert_eq!(f.get("lead_id").as_deref(), Some("9"));
+        assert_eq!(f.lead_id.as_deref(), Some("9"));
         let f = read(None, Some("text/plain"), mp).await.unwrap();
-        assert_eq!(f.get("lead_id").as_deref(), Some("9"));
+        assert_eq!(f.lead_id.as_deref(), Some("9"));
         let f = read(None, None, b"document_id%5B2%5D=DEAL_4217")
             .await
             .unwrap();
-        assert_eq!(f.path(&["document_id", "2"]).as_deref(), Some("DEAL_4217"));
+        assert_eq!(f.document_id.document(), Some("DEAL_4217"));
         assert!(
             read(None, Some("application/json"), b"{broken")
                 .await

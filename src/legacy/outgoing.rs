@@ -30,7 +30,7 @@ pub async fn outgoing(
 ) -> Result<Json<Value>, ApiError> {
     let fields = input::from_request(req, body).await?;
     tracing::info!(
-        event = %fields.get("event").unwrap_or_default(),
+        event = %fields.event.as_deref().unwrap_or_default(),
         "Получен вебхук от Битрикс24 (исходящий вебхук)"
     );
     let Some(expected) = state.config.outgoing_token.clone() else {
@@ -60,7 +60,11 @@ pub async fn outgoing(
         }
     }
 
-    let event = fields.get("event").unwrap_or_default().to_ascii_uppercase();
+    let event = fields
+        .event
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     let kind = match event.as_str() {
         "ONCRMDEALADD" => EntityType::Deal,
         "ONCRMLEADADD" => EntityType::Lead,
@@ -70,7 +74,10 @@ pub async fn outgoing(
         }
     };
     let id: i64 = fields
-        .path(&["data", "FIELDS", "ID"])
+        .data
+        .fields
+        .id
+        .as_deref()
         .and_then(|s| s.parse().ok())
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
@@ -90,13 +97,11 @@ pub async fn outgoing(
 /// Where the token was found and its value: the body's `auth[application_token]`, then
 /// the query string, then a header.
 fn find_token(fields: &Fields, headers: &HeaderMap) -> Option<(&'static str, String)> {
-    if let Some(t) = fields.path(&["auth", "application_token"]) {
-        return Some(("auth[application_token]", t));
+    if let Some(t) = &fields.auth.application_token {
+        return Some(("auth[application_token]", t.clone()));
     }
-    for key in ["application_token", "token"] {
-        if let Some(t) = fields.get(key) {
-            return Some(("query", t));
-        }
+    if let Some(t) = fields.application_token.as_ref().or(fields.token.as_ref()) {
+        return Some(("query", t.clone()));
     }
     for name in HEADERS {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {

@@ -13,8 +13,6 @@ use crate::error::ApiError;
 use crate::invitations::{Channel, EntityRef, EntityType, patient};
 use crate::state::AppState;
 
-const TOKEN_FIELDS: [&str; 2] = ["auth_token", "token"];
-
 #[handler]
 pub async fn webhook_robot(
     req: &Request,
@@ -31,9 +29,9 @@ pub async fn webhook_robot(
     let fields = input::from_request(req, body).await?;
     tracing::info!("Получен вебхук от Битрикс24");
 
-    let presented = TOKEN_FIELDS
-        .iter()
-        .find_map(|f| fields.get(f).map(|v| (*f, v)));
+    let presented = [("auth_token", &fields.auth_token), ("token", &fields.token)]
+        .into_iter()
+        .find_map(|(f, v)| v.clone().map(|v| (f, v)));
     match &presented {
         Some((field, value)) if expected.matches(value) => {
             tracing::debug!(field, "Токен вебхука проверен");
@@ -52,11 +50,12 @@ pub async fn webhook_robot(
     }
 
     let entity = entity_of(&fields)?;
-    super::check_pipeline(state, entity, fields.get("category_id").as_deref()).await?;
-    let given_name = patient::usable_name(fields.get("patient_name").as_deref());
+    super::check_pipeline(state, entity, fields.category_id.as_deref()).await?;
+    let given_name = patient::usable_name(fields.patient_name.as_deref());
     let force = fields
-        .get("force")
-        .is_some_and(|f| matches!(f.as_str(), "1" | "true" | "yes" | "Y"));
+        .force
+        .as_deref()
+        .is_some_and(|f| matches!(f, "1" | "true" | "yes" | "Y"));
     let (inv, _) = crate::invitations::issue::issue(
         state,
         crate::invitations::issue::Request {
@@ -88,9 +87,10 @@ fn unauthorized() -> ApiError {
 /// `lead_id` (with `entity_type`), else the business-process `document_id[2]`.
 fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
     let kind = fields
-        .get("entity_type")
+        .entity_type
+        .as_deref()
         .map(|t| {
-            EntityType::parse(&t).ok_or_else(|| {
+            EntityType::parse(t).ok_or_else(|| {
                 ApiError::bad_request(
                     "entity_type_unsupported",
                     format!("entity_type должен быть DEAL или LEAD, получено «{t}»"),
@@ -98,7 +98,7 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
             })
         })
         .transpose()?;
-    if let Some(raw) = fields.get("lead_id").or_else(|| fields.get("deal_id")) {
+    if let Some(raw) = fields.lead_id.clone().or_else(|| fields.deal_id.clone()) {
         if raw.contains("{{") || raw.contains("{=") {
             return Err(ApiError::bad_request(
                 "lead_id_template",
@@ -121,8 +121,8 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
             id,
         });
     }
-    if let Some(doc) = fields.path(&["document_id", "2"]) {
-        return EntityRef::from_document_id(&doc).ok_or_else(|| {
+    if let Some(doc) = fields.document_id.document() {
+        return EntityRef::from_document_id(doc).ok_or_else(|| {
             ApiError::bad_request(
                 "document_unsupported",
                 format!("Поддерживаются сделки и лиды, получено «{doc}»"),

@@ -10,6 +10,7 @@
 pub mod backpressure;
 pub mod jobs;
 pub mod run;
+pub mod uninstall;
 pub mod worker;
 
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
@@ -33,6 +34,9 @@ pub enum Job {
     WriteLinkField { invitation: String },
     /// Timeline comment «Пациент завершил опрос …» with the PDF attached.
     PostCompletion { invitation: String },
+    /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
+    /// then drop them and, with `clean`, the portal's invitations and answers.
+    ConfirmUninstall { clean: bool },
 }
 
 impl Job {
@@ -42,15 +46,18 @@ impl Job {
             Job::ReturnRobotValues { .. } => "return_robot_values",
             Job::WriteLinkField { .. } => "write_link_field",
             Job::PostCompletion { .. } => "post_completion",
+            Job::ConfirmUninstall { .. } => "confirm_uninstall",
         }
     }
 
-    pub fn invitation(&self) -> &str {
+    /// The invitation the job works on; `None` for portal-wide jobs.
+    pub fn invitation(&self) -> Option<&str> {
         match self {
             Job::ResolvePatient { invitation }
             | Job::ReturnRobotValues { invitation, .. }
             | Job::WriteLinkField { invitation }
-            | Job::PostCompletion { invitation } => invitation,
+            | Job::PostCompletion { invitation } => Some(invitation),
+            Job::ConfirmUninstall { .. } => None,
         }
     }
 }

@@ -60,9 +60,23 @@ pub async fn run_group(
                 .collect();
         }
     };
+    let mut outcomes = Vec::new();
+    // Portal-wide jobs first: they name no invitation.
+    let (portal_wide, claimed): (Vec<Claimed>, Vec<Claimed>) = claimed
+        .into_iter()
+        .partition(|c| c.job.invitation().is_none());
+    for c in portal_wide {
+        let outcome = match &c.job {
+            Job::ConfirmUninstall { clean } => {
+                super::uninstall::confirm(state, &target, &c.row, *clean, now).await
+            }
+            _ => Outcome::Dead("not a portal-wide job".into()),
+        };
+        outcomes.push((c.row, outcome));
+    }
     let ids: Vec<String> = claimed
         .iter()
-        .map(|c| c.job.invitation().to_owned())
+        .filter_map(|c| c.job.invitation().map(str::to_owned))
         .collect();
     let invitations: HashMap<String, invitation::Model> = match invitation::Entity::find()
         .filter(invitation::Column::Id.is_in(ids))
@@ -72,23 +86,20 @@ pub async fn run_group(
         Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
         Err(e) => {
             let error = format!("база данных: {e}");
-            return claimed
-                .into_iter()
-                .map(|c| {
-                    let outcome = retry(failures(&c.row), None, error.clone(), now);
-                    (c.row, outcome)
-                })
-                .collect();
+            outcomes.extend(claimed.into_iter().map(|c| {
+                let outcome = retry(failures(&c.row), None, error.clone(), now);
+                (c.row, outcome)
+            }));
+            return outcomes;
         }
     };
 
-    let mut outcomes = Vec::new();
     let mut batchable = Vec::new();
     // Once the portal pushes back, the group's remaining jobs wait with it: calling
     // again now would only add to its load.
     let mut pushback: Option<String> = None;
     for c in claimed {
-        match invitations.get(c.job.invitation()) {
+        match c.job.invitation().and_then(|id| invitations.get(id)) {
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
             None => outcomes.push((
                 c.row,
@@ -226,7 +237,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } => Vec::new(),
+        Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => Vec::new(),
     }
 }
 
@@ -302,7 +313,9 @@ async fn run_chunk(
                 Ok(v) => Outcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } => Outcome::Dead("not a batch job".into()),
+            Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
+                Outcome::Dead("not a batch job".into())
+            }
         };
         out.push((c.row, outcome));
     }
@@ -430,7 +443,17 @@ async fn post_completion(
                 completed_at,
             );
             match crate::completion::render_report(input).await {
-                Ok(r) => r.pdf,
+                Ok(r) => {
+                    // The submitting request did not store its PDF (it failed or
+                    // stopped after claiming): keep this one for the deal tab.
+                    let mut row: response::ActiveModel = resp.clone().into();
+                    row.report_sha256 = Set(Some(r.sha256.clone()));
+                    row.report_pdf = Set(Some(r.pdf.clone()));
+                    if let Err(e) = row.update(&state.db).await {
+                        tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
+                    }
+                    r.pdf
+                }
                 Err(e) => return Outcome::Dead(format!("PDF не построен: {e}")),
             }
         }
@@ -468,7 +491,6 @@ async fn find_posted_comment(
     entity: EntityRef,
     invitation_id: &str,
 ) -> Result<Option<Value>, B24Error> {
-    let marker = crate::completion::marker(invitation_id);
     let list = state
         .b24
         .list_all(
@@ -485,7 +507,7 @@ async fn find_posted_comment(
         .find(|c| {
             c.get("COMMENT")
                 .and_then(Value::as_str)
-                .is_some_and(|t| t.contains(&marker))
+                .is_some_and(|t| crate::completion::carries_marker(t, invitation_id))
         })
         .and_then(|c| c.get("ID").cloned()))
 }

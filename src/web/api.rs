@@ -71,7 +71,8 @@ pub struct SurveyView {
     pub status: String,
     pub expires_at: DateTime<Utc>,
     pub questions: Vec<QuestionView>,
-    /// Saved partial answers (after completion: the answers received).
+    /// Saved partial answers; empty once the survey is completed (the answers are
+    /// for the clinic's deal tab, not for whoever holds the link).
     pub draft: BTreeMap<String, Value>,
 }
 
@@ -172,7 +173,7 @@ impl SurveyApi {
         let mut inv = lifecycle::by_token(&state, &token).await?;
         lifecycle::mark_opened(&state, &mut inv).await?;
         let q = lifecycle::questionnaire_of(&state, &inv)?;
-        let draft = lifecycle::answers_to_show(&state, &inv).await?;
+        let draft = lifecycle::draft_of(&state, &inv).await?;
         Ok(Json(SurveyView {
             survey_id: inv.id.clone(),
             title: q.title.clone(),

@@ -76,9 +76,7 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     if let Err(e) = lifecycle::mark_opened(state, &mut inv).await {
         return flow_page(state, e, &q.title);
     }
-    let answers = lifecycle::answers_to_show(state, &inv)
-        .await
-        .unwrap_or_default();
+    let answers = lifecycle::draft_of(state, &inv).await.unwrap_or_default();
     render(
         state,
         &token,

@@ -237,6 +237,7 @@ async fn uninstalled_portal_shows_nothing() {
     completed_survey(&fake, &app, deal).await;
     let r = fake.uninstall(false).await.unwrap();
     assert_eq!(r.status(), 200);
+    app.run_outbox().await;
     let (token, _) = fake.issue_user_token(1);
     let options = format!(r#"{{"ID":"{deal}"}}"#);
     let member = fake.member_id();

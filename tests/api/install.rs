@@ -130,6 +130,8 @@ async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
 
     let r = fake.uninstall(true).await.unwrap();
     assert_eq!(r.status(), 200);
+    // The outbox confirms with the portal (its tokens are dead) before deleting.
+    app.run_outbox().await;
     let after = opros::db::entities::invitation::Entity::find()
         .all(&app.state.db)
         .await

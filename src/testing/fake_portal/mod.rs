@@ -373,6 +373,17 @@ impl FakePortal {
         id
     }
 
+    /// Moves a deal's `DATE_CREATE` back by `age` (fixture crm-deal-get.json: ISO 8601
+    /// with the portal's offset), so tests can send events about old deals.
+    pub fn backdate_deal(&self, id: u64, age: std::time::Duration) {
+        let when = chrono::Utc::now()
+            - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::zero());
+        let stamp = when.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        if let Some(deal) = self.state().deals.get_mut(&id) {
+            deal.insert("DATE_CREATE".into(), Value::String(stamp));
+        }
+    }
+
     /// Adds a lead; name fields live on the lead itself (§12.1).
     pub fn add_lead(&self, title: &str, name: &str, last_name: &str) -> u64 {
         let mut state = self.state();
