@@ -64,7 +64,7 @@ async fn measure(
             },
             store.clone(),
             bucket,
-        ));
+        )?);
     }
     let target = Target::Portal {
         member_id: fake.member_id(),

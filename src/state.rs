@@ -51,6 +51,8 @@ impl Deref for AppState {
 pub enum StartError {
     #[error("база данных недоступна: {0}")]
     Database(#[from] DbErr),
+    #[error("HTTP-клиент не создан: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 impl AppState {
@@ -87,9 +89,12 @@ impl AppState {
                 max_retries: 3,
                 operating_limit: Duration::from_secs(480),
             },
-            Arc::new(DbTokenStore::new(db.clone())),
+            Arc::new(
+                DbTokenStore::new(db.clone())
+                    .with_allowed_domains(config.b24_allowed_domains.clone()),
+            ),
             shared_bucket,
-        );
+        )?;
         let session_key = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();

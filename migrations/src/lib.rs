@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_init;
 mod m20261123_000002_rate_bucket;
 mod m20261207_000003_outbox_recovery;
+mod m20261207_000004_portal_revouch;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261123_000002_rate_bucket::Migration),
             Box::new(m20261207_000003_outbox_recovery::Migration),
+            Box::new(m20261207_000004_portal_revouch::Migration),
         ]
     }
 }

@@ -37,6 +37,7 @@ pub async fn events(Callback(form): Callback<Value>, Data(state): Data<&AppState
     let event = call.event.clone().unwrap_or_default().to_ascii_uppercase();
     let result = match event.as_str() {
         "ONAPPINSTALL" => return install::on_app_install(state, &form).await,
+        "ONAPPUPDATE" => return install::on_app_update(state, &form).await,
         "ONAPPUNINSTALL" => uninstall(state, &call).await,
         "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
         "" => Err(ApiError::bad_request(

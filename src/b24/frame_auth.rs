@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use chrono::Utc;
 use poem::Response;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
@@ -104,6 +105,24 @@ pub async fn verify(
     let attempt = guard
         .admit(ip, &portal.member_id)
         .map_err(FrameAuthError::Refused)?;
+    // An expired access token is renewed at the trusted OAuth server before the
+    // AUTH_ID goes anywhere: the refresh answer names the portal's endpoint
+    // (`portals::save_on`). Rows stored before identities were vouched for are all
+    // marked expired by a migration, so no AUTH_ID reaches an endpoint that server
+    // has not named since. A live token was vouched for already; concurrent renewals
+    // coalesce into one refresh (`B24Client::renew`).
+    let portal = if portal.expires_at.is_none_or(|at| at <= Utc::now()) {
+        if let Err(e) = state.b24.renew(&portal.member_id).await {
+            return Err(refused(&portal, e));
+        }
+        portals::by_member(&state.db, &portal.member_id)
+            .await
+            .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
+            .filter(|p| p.status == portal::INSTALLED)
+            .ok_or(FrameAuthError::UnknownPortal)?
+    } else {
+        portal
+    };
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
     let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));

@@ -39,6 +39,23 @@ struct Claim {
     server_endpoint: Option<Url>,
     refresh_token: Secret<String>,
     application_token: Option<String>,
+    /// `AUTH_ID` / `auth[access_token]`: confirms an admin on the stored endpoint
+    /// when the offered pair was already exchanged (see [`Accepted::AlreadyInstalled`]).
+    access_token: Option<Secret<String>>,
+}
+
+/// What [`accept`] found.
+enum Accepted {
+    /// Vouched for by the OAuth server, confirmed by the portal and stored; with the
+    /// installing user's id.
+    Stored(portal::Model, Option<i64>),
+    /// The OAuth server refused the offered refresh token as used (`invalid_grant`),
+    /// and the request names a portal installed here with its stored application
+    /// token. Bitrix24 hands the same pair to every frame within the access token's
+    /// hour (protocol §2.1, §3.2), and `ONAPPINSTALL` may carry the pair the install
+    /// page already exchanged (§3.3), so a genuine request looks like this. Nothing
+    /// is stored: the stored tokens stay as they are.
+    AlreadyInstalled(portal::Model),
 }
 
 /// A refused install: HTTP status, a stable code (the event's JSON answer) and a
@@ -95,6 +112,11 @@ const STILL_INSTALLED: InstallError = refused(
     StatusCode::FORBIDDEN,
     "application_token_mismatch",
     "Приложение уже установлено на этом портале, а токен приложения в запросе другой; запрос отклонён.",
+);
+const UPDATE_REFUSED: InstallError = refused(
+    StatusCode::FORBIDDEN,
+    "app_update_refused",
+    "Приложение не установлено на этом портале; обновление не принято.",
 );
 const UNAVAILABLE: InstallError = refused(
     StatusCode::SERVICE_UNAVAILABLE,
@@ -185,7 +207,17 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
         Ok(c) => c,
         Err(e) => return install_error(e),
     };
-    match accept(state, claim, "install").await {
+    let access_token = claim.access_token.clone();
+    let accepted = match accept(state, claim, "install").await {
+        Ok(Accepted::Stored(portal, installer)) => Ok((portal, installer)),
+        // "Re-install repairs" within the hour, or a retry: the admin is confirmed
+        // on the stored endpoint and the stored tokens register.
+        Ok(Accepted::AlreadyInstalled(portal)) => confirm_on_stored(state, &portal, access_token)
+            .await
+            .map(|installer| (portal, installer)),
+        Err(e) => Err(e),
+    };
+    match accepted {
         Ok((portal, installer)) => {
             let target = Target::Portal {
                 member_id: portal.member_id.clone(),
@@ -247,6 +279,7 @@ fn claim_from_page(query: &PortalQuery, form: &Value) -> Result<Claim, InstallEr
             )
         })?),
         application_token: text(form, &["APPLICATION_TOKEN"]),
+        access_token: text(form, &["AUTH_ID"]).map(Secret::new),
     })
 }
 
@@ -261,29 +294,74 @@ fn claim_from_event(form: &Value) -> Result<Claim, InstallError> {
         // cannot say whose portal this is, so nothing may change.
         refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED)?),
         application_token: auth("application_token"),
+        access_token: auth("access_token").map(Secret::new),
     })
 }
 
-/// The OAuth server's answer about the offered refresh token; its refusal (an
-/// attacker's token, a used one) and a failure to reach it look the same to the
-/// caller except for the status.
-async fn vouch(state: &AppState, claim: &Claim) -> Result<(Vouched, String), InstallError> {
+/// The OAuth server's answer about the offered refresh token. Its refusal (an
+/// attacker's token, a used one) is `RefreshRejected`; see [`vouch_refused`].
+async fn vouch(state: &AppState, claim: &Claim) -> Result<(Vouched, String), B24Error> {
     let vouched = state
         .b24
         .vouch(claim.server_endpoint.as_ref(), &claim.refresh_token)
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             tracing::warn!(code = e.code().unwrap_or_default(), error = %e, "Сервер авторизации не подтвердил токен установки");
-            if e.is_retryable() || matches!(e, B24Error::OAuthNotConfigured) {
-                UNAVAILABLE
-            } else {
-                NOT_VOUCHED
-            }
         })?;
     // protocol §2.3: the answer's `domain` is the OAuth server's own; the portal is
     // the host of `client_endpoint`.
     let domain = Target::endpoint_host(&vouched.auth.client_endpoint).to_ascii_lowercase();
     Ok((vouched, domain))
+}
+
+/// A refusal and a failure to reach the OAuth server look the same to the caller
+/// except for the status.
+fn vouch_refused(e: &B24Error) -> InstallError {
+    if e.is_retryable() || matches!(e, B24Error::OAuthNotConfigured) {
+        UNAVAILABLE
+    } else {
+        NOT_VOUCHED
+    }
+}
+
+/// The portal installed here that the request names by `member_id` and `DOMAIN`,
+/// if the request carries its stored application token (compared in constant time).
+async fn installed_here(
+    state: &AppState,
+    claim: &Claim,
+) -> Result<Option<portal::Model>, InstallError> {
+    let stored = portals::by_member(&state.db, &claim.member_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "База данных недоступна при установке");
+            UNAVAILABLE
+        })?;
+    Ok(stored.filter(|p| {
+        p.status == portal::INSTALLED
+            && p.domain == claim.domain
+            && match (&p.application_token, &claim.application_token) {
+                (Some(a), Some(b)) => constant_time_eq(a.as_bytes(), b.as_bytes()),
+                _ => false,
+            }
+    }))
+}
+
+/// The request's own access token, shown only to the portal's STORED endpoint (the
+/// one the OAuth server named), must belong to an admin of our app there.
+async fn confirm_on_stored(
+    state: &AppState,
+    stored: &portal::Model,
+    access_token: Option<Secret<String>>,
+) -> Result<Option<i64>, InstallError> {
+    let (Some(access_token), Ok(endpoint)) = (access_token, Url::parse(&stored.client_endpoint))
+    else {
+        return Err(NOT_VERIFIED);
+    };
+    let target = Target::UserToken {
+        endpoint,
+        access_token,
+    };
+    confirm_admin(state, &target, None).await
 }
 
 /// protocol §11 does not promise that `app.info`'s `CODE` is the client id, so only a
@@ -296,14 +374,15 @@ fn names_other_app(info: &Value, client_id: &str) -> bool {
         .any(|v| v.starts_with("local.") && v != client_id)
 }
 
-/// With the vouched token on the vouched endpoint: `app.info` answers only in an
-/// application context (protocol §11) and must not name another app; `profile` says
-/// who the user is, and only an admin installs. Returns the user's id.
-async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64>, InstallError> {
-    let target = Target::UserToken {
-        endpoint: vouched.auth.client_endpoint.clone(),
-        access_token: vouched.auth.access_token.clone(),
-    };
+/// With a user's token on an endpoint the OAuth server named (`target`): `app.info`
+/// answers only in an application context (protocol §11) and must not name another
+/// app; `profile` says who the user is, and only an admin installs. `token_owner` is
+/// the user the OAuth server named, when it named one. Returns the user's id.
+async fn confirm_admin(
+    state: &AppState,
+    target: &Target,
+    token_owner: Option<i64>,
+) -> Result<Option<i64>, InstallError> {
     let portal_refused = |e: B24Error| {
         tracing::warn!(code = e.code().unwrap_or_default(), error = %e, "Портал не подтвердил токен установки");
         if let B24Error::VerifyBudgetSpent { retry_after } = e {
@@ -319,7 +398,7 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
     };
     let info = state
         .b24
-        .call_to_verify(&target, "app.info", json!({}))
+        .call_to_verify(target, "app.info", json!({}))
         .await
         .map_err(portal_refused)?;
     if let Some(ours) = &state.config.b24_client_id
@@ -329,7 +408,7 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
     }
     let profile = state
         .b24
-        .call_to_verify(&target, "profile", json!({}))
+        .call_to_verify(target, "profile", json!({}))
         .await
         .map_err(portal_refused)?;
     let is_admin = match profile.get("ADMIN") {
@@ -337,14 +416,14 @@ async fn confirm_admin(state: &AppState, vouched: &Vouched) -> Result<Option<i64
         // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
         None => state
             .b24
-            .call_to_verify(&target, "user.admin", json!({}))
+            .call_to_verify(target, "user.admin", json!({}))
             .await
             .map(|v| truthy(&v))
             .map_err(portal_refused)?,
     };
     let user = text(&profile, &["ID"]).and_then(|s| s.parse::<i64>().ok());
     // The token's owner as the OAuth server named it must be the one the portal sees.
-    if let (Some(vouched), Some(seen)) = (vouched.user_id, user)
+    if let (Some(vouched), Some(seen)) = (token_owner, user)
         && vouched != seen
     {
         return Err(NOT_VERIFIED);
@@ -383,22 +462,38 @@ async fn may_replace(
             Ok(())
         }
         Ok(()) => Err(STILL_INSTALLED),
+        // The request comes from a confirmed admin of our app on this portal, so any
+        // final refusal of the stored token (`invalid_client` after the local app was
+        // re-created, 404 for an unknown installation) means that installation is
+        // dead too; only a failure to get an answer keeps it.
+        Err(e) if !e.is_retryable() => {
+            tracing::info!(portal = %stored.domain, code = e.code().unwrap_or_default(), "Переустановка: прежний токен отклонён окончательно");
+            Ok(())
+        }
         Err(_) => Err(UNAVAILABLE),
     }
 }
 
 /// Verifies the claim with the OAuth server and the portal and stores the portal.
-/// Returns it and the installing user's id.
 async fn accept(
     state: &AppState,
     claim: Claim,
     source: &'static str,
-) -> Result<(portal::Model, Option<i64>), InstallError> {
+) -> Result<Accepted, InstallError> {
     // Cheap refusal first: no outbound call for a portal that may not install.
     if !allowed(state, &claim.domain) {
         return Err(NOT_ALLOWED);
     }
-    let (vouched, domain) = vouch(state, &claim).await?;
+    let (vouched, domain) = match vouch(state, &claim).await {
+        Ok(v) => v,
+        Err(B24Error::RefreshRejected) => {
+            return match installed_here(state, &claim).await? {
+                Some(p) => Ok(Accepted::AlreadyInstalled(p)),
+                None => Err(NOT_VOUCHED),
+            };
+        }
+        Err(e) => return Err(vouch_refused(&e)),
+    };
     if !vouched.member_id.eq_ignore_ascii_case(&claim.member_id) || domain != claim.domain {
         tracing::warn!(claimed = %claim.domain, vouched = %domain, "Запрос установки не совпал с подтверждённым порталом");
         return Err(MISMATCH);
@@ -406,7 +501,11 @@ async fn accept(
     if !allowed(state, &domain) {
         return Err(NOT_ALLOWED);
     }
-    let installer = confirm_admin(state, &vouched).await?;
+    let target = Target::UserToken {
+        endpoint: vouched.auth.client_endpoint.clone(),
+        access_token: vouched.auth.access_token.clone(),
+    };
+    let installer = confirm_admin(state, &target, vouched.user_id).await?;
 
     let existing = portals::by_member(&state.db, &vouched.member_id)
         .await
@@ -465,7 +564,7 @@ async fn accept(
         Some(&saved.domain),
     )
     .await;
-    Ok((saved, installer))
+    Ok(Accepted::Stored(saved, installer))
 }
 
 async fn store_report(state: &AppState, portal: &portal::Model, report: &registration::Report) {
@@ -481,12 +580,26 @@ async fn store_report(state: &AppState, portal: &portal::Model, report: &registr
 /// install page is, it refreshes the stored tokens and registers only if the install
 /// page never did.
 pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
+    if !state.config.oauth_enabled() {
+        // Not the portal's trouble and not a passing one: a 4xx the portal's admin
+        // sees in the event log, not a 503 that reads as "try again".
+        tracing::warn!("ONAPPINSTALL без настроенного режима локального приложения");
+        return crate::error::ApiError::conflict(
+            "oauth_not_configured",
+            "Режим локального приложения не настроен: задайте B24_CLIENT_ID и B24_CLIENT_SECRET.",
+        )
+        .into_response();
+    }
     let claim = match claim_from_event(form) {
         Ok(c) => c,
         Err(e) => return install_error_json(e),
     };
     match accept(state, claim, "install_event").await {
-        Ok((portal, installer)) => {
+        Ok(Accepted::AlreadyInstalled(portal)) => {
+            tracing::info!(portal = %portal.domain, "Получено событие ONAPPINSTALL; установка уже сохранена");
+            poem::web::Json(json!({"ok": true, "changed": false})).into_response()
+        }
+        Ok(Accepted::Stored(portal, installer)) => {
             if portal.registration.is_none() {
                 let target = Target::Portal {
                     member_id: portal.member_id.clone(),
@@ -495,10 +608,71 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
                 store_report(state, &portal, &report).await;
             }
             tracing::info!(portal = %portal.domain, "Получено событие ONAPPINSTALL");
-            poem::web::Json(json!({"ok": true})).into_response()
+            poem::web::Json(json!({"ok": true, "changed": true})).into_response()
         }
         Err(e) => install_error_json(e),
     }
+}
+
+/// `ONAPPUPDATE` (protocol §3.4): the update may bring a new application token, which
+/// robots and events carry from then on. Every portal user can read the token from
+/// their own frame POST and forge this event, so a new token is taken only when the
+/// event's `auth[access_token]` belongs to an admin of our app, as the portal's
+/// STORED endpoint confirms; then the registrations the update removed (§3.4) are
+/// made again. The same token as stored changes nothing and asks nothing.
+pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
+    match app_update(state, form).await {
+        Ok(changed) => poem::web::Json(json!({"ok": true, "changed": changed})).into_response(),
+        Err(e) => install_error_json(e),
+    }
+}
+
+async fn app_update(state: &AppState, form: &Value) -> Result<bool, InstallError> {
+    let auth = |k: &str| text(form, &["auth", k]);
+    let (Some(member_id), Some(offered)) = (auth("member_id"), auth("application_token")) else {
+        return Err(bad_request(
+            "В событии нет auth[member_id] или auth[application_token]",
+        ));
+    };
+    let stored = portals::by_member(&state.db, &member_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "База данных недоступна при обновлении приложения");
+            UNAVAILABLE
+        })?
+        .filter(|p| p.status == portal::INSTALLED)
+        .ok_or(UPDATE_REFUSED)?;
+    let same = stored
+        .application_token
+        .as_deref()
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), offered.as_bytes()));
+    if same {
+        return Ok(false);
+    }
+    let installer =
+        confirm_on_stored(state, &stored, auth("access_token").map(Secret::new)).await?;
+    let mut row: portal::ActiveModel = stored.clone().into();
+    row.application_token = Set(Some(offered));
+    row.updated_at = Set(Utc::now());
+    let saved = row.update(&state.db).await.map_err(|e| {
+        tracing::warn!(error = %e, "Не удалось сохранить токен приложения после обновления");
+        UNAVAILABLE
+    })?;
+    let _ = crate::db::audit(
+        &state.db,
+        Some(saved.id),
+        &format!("user:{}", installer.unwrap_or_default()),
+        "app_update_token",
+        Some(&saved.domain),
+    )
+    .await;
+    tracing::info!(portal = %saved.domain, "Обновление приложения: новый токен приложения принят");
+    let target = Target::Portal {
+        member_id: saved.member_id.clone(),
+    };
+    let report = registration::ensure(state, &target, installer).await;
+    store_report(state, &saved, &report).await;
+    Ok(true)
 }
 
 fn install_error_json(e: InstallError) -> Response {

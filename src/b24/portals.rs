@@ -17,11 +17,22 @@ use crate::secret::{Secret, constant_time_eq};
 /// The client's token store over the `portal` table.
 pub struct DbTokenStore {
     db: DatabaseConnection,
+    /// `B24_ALLOWED_DOMAINS`; empty = any.
+    allowed_domains: Vec<String>,
 }
 
 impl DbTokenStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            allowed_domains: Vec::new(),
+        }
+    }
+
+    /// A move named in a refresh answer is followed only to these hosts.
+    pub fn with_allowed_domains(mut self, allowed: Vec<String>) -> Self {
+        self.allowed_domains = allowed;
+        self
     }
 }
 
@@ -54,7 +65,17 @@ async fn save_on<C: ConnectionTrait>(
     db: &C,
     p: portal::Model,
     auth: &PortalAuth,
+    allowed_domains: &[String],
 ) -> Result<(), StoreError> {
+    let domain = crate::bitrix24::Target::endpoint_host(&auth.client_endpoint).to_ascii_lowercase();
+    // The operator's list binds moves too: a portal that moves to a host not on it
+    // keeps its old address (and the tokens, which the OAuth server issued anyway).
+    let move_allowed = domain == p.domain
+        || allowed_domains.is_empty()
+        || allowed_domains.iter().any(|d| *d == domain);
+    if !move_allowed {
+        tracing::warn!(portal = %p.domain, to = %domain, "Портал сменил адрес на не разрешённый в B24_ALLOWED_DOMAINS; прежний адрес оставлен");
+    }
     let mut row: portal::ActiveModel = p.into();
     row.access_token = Set(Some(auth.access_token.expose().clone()));
     row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
@@ -62,9 +83,10 @@ async fn save_on<C: ConnectionTrait>(
     // A refreshed pair comes from the trusted OAuth server (`bitrix24::token_url`): a
     // new client_endpoint in it is a move that server confirms, and the domain that
     // frame checks compare follows it.
-    row.domain =
-        Set(crate::bitrix24::Target::endpoint_host(&auth.client_endpoint).to_ascii_lowercase());
-    row.client_endpoint = Set(auth.client_endpoint.to_string());
+    if move_allowed {
+        row.domain = Set(domain);
+        row.client_endpoint = Set(auth.client_endpoint.to_string());
+    }
     if let Some(server) = &auth.server_endpoint {
         row.server_endpoint = Set(Some(server.to_string()));
     }
@@ -85,7 +107,7 @@ impl TokenStore for DbTokenStore {
         let Some(p) = by_member(&self.db, member_id).await.map_err(store_error)? else {
             return Err(StoreError::new(format!("portal {member_id} not found")));
         };
-        save_on(&self.db, p, auth).await
+        save_on(&self.db, p, auth, &self.allowed_domains).await
     }
 
     /// Several instances share a PostgreSQL database (a SQLite file has one): the
@@ -111,18 +133,23 @@ impl TokenStore for DbTokenStore {
             .one(&txn)
             .await
             .map_err(store_error)?;
-        Ok(Box::new(LockedRow { txn, row }))
+        Ok(Box::new(LockedRow {
+            txn,
+            row,
+            allowed_domains: &self.allowed_domains,
+        }))
     }
 }
 
 /// PostgreSQL: the portal's row, read under its lock; the commit ends the lock.
-struct LockedRow {
+struct LockedRow<'a> {
     txn: DatabaseTransaction,
     row: Option<portal::Model>,
+    allowed_domains: &'a [String],
 }
 
 #[async_trait]
-impl RefreshLock for LockedRow {
+impl RefreshLock for LockedRow<'_> {
     async fn load(&mut self) -> Result<Option<PortalAuth>, StoreError> {
         match self.row.clone() {
             Some(p) => auth_of(p),
@@ -134,7 +161,7 @@ impl RefreshLock for LockedRow {
         let Some(p) = self.row else {
             return Err(StoreError::new("portal row vanished during refresh"));
         };
-        save_on(&self.txn, p, auth).await?;
+        save_on(&self.txn, p, auth, self.allowed_domains).await?;
         self.txn.commit().await.map_err(store_error)
     }
 

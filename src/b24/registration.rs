@@ -225,32 +225,44 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         report.push(what, i == 0, result);
     }
 
-    // Uninstall event.
+    // Application events: the uninstall (critical); the install event (protocol §3.3:
+    // bound before installFinish, it carries the install's tokens even when this page
+    // never finishes) and the update, which brings a new application token (§3.4).
     let events = list_of(listed.get("events")).unwrap_or_default();
-    let event_bound = events.iter().any(|e| {
-        field(e, "event")
-            .and_then(Value::as_str)
-            .is_some_and(|n| n.eq_ignore_ascii_case("ONAPPUNINSTALL"))
-            && handler_of(e) == event_handler
-    });
-    let result = if event_bound {
-        Ok("уже было")
-    } else {
-        match state
-            .b24
-            .call(
-                target,
-                "event.bind",
-                json!({"event": "ONAPPUNINSTALL", "handler": event_handler}),
-            )
-            .await
-        {
-            Ok(_) => Ok("подписано"),
-            Err(e) if e.is_already_registered() => Ok("уже было"),
-            Err(e) => Err(e.admin_message()),
-        }
-    };
-    report.push("Событие удаления приложения (ONAPPUNINSTALL)", true, result);
+    for (event, what, critical) in [
+        (
+            "ONAPPUNINSTALL",
+            "Событие удаления приложения (ONAPPUNINSTALL)",
+            true,
+        ),
+        ("ONAPPINSTALL", "Событие установки (ONAPPINSTALL)", false),
+        ("ONAPPUPDATE", "Событие обновления (ONAPPUPDATE)", false),
+    ] {
+        let event_bound = events.iter().any(|e| {
+            field(e, "event")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.eq_ignore_ascii_case(event))
+                && handler_of(e) == event_handler
+        });
+        let result = if event_bound {
+            Ok("уже было")
+        } else {
+            match state
+                .b24
+                .call(
+                    target,
+                    "event.bind",
+                    json!({"event": event, "handler": event_handler}),
+                )
+                .await
+            {
+                Ok(_) => Ok("подписано"),
+                Err(e) if e.is_already_registered() => Ok("уже было"),
+                Err(e) => Err(e.admin_message()),
+            }
+        };
+        report.push(what, critical, result);
+    }
 
     // Link field on deals and leads.
     for entity in ENTITIES {

@@ -109,7 +109,7 @@ fn as_u64(v: Option<&Value>) -> Option<u64> {
 
 impl B24Client {
     /// Builds a client whose rate buckets live in this process.
-    pub fn new(config: ClientConfig, store: Arc<dyn TokenStore>) -> Self {
+    pub fn new(config: ClientConfig, store: Arc<dyn TokenStore>) -> Result<Self, reqwest::Error> {
         Self::with_bucket(config, store, None)
     }
 
@@ -119,16 +119,16 @@ impl B24Client {
         config: ClientConfig,
         store: Arc<dyn TokenStore>,
         shared: Option<Arc<dyn SharedBucket>>,
-    ) -> Self {
-        // The builder fails only when the TLS backend cannot start; `Client::new`
-        // then panics at start-up, which is where that failure belongs.
+    ) -> Result<Self, reqwest::Error> {
+        // The builder fails only when the TLS backend cannot start. No fallback to
+        // `reqwest::Client::new()`: it follows redirects (a portal's 302 would carry
+        // a token elsewhere) and never times out; start-up fails instead.
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .build()?;
         let limiter = Limiter::new(config.rate, shared);
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 store,
@@ -139,7 +139,7 @@ impl B24Client {
                 pauses: Mutex::new(HashMap::new()),
                 reset_at: Mutex::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// Successful token refreshes since start (tests, metrics).

@@ -19,13 +19,19 @@ impl StoreError {
 /// Longest remote text kept in an error.
 const REMOTE_TEXT_MAX: usize = 200;
 
+/// Not control characters to Rust, yet they break a line (U+2028, U+2029) or
+/// reorder what a reader sees (bidi embeddings and isolates).
+fn invisible_layout(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Text a remote server chose (an error code or description), made safe for a log
-/// line: control characters (a newline would forge a second line) are escaped and
-/// the length is capped.
+/// line: control characters (a newline would forge a second line), line separators
+/// and bidi controls are escaped and the length is capped.
 pub fn remote_text(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars().take(REMOTE_TEXT_MAX) {
-        if c.is_control() {
+        if c.is_control() || invisible_layout(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -376,6 +382,24 @@ impl B24Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_text_escapes_line_separators_and_bidi_controls() {
+        let raw = "a\u{2028}b\u{2029}c\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}d\u{2066}\u{2067}\u{2068}\u{2069}e\nf";
+        let safe = remote_text(raw);
+        for c in [
+            '\u{2028}', '\u{2029}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+            '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\n',
+        ] {
+            assert!(!safe.contains(c), "{c:?} left raw in {safe:?}");
+        }
+        assert!(
+            safe.contains("\\u{2028}") && safe.contains("\\u{202e}"),
+            "{safe}"
+        );
+        // Ordinary text, Cyrillic included, is kept as it is.
+        assert_eq!(remote_text("Нет доступа"), "Нет доступа");
+    }
 
     #[test]
     fn maps_codes_from_the_protocol_table() {

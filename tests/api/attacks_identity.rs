@@ -564,7 +564,10 @@ fn client_with(
         oauth_url: url::Url::parse(&fake.token_url()).ok(),
         ..ClientConfig::default()
     };
-    (B24Client::new(config, store.clone()), store)
+    (
+        B24Client::new(config, store.clone()).expect("client builds"),
+        store,
+    )
 }
 
 #[tokio::test]

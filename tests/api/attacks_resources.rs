@@ -308,7 +308,8 @@ async fn answers_larger_than_the_cap_are_cut_off_without_being_held() {
             operating_limit: Duration::from_secs(480),
         },
         store,
-    );
+    )
+    .expect("client builds");
     let user = Target::UserToken {
         endpoint: base.join("rest/").expect("url"),
         access_token: Secret::new("t".into()),

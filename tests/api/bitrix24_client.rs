@@ -40,7 +40,7 @@ async fn setup_with(cfg: FakePortalConfig, tweak: impl FnOnce(&mut ClientConfig)
     store.insert(&fake.member_id(), fake.issue_portal_auth(1));
     let mut config = client_config(&fake);
     tweak(&mut config);
-    let client = B24Client::new(config, store.clone());
+    let client = B24Client::new(config, store.clone()).expect("client builds");
     let target = Target::Portal {
         member_id: fake.member_id(),
     };

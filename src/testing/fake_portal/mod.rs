@@ -10,7 +10,7 @@ mod outbound;
 mod server;
 mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -594,6 +594,15 @@ impl FakePortal {
         self.state().drop_onappinstall = drop;
     }
 
+    /// Frames and events hand out the same access/refresh pair per user while its
+    /// access token is valid, even after the pair was exchanged. The docs do not
+    /// promise a new pair per frame: tokens live an hour (§2.1), the install POST and
+    /// `ONAPPINSTALL` both carry the install's tokens (§3.2, §3.3), so a portal may
+    /// well hand the same pair to every frame within that hour.
+    pub fn reuse_frame_tokens(&self, reuse: bool) {
+        self.state().frame_pairs = reuse.then(HashMap::new);
+    }
+
     /// What an app update does (§3.4): event and placement bindings and robots are
     /// removed; the version goes up.
     pub fn app_update(&self) {
@@ -615,7 +624,7 @@ impl FakePortal {
         let mut pairs = Vec::new();
         let mut push = |k: &str, v: String| pairs.push((format!("auth[{k}]"), v));
         if let Some((user_id, with_refresh)) = user {
-            let (access, refresh) = state.issue_tokens(user_id);
+            let (access, refresh) = state.frame_tokens(user_id);
             let ttl = state.cfg.token_ttl.as_secs();
             push("access_token", access);
             push("expires", (state::unix_now() + ttl).to_string());

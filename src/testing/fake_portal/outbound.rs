@@ -90,7 +90,7 @@ impl FakePortal {
         placement: &str,
         options: Option<String>,
     ) -> Vec<(String, String)> {
-        let (access, refresh) = state.issue_tokens(user_id);
+        let (access, refresh) = state.frame_tokens(user_id);
         let mut body = pairs(&[
             ("AUTH_ID", access),
             // §3.2: a lifetime in seconds, not a timestamp.
@@ -132,6 +132,40 @@ impl FakePortal {
                 ("ts", unix_now().to_string()),
             ]);
             body.extend(Self::auth_block(&mut state, &self.shared, Some((1, true))));
+            (handler, body)
+        };
+        Some(self.post_form_str(&handler, &body).await)
+    }
+
+    /// The app is updated to a new version (§3.4): with `new_application_token` the
+    /// update brings a new application token. Registrations are removed, then
+    /// `ONAPPUPDATE` goes to the handler bound for it (if any) with the admin's
+    /// tokens (user 1, §7.1) and `data[VERSION]`/`data[PREVIOUS_VERSION]`.
+    pub async fn update_app(&self, new_application_token: bool) -> Option<Delivery> {
+        let (handler, body) = {
+            let mut state = self.state();
+            let handler = state
+                .events
+                .iter()
+                .find(|e| e.get("event").and_then(Value::as_str) == Some("ONAPPUPDATE"))
+                .and_then(|e| e.get("handler").and_then(Value::as_str).map(str::to_owned));
+            if new_application_token {
+                state.application_token = random_hex(16);
+            }
+            let previous = state.version;
+            drop(state);
+            self.app_update();
+            let mut state = self.state();
+            let handler = handler?;
+            let mut body = pairs(&[
+                ("event", "ONAPPUPDATE".into()),
+                ("event_handler_id", "313".into()),
+                ("data[VERSION]", state.version.to_string()),
+                ("data[PREVIOUS_VERSION]", previous.to_string()),
+                ("data[LANGUAGE_ID]", "ru".into()),
+                ("ts", unix_now().to_string()),
+            ]);
+            body.extend(Self::auth_block(&mut state, &self.shared, Some((1, false))));
             (handler, body)
         };
         Some(self.post_form_str(&handler, &body).await)

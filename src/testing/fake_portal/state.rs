@@ -137,6 +137,9 @@ pub(crate) struct State {
     /// Host of the install page: robot handlers must live on the same domain (§4.1).
     pub app_host: Option<String>,
     pub drop_onappinstall: bool,
+    /// `FakePortal::reuse_frame_tokens`: user → the pair frames and events carry
+    /// while its access token lives.
+    pub frame_pairs: Option<HashMap<u32, (String, String)>>,
     /// The portal's address after a move (`FakePortal::move_to`).
     pub portal_host: Option<String>,
     /// `app.info` `CODE` other than the client id (`FakePortal::set_app_code`).
@@ -219,6 +222,7 @@ impl State {
             refresh_count: 0,
             app_host: None,
             drop_onappinstall: false,
+            frame_pairs: None,
             portal_host: None,
             app_code: None,
             app_url: None,
@@ -245,6 +249,26 @@ impl State {
             },
         );
         (access, refresh)
+    }
+
+    /// The pair a frame POST or an event hands out for a user: a new one, or with
+    /// `frame_pairs` on, the same one while its access token is valid — used or not.
+    pub fn frame_tokens(&mut self, user_id: u32) -> (String, String) {
+        let now = Instant::now();
+        let current = self
+            .frame_pairs
+            .as_ref()
+            .and_then(|pairs| pairs.get(&user_id))
+            .filter(|(access, _)| self.tokens.get(access).is_some_and(|t| t.expires_at > now))
+            .cloned();
+        if let Some(pair) = current {
+            return pair;
+        }
+        let pair = self.issue_tokens(user_id);
+        if let Some(pairs) = self.frame_pairs.as_mut() {
+            pairs.insert(user_id, pair.clone());
+        }
+        pair
     }
 
     /// §10.1: every request adds one, the bucket drains `per_sec` per second; a
