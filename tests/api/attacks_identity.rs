@@ -11,12 +11,12 @@ use serde_json::Value;
 use crate::support::portal::{app_for, fake, install, installed, patient_deal};
 use crate::support::{TestApp, logs};
 
-async fn evil() -> EvilServer {
+pub(crate) async fn evil() -> EvilServer {
     EvilServer::start().await.expect("evil server starts")
 }
 
 /// A form POST to the service; the status and the body as text.
-async fn post(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn post(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
     let r = app
         .http
         .post(app.url(path))
@@ -28,21 +28,21 @@ async fn post(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> (u16, Strin
     (status, r.text().await.unwrap_or_default())
 }
 
-fn code_of(body: &str) -> String {
+pub(crate) fn code_of(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["code"].as_str().map(str::to_owned))
         .unwrap_or_default()
 }
 
-async fn stored(app: &TestApp, member_id: &str) -> Option<portal::Model> {
+pub(crate) async fn stored(app: &TestApp, member_id: &str) -> Option<portal::Model> {
     portals::by_member(&app.state.db, member_id)
         .await
         .expect("query")
 }
 
 /// Nothing reached the attacker's server at all: no client secret, no token.
-fn untouched(evil: &EvilServer) {
+pub(crate) fn untouched(evil: &EvilServer) {
     assert!(
         evil.requests().is_empty(),
         "the service called the attacker's host: {:?}",
@@ -51,7 +51,7 @@ fn untouched(evil: &EvilServer) {
 }
 
 /// The stored identity and tokens of a portal, to compare before and after an attack.
-fn identity(p: &portal::Model) -> Vec<Option<String>> {
+pub(crate) fn identity(p: &portal::Model) -> Vec<Option<String>> {
     vec![
         Some(p.domain.clone()),
         Some(p.client_endpoint.clone()),
@@ -90,12 +90,12 @@ fn forged_event<'a>(
     fields
 }
 
-fn install_path(domain: &str) -> String {
+pub(crate) fn install_path(domain: &str) -> String {
     format!("/b24/install?DOMAIN={domain}&PROTOCOL=0&LANG=ru")
 }
 
 /// An install page POST with these tokens, naming `server_endpoint`.
-fn install_form<'a>(
+pub(crate) fn install_form<'a>(
     access: &'a str,
     refresh: &'a str,
     member_id: &'a str,
@@ -115,7 +115,7 @@ fn install_form<'a>(
 }
 
 /// A doctor (not an admin) of the portal, with the tokens their deal tab POST carries.
-fn doctor_tokens(fake: &FakePortal) -> (String, String) {
+pub(crate) fn doctor_tokens(fake: &FakePortal) -> (String, String) {
     fake.add_user(17, "Игорь", "Воронцов", false);
     fake.issue_user_token(17)
 }
@@ -223,6 +223,7 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     )
     .await;
     assert_eq!(status, 403, "{page}");
+    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
 
     // Even with a genuine admin token of the real portal, the attacker's DOMAIN is
     // not what the OAuth server vouches for.
@@ -271,6 +272,27 @@ async fn install_page_cannot_scan_ports() {
         answers.push(answer);
     }
     assert_eq!(answers[0], answers[1], "open and closed ports look alike");
+    // A genuine admin pair gets past the OAuth server: the probed address is still
+    // never called, and the answers still do not differ.
+    let mut answers = Vec::new();
+    for domain in [open.domain(), format!("127.0.0.1:{closed}")] {
+        let (access, refresh) = fake.issue_user_token(1);
+        let server = format!("http://{domain}/rest/");
+        let member = fake.member_id();
+        let refreshes = fake.refresh_count();
+        let answer = post(
+            &app,
+            &install_path(&domain),
+            &install_form(&access, &refresh, &member, &server, "t"),
+        )
+        .await;
+        assert_eq!(fake.refresh_count(), refreshes + 1, "vouched for");
+        assert_eq!(answer.0, 403, "{}", answer.1);
+        assert!(answer.1.contains("не совпадают"), "{}", answer.1);
+        assert!(!answer.1.contains("REMOTE"), "{}", answer.1);
+        answers.push(answer);
+    }
+    assert_eq!(answers[0], answers[1], "open and closed ports look alike");
     untouched(&open);
 }
 
@@ -291,6 +313,7 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
+    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
     assert!(
         !page.contains("INJECTED") && !page.contains("weird"),
         "{page}"
@@ -307,6 +330,7 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
+    assert!(page.contains("Портал не подтвердил установку"), "{page}");
     assert!(
         !page.contains("INJECTED") && !page.contains("Denied"),
         "{page}"
@@ -355,14 +379,15 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     let endpoint = evil.rest_endpoint();
 
     // The victim's member_id from the attacker's host, by page and by event.
-    let (status, _) = post(
+    let (status, page) = post(
         &app,
         &install_path(&evil.domain()),
         &install_form("a", "r", &member, &endpoint, "attacker"),
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = post(
+    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
+    let (status, body) = post(
         &app,
         "/b24/events",
         &forged_event(
@@ -376,6 +401,7 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     )
     .await;
     assert_eq!(status, 403);
+    assert_eq!(code_of(&body), "install_not_vouched", "{body}");
     // A genuine admin token, but another member_id than the OAuth server names.
     let (access, refresh) = fake.issue_user_token(1);
     let squatted = "ffffffffffffffffffffffffffffffff";
@@ -386,6 +412,7 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    assert!(body.contains("не совпадают"), "{body}");
     assert!(stored(&app, &member).await.is_none());
     assert!(stored(&app, squatted).await.is_none());
     untouched(&evil);
@@ -497,6 +524,8 @@ async fn a_token_of_another_application_is_refused() {
         .await
         .expect("delivered");
     assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap_or_default();
+    assert!(page.contains("другому приложению"), "{page}");
     assert!(stored(&app, &fake.member_id()).await.is_none());
     assert!(fake.robots().is_empty());
 }
@@ -529,6 +558,8 @@ async fn a_tab_post_is_checked_only_with_the_stored_endpoint() {
         .await
         .expect("delivered");
     assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap_or_default();
+    assert!(page.contains("портал не узнал пользователя"), "{page}");
     // The right DOMAIN but the attacker's SERVER_ENDPOINT: checked with the stored
     // endpoint, which knows the token.
     let url = app.url(&format!(
@@ -575,11 +606,14 @@ async fn a_stored_untrusted_server_endpoint_never_receives_a_refresh() {
     let fake = fake().await;
     let evil = evil().await;
     let member = fake.member_id();
-    // A row written before the trust rules: the attacker's server_endpoint.
+    // A row written before the trust rules: the attacker's endpoints, an expired
+    // token. The refresh goes to the trusted server, and its answer, not the row,
+    // says where the portal is.
     let mut auth = fake.issue_portal_auth(1);
     auth.server_endpoint = url::Url::parse(&evil.rest_endpoint()).ok();
+    auth.client_endpoint = url::Url::parse(&evil.rest_endpoint()).expect("url");
+    auth.expires_at = chrono::Utc::now() - chrono::Duration::hours(1);
     let (client, store) = client_with(&fake, &member, auth);
-    fake.expire_access_tokens();
     let target = opros::bitrix24::Target::Portal {
         member_id: member.clone(),
     };
@@ -588,6 +622,11 @@ async fn a_stored_untrusted_server_endpoint_never_receives_a_refresh() {
         .await
         .expect("refreshed at the trusted server");
     assert_eq!(fake.refresh_count(), 1);
+    assert_eq!(
+        fake.calls_of("profile").len(),
+        1,
+        "the call went to the fake"
+    );
     untouched(&evil);
     let saved = store.get(&member).expect("stored");
     assert_eq!(saved.client_endpoint, fake.client_endpoint());

@@ -13,6 +13,7 @@ mod config_cli;
 mod deal_tab;
 mod demo;
 mod home;
+mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;

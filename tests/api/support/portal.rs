@@ -37,7 +37,16 @@ pub async fn install(fake: &FakePortal, app: &TestApp) -> String {
     let status = r.status();
     let page = r.text().await.unwrap_or_default();
     assert_eq!(status, 200, "install page: {page}");
-    let _ = fake.finish_install().await;
+    // The install page binds ONAPPINSTALL; a genuine one must never be refused.
+    if let Some(delivery) = fake.finish_install().await {
+        let r = delivery.expect("ONAPPINSTALL delivered");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "ONAPPINSTALL answered {status}: {body}"
+        );
+    }
     page
 }
 
