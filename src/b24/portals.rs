@@ -70,9 +70,8 @@ async fn save_on<C: ConnectionTrait>(
     let domain = crate::bitrix24::Target::endpoint_host(&auth.client_endpoint).to_ascii_lowercase();
     // The operator's list binds moves too: a portal that moves to a host not on it
     // keeps its old address (and the tokens, which the OAuth server issued anyway).
-    let move_allowed = domain == p.domain
-        || allowed_domains.is_empty()
-        || allowed_domains.iter().any(|d| *d == domain);
+    let move_allowed =
+        domain == p.domain || allowed_domains.is_empty() || allowed_domains.contains(&domain);
     if !move_allowed {
         tracing::warn!(portal = %p.domain, to = %domain, "Портал сменил адрес на не разрешённый в B24_ALLOWED_DOMAINS; прежний адрес оставлен");
     }

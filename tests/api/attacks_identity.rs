@@ -223,7 +223,10 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     )
     .await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
+    assert!(
+        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        "{page}"
+    );
 
     // Even with a genuine admin token of the real portal, the attacker's DOMAIN is
     // not what the OAuth server vouches for.
@@ -313,7 +316,10 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
+    assert!(
+        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        "{page}"
+    );
     assert!(
         !page.contains("INJECTED") && !page.contains("weird"),
         "{page}"
@@ -386,7 +392,10 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(page.contains("Сервер авторизации Битрикс24 не подтвердил"), "{page}");
+    assert!(
+        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        "{page}"
+    );
     let (status, body) = post(
         &app,
         "/b24/events",
