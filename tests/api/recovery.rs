@@ -454,8 +454,6 @@ async fn one_portals_outage_does_not_delay_another() {
     })
     .await
     .expect("second portal");
-    // The service's one B24_OAUTH_URL (the first fake's) serves both portals.
-    slow.serve_oauth_for(&other);
     crate::support::portal::install(&other, &app).await;
 
     slow.fail_next("batch", Fault::Delay(Duration::from_secs(120)), 1);

@@ -143,31 +143,11 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     base_url: Url,
     domain: String,
-    /// Other portals whose tokens this server's `/oauth/token/` also refreshes
-    /// ([`FakePortal::serve_oauth_for`]).
-    oauth_peers: Mutex<Vec<Arc<Shared>>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The portal a refresh token was issued by: this one, or a peer whose OAuth
-    /// this server also serves.
-    fn refresh_owner(self: &Arc<Self>, refresh: &str) -> Arc<Shared> {
-        if self.lock().refresh_tokens.contains_key(refresh) {
-            return self.clone();
-        }
-        let peers = self
-            .oauth_peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        peers
-            .into_iter()
-            .find(|p| p.lock().refresh_tokens.contains_key(refresh))
-            .unwrap_or_else(|| self.clone())
     }
 
     /// The portal's `host[:port]`: the server's own unless the portal moved
@@ -231,7 +211,6 @@ impl FakePortal {
             state: Mutex::new(State::new(cfg)),
             base_url,
             domain,
-            oauth_peers: Mutex::new(Vec::new()),
         });
         let for_server = shared.clone();
         let endpoint = poem::endpoint::make(move |req| {
@@ -285,17 +264,6 @@ impl FakePortal {
     /// (`localhost:<port>`).
     pub fn move_to(&self, host: &str) {
         self.state().portal_host = Some(host.to_owned());
-    }
-
-    /// This portal's `/oauth/token/` also refreshes `other`'s tokens, answering with
-    /// `other`'s `member_id` and `client_endpoint`: one OAuth server serves every
-    /// portal (protocol §1, §2.3), so one `B24_OAUTH_URL` serves several portals.
-    pub fn serve_oauth_for(&self, other: &FakePortal) {
-        self.shared
-            .oauth_peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(other.shared.clone());
     }
 
     /// `app.info` names this `CODE` instead of the configured client id.

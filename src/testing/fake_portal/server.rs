@@ -353,7 +353,7 @@ fn resolve_auth(
 }
 
 /// `/oauth/token/` (§2.2–§2.5): GET query or POST form.
-async fn oauth(shared: &Arc<Shared>, query: &str, content_type: &str, body: &[u8]) -> Response {
+async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) -> Response {
     let (params, _) = parse_params(query, content_type, body);
     let get = |k: &str| {
         params
@@ -369,9 +369,7 @@ async fn oauth(shared: &Arc<Shared>, query: &str, content_type: &str, body: &[u8
     if let Some(response) = fault.as_ref().and_then(fault_response) {
         return response;
     }
-    // The portal the token belongs to: this one or one this server also serves.
-    let owner = shared.refresh_owner(&get("refresh_token"));
-    let mut state = owner.lock();
+    let mut state = shared.lock();
     let oauth_err = |status, code: &str, description: &str| {
         json_response(
             status,
@@ -417,7 +415,7 @@ async fn oauth(shared: &Arc<Shared>, query: &str, content_type: &str, body: &[u8
             "domain": shared.domain,
             "server_endpoint": shared.server_endpoint(),
             "status": "L",
-            "client_endpoint": owner.portal_endpoint(&state),
+            "client_endpoint": shared.portal_endpoint(&state),
             "member_id": state.cfg.member_id,
             "user_id": user_id,
             "refresh_token": new_refresh,
