@@ -47,6 +47,7 @@ impl Service {
             .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
             .env("B24_CLIENT_ID", fake.client_id())
             .env("B24_CLIENT_SECRET", fake.client_secret())
+            .env("B24_OAUTH_URL", fake.token_url())
             .env("RUST_LOG", "info")
             .current_dir(dir)
             .stdin(Stdio::null())
