@@ -139,6 +139,27 @@ pub struct TimelineComment {
     pub author_id: Option<u32>,
 }
 
+/// Every fake portal of this process. Bitrix24 runs one OAuth server for all portals
+/// of a region (protocol §1: `oauth.bitrix.info`, `oauth.bitrix24.tech`), so the
+/// service configures one `B24_OAUTH_URL` for every clinic it serves; here, a refresh
+/// token issued by any fake portal is refreshed by whichever fake's `/oauth/token/`
+/// is asked, and the answer names the portal the token belongs to.
+static PORTALS: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+
+fn register(shared: &Arc<Shared>) {
+    let mut all = PORTALS.lock().unwrap_or_else(PoisonError::into_inner);
+    all.retain(|p| p.strong_count() > 0);
+    all.push(Arc::downgrade(shared));
+}
+
+/// The fake portal (of this process) that issued `refresh_token`, if any.
+pub(crate) fn owner_of_refresh(refresh_token: &str) -> Option<Arc<Shared>> {
+    let all = PORTALS.lock().unwrap_or_else(PoisonError::into_inner);
+    all.iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .find(|p| p.lock().refresh_tokens.contains_key(refresh_token))
+}
+
 pub(crate) struct Shared {
     state: Mutex<State>,
     base_url: Url,
@@ -212,6 +233,7 @@ impl FakePortal {
             base_url,
             domain,
         });
+        register(&shared);
         let for_server = shared.clone();
         let endpoint = poem::endpoint::make(move |req| {
             let shared = for_server.clone();

@@ -369,7 +369,19 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
     if let Some(response) = fault.as_ref().and_then(fault_response) {
         return response;
     }
-    let mut state = shared.lock();
+    // One OAuth server for every portal (see `fake_portal::PORTALS`): the token's own
+    // portal does the refresh; this server only answers as the OAuth host.
+    let refresh = get("refresh_token");
+    let owner_arc;
+    let owner: &Shared = if shared.lock().refresh_tokens.contains_key(&refresh) {
+        shared
+    } else if let Some(other) = super::owner_of_refresh(&refresh) {
+        owner_arc = other;
+        &owner_arc
+    } else {
+        shared
+    };
+    let mut state = owner.lock();
     let oauth_err = |status, code: &str, description: &str| {
         json_response(
             status,
@@ -388,7 +400,6 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
     if !client_ok {
         return oauth_err(401, "invalid_client", "Invalid client");
     }
-    let refresh = get("refresh_token");
     let uninstalled = state.uninstalled;
     let user_id = match state.refresh_tokens.get_mut(&refresh) {
         // §2.4 (assumed): a refresh token is consumed by its first use; after an
@@ -415,7 +426,7 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
             "domain": shared.domain,
             "server_endpoint": shared.server_endpoint(),
             "status": "L",
-            "client_endpoint": shared.portal_endpoint(&state),
+            "client_endpoint": owner.portal_endpoint(&state),
             "member_id": state.cfg.member_id,
             "user_id": user_id,
             "refresh_token": new_refresh,
