@@ -113,7 +113,13 @@ pub async fn verify(
     // coalesce into one refresh (`B24Client::renew`).
     let portal = if portal.expires_at.is_none_or(|at| at <= Utc::now()) {
         if let Err(e) = state.b24.renew(&portal.member_id).await {
-            return Err(refused(&portal, e));
+            let err = refused(&portal, e);
+            // A dead refresh token is asked about again only within the guard's
+            // limits: forged POSTs naming this portal cannot hammer the OAuth server.
+            if matches!(err, FrameAuthError::NotConfirmed) {
+                attempt.failed();
+            }
+            return Err(err);
         }
         portals::by_member(&state.db, &portal.member_id)
             .await

@@ -310,3 +310,27 @@ async fn onappinstall_without_oauth_configured_is_a_client_error() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(code_of(&body), "oauth_not_configured", "{body}");
 }
+
+#[tokio::test]
+async fn tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard() {
+    let (fake, app) = installed().await;
+    let member = fake.member_id();
+    let row = stored(&app, &member).await.expect("installed");
+    let mut row: portal::ActiveModel = row.into();
+    row.expires_at = Set(Some(Utc::now() - chrono::Duration::hours(1)));
+    row.update(&app.state.db).await.expect("update");
+    fake.fail_next(
+        "oauth.token",
+        Fault::error(400, "invalid_grant", "Invalid grant"),
+        1_000,
+    );
+    let deal = patient_deal(&fake);
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let r = fake.open_deal_tab(1, deal).await.expect("tab delivered");
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses[0], 403, "{statuses:?}");
+    // Each refused renewal counts as a failed check: the guard stops asking.
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+}
