@@ -482,6 +482,60 @@ async fn at_the_connection_cap_the_longest_idle_are_shed() {
     );
 }
 
+/// Opens `n` connections and sends `bytes` on each.
+async fn open_sending(
+    addr: std::net::SocketAddr,
+    n: usize,
+    bytes: &'static [u8],
+) -> Vec<TcpStream> {
+    let mut sockets = open_idle(addr, n).await;
+    for chunk in sockets.chunks_mut(200) {
+        let sent = futures::future::join_all(chunk.iter_mut().map(|s| s.write_all(bytes))).await;
+        // A socket already shed at the cap may refuse the write; it is closed either way.
+        drop(sent);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn empty_lines_and_h2_prior_knowledge_hold_no_connection() {
+    // Before: `\r\n\r\n` was taken for a finished head, so such a connection counted
+    // as handling a request: never shed at the cap, never closed (the HTTP parser
+    // skips empty lines and waits for a request line for ever). Likewise an h2c
+    // connection. A cap of 1 000 filled with them locked everyone out.
+    let app = spawn_app_tuned(&db::sqlite_for_process(), &[], |config| {
+        config.connections.header_timeout = Duration::from_secs(2);
+        config.connections.idle_timeout = Duration::from_secs(2);
+        config.connections.request_timeout = Duration::from_secs(2);
+        config.connections.max_connections = Some(1000);
+    })
+    .await;
+    let addr = local_addr(&app);
+    let fresh = reqwest::Client::new();
+    for (what, bytes) in [
+        ("empty lines", &b"\r\n\r\n"[..]),
+        ("the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ] {
+        let held = open_sending(addr, 2000, bytes).await;
+        let r = fresh
+            .get(app.url("/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("healthz does not answer past {what}: {e}"));
+        assert_eq!(r.status(), 200, "{what}");
+        let closed = futures::future::join_all(
+            held.into_iter()
+                .map(|s| closed_by_server(s, Duration::from_secs(30))),
+        )
+        .await;
+        let open = closed.iter().filter(|c| !**c).count();
+        assert_eq!(open, 0, "{open} connections sending {what} still open");
+    }
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}
+
 // ---- item 11: framing ----------------------------------------------------------------
 
 fn frame_ancestors(r: &reqwest::Response) -> String {
