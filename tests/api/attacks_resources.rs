@@ -235,6 +235,184 @@ async fn a_doctor_reopening_the_tab_costs_no_portal_call() {
     assert_eq!(denied.status(), 403);
 }
 
+#[tokio::test]
+async fn refusals_decided_without_asking_anyone_lock_nobody_out() {
+    // Behind a proxy every visitor shares the proxy's address: one client here.
+    let fake = fake().await;
+    let allowed = format!("clinic.bitrix24.ru,{}", fake.domain());
+    let app = app_for(
+        &fake,
+        &[
+            ("B24_RATE_LIMIT", "50/500"),
+            ("B24_ALLOWED_DOMAINS", &allowed),
+        ],
+    )
+    .await;
+    install(&fake, &app).await;
+    let deal = patient_deal(&fake);
+    let proxy = client_from(33);
+    let member_id = fake.member_id();
+    let checks_before = checks(&fake);
+    let refreshes_before = fake.refresh_count();
+
+    let tab = tab_url(&app, &fake);
+    let foreign_tab = app.url("/b24/placement/deal-tab?DOMAIN=evil.example&PROTOCOL=1");
+    let foreign_install = app.url("/b24/install?DOMAIN=other.example&PROTOCOL=1");
+    let no_auth: Vec<_> = tab_form("x", &member_id, deal)
+        .into_iter()
+        .filter(|(k, _)| k != "AUTH_ID")
+        .collect();
+    let bare_event: Vec<(String, String)> = [
+        ("event", "ONAPPINSTALL".to_owned()),
+        ("auth[domain]", fake.domain()),
+        ("auth[member_id]", member_id.clone()),
+        ("auth[application_token]", "forged".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut statuses = Vec::new();
+    for n in 0..15 {
+        let unknown = tab_form(&format!("forged-{n}"), &format!("unknown-{n}"), deal);
+        let wrong_domain = tab_form(&format!("forged-{n}"), &member_id, deal);
+        for (url, form) in [
+            // An unknown member_id.
+            (&tab, &unknown),
+            // A DOMAIN that is not the installed portal's.
+            (&foreign_tab, &wrong_domain),
+            // No AUTH_ID.
+            (&tab, &no_auth),
+            // An install for a portal B24_ALLOWED_DOMAINS does not list.
+            (&foreign_install, &wrong_domain),
+            // An ONAPPINSTALL without a refresh token.
+            (&app.url("/b24/install"), &bare_event),
+        ] {
+            let r = post_form(&proxy, url, form).await;
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert!(
+        statuses.iter().all(|s| [400, 403].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(checks(&fake), checks_before, "no portal was asked");
+    assert_eq!(
+        fake.refresh_count(),
+        refreshes_before,
+        "nor the OAuth server"
+    );
+
+    // A doctor behind the same proxy, never seen before, still gets in.
+    let (auth, _) = fake.issue_user_token(1);
+    let r = post_form(&proxy, &tab, &tab_form(&auth, &member_id, deal)).await;
+    assert_eq!(r.status(), 200, "the proxy's address was locked out");
+
+    // A token the portal refuses still counts against the address.
+    let stranger = client_from(34);
+    for n in 0..10 {
+        let r = post_form(
+            &stranger,
+            &tab,
+            &tab_form(&format!("refused-{n}"), &member_id, deal),
+        )
+        .await;
+        assert_eq!(r.status(), 403);
+    }
+    let r = post_form(&stranger, &tab, &tab_form("refused-10", &member_id, deal)).await;
+    assert!(is_refusal(&r), "{}", r.status());
+}
+
+/// A forged `ONCRMDEALADD` as any tab user can send it (the application token is in
+/// every tab POST).
+fn forged_deal_add(fake: &FakePortal, deal: u64) -> Vec<(String, String)> {
+    [
+        ("event", "ONCRMDEALADD".to_owned()),
+        ("data[FIELDS][ID]", deal.to_string()),
+        ("auth[member_id]", fake.member_id()),
+        ("auth[domain]", fake.domain()),
+        ("auth[application_token]", fake.application_token()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[tokio::test]
+async fn forged_deal_events_do_not_delay_the_robot() {
+    let fake = fake().await;
+    // The cloud's usual plan: 2 requests a second, a bucket of 50 (protocol §10.1).
+    let app = app_for(&fake, &[("B24_RATE_LIMIT", "2/50")]).await;
+    install(&fake, &app).await;
+    let deal = patient_deal(&fake);
+    fake.set_rate(2.0, 50);
+    let reads_before = fake.calls_of("crm.deal.get").len();
+
+    // 100 forged events for deals that do not exist; each asks for a confirmation read.
+    let events = app.url("/b24/events");
+    let forged = (0..100u64).map(|n| {
+        let (http, events, form) = (
+            app.http.clone(),
+            events.clone(),
+            forged_deal_add(&fake, 900_000 + n),
+        );
+        async move {
+            let r = post_form(&http, &events, &form).await;
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let answers = futures::future::join_all(forged).await;
+    for (status, code) in &answers {
+        assert!(
+            (*status == 409 && code == "event_not_confirmed")
+                || (*status == 503 && code == "checks_budget_spent"),
+            "a forged event got {status} {code}"
+        );
+    }
+    let reads = fake.calls_of("crm.deal.get").len() - reads_before;
+    // The checks' share of a 2/50 bucket is 10: 9 at once, two more within 5 s.
+    // Before, all 100 reads queued on the robot's budget.
+    assert!(
+        reads <= 12,
+        "{reads} forged confirmations reached the portal"
+    );
+
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    eventually("the robot's bizproc.event.send", || async {
+        !fake.event_sends().is_empty()
+    })
+    .await;
+    let limited = fake
+        .calls()
+        .iter()
+        .filter(|c| c.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
+        .count();
+    assert_eq!(limited, 0, "the portal's bucket overflowed");
+    // A genuine new deal is still confirmed once the checks' share refills.
+    let fresh = patient_deal(&fake);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = post_form(&app.http, &events, &forged_deal_add(&fake, fresh)).await;
+        match r.status().as_u16() {
+            200 => break,
+            503 => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the genuine event was never confirmed"
+            ),
+            other => panic!("a genuine event got {other}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    app.run_outbox().await;
+    let link = fake.deal(fresh).expect("deal")[app.state.config.link_field.as_str()].clone();
+    assert!(link.as_str().is_some_and(|l| l.contains("/s/")), "{link}");
+}
+
 // ---- item 9: capped reads ------------------------------------------------------------
 
 /// 64 KiB of spaces, sent over and over: nothing is allocated per answer.
