@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::inbound::{Callback, EventCall, rejected};
 use super::{install, portals};
-use crate::bitrix24::Target;
 use crate::bitrix24::form::FormError;
+use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};
 use crate::error::ApiError;
 use crate::invitations::{Channel, EntityRef, EntityType};
@@ -145,7 +145,11 @@ async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Va
 
 /// Reads the record with the portal's own token: it must exist, be created within
 /// [`NEW_RECORD_WINDOW`] and carry no link yet. Anything else is refused, so a
-/// forged event cannot overwrite the link of an existing deal.
+/// forged event cannot overwrite the link of an existing deal. Anyone with the
+/// application token (any tab user) can send such events, so the read is a check
+/// like the frames' (`B24Client::call_to_verify`): it draws on the checks' own small
+/// share of the portal's budget, never on what robots and the outbox use, and a
+/// flood of events is refused once that share is spent.
 async fn confirm_new_record(
     state: &AppState,
     p: &portal::Model,
@@ -161,10 +165,17 @@ async fn confirm_new_record(
     };
     let record = match state
         .b24
-        .call(&target, method, json!({"id": entity.id}))
+        .call_to_verify(&target, method, json!({"id": entity.id}))
         .await
     {
         Ok(record) => record,
+        Err(B24Error::VerifyBudgetSpent { .. }) => {
+            tracing::warn!(portal = %p.domain, "Бюджет проверок исчерпан; событие о новой записи не проверено");
+            return Err(ApiError::unavailable(
+                "checks_budget_spent",
+                "Слишком много событий за короткое время; ссылка не записана, попробуйте позже",
+            ));
+        }
         Err(e) if e.is_not_found() || e.is_access_denied() => {
             return Err(not_confirmed(p, entity, "запись не найдена"));
         }

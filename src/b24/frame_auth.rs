@@ -72,11 +72,6 @@ impl FrameAuthError {
     }
 }
 
-/// A failed check counted against the caller's address (and the portal, if known).
-fn failed(state: &AppState, ip: Option<IpAddr>, portal: Option<&str>) {
-    state.verify_guard.record_failure(ip, portal);
-}
-
 /// Verifies an iframe POST (already decoded) with the portal. `ip` is the caller's
 /// address (`verify_guard::client_ip`).
 pub async fn verify(
@@ -86,9 +81,9 @@ pub async fn verify(
     form: &Value,
 ) -> Result<FrameCaller, FrameAuthError> {
     let guard = &state.verify_guard;
+    // Refusals decided here, before any portal is asked, cost nothing and count
+    // against nobody (`verify_guard`): behind a proxy they would lock out everyone.
     let Some(member_id) = text(form, &["member_id"]) else {
-        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
-        failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
     let portal = portals::by_member(&state.db, &member_id)
@@ -96,26 +91,22 @@ pub async fn verify(
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
         .filter(|p| p.status == portal::INSTALLED);
     let Some(portal) = portal else {
-        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
-        failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
-    // Refused before anything else is looked at (see `VerifyGuard::admit`).
-    let attempt = guard
-        .admit(ip, &portal.member_id)
-        .map_err(FrameAuthError::Refused)?;
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
     let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
     if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
         tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
-        attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     }
     let Some(access) = text(form, &["AUTH_ID"]) else {
-        attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     };
+    // Refused before the portal is asked (see `VerifyGuard::admit`).
+    let attempt = guard
+        .admit(ip, &portal.member_id)
+        .map_err(FrameAuthError::Refused)?;
     let endpoint = Url::parse(&portal.client_endpoint)
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?;
     let token = TokenHash::of(&access);
