@@ -242,8 +242,9 @@ async fn clean_1_after_the_portal_was_purged_without_it_still_purges(db: TestDb)
 async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered() {
     let (fake, app) = installed().await;
     let (_, token) = robot_link(&fake, &app).await;
-    let long = "x\n\n".repeat(666);
-    let short = "x\n\n".repeat(333);
+    // Within each answer's length limit, but one PDF row per line: ~6 000 rows.
+    let long = format!("x{}x", "\n".repeat(1_998));
+    let short = format!("x{}x", "\n".repeat(998));
     let (status, body) = submit_with(
         &app,
         &token,
