@@ -520,7 +520,11 @@ async fn post_completion(
     // the next try of this job looks for the marker first.
     match state
         .b24
-        .call_once(target, "crm.timeline.comment.add", json!({ "fields": fields }))
+        .call_once(
+            target,
+            "crm.timeline.comment.add",
+            json!({ "fields": fields }),
+        )
         .await
     {
         Ok(id) => Outcome::Done(json!({"comment_id": id})),

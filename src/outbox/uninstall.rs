@@ -51,7 +51,11 @@ async fn ask(state: &AppState, target: &Target) -> Result<(), B24Error> {
                 return Err(B24Error::NoAuth);
             };
             state.b24.renew(member_id).await?;
-            state.b24.call(target, "app.info", json!({})).await.map(|_| ())
+            state
+                .b24
+                .call(target, "app.info", json!({}))
+                .await
+                .map(|_| ())
         }
         other => other.map(|_| ()),
     }

@@ -98,11 +98,7 @@ on_both_databases!(a_comment_stored_then_answered_502_is_posted_once);
 async fn a_comment_stored_then_answered_502_is_posted_once(db: TestDb) {
     let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
-    fake.fail_next(
-        "crm.timeline.comment.add",
-        Fault::ProcessThenStatus(502),
-        1,
-    );
+    fake.fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);
     let (status, body) = submit_with(&app, &token, json!({})).await;
     assert_eq!(status, 200, "{body}");
     app.run_outbox().await;
@@ -162,7 +158,11 @@ async fn a_genuine_uninstall_is_confirmed_by_each_refusal_of_a_deleted_app() {
     ] {
         let (fake, app) = uninstall_answered(answer).await;
         assert_eq!(invitations(&app).await, 0, "{answer:?}: purged");
-        assert_eq!(portal_status(&app, &fake).await, "uninstalled", "{answer:?}");
+        assert_eq!(
+            portal_status(&app, &fake).await,
+            "uninstalled",
+            "{answer:?}"
+        );
         let jobs = jobs_of(&app, "confirm_uninstall").await;
         assert!(
             jobs.iter().all(|j| j.done_at.is_some()),
@@ -179,7 +179,11 @@ async fn invalid_client_never_confirms_and_the_confirmation_never_dies() {
         make_due(&app).await;
         app.run_outbox().await;
     }
-    assert_eq!(invitations(&app).await, 1, "a mistyped secret confirms nothing");
+    assert_eq!(
+        invitations(&app).await,
+        1,
+        "a mistyped secret confirms nothing"
+    );
     assert_eq!(portal_status(&app, &fake).await, "installed");
     let jobs = jobs_of(&app, "confirm_uninstall").await;
     assert_eq!(jobs.len(), 1);
@@ -226,7 +230,10 @@ async fn clean_1_after_the_portal_was_purged_without_it_still_purges(db: TestDb)
     assert_eq!(invitations(&app).await, 1, "CLEAN=0 keeps the data");
 
     // Someone without the stored token is refused, and nothing goes.
-    assert_eq!(uninstall_event(&app, &fake, "1", "guessed-token").await, 403);
+    assert_eq!(
+        uninstall_event(&app, &fake, "1", "guessed-token").await,
+        403
+    );
     app.run_outbox().await;
     assert_eq!(invitations(&app).await, 1);
 
@@ -300,7 +307,11 @@ async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal() {
     assert_eq!(comments.len(), 2, "{comments:?}");
     let last = &comments[1];
     assert!(last.files.is_empty());
-    assert!(last.comment.contains("PDF-отчёт построить не удалось"), "{}", last.comment);
+    assert!(
+        last.comment.contains("PDF-отчёт построить не удалось"),
+        "{}",
+        last.comment
+    );
     assert!(
         last.comment.trim_end().ends_with(&format!("Опрос № {id}")),
         "{}",
@@ -315,7 +326,12 @@ async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forget
     let (fake, app) = installed().await;
     let (_, token) = robot_link(&fake, &app).await;
     let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
-    assert!(!survey["patient_name"].as_str().unwrap_or_default().is_empty());
+    assert!(
+        !survey["patient_name"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
     let id = survey["survey_id"].as_str().expect("id").to_owned();
     // The draft request read the invitation before the submit committed.
     let stale = invitation::Entity::find_by_id(id.clone())
@@ -328,8 +344,7 @@ async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forget
     let late = opros::invitations::lifecycle::save_draft(
         &app.state,
         &stale,
-        serde_json::from_value(json!({"complaints": "черновик после отправки"}))
-            .expect("answers"),
+        serde_json::from_value(json!({"complaints": "черновик после отправки"})).expect("answers"),
     )
     .await;
     drop(late);

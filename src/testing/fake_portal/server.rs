@@ -242,8 +242,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Response {
             );
             return response;
         }
-        let (status, body) =
-            rest_call(&mut state, &method, params.clone(), token, hook, &commands);
+        let (status, body) = rest_call(&mut state, &method, params.clone(), token, hook, &commands);
         let code = body.get("error").and_then(Value::as_str).map(str::to_owned);
         let auth = state.last_auth.clone();
         state.record(&method, params, auth, status, code);
