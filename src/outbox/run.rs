@@ -462,8 +462,8 @@ async fn post_completion(
         }
     }
 
-    let pdf = match resp.report_pdf.clone() {
-        Some(pdf) => pdf,
+    let pdf: Option<Vec<u8>> = match resp.report_pdf.clone() {
+        Some(pdf) => Some(pdf),
         None => {
             let input = crate::completion::report_input(
                 &clinic_name(state, inv).await,
@@ -482,13 +482,13 @@ async fn post_completion(
                     if let Err(e) = row.update(&state.db).await {
                         tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
                     }
-                    r.pdf
+                    Some(r.pdf)
                 }
                 // Patient input is bounded, but should a PDF still not build, the
                 // doctor gets the comment without it rather than nothing at all.
                 Err(e) => {
                     tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен; комментарий отправляется без него");
-                    Vec::new()
+                    None
                 }
             }
         }
@@ -503,11 +503,7 @@ async fn post_completion(
     let mut fields = serde_json::Map::new();
     fields.insert("ENTITY_ID".into(), json!(entity.id));
     fields.insert("ENTITY_TYPE".into(), json!(entity.kind.timeline_name()));
-    if pdf.is_empty() {
-        let comment =
-            crate::completion::timeline_comment_without_pdf(&q, inv, &answers, completed_at);
-        fields.insert("COMMENT".into(), json!(comment));
-    } else {
+    if let Some(pdf) = pdf {
         let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
         let file = crate::completion::pdf_file_name(inv, completed_at);
         fields.insert("COMMENT".into(), json!(comment));
@@ -515,6 +511,10 @@ async fn post_completion(
             "FILES".into(),
             json!([[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]]),
         );
+    } else {
+        let comment =
+            crate::completion::timeline_comment_without_pdf(&q, inv, &answers, completed_at);
+        fields.insert("COMMENT".into(), json!(comment));
     }
     // Not repeated by the client after an answer that may hide a comment posted:
     // the next try of this job looks for the marker first.
