@@ -362,3 +362,34 @@ async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forget
     assert_eq!(survey["patient_name"], "", "{survey}");
     assert!(!survey.to_string().contains("Смирнова"), "{survey}");
 }
+
+#[tokio::test]
+async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first() {
+    let (fake, app) = installed().await;
+    let (_, token) = robot_link(&fake, &app).await;
+    // Posted, but every answer was lost until the job went dead.
+    fake.fail_next(
+        "crm.timeline.comment.add",
+        Fault::ProcessThenStatus(502),
+        1,
+    );
+    let (status, body) = submit_with(&app, &token, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    let job = jobs_of(&app, "post_completion").await.remove(0);
+    assert!(job.done_at.is_none() && job.last_error.is_some(), "{job:?}");
+    let mut dead: outbox_job::ActiveModel = job.clone().into();
+    dead.dead_at = Set(Some(chrono::Utc::now()));
+    dead.update(&app.state.db).await.expect("job dead");
+    // «Повторить»: the attempt count starts again.
+    let revived =
+        opros::outbox::jobs::revive(&app.state.db, job.id, job.portal_id, chrono::Utc::now())
+            .await
+            .expect("revive");
+    assert!(revived);
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1, "no second comment");
+    let job = jobs_of(&app, "post_completion").await.remove(0);
+    assert!(job.done_at.is_some(), "{:?}", job.last_error);
+}
