@@ -368,11 +368,7 @@ async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first() {
     let (fake, app) = installed().await;
     let (_, token) = robot_link(&fake, &app).await;
     // Posted, but every answer was lost until the job went dead.
-    fake.fail_next(
-        "crm.timeline.comment.add",
-        Fault::ProcessThenStatus(502),
-        1,
-    );
+    fake.fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);
     let (status, body) = submit_with(&app, &token, json!({})).await;
     assert_eq!(status, 200, "{body}");
     app.run_outbox().await;
