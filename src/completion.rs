@@ -69,6 +69,30 @@ pub fn timeline_comment(
     answers: &Answers,
     completed_at: DateTime<Utc>,
 ) -> String {
+    comment_with(q, inv, answers, completed_at, None)
+}
+
+/// Said in place of the PDF when it could not be built: the answers are stored.
+const NO_PDF_NOTE: &str = "PDF-отчёт построить не удалось: ответы пациента сохранены, их можно посмотреть во вкладке «Анкета пациента».";
+
+/// [`timeline_comment`] for a result whose PDF could not be built: the comment says
+/// so (above the marker, which stays the last line).
+pub fn timeline_comment_without_pdf(
+    q: &Questionnaire,
+    inv: &invitation::Model,
+    answers: &Answers,
+    completed_at: DateTime<Utc>,
+) -> String {
+    comment_with(q, inv, answers, completed_at, Some(NO_PDF_NOTE))
+}
+
+fn comment_with(
+    q: &Questionnaire,
+    inv: &invitation::Model,
+    answers: &Answers,
+    completed_at: DateTime<Utc>,
+    note: Option<&str>,
+) -> String {
     let mut text = format!(
         "Пациент завершил опрос «{}» {}.",
         q.title,
@@ -81,6 +105,9 @@ pub fn timeline_comment(
             .map(|f| format!("{}: {}", neutralise(&f.label), neutralise(&f.answer)))
             .collect();
         text.push_str(&format!("\nОбратите внимание: {}.", items.join("; ")));
+    }
+    if let Some(note) = note {
+        text.push_str(&format!("\n{note}"));
     }
     text.push_str(&format!("\n{}", marker(&inv.id)));
     text

@@ -11,8 +11,16 @@
 //!   every connection is busy with a request, the new one is closed at once;
 //! - accept errors (no descriptors left) pause accepting briefly instead of spinning.
 //!
-//! A request that is being handled is left alone here: the request timeout
-//! (`app::REQUEST_TIMEOUT`) and the body limit bound it.
+//! Empty lines before a request line are skipped by the HTTP parser (httparse), so
+//! they neither begin a head nor end one here: a client sending only `\r\n\r\n`
+//! is still waiting for its head, and under its deadline. A connection whose head is
+//! complete is handled; the request timeout (`app::REQUEST_TIMEOUT`) and the body
+//! limit bound that, and as a backstop, if no answer has begun within
+//! `request_timeout + header_timeout` the connection is closed, so a head this
+//! wrapper took for complete while the parser did not can never hold it for ever.
+//! HTTP/2 with prior knowledge (h2c) is refused: no browser or Bitrix24 speaks it,
+//! its frames (a PING a minute) would keep a connection busy for ever, and a proxy
+//! in front terminates TLS and HTTP/2 itself.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +48,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Open connections; `None`: derived from the descriptor limit at start-up.
     pub max_connections: Option<usize>,
+    /// How long a request may be handled (`app::REQUEST_TIMEOUT`); with
+    /// `header_timeout`, how long a connection may wait for the start of an answer.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -48,6 +59,7 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
+            request_timeout: crate::app::REQUEST_TIMEOUT,
         }
     }
 }
@@ -219,17 +231,7 @@ impl<A: Acceptor> Acceptor for GuardedAcceptor<A> {
                 drop(io);
                 continue;
             };
-            let guarded = GuardedIo {
-                inner: io,
-                id,
-                state,
-                registry: self.registry.clone(),
-                limits: self.limits,
-                phase: Phase::Head,
-                began_head: false,
-                crlf: 0,
-                deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
-            };
+            let guarded = GuardedIo::new(io, id, state, self.registry.clone(), self.limits);
             return Ok((guarded, local, remote, scheme));
         }
     }
@@ -239,10 +241,8 @@ impl<A: Acceptor> Acceptor for GuardedAcceptor<A> {
 enum Phase {
     /// Waiting for (the rest of) a request head.
     Head,
-    /// A request is being handled or answered.
+    /// A request is being handled, until its answer begins.
     Busy,
-    /// HTTP/2 with prior knowledge: frames, not heads; only silence counts.
-    H2,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) starts with this.
@@ -270,6 +270,26 @@ impl<T> Drop for GuardedIo<T> {
 }
 
 impl<T> GuardedIo<T> {
+    fn new(
+        inner: T,
+        id: u64,
+        state: Arc<ConnState>,
+        registry: Arc<Registry>,
+        limits: ConnectionLimits,
+    ) -> Self {
+        Self {
+            inner,
+            id,
+            state,
+            registry,
+            limits,
+            phase: Phase::Head,
+            began_head: false,
+            crlf: 0,
+            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        }
+    }
+
     fn wait_for_head(&mut self, within: Duration) {
         self.phase = Phase::Head;
         self.began_head = false;
@@ -280,42 +300,47 @@ impl<T> GuardedIo<T> {
             .store(self.registry.now_ms(), Ordering::Relaxed);
     }
 
-    /// Follows the bytes read: a head begun, a head complete, HTTP/2.
-    fn saw(&mut self, bytes: &[u8]) {
-        match self.phase {
-            Phase::Busy => {}
-            Phase::H2 => {
-                let idle = self.limits.idle_timeout;
-                self.deadline.as_mut().reset(Instant::now() + idle);
+    /// Follows the bytes read: a head begun, a head complete. Err: HTTP/2 with
+    /// prior knowledge, refused (see the module documentation).
+    fn saw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.phase == Phase::Busy {
+            return Ok(());
+        }
+        let mut bytes = bytes;
+        if !self.began_head {
+            // httparse skips empty lines before the request line (RFC 9112 §2.2
+            // allows it): they begin no head, end none, and extend no deadline.
+            let Some(start) = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+                return Ok(());
+            };
+            bytes = &bytes[start..];
+            if bytes.starts_with(H2_PREFACE) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "HTTP/2 with prior knowledge is refused",
+                ));
             }
-            Phase::Head => {
-                if !self.began_head {
-                    self.began_head = true;
-                    if bytes.starts_with(H2_PREFACE) {
-                        self.phase = Phase::H2;
-                        self.state.waiting_since.store(BUSY, Ordering::Relaxed);
-                        let idle = self.limits.idle_timeout;
-                        self.deadline.as_mut().reset(Instant::now() + idle);
-                        return;
-                    }
-                    let within = self.limits.header_timeout;
-                    self.deadline.as_mut().reset(Instant::now() + within);
-                }
-                for &b in bytes {
-                    self.crlf = match (self.crlf, b) {
-                        (0 | 2, b'\r') => self.crlf + 1,
-                        (1 | 3, b'\n') => self.crlf + 1,
-                        (_, b'\r') => 1,
-                        _ => 0,
-                    };
-                    if self.crlf == 4 {
-                        self.phase = Phase::Busy;
-                        self.state.waiting_since.store(BUSY, Ordering::Relaxed);
-                        return;
-                    }
-                }
+            self.began_head = true;
+            let within = self.limits.header_timeout;
+            self.deadline.as_mut().reset(Instant::now() + within);
+        }
+        for &b in bytes {
+            self.crlf = match (self.crlf, b) {
+                (0 | 2, b'\r') => self.crlf + 1,
+                (1 | 3, b'\n') => self.crlf + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if self.crlf == 4 {
+                self.phase = Phase::Busy;
+                self.state.waiting_since.store(BUSY, Ordering::Relaxed);
+                // Ends when the answer begins (`wrote`).
+                let within = self.limits.request_timeout + self.limits.header_timeout;
+                self.deadline.as_mut().reset(Instant::now() + within);
+                return Ok(());
             }
         }
+        Ok(())
     }
 
     /// A write: the answer has begun (the next bytes read start a new head), or
@@ -332,10 +357,6 @@ impl<T> GuardedIo<T> {
                 self.deadline.as_mut().reset(Instant::now() + idle);
             }
             Phase::Head => {}
-            Phase::H2 => {
-                let idle = self.limits.idle_timeout;
-                self.deadline.as_mut().reset(Instant::now() + idle);
-            }
         }
     }
 }
@@ -357,16 +378,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
-                    this.saw(read);
+                    this.saw(read)?;
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase != Phase::Busy && this.deadline.as_mut().poll(cx).is_ready() {
+                if this.deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no complete request head in time",
+                        "no complete request head, or no answer, in time",
                     )));
                 }
                 Poll::Pending
@@ -394,7 +415,7 @@ impl<T> GuardedIo<T> {
                     return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
                 }
                 self.state.waker.register(cx.waker());
-                if self.phase != Phase::Busy && self.deadline.as_mut().poll(cx).is_ready() {
+                if self.deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the answer was not read in time",
@@ -478,28 +499,81 @@ mod tests {
         assert!(registry.admit(2).is_none());
     }
 
-    #[tokio::test]
-    async fn a_head_is_followed_to_its_end_and_an_interim_answer_is_no_answer() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let registry = Arc::new(Registry {
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry {
             epoch: std::time::Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn empty_lines_begin_no_head_and_h2_prior_knowledge_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let registry = registry();
+        let (id, state) = registry.admit(10).expect("room");
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, id, state, registry.clone(), Default::default());
+        let mut buf = [0u8; 256];
+        client.write_all(b"\r\n\r\n\r\n").await.expect("write");
+        let _ = io.read(&mut buf).await.expect("read");
+        assert_eq!(io.phase, Phase::Head, "still waiting for a request line");
+        assert!(!io.began_head);
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let _ = io.read(&mut buf).await.expect("read");
+        assert_eq!(io.phase, Phase::Busy);
+
+        let (id, state) = registry.admit(10).expect("room");
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, id, state, registry, Default::default());
+        client
+            .write_all(b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let err = io.read(&mut buf).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    #[tokio::test]
+    async fn a_handled_request_must_begin_its_answer_in_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let registry = registry();
+        let (id, state) = registry.admit(10).expect("room");
+        let (mut client, server) = tokio::io::duplex(4096);
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_millis(50),
+            request_timeout: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let mut io = GuardedIo::new(server, id, state, registry, limits);
+        let mut buf = [0u8; 256];
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let _ = io.read(&mut buf).await.expect("read");
+        assert_eq!(io.phase, Phase::Busy);
+        // Nothing more comes and no answer begins: the read fails at the deadline.
+        let err = io.read(&mut buf).await.expect_err("cut off");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_head_is_followed_to_its_end_and_an_interim_answer_is_no_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let registry = registry();
         let (id, state) = registry.admit(10).expect("room");
         let (client, server) = tokio::io::duplex(4096);
-        let limits = ConnectionLimits::default();
-        let mut io = GuardedIo {
-            inner: server,
+        let mut io = GuardedIo::new(
+            server,
             id,
             state,
-            registry: registry.clone(),
-            limits,
-            phase: Phase::Head,
-            began_head: false,
-            crlf: 0,
-            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
-        };
+            registry.clone(),
+            ConnectionLimits::default(),
+        );
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let mut buf = [0u8; 256];
         // A head split across reads, its blank line too.

@@ -9,17 +9,19 @@
 use chrono::{DateTime, Utc};
 use poem::web::{Data, Json};
 use poem::{IntoResponse, Response, handler};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, LockType};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 
 use super::inbound::{Callback, EventCall, rejected};
 use super::{install, portals};
-use crate::bitrix24::Target;
 use crate::bitrix24::form::FormError;
+use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};
 use crate::error::ApiError;
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::outbox::{self, Job};
+use crate::secret::constant_time_eq;
 use crate::state::AppState;
 
 /// How old a deal or lead may be when its `ONCRMDEALADD`/`ONCRMLEADADD` arrives.
@@ -60,32 +62,69 @@ pub async fn events(Callback(form): Callback<Value>, Data(state): Data<&AppState
 /// uninstall they do not) and only then drops the tokens and, with `data[CLEAN]=1`,
 /// the portal's invitations and answers (see `outbox::uninstall`). Until then the
 /// portal keeps working, so a forged event changes nothing.
+///
+/// A portal has one pending confirmation, whose `clean` is on once any event asked
+/// for it: a `CLEAN=0` queued first cannot make a `CLEAN=1` be forgotten. A
+/// `CLEAN=1` for a portal already marked uninstalled (its `CLEAN=0` was purged
+/// first) is still taken, shortly after, with the stored application token.
 async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError> {
-    let p = portals::verify_app_token(
-        &state.db,
-        call.auth.member_id.as_deref(),
-        call.auth.application_token.as_deref(),
-    )
-    .await?;
     let clean = call
         .data
         .clean
         .as_deref()
         .is_some_and(|c| c == "1" || c.eq_ignore_ascii_case("Y"));
+    let (member_id, token) = (
+        call.auth.member_id.as_deref(),
+        call.auth.application_token.as_deref(),
+    );
+    let p = match portals::verify_app_token(&state.db, member_id, token).await {
+        Ok(p) => p,
+        Err(refused) if clean => uninstalled_portal(state, member_id, token)
+            .await?
+            .ok_or(refused)?,
+        Err(refused) => return Err(refused),
+    };
     let job = Job::ConfirmUninstall { clean };
     let (_turn, txn) = state.begin_write().await?;
-    // One pending confirmation per portal and kind is enough: while it waits, more
-    // of the same event (repeats, or a flood of forged ones) add nothing.
+    // The portal's row lock orders this against the purge (which takes it too): either
+    // the purge has run and the portal reads uninstalled here, or it has not and
+    // will read the flag set here.
+    let Some(p) = portal::Entity::find_by_id(p.id)
+        .lock(LockType::NoKeyUpdate)
+        .one(&txn)
+        .await?
+    else {
+        return Err(ApiError::forbidden(
+            "portal_uninstalled",
+            "Приложение удалено с этого портала; установите его заново",
+        ));
+    };
     let pending = outbox_job::Entity::find()
         .filter(outbox_job::Column::PortalId.eq(p.id))
         .filter(outbox_job::Column::Kind.eq(job.kind()))
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
         .all(&txn)
-        .await?
-        .into_iter()
-        .any(|row| serde_json::from_value::<Job>(row.payload).ok().as_ref() == Some(&job));
-    if !pending {
+        .await?;
+    let pending_clean = pending.iter().any(|row| {
+        serde_json::from_value::<Job>(row.payload.clone()).ok()
+            == Some(Job::ConfirmUninstall { clean: true })
+    });
+    if p.status == portal::INSTALLED && !pending.is_empty() {
+        // More of the same event (repeats, or a flood of forged ones) add nothing;
+        // a `CLEAN=1` turns the pending one's flag on.
+        if clean && !pending_clean {
+            let payload =
+                serde_json::to_value(&job).map_err(|e| ApiError::internal(e.to_string()))?;
+            outbox_job::Entity::update_many()
+                .col_expr(outbox_job::Column::Payload, Expr::value(payload))
+                .filter(outbox_job::Column::Id.is_in(pending.iter().map(|j| j.id)))
+                .exec(&txn)
+                .await?;
+        }
+    } else if p.status == portal::INSTALLED || (clean && !pending_clean) {
+        // Uninstalled already: a job of its own, which purges without asking (the
+        // tokens are gone), since the pending one may have purged already.
         let key = format!(
             "uninstall:{}:{}:{}",
             p.id,
@@ -106,6 +145,30 @@ async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError
     state.nudge_outbox();
     tracing::info!(portal = %p.domain, clean, "Получено событие удаления приложения; проверяем его у портала");
     Ok(json!({"ok": true}))
+}
+
+/// How long after its uninstall a portal still takes a `CLEAN=1`: Bitrix24 sends the
+/// event at once (protocol §7.1), so a late one is not the admin's.
+const CLEAN_AFTER_UNINSTALL: chrono::Duration = chrono::Duration::hours(1);
+
+/// The portal this `CLEAN=1` is for, if it was uninstalled within
+/// [`CLEAN_AFTER_UNINSTALL`] and the application token is the stored one.
+async fn uninstalled_portal(
+    state: &AppState,
+    member_id: Option<&str>,
+    token: Option<&str>,
+) -> Result<Option<portal::Model>, ApiError> {
+    let (Some(member_id), Some(token)) = (member_id, token) else {
+        return Ok(None);
+    };
+    let found = portals::by_member(&state.db, member_id).await?;
+    Ok(found.filter(|p| {
+        p.status == portal::UNINSTALLED
+            && Utc::now() - p.updated_at < CLEAN_AFTER_UNINSTALL
+            && p.application_token
+                .as_deref()
+                .is_some_and(|stored| constant_time_eq(stored.as_bytes(), token.as_bytes()))
+    }))
 }
 
 /// `ONCRMDEALADD`/`ONCRMLEADADD` bound by the application: a link for the new deal,
@@ -146,7 +209,11 @@ async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Va
 
 /// Reads the record with the portal's own token: it must exist, be created within
 /// [`NEW_RECORD_WINDOW`] and carry no link yet. Anything else is refused, so a
-/// forged event cannot overwrite the link of an existing deal.
+/// forged event cannot overwrite the link of an existing deal. Anyone with the
+/// application token (any tab user) can send such events, so the read is a check
+/// like the frames' (`B24Client::call_to_verify`): it draws on the checks' own small
+/// share of the portal's budget, never on what robots and the outbox use, and a
+/// flood of events is refused once that share is spent.
 async fn confirm_new_record(
     state: &AppState,
     p: &portal::Model,
@@ -162,10 +229,17 @@ async fn confirm_new_record(
     };
     let record = match state
         .b24
-        .call(&target, method, json!({"id": entity.id}))
+        .call_to_verify(&target, method, json!({"id": entity.id}))
         .await
     {
         Ok(record) => record,
+        Err(B24Error::VerifyBudgetSpent { .. }) => {
+            tracing::warn!(portal = %p.domain, "Бюджет проверок исчерпан; событие о новой записи не проверено");
+            return Err(ApiError::unavailable(
+                "checks_budget_spent",
+                "Слишком много событий за короткое время; ссылка не записана, попробуйте позже",
+            ));
+        }
         Err(e) if e.is_not_found() || e.is_access_denied() => {
             return Err(not_confirmed(p, entity, "запись не найдена"));
         }

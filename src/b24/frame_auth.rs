@@ -73,11 +73,6 @@ impl FrameAuthError {
     }
 }
 
-/// A failed check counted against the caller's address (and the portal, if known).
-fn failed(state: &AppState, ip: Option<IpAddr>, portal: Option<&str>) {
-    state.verify_guard.record_failure(ip, portal);
-}
-
 /// Verifies an iframe POST (already decoded) with the portal. `ip` is the caller's
 /// address (`verify_guard::client_ip`).
 pub async fn verify(
@@ -87,9 +82,9 @@ pub async fn verify(
     form: &Value,
 ) -> Result<FrameCaller, FrameAuthError> {
     let guard = &state.verify_guard;
+    // Refusals decided here, before any portal is asked, cost nothing and count
+    // against nobody (`verify_guard`): behind a proxy they would lock out everyone.
     let Some(member_id) = text(form, &["member_id"]) else {
-        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
-        failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
     let portal = portals::by_member(&state.db, &member_id)
@@ -97,11 +92,19 @@ pub async fn verify(
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
         .filter(|p| p.status == portal::INSTALLED);
     let Some(portal) = portal else {
-        guard.check_address(ip).map_err(FrameAuthError::Refused)?;
-        failed(state, ip, None);
         return Err(FrameAuthError::UnknownPortal);
     };
-    // Refused before anything else is looked at (see `VerifyGuard::admit`).
+    // protocol §11 (1): a POST naming another domain than the one installed is not
+    // from this portal's page.
+    let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
+    if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
+        tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
+        return Err(FrameAuthError::NotConfirmed);
+    }
+    let Some(access) = text(form, &["AUTH_ID"]) else {
+        return Err(FrameAuthError::NotConfirmed);
+    };
+    // Refused before the portal is asked (see `VerifyGuard::admit`).
     let attempt = guard
         .admit(ip, &portal.member_id)
         .map_err(FrameAuthError::Refused)?;
@@ -128,18 +131,6 @@ pub async fn verify(
             .ok_or(FrameAuthError::UnknownPortal)?
     } else {
         portal
-    };
-    // protocol §11 (1): a POST naming another domain than the one installed is not
-    // from this portal's page.
-    let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
-    if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
-        tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
-        attempt.failed();
-        return Err(FrameAuthError::NotConfirmed);
-    }
-    let Some(access) = text(form, &["AUTH_ID"]) else {
-        attempt.failed();
-        return Err(FrameAuthError::NotConfirmed);
     };
     let endpoint = Url::parse(&portal.client_endpoint)
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?;

@@ -67,6 +67,8 @@ pub struct InstallError {
     /// Set when the identity checks' budget is spent (`B24Client::call_to_verify`):
     /// answered as the guard's 429 with `Retry-After`.
     busy: Option<super::verify_guard::Refused>,
+    /// Decided without asking the OAuth server or the portal: counts against nobody.
+    local: bool,
 }
 
 const fn refused(status: StatusCode, code: &'static str, message: &'static str) -> InstallError {
@@ -75,8 +77,29 @@ const fn refused(status: StatusCode, code: &'static str, message: &'static str) 
         code,
         message,
         busy: None,
+        local: false,
     }
 }
+
+impl InstallError {
+    const fn decided_locally(self) -> Self {
+        InstallError {
+            local: true,
+            ..self
+        }
+    }
+
+    fn mark(&self, mut response: Response) -> Response {
+        if self.local {
+            response.extensions_mut().insert(DecidedLocally);
+        }
+        response
+    }
+}
+
+/// On a refusal's response: no outbound call was made for it (`verify_guard`).
+#[derive(Debug, Clone, Copy)]
+struct DecidedLocally;
 
 const NOT_VOUCHED: InstallError = refused(
     StatusCode::FORBIDDEN,
@@ -185,10 +208,12 @@ pub async fn install(
                 page::frame_for(shown, claimed_origin.as_deref())
             }
         };
+    // Only a refusal by the OAuth server or the portal counts (`verify_guard`).
+    let costly = response.extensions().get::<DecidedLocally>().is_none();
     match (attempt, response.status()) {
         (Some(a), StatusCode::OK) => a.succeeded(),
-        (Some(a), StatusCode::FORBIDDEN) => a.failed(),
-        (None, StatusCode::FORBIDDEN) => state.verify_guard.record_failure(ip, None),
+        (Some(a), StatusCode::FORBIDDEN) if costly => a.failed(),
+        (None, StatusCode::FORBIDDEN) if costly => state.verify_guard.record_failure(ip, None),
         _ => {}
     }
     response
@@ -247,7 +272,7 @@ fn install_error(e: InstallError) -> Response {
         code = e.code,
         "Установка отклонена"
     );
-    page::error(e.status, e.message).into_response()
+    e.mark(page::error(e.status, e.message).into_response())
 }
 
 fn domain_of(raw: &str) -> Result<String, InstallError> {
@@ -292,7 +317,7 @@ fn claim_from_event(form: &Value) -> Result<Claim, InstallError> {
         server_endpoint: auth("server_endpoint").and_then(|s| Url::parse(&s).ok()),
         // protocol §3.3: ONAPPINSTALL carries refresh_token. Without it the OAuth server
         // cannot say whose portal this is, so nothing may change.
-        refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED)?),
+        refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED.decided_locally())?),
         application_token: auth("application_token"),
         access_token: auth("access_token").map(Secret::new),
     })
@@ -482,7 +507,7 @@ async fn accept(
 ) -> Result<Accepted, InstallError> {
     // Cheap refusal first: no outbound call for a portal that may not install.
     if !allowed(state, &claim.domain) {
-        return Err(NOT_ALLOWED);
+        return Err(NOT_ALLOWED.decided_locally());
     }
     let (vouched, domain) = match vouch(state, &claim).await {
         Ok(v) => v,
@@ -690,7 +715,7 @@ fn install_error_json(e: InstallError) -> Response {
         StatusCode::FORBIDDEN => ApiError::forbidden(e.code, e.message),
         _ => ApiError::unavailable(e.code, e.message),
     };
-    err.into_response()
+    e.mark(err.into_response())
 }
 
 #[cfg(test)]

@@ -4,12 +4,21 @@
 //! - an address, or a portal, with repeated failed checks is refused with 429 for a
 //!   while (addresses that passed a check for that portal lately are not held up by
 //!   the portal's count, so an attacker cannot lock a clinic's doctors out);
+//! - only a check that cost an outbound call counts as failed: the portal or the
+//!   OAuth server refused the token. What is decided here without asking anyone (an
+//!   unknown `member_id`, a malformed POST, a `DOMAIN` that is not the installed
+//!   one) costs nothing and counts against nobody: behind a proxy every visitor
+//!   shares one address, and such POSTs must not lock them all out;
 //! - a doctor's tab token that the portal confirmed is remembered, by its SHA-256
 //!   and never itself, until it expires (protocol §6.2: `AUTH_EXPIRES` is a lifetime
 //!   in seconds), with the documents it was allowed to read, so reopening the tab
 //!   asks the portal nothing.
 //!
-//! Every map here is bounded; a full map forgets its oldest entries first.
+//! Every map here is bounded; a full map forgets its oldest entries first, except
+//! the failure counts, which forget lapsed and then the smallest counts first, and
+//! keep addresses and portals apart: a flood of new addresses (one host has a whole
+//! IPv6 /64 to cycle through) cannot push a portal's count out, nor a flood of
+//! claimed portals an address's.
 //!
 //! The install handler uses the same guard:
 //! ```ignore
@@ -152,7 +161,10 @@ enum Key {
 
 #[derive(Default)]
 struct Inner {
-    failures: HashMap<Key, Count>,
+    /// Failed checks per address (an IPv4 address or an IPv6 /64).
+    addresses: HashMap<IpAddr, Count>,
+    /// Failed checks per portal (a member_id, or `install:` and a claimed domain).
+    portals: HashMap<String, Count>,
     /// Checks admitted and not yet answered, per key. They count as failures until
     /// they are answered: a burst of forged POSTs sent at once must not all pass the
     /// door before the first of them has failed.
@@ -202,7 +214,8 @@ impl Attempt<'_> {
         insert_bounded(&mut inner.trusted, (self.portal.clone(), ip), now, |at| *at);
     }
 
-    /// The portal refused the caller's token (or the claim was wrong on its face).
+    /// The portal or the OAuth server refused the caller's token: the check cost an
+    /// outbound call. A refusal decided without one is not reported (drop the attempt).
     pub fn failed(self) {
         self.guard.record_failure(self.ip, Some(&self.portal));
     }
@@ -226,6 +239,46 @@ where
     map.insert(key, value);
 }
 
+/// Adds a failure to `key`'s count. A full map first forgets lapsed counts, then the
+/// smallest (oldest among equals): a count that refuses is the last to go.
+fn count_failure<K>(map: &mut HashMap<K, Count>, key: K, now: Instant)
+where
+    K: Eq + std::hash::Hash + Clone,
+{
+    let count = match map.get(&key) {
+        Some(c) if c.current(now) => Count {
+            failures: c.failures.saturating_add(1),
+            since: c.since,
+        },
+        _ => Count {
+            failures: 1,
+            since: now,
+        },
+    };
+    if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+        map.retain(|_, c| c.current(now));
+        if map.len() >= MAX_TRACKED {
+            let least = map
+                .iter()
+                .min_by_key(|(_, c)| (c.failures, c.since))
+                .map(|(k, _)| k.clone());
+            if let Some(least) = least {
+                map.remove(&least);
+            }
+        }
+    }
+    map.insert(key, count);
+}
+
+impl Inner {
+    fn count(&self, key: &Key) -> Option<&Count> {
+        match key {
+            Key::Address(ip) => self.addresses.get(ip),
+            Key::Portal(p) => self.portals.get(p),
+        }
+    }
+}
+
 impl Count {
     fn current(&self, now: Instant) -> bool {
         now.duration_since(self.since) < WINDOW
@@ -247,7 +300,7 @@ impl VerifyGuard {
     pub fn check_address(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
         let Some(ip) = ip else { return Ok(()) };
         let inner = self.lock();
-        match inner.failures.get(&Key::Address(ip)) {
+        match inner.addresses.get(&ip) {
             Some(count) => count
                 .refusal(Instant::now(), MAX_FAILURES_PER_ADDRESS)
                 .map_or(Ok(()), Err),
@@ -274,12 +327,11 @@ impl VerifyGuard {
                 Some((Key::Portal(portal.to_owned()), MAX_FAILURES_PER_PORTAL)),
             ];
             for (key, max) in counts.into_iter().flatten() {
-                if let Some(refused) = inner.failures.get(&key).and_then(|c| c.refusal(now, max)) {
+                if let Some(refused) = inner.count(&key).and_then(|c| c.refusal(now, max)) {
                     return Err(refused);
                 }
                 let failed = inner
-                    .failures
-                    .get(&key)
+                    .count(&key)
                     .filter(|c| c.current(now))
                     .map_or(0, |c| c.failures);
                 let pending = inner.pending.get(&key).copied().unwrap_or(0);
@@ -307,26 +359,16 @@ impl VerifyGuard {
         })
     }
 
-    /// Counts a failed check against the address and, when known, the portal.
+    /// Counts a failed check against the address and, when known, the portal. Only
+    /// for a check that cost an outbound call (see the module documentation).
     pub fn record_failure(&self, ip: Option<IpAddr>, portal: Option<&str>) {
         let now = Instant::now();
         let mut inner = self.lock();
-        let keys = ip
-            .map(Key::Address)
-            .into_iter()
-            .chain(portal.map(|p| Key::Portal(p.to_owned())));
-        for key in keys {
-            let count = match inner.failures.get(&key) {
-                Some(c) if c.current(now) => Count {
-                    failures: c.failures.saturating_add(1),
-                    since: c.since,
-                },
-                _ => Count {
-                    failures: 1,
-                    since: now,
-                },
-            };
-            insert_bounded(&mut inner.failures, key, count, |c| c.since);
+        if let Some(ip) = ip {
+            count_failure(&mut inner.addresses, ip, now);
+        }
+        if let Some(portal) = portal {
+            count_failure(&mut inner.portals, portal.to_owned(), now);
         }
     }
 
@@ -473,7 +515,40 @@ mod tests {
             let addr = Some(IpAddr::from(n.to_be_bytes()));
             guard.record_failure(addr, None);
         }
-        assert!(guard.lock().failures.len() <= MAX_TRACKED);
+        assert!(guard.lock().addresses.len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn new_addresses_cannot_push_out_a_portal_or_a_refused_address() {
+        let guard = VerifyGuard::default();
+        for n in 0..MAX_FAILURES_PER_PORTAL {
+            guard.record_failure(ip(n as u8), Some("p"));
+        }
+        for _ in 0..MAX_FAILURES_PER_ADDRESS {
+            guard.record_failure(ip(250), None);
+        }
+        assert!(guard.admit(ip(100), "p").is_err());
+        // Cycling through IPv6 /64s: a new address for every failure.
+        for n in 0..(MAX_TRACKED as u64 + 1000) {
+            let mut octets = [0u8; 16];
+            octets[..8].copy_from_slice(&(0x2001_0db8_0000_0000 + n).to_be_bytes());
+            guard.record_failure(Some(IpAddr::from(octets)), None);
+        }
+        assert!(guard.lock().addresses.len() <= MAX_TRACKED);
+        assert!(
+            guard.admit(ip(100), "p").is_err(),
+            "the portal's count stands"
+        );
+        assert!(
+            guard.check_address(ip(250)).is_err(),
+            "the refused address too"
+        );
+        // And a flood of claimed portals does not push out the refused one.
+        for n in 0..(MAX_TRACKED + 50) {
+            guard.record_failure(None, Some(&format!("install:{n}.example")));
+        }
+        assert!(guard.lock().portals.len() <= MAX_TRACKED);
+        assert!(guard.admit(ip(100), "p").is_err());
     }
 
     #[test]

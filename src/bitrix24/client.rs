@@ -43,6 +43,18 @@ const MAX_PAGES: usize = 10_000;
 /// check that would wait longer is turned away (`VerifyBudgetSpent`).
 const VERIFY_MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// Whether a failed request may be sent again by the client itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads and idempotent writes: any retryable error is retried here.
+    Always,
+    /// A call that must not run twice: sent again only after an answer that says
+    /// it did not run (a refused token, `QUERY_LIMIT_EXCEEDED`, a refused
+    /// connection), never after one that may hide a call carried out
+    /// ([`B24Error::may_have_run`]). The caller decides what to do then.
+    UnlessMaybeRun,
+}
+
 /// A Bitrix24 REST client; cheap to clone.
 #[derive(Clone)]
 pub struct B24Client {
@@ -165,7 +177,27 @@ impl B24Client {
         params: Value,
     ) -> Result<B24Response, B24Error> {
         check_method(method)?;
-        self.execute(target, method, &form::flatten(&params)).await
+        self.execute(target, method, &form::flatten(&params), Resend::Always)
+            .await
+    }
+
+    /// Calls a method whose effect the portal cannot recognise as a repeat (a
+    /// timeline comment). Unlike [`call`](Self::call), a failure that may hide a
+    /// call carried out (a 5xx, a timeout, a lost connection) is returned at once
+    /// instead of being sent again: the caller checks what the portal has before
+    /// it tries again.
+    pub async fn call_once(
+        &self,
+        target: &Target,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, B24Error> {
+        check_method(method)?;
+        let pairs = form::flatten(&params);
+        let response = self
+            .execute(target, method, &pairs, Resend::UnlessMaybeRun)
+            .await?;
+        Ok(response.result)
     }
 
     /// Calls a method to learn who is calling (install, deal tab, admin page: the
@@ -228,6 +260,30 @@ impl B24Client {
         commands: Vec<BatchCommand>,
         halt: bool,
     ) -> Result<Vec<BatchOutcome>, B24Error> {
+        self.batch_with(target, commands, halt, Resend::Always)
+            .await
+    }
+
+    /// [`batch`](Self::batch) for commands that must not run twice (a robot's
+    /// single-use `bizproc.event.send`): a request is not sent again after a failure
+    /// that may hide a batch carried out, as with [`call_once`](Self::call_once).
+    pub async fn batch_once(
+        &self,
+        target: &Target,
+        commands: Vec<BatchCommand>,
+        halt: bool,
+    ) -> Result<Vec<BatchOutcome>, B24Error> {
+        self.batch_with(target, commands, halt, Resend::UnlessMaybeRun)
+            .await
+    }
+
+    async fn batch_with(
+        &self,
+        target: &Target,
+        commands: Vec<BatchCommand>,
+        halt: bool,
+        resend: Resend,
+    ) -> Result<Vec<BatchOutcome>, B24Error> {
         let mut names = HashSet::new();
         for command in &commands {
             check_method(&command.method)?;
@@ -250,7 +306,12 @@ impl B24Client {
                 Vec::new()
             } else {
                 let response = self
-                    .execute(target, "batch", &batch::request_pairs(&sendable, halt))
+                    .execute(
+                        target,
+                        "batch",
+                        &batch::request_pairs(&sendable, halt),
+                        resend,
+                    )
                     .await?;
                 batch::outcomes(&sendable, &response.result)
             }
@@ -330,6 +391,7 @@ impl B24Client {
         target: &Target,
         method: &str,
         pairs: &FormPairs,
+        resend: Resend,
     ) -> Result<B24Response, B24Error> {
         let inner = &self.inner;
         let mut refreshed = false;
@@ -393,7 +455,11 @@ impl B24Client {
                         (B24Error::Api { code, .. }, _, _) if code == "OPERATION_TIME_LIMIT" => {
                             return Err(self.pause(budget));
                         }
-                        (err, _, _) if err.is_retryable() && retries < inner.config.max_retries => {
+                        (err, _, _)
+                            if err.is_retryable()
+                                && retries < inner.config.max_retries
+                                && (resend == Resend::Always || !err.may_have_run()) =>
+                        {
                             tokio::time::sleep(backoff(retries)).await;
                             retries += 1;
                         }

@@ -280,6 +280,19 @@ impl B24Error {
         ) || matches!(self, B24Error::InvalidResponse { status, .. } if *status >= 500)
     }
 
+    /// Whether the request may have reached the portal and been carried out although
+    /// it failed: a 5xx, a lost connection or no answer within the timeout say
+    /// nothing about what the portal did (protocol §9, §10). Calls that must not run
+    /// twice are not repeated after such an error (`B24Client::call_once`).
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            B24Error::Server { .. } | B24Error::Timeout => true,
+            B24Error::InvalidResponse { status, .. } => *status >= 500,
+            B24Error::Network { refused, .. } => !*refused,
+            _ => false,
+        }
+    }
+
     /// The portal pushes back rather than fails: it is over its request limit
     /// (`QUERY_LIMIT_EXCEEDED`, §10.1), pauses a method (`OPERATION_TIME_LIMIT`, §10.2),
     /// answers 503/429 (its own or a proxy's "come back later"), or refuses the

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    sea_query::{Expr, OnConflict},
+    sea_query::{Expr, ExprTrait, OnConflict},
 };
 
 use super::links::LinkError;
@@ -171,6 +171,11 @@ async fn upsert_draft<C: ConnectionTrait>(
     .on_conflict(
         OnConflict::column(response::Column::InvitationId)
             .update_columns([response::Column::Draft, response::Column::DraftSavedAt])
+            // A draft save that read the invitation just before a submit committed
+            // must not write onto the completed answers' row.
+            .action_and_where(
+                Expr::col((response::Entity, response::Column::SubmittedAt)).is_null(),
+            )
             .to_owned(),
     )
     .exec_without_returning(db)
@@ -325,21 +330,31 @@ pub async fn submit(
     stored.completed_at = Some(now);
     let clinic = crate::outbox::run::clinic_name(state, inv).await;
     let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);
-    let report = crate::completion::render_report(input)
-        .await
-        .map_err(FlowError::Internal)?;
-    tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
+    // The answers are stored: a PDF that does not build is no reason to refuse the
+    // patient. The comment job tries again and, failing that, posts without it.
+    let report = match crate::completion::render_report(input).await {
+        Ok(report) => {
+            tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
+            Some(report)
+        }
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Отчёт PDF не построен");
+            None
+        }
+    };
 
     let (_turn, txn) = state.begin_write().await?;
-    response::Entity::update_many()
-        .col_expr(
-            response::Column::ReportSha256,
-            Expr::value(report.sha256.clone()),
-        )
-        .col_expr(response::Column::ReportPdf, Expr::value(report.pdf))
-        .filter(response::Column::InvitationId.eq(inv.id.clone()))
-        .exec(&txn)
-        .await?;
+    if let Some(report) = &report {
+        response::Entity::update_many()
+            .col_expr(
+                response::Column::ReportSha256,
+                Expr::value(report.sha256.clone()),
+            )
+            .col_expr(response::Column::ReportPdf, Expr::value(report.pdf.clone()))
+            .filter(response::Column::InvitationId.eq(inv.id.clone()))
+            .exec(&txn)
+            .await?;
+    }
     if delivers {
         set_job_due(&txn, &job_key, Utc::now()).await?;
     }
@@ -348,6 +363,6 @@ pub async fn submit(
     tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
     Ok(Submitted {
         completed_at: now,
-        report_sha256: report.sha256,
+        report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
     })
 }

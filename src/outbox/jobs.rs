@@ -255,21 +255,8 @@ pub async fn retry_now<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     let now_ms = now.timestamp_millis();
-    let mut q = outbox_job::Entity::update_many()
-        .col_expr(outbox_job::Column::RunAt, Expr::value(now_ms))
-        .col_expr(outbox_job::Column::Paused, Expr::value(false))
-        .filter(outbox_job::Column::DoneAt.is_null())
-        .filter(outbox_job::Column::DeadAt.is_null())
-        .filter(outbox_job::Column::RunAt.gt(now_ms))
-        .filter(
-            Condition::any()
-                .add(outbox_job::Column::LockedUntil.is_null())
-                .add(outbox_job::Column::LockedUntil.lt(now_ms)),
-        );
-    q = match portal_id {
-        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
-        None => q.filter(outbox_job::Column::PortalId.is_null()),
-    };
+    let q = reschedule_waiting(portal_id, now_ms, now_ms, false)
+        .filter(outbox_job::Column::RunAt.gt(now_ms));
     Ok(q.exec(db).await?.rows_affected)
 }
 
@@ -281,23 +268,34 @@ pub async fn pause_portal<C: ConnectionTrait>(
     until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
-    let (now_ms, until_ms) = (now.timestamp_millis(), until.timestamp_millis());
-    let mut q = outbox_job::Entity::update_many()
-        .col_expr(outbox_job::Column::RunAt, Expr::value(until_ms))
-        .col_expr(outbox_job::Column::Paused, Expr::value(true))
+    let until_ms = until.timestamp_millis();
+    let q = reschedule_waiting(portal_id, now.timestamp_millis(), until_ms, true)
+        .filter(outbox_job::Column::RunAt.lt(until_ms));
+    Ok(q.exec(db).await?.rows_affected)
+}
+
+/// Moves the portal's waiting jobs (pending, not held by a live lease) to `run_at`,
+/// marked as paused by a pushback or not.
+fn reschedule_waiting(
+    portal_id: Option<i64>,
+    now_ms: i64,
+    run_at: i64,
+    paused: bool,
+) -> sea_orm::UpdateMany<outbox_job::Entity> {
+    let q = outbox_job::Entity::update_many()
+        .col_expr(outbox_job::Column::RunAt, Expr::value(run_at))
+        .col_expr(outbox_job::Column::Paused, Expr::value(paused))
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
-        .filter(outbox_job::Column::RunAt.lt(until_ms))
         .filter(
             Condition::any()
                 .add(outbox_job::Column::LockedUntil.is_null())
                 .add(outbox_job::Column::LockedUntil.lt(now_ms)),
         );
-    q = match portal_id {
+    match portal_id {
         Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
         None => q.filter(outbox_job::Column::PortalId.is_null()),
-    };
-    Ok(q.exec(db).await?.rows_affected)
+    }
 }
 
 /// What happened to one job.

@@ -46,18 +46,22 @@ pub async fn run_group(
     let target = match target {
         Ok(t) => t,
         Err(why) => {
-            return claimed
-                .into_iter()
-                .map(|c| {
-                    let outcome = match &why {
-                        Unreachable::Gone(reason) => Outcome::Dead(reason.clone()),
-                        Unreachable::Transient(reason) => {
-                            retry(failures(&c.row), None, reason.clone(), now)
-                        }
-                    };
-                    (c.row, outcome)
-                })
-                .collect();
+            let mut outcomes = Vec::with_capacity(claimed.len());
+            for c in claimed {
+                let outcome = match (&why, &c.job) {
+                    // The portal is already gone: nothing left to confirm, the
+                    // data are removed as the (later) event asks.
+                    (Unreachable::Gone(_), Job::ConfirmUninstall { clean }) => {
+                        super::uninstall::after_uninstall(state, &c.row, *clean, now).await
+                    }
+                    (Unreachable::Gone(reason), _) => Outcome::Dead(reason.clone()),
+                    (Unreachable::Transient(reason), _) => {
+                        retry(failures(&c.row), None, reason.clone(), now)
+                    }
+                };
+                outcomes.push((c.row, outcome));
+            }
+            return outcomes;
         }
     };
     let mut outcomes = Vec::new();
@@ -241,6 +245,20 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
     }
 }
 
+/// Methods whose effect the portal cannot repeat or tell from a repeat: the robot's
+/// event token is spent by its first use (protocol §4.4).
+fn is_single_use(method: &str) -> bool {
+    method.eq_ignore_ascii_case("bizproc.event.send")
+}
+
+/// Whether an earlier try of this job may have reached the portal, so its effect
+/// may be there already: the job was claimed before (`attempts` counts this claim
+/// too; a worker that died mid-call left no outcome), or an admin put it back after
+/// failures («Повторить» starts the count again; the last error stays).
+fn tried_before(row: &outbox_job::Model) -> bool {
+    row.attempts > 1 || row.last_error.is_some()
+}
+
 /// `batch` itself refused (a portal or proxy without it), as opposed to a portal
 /// that refuses us: only then do the calls go one by one.
 fn refuses_batch(e: &B24Error) -> bool {
@@ -258,7 +276,15 @@ async fn run_chunk(
     now: DateTime<Utc>,
 ) -> Vec<(outbox_job::Model, Outcome)> {
     let commands: Vec<BatchCommand> = chunk.iter().flat_map(|(_, _, c)| c.clone()).collect();
-    let results = match state.b24.batch(target, commands.clone(), false).await {
+    // A robot's event token is single-use: a batch carrying it is not sent again by
+    // the client after an answer that may hide a batch carried out; the job's next
+    // try takes the token's ACCESS_DENIED as delivered.
+    let sent = if commands.iter().any(|c| is_single_use(&c.method)) {
+        state.b24.batch_once(target, commands.clone(), false).await
+    } else {
+        state.b24.batch(target, commands.clone(), false).await
+    };
+    let results = match sent {
         Ok(r) => r
             .into_iter()
             .map(|o| (o.name, o.result))
@@ -304,7 +330,7 @@ async fn run_chunk(
                 Ok(v) => Outcome::Done(json!({"result": v})),
                 // protocol §4.4: a used event token answers ACCESS_DENIED. On a repeat
                 // that means an earlier attempt landed before its answer was lost.
-                Err(e) if e.is_access_denied() && c.row.attempts > 1 => Outcome::Done(
+                Err(e) if e.is_access_denied() && tried_before(&c.row) => Outcome::Done(
                     json!({"note": "event token already used: an earlier attempt was delivered"}),
                 ),
                 Err(e) => classify(&e, &c.row, now),
@@ -332,7 +358,11 @@ async fn one_by_one(
     let mut results: HashMap<String, Result<Value, B24Error>> = HashMap::new();
     for cmd in commands {
         let params = resolve_references(cmd.params, &results);
-        let result = state.b24.call(target, &cmd.method, params).await;
+        let result = if is_single_use(&cmd.method) {
+            state.b24.call_once(target, &cmd.method, params).await
+        } else {
+            state.b24.call(target, &cmd.method, params).await
+        };
         results.insert(cmd.name, result);
     }
     results
@@ -414,7 +444,7 @@ async fn post_completion(
     };
 
     // A repeat after an answer that never came back: the comment may already be there.
-    if row.attempts > 1 {
+    if tried_before(row) {
         match find_posted_comment(state, target, entity, &inv.id).await {
             Ok(Some(id)) => {
                 return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
@@ -432,8 +462,8 @@ async fn post_completion(
         }
     }
 
-    let pdf = match resp.report_pdf.clone() {
-        Some(pdf) => pdf,
+    let pdf: Option<Vec<u8>> = match resp.report_pdf.clone() {
+        Some(pdf) => Some(pdf),
         None => {
             let input = crate::completion::report_input(
                 &clinic_name(state, inv).await,
@@ -452,9 +482,14 @@ async fn post_completion(
                     if let Err(e) = row.update(&state.db).await {
                         tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
                     }
-                    r.pdf
+                    Some(r.pdf)
                 }
-                Err(e) => return Outcome::Dead(format!("PDF не построен: {e}")),
+                // Patient input is bounded, but should a PDF still not build, the
+                // doctor gets the comment without it rather than nothing at all.
+                Err(e) => {
+                    tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен; комментарий отправляется без него");
+                    None
+                }
             }
         }
     };
@@ -465,19 +500,31 @@ async fn post_completion(
         Ok(false) => return Outcome::Lost,
         Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
     }
-    let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
-    let file = crate::completion::pdf_file_name(inv, completed_at);
-    let params = json!({
-        "fields": {
-            "ENTITY_ID": entity.id,
-            "ENTITY_TYPE": entity.kind.timeline_name(),
-            "COMMENT": comment,
-            "FILES": [[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]],
-        }
-    });
+    let mut fields = serde_json::Map::new();
+    fields.insert("ENTITY_ID".into(), json!(entity.id));
+    fields.insert("ENTITY_TYPE".into(), json!(entity.kind.timeline_name()));
+    if let Some(pdf) = pdf {
+        let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
+        let file = crate::completion::pdf_file_name(inv, completed_at);
+        fields.insert("COMMENT".into(), json!(comment));
+        fields.insert(
+            "FILES".into(),
+            json!([[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]]),
+        );
+    } else {
+        let comment =
+            crate::completion::timeline_comment_without_pdf(&q, inv, &answers, completed_at);
+        fields.insert("COMMENT".into(), json!(comment));
+    }
+    // Not repeated by the client after an answer that may hide a comment posted:
+    // the next try of this job looks for the marker first.
     match state
         .b24
-        .call(target, "crm.timeline.comment.add", params)
+        .call_once(
+            target,
+            "crm.timeline.comment.add",
+            json!({ "fields": fields }),
+        )
         .await
     {
         Ok(id) => Outcome::Done(json!({"comment_id": id})),

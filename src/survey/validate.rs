@@ -238,7 +238,8 @@ fn text(q: &Question, value: &Value) -> Result<Option<Value>, String> {
         .chars()
         .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
         .collect();
-    let trimmed = cleaned.trim();
+    let tidied = tidy_lines(&cleaned);
+    let trimmed = tidied.trim();
     if trimmed.is_empty() {
         return Ok(None);
     }
@@ -247,6 +248,39 @@ fn text(q: &Question, value: &Value) -> Result<Option<Value>, String> {
         return Err(format!("Слишком длинный ответ: не больше {limit} символов"));
     }
     Ok(Some(Value::String(trimmed.to_string())))
+}
+
+/// Most lines a free-text answer keeps; what follows joins the last one. The PDF
+/// gives every line a row, and its page count is capped (`report::MAX_PAGES`): a
+/// few answers of "x" and empty lines within the length limit would otherwise run
+/// to thousands of rows and no PDF at all.
+pub const MAX_TEXT_LINES: usize = 40;
+
+/// Runs of empty lines become one, trailing spaces go, and lines past
+/// [`MAX_TEXT_LINES`] are joined with spaces into the last: every word the patient
+/// typed stays.
+fn tidy_lines(text: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim_end) {
+        let gap = line.trim().is_empty();
+        if gap && lines.last().is_none_or(|l| l.is_empty()) {
+            continue;
+        }
+        lines.push(if gap { "" } else { line });
+    }
+    if lines.len() <= MAX_TEXT_LINES {
+        return lines.join("\n");
+    }
+    let rest = lines.split_off(MAX_TEXT_LINES - 1);
+    let tail: Vec<&str> = rest
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out.push_str(&tail.join(" "));
+    out
 }
 
 fn multi(q: &Question, value: &Value) -> Result<Option<Value>, String> {
@@ -531,6 +565,17 @@ sections:
         assert_eq!(ids(json!({"a": "no", "b": "x"})), ["a"]);
         let ok = validate_submit(&q, &answers(json!({"a": "no", "b": "x"})), today());
         assert_eq!(ok, Ok(answers(json!({"a": "no"}))));
+    }
+
+    #[test]
+    fn text_answers_keep_their_words_in_few_lines() {
+        let hostile = "x\n\n\n  \n".repeat(400);
+        assert_eq!(tidy_lines("a\n\n\n\nb  \n\nc"), "a\n\nb\n\nc");
+        let tidied = tidy_lines(&hostile);
+        assert_eq!(tidied.lines().count(), MAX_TEXT_LINES);
+        assert_eq!(tidied.matches('x').count(), 400, "no word is lost");
+        let short = "первая строка\nвторая";
+        assert_eq!(tidy_lines(short), short);
     }
 
     #[test]

@@ -178,7 +178,12 @@ impl SurveyApi {
             survey_id: inv.id.clone(),
             title: q.title.clone(),
             description: q.description.clone(),
-            patient_name: inv.patient_name.clone(),
+            // Whoever holds a completed link learns nothing about the patient.
+            patient_name: if inv.status == invitations::COMPLETED {
+                String::new()
+            } else {
+                inv.patient_name.clone()
+            },
             status: invitations::status_of(&inv, Utc::now()).to_owned(),
             expires_at: inv.expires_at,
             questions: questions_of(&q),

@@ -235,6 +235,184 @@ async fn a_doctor_reopening_the_tab_costs_no_portal_call() {
     assert_eq!(denied.status(), 403);
 }
 
+#[tokio::test]
+async fn refusals_decided_without_asking_anyone_lock_nobody_out() {
+    // Behind a proxy every visitor shares the proxy's address: one client here.
+    let fake = fake().await;
+    let allowed = format!("clinic.bitrix24.ru,{}", fake.domain());
+    let app = app_for(
+        &fake,
+        &[
+            ("B24_RATE_LIMIT", "50/500"),
+            ("B24_ALLOWED_DOMAINS", &allowed),
+        ],
+    )
+    .await;
+    install(&fake, &app).await;
+    let deal = patient_deal(&fake);
+    let proxy = client_from(33);
+    let member_id = fake.member_id();
+    let checks_before = checks(&fake);
+    let refreshes_before = fake.refresh_count();
+
+    let tab = tab_url(&app, &fake);
+    let foreign_tab = app.url("/b24/placement/deal-tab?DOMAIN=evil.example&PROTOCOL=1");
+    let foreign_install = app.url("/b24/install?DOMAIN=other.example&PROTOCOL=1");
+    let no_auth: Vec<_> = tab_form("x", &member_id, deal)
+        .into_iter()
+        .filter(|(k, _)| k != "AUTH_ID")
+        .collect();
+    let bare_event: Vec<(String, String)> = [
+        ("event", "ONAPPINSTALL".to_owned()),
+        ("auth[domain]", fake.domain()),
+        ("auth[member_id]", member_id.clone()),
+        ("auth[application_token]", "forged".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut statuses = Vec::new();
+    for n in 0..15 {
+        let unknown = tab_form(&format!("forged-{n}"), &format!("unknown-{n}"), deal);
+        let wrong_domain = tab_form(&format!("forged-{n}"), &member_id, deal);
+        for (url, form) in [
+            // An unknown member_id.
+            (&tab, &unknown),
+            // A DOMAIN that is not the installed portal's.
+            (&foreign_tab, &wrong_domain),
+            // No AUTH_ID.
+            (&tab, &no_auth),
+            // An install for a portal B24_ALLOWED_DOMAINS does not list.
+            (&foreign_install, &wrong_domain),
+            // An ONAPPINSTALL without a refresh token.
+            (&app.url("/b24/install"), &bare_event),
+        ] {
+            let r = post_form(&proxy, url, form).await;
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert!(
+        statuses.iter().all(|s| [400, 403].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(checks(&fake), checks_before, "no portal was asked");
+    assert_eq!(
+        fake.refresh_count(),
+        refreshes_before,
+        "nor the OAuth server"
+    );
+
+    // A doctor behind the same proxy, never seen before, still gets in.
+    let (auth, _) = fake.issue_user_token(1);
+    let r = post_form(&proxy, &tab, &tab_form(&auth, &member_id, deal)).await;
+    assert_eq!(r.status(), 200, "the proxy's address was locked out");
+
+    // A token the portal refuses still counts against the address.
+    let stranger = client_from(34);
+    for n in 0..10 {
+        let r = post_form(
+            &stranger,
+            &tab,
+            &tab_form(&format!("refused-{n}"), &member_id, deal),
+        )
+        .await;
+        assert_eq!(r.status(), 403);
+    }
+    let r = post_form(&stranger, &tab, &tab_form("refused-10", &member_id, deal)).await;
+    assert!(is_refusal(&r), "{}", r.status());
+}
+
+/// A forged `ONCRMDEALADD` as any tab user can send it (the application token is in
+/// every tab POST).
+fn forged_deal_add(fake: &FakePortal, deal: u64) -> Vec<(String, String)> {
+    [
+        ("event", "ONCRMDEALADD".to_owned()),
+        ("data[FIELDS][ID]", deal.to_string()),
+        ("auth[member_id]", fake.member_id()),
+        ("auth[domain]", fake.domain()),
+        ("auth[application_token]", fake.application_token()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[tokio::test]
+async fn forged_deal_events_do_not_delay_the_robot() {
+    let fake = fake().await;
+    // The cloud's usual plan: 2 requests a second, a bucket of 50 (protocol §10.1).
+    let app = app_for(&fake, &[("B24_RATE_LIMIT", "2/50")]).await;
+    install(&fake, &app).await;
+    let deal = patient_deal(&fake);
+    fake.set_rate(2.0, 50);
+    let reads_before = fake.calls_of("crm.deal.get").len();
+
+    // 100 forged events for deals that do not exist; each asks for a confirmation read.
+    let events = app.url("/b24/events");
+    let forged = (0..100u64).map(|n| {
+        let (http, events, form) = (
+            app.http.clone(),
+            events.clone(),
+            forged_deal_add(&fake, 900_000 + n),
+        );
+        async move {
+            let r = post_form(&http, &events, &form).await;
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let answers = futures::future::join_all(forged).await;
+    for (status, code) in &answers {
+        assert!(
+            (*status == 409 && code == "event_not_confirmed")
+                || (*status == 503 && code == "checks_budget_spent"),
+            "a forged event got {status} {code}"
+        );
+    }
+    let reads = fake.calls_of("crm.deal.get").len() - reads_before;
+    // The checks' share of a 2/50 bucket is 10: 9 at once, two more within 5 s.
+    // Before, all 100 reads queued on the robot's budget.
+    assert!(
+        reads <= 12,
+        "{reads} forged confirmations reached the portal"
+    );
+
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    eventually("the robot's bizproc.event.send", || async {
+        !fake.event_sends().is_empty()
+    })
+    .await;
+    let limited = fake
+        .calls()
+        .iter()
+        .filter(|c| c.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
+        .count();
+    assert_eq!(limited, 0, "the portal's bucket overflowed");
+    // A genuine new deal is still confirmed once the checks' share refills.
+    let fresh = patient_deal(&fake);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = post_form(&app.http, &events, &forged_deal_add(&fake, fresh)).await;
+        match r.status().as_u16() {
+            200 => break,
+            503 => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the genuine event was never confirmed"
+            ),
+            other => panic!("a genuine event got {other}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    app.run_outbox().await;
+    let link = fake.deal(fresh).expect("deal")[app.state.config.link_field.as_str()].clone();
+    assert!(link.as_str().is_some_and(|l| l.contains("/s/")), "{link}");
+}
+
 // ---- item 9: capped reads ------------------------------------------------------------
 
 /// 64 KiB of spaces, sent over and over: nothing is allocated per answer.
@@ -481,6 +659,60 @@ async fn at_the_connection_cap_the_longest_idle_are_shed() {
         shed >= 200,
         "only {shed} of 300 idle connections shed at a cap of 100"
     );
+}
+
+/// Opens `n` connections and sends `bytes` on each.
+async fn open_sending(
+    addr: std::net::SocketAddr,
+    n: usize,
+    bytes: &'static [u8],
+) -> Vec<TcpStream> {
+    let mut sockets = open_idle(addr, n).await;
+    for chunk in sockets.chunks_mut(200) {
+        let sent = futures::future::join_all(chunk.iter_mut().map(|s| s.write_all(bytes))).await;
+        // A socket already shed at the cap may refuse the write; it is closed either way.
+        drop(sent);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn empty_lines_and_h2_prior_knowledge_hold_no_connection() {
+    // Before: `\r\n\r\n` was taken for a finished head, so such a connection counted
+    // as handling a request: never shed at the cap, never closed (the HTTP parser
+    // skips empty lines and waits for a request line for ever). Likewise an h2c
+    // connection. A cap of 1 000 filled with them locked everyone out.
+    let app = spawn_app_tuned(&db::sqlite_for_process(), &[], |config| {
+        config.connections.header_timeout = Duration::from_secs(2);
+        config.connections.idle_timeout = Duration::from_secs(2);
+        config.connections.request_timeout = Duration::from_secs(2);
+        config.connections.max_connections = Some(1000);
+    })
+    .await;
+    let addr = local_addr(&app);
+    let fresh = reqwest::Client::new();
+    for (what, bytes) in [
+        ("empty lines", &b"\r\n\r\n"[..]),
+        ("the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ] {
+        let held = open_sending(addr, 2000, bytes).await;
+        let r = fresh
+            .get(app.url("/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("healthz does not answer past {what}: {e}"));
+        assert_eq!(r.status(), 200, "{what}");
+        let closed = futures::future::join_all(
+            held.into_iter()
+                .map(|s| closed_by_server(s, Duration::from_secs(30))),
+        )
+        .await;
+        let open = closed.iter().filter(|c| !**c).count();
+        assert_eq!(open, 0, "{open} connections sending {what} still open");
+    }
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
 }
 
 // ---- item 11: framing ----------------------------------------------------------------

@@ -1075,3 +1075,59 @@ async fn install_gate_and_app_update() {
     s.fake.app_update();
     assert!(s.fake.event_bindings().is_empty());
 }
+
+// ---- calls that must not run twice ----------------------------------------------------
+
+#[tokio::test]
+async fn a_call_once_is_not_sent_again_after_an_answer_that_may_hide_it_ran() {
+    let s = setup_with(FakePortalConfig::default(), |c| {
+        c.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let deal = s.fake.add_deal("Приём терапевта", 3, None);
+    let comment =
+        |text: &str| json!({"fields": {"ENTITY_ID": deal, "ENTITY_TYPE": "deal", "COMMENT": text}});
+    // The portal stores the comment, then its answer never comes in time.
+    s.fake.fail_next(
+        "crm.timeline.comment.add",
+        Fault::ProcessThenHang(Duration::from_secs(3)),
+        1,
+    );
+    let err = s
+        .client
+        .call_once(&s.target, "crm.timeline.comment.add", comment("раз"))
+        .await
+        .expect_err("no answer in time");
+    assert!(matches!(err, B24Error::Timeout), "{err:?}");
+    assert!(err.may_have_run());
+    assert_eq!(s.fake.timeline_comments().len(), 1, "sent exactly once");
+
+    // The same after a 502 stored behind a proxy.
+    s.fake
+        .fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);
+    let err = s
+        .client
+        .call_once(&s.target, "crm.timeline.comment.add", comment("два"))
+        .await
+        .expect_err("502");
+    assert!(err.may_have_run(), "{err:?}");
+    assert_eq!(s.fake.timeline_comments().len(), 2);
+
+    // An answer that says the call did not run is still retried: a rate-limit refusal.
+    s.fake
+        .fail_next("crm.timeline.comment.add", Fault::QueryLimit, 1);
+    s.client
+        .call_once(&s.target, "crm.timeline.comment.add", comment("три"))
+        .await
+        .expect("sent again after QUERY_LIMIT_EXCEEDED");
+    assert_eq!(s.fake.timeline_comments().len(), 3);
+
+    // The ordinary call repeats a 502: what `call_once` exists to avoid.
+    s.fake
+        .fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);
+    s.client
+        .call(&s.target, "crm.timeline.comment.add", comment("четыре"))
+        .await
+        .expect("retried");
+    assert_eq!(s.fake.timeline_comments().len(), 5, "a duplicate");
+}

@@ -338,23 +338,15 @@ fn token_of(link: &str) -> String {
 
 /// Submits answers through the patient API, as the page's script does.
 async fn submit_answers(demo: &Demo, link: &str, answers: impl Fn(&Value) -> Value) {
-    let token = token_of(link);
-    let http = reqwest::Client::new();
-    let survey: Value = http
-        .get(demo.url(&format!("/api/v1/surveys/{token}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = http
-        .post(demo.url(&format!("/api/v1/surveys/{token}/submit")))
-        .json(&json!({"answers": answers(&survey)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let base = demo.url("");
+    let (status, body) = crate::support::submit_through_api(
+        &reqwest::Client::new(),
+        &base,
+        &token_of(link),
+        answers,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// Answers that raise no flag: «нет» wherever «нет» is an answer.

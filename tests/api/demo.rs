@@ -1,7 +1,6 @@
 //! `opros demo`: the pieces a newcomer clicks through, end to end.
 
 use opros::demo::{Demo, DemoOptions};
-use serde_json::json;
 
 use crate::support::{db, full_answers};
 
@@ -68,21 +67,10 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
     assert!(tab.contains("Смирнова Анна Петровна"));
 
     let token = demo.survey_url.rsplit('/').next().unwrap();
-    let survey: serde_json::Value = http
-        .get(demo.url(&format!("/api/v1/surveys/{token}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = http
-        .post(demo.url(&format!("/api/v1/surveys/{token}/submit")))
-        .json(&json!({"answers": full_answers(&survey)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let base = demo.url("");
+    let (status, body) =
+        crate::support::submit_through_api(&http, &base, token, full_answers).await;
+    assert_eq!(status, 200, "{body}");
 
     let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
     assert_eq!(status, 200);

@@ -11,6 +11,7 @@ mod browser;
 mod completion;
 mod config_cli;
 mod deal_tab;
+mod delivery;
 mod demo;
 mod home;
 mod identity_repairs;

@@ -13,7 +13,7 @@ use opros::db::entities::outbox_job;
 use opros::testing::Fault;
 use opros::testing::fake_portal::FakePortal;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::db::{TestDb, postgres, sqlite};
 use crate::support::full_answers;
@@ -155,21 +155,9 @@ fn link_tokens(fake: &FakePortal) -> Vec<String> {
 }
 
 async fn submit(http: &reqwest::Client, service: &Service, token: &str) {
-    let survey: Value = http
-        .get(service.url(&format!("/api/v1/surveys/{token}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = http
-        .post(service.url(&format!("/api/v1/surveys/{token}/submit")))
-        .json(&json!({"answers": full_answers(&survey)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, body) =
+        crate::support::submit_through_api(http, &service.url(""), token, full_answers).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 fn comments_on(fake: &FakePortal, deal: u64) -> usize {

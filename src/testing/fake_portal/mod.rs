@@ -78,6 +78,31 @@ pub enum Fault {
     Delay(Duration),
     /// Sends the status line, then breaks the connection.
     DropConnection,
+    /// Carries the call out, then answers this status with a non-JSON body, as a
+    /// proxy does when the portal behind it was slow or its answer got lost.
+    /// Protocol §9/§10: a 5xx says nothing about whether the call ran.
+    ProcessThenStatus(u16),
+    /// Carries the call out, then holds the answer back this long (past the
+    /// client's timeout): the caller cannot tell it from a call that never ran.
+    ProcessThenHang(Duration),
+}
+
+/// What the portal answers our stale tokens after the app was deleted (§7.3 says
+/// 401 / `invalid_grant`; §10 lists `NO_AUTH_FOUND` for a wrong token and
+/// `PORTAL_DELETED` for a portal that is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UninstalledAnswer {
+    /// REST calls `401 invalid_token`, refresh `invalid_grant` (§7.3).
+    #[default]
+    InvalidToken,
+    /// REST calls `401 NO_AUTH_FOUND`, refresh `invalid_grant`.
+    NoAuthFound,
+    /// REST calls `500 PORTAL_DELETED`, refresh `invalid_grant`.
+    PortalDeleted,
+    /// REST calls `401 invalid_token`, refresh `401 invalid_client` (an OAuth server
+    /// that no longer knows the app; never proof, since a mistyped secret says the
+    /// same).
+    InvalidClient,
 }
 
 impl Fault {
@@ -609,6 +634,11 @@ impl FakePortal {
         self.state()
             .operating_cost
             .insert(method.to_ascii_lowercase(), secs);
+    }
+
+    /// How the portal refuses our tokens once the app is deleted.
+    pub fn answer_after_uninstall(&self, answer: UninstalledAnswer) {
+        self.state().uninstalled_answer = answer;
     }
 
     /// `ONAPPINSTALL` is not delivered by `finish_install` (PHP SDK issue #576).

@@ -8,7 +8,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
 use super::state::{ApiError, AuthKind, State, Success, delay_of, unix_now};
-use super::{Fault, Shared, batch, methods};
+use super::{Fault, Shared, UninstalledAnswer, batch, methods};
 use crate::bitrix24::form;
 use crate::secret::constant_time_eq;
 
@@ -178,7 +178,7 @@ fn fault_response(fault: &Fault) -> Option<Response> {
                 .body(format!("<html><body>{status}</body></html>")),
         ),
         Fault::DropConnection => Some(dropped()),
-        Fault::Delay(_) => None,
+        Fault::Delay(_) | Fault::ProcessThenStatus(_) | Fault::ProcessThenHang(_) => None,
     }
 }
 
@@ -229,23 +229,37 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     if let Some(d) = fault.as_ref().and_then(delay_of) {
         tokio::time::sleep(d).await;
     }
-    let mut state = shared.lock();
-    if let Some(response) = fault.as_ref().and_then(fault_response) {
-        let status = response.status().as_u16();
-        state.record(
-            &method,
-            params,
-            AuthKind::None,
-            status,
-            Some("fault".into()),
-        );
-        return response;
+    let (status, body) = {
+        let mut state = shared.lock();
+        if let Some(response) = fault.as_ref().and_then(fault_response) {
+            let status = response.status().as_u16();
+            state.record(
+                &method,
+                params,
+                AuthKind::None,
+                status,
+                Some("fault".into()),
+            );
+            return response;
+        }
+        let (status, body) = rest_call(&mut state, &method, params.clone(), token, hook, &commands);
+        let code = body.get("error").and_then(Value::as_str).map(str::to_owned);
+        let auth = state.last_auth.clone();
+        state.record(&method, params, auth, status, code);
+        (status, body)
+    };
+    // The call ran; what the caller hears is another matter (§9, §10: a 5xx or no
+    // answer at all says nothing about whether it ran).
+    match fault {
+        Some(Fault::ProcessThenStatus(lost)) => {
+            fault_response(&Fault::Status(lost)).unwrap_or_else(|| json_response(status, &body))
+        }
+        Some(Fault::ProcessThenHang(d)) => {
+            tokio::time::sleep(d).await;
+            json_response(status, &body)
+        }
+        _ => json_response(status, &body),
     }
-    let (status, body) = rest_call(&mut state, &method, params.clone(), token, hook, &commands);
-    let code = body.get("error").and_then(Value::as_str).map(str::to_owned);
-    let auth = state.last_auth.clone();
-    state.record(&method, params, auth, status, code);
-    json_response(status, &body)
 }
 
 /// Bucket, auth, operating budget, method; returns the status and the body.
@@ -332,6 +346,15 @@ fn resolve_auth(
     }
     let token = token.filter(|t| !t.is_empty()).ok_or_else(no_auth)?;
     let Some(entry) = state.tokens.get(token) else {
+        if state.uninstalled {
+            match state.uninstalled_answer {
+                UninstalledAnswer::NoAuthFound => return Err(no_auth()),
+                UninstalledAnswer::PortalDeleted => {
+                    return Err(ApiError::new(500, "PORTAL_DELETED", "Portal was deleted"));
+                }
+                UninstalledAnswer::InvalidToken | UninstalledAnswer::InvalidClient => {}
+            }
+        }
         // §10: unknown/revoked → 401 invalid_token.
         return Err(ApiError::new(
             401,
@@ -401,6 +424,9 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
         return oauth_err(401, "invalid_client", "Invalid client");
     }
     let uninstalled = state.uninstalled;
+    if uninstalled && state.uninstalled_answer == UninstalledAnswer::InvalidClient {
+        return oauth_err(401, "invalid_client", "Invalid client");
+    }
     let user_id = match state.refresh_tokens.get_mut(&refresh) {
         // §2.4 (assumed): a refresh token is consumed by its first use; after an
         // uninstall every refresh fails (§7.3).

@@ -175,6 +175,33 @@ where
 
 /// A full, valid set of answers for the built-in questionnaire, built from its JSON
 /// the way a client would.
+/// Submits a survey through the patient API at `base` (the service's address), as the
+/// page's script does: reads the questionnaire, then posts what `answers` makes of it.
+/// Returns the submit's status and body.
+pub async fn submit_through_api(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    answers: impl Fn(&Value) -> Value,
+) -> (reqwest::StatusCode, String) {
+    let survey: Value = http
+        .get(format!("{base}/api/v1/surveys/{token}"))
+        .send()
+        .await
+        .expect("questionnaire")
+        .json()
+        .await
+        .expect("questionnaire JSON");
+    let r = http
+        .post(format!("{base}/api/v1/surveys/{token}/submit"))
+        .json(&serde_json::json!({"answers": answers(&survey)}))
+        .send()
+        .await
+        .expect("submit");
+    let status = r.status();
+    (status, r.text().await.unwrap_or_default())
+}
+
 pub fn full_answers(survey: &Value) -> Value {
     let mut answers = serde_json::Map::new();
     let questions = survey["questions"].as_array().cloned().unwrap_or_default();
