@@ -199,6 +199,7 @@ pub async fn release<C: ConnectionTrait>(db: &C, leases: &[String]) -> Result<u6
         .map(|r| r.rows_affected)
 }
 
+/// Clears a job's lease: the start of every write that ends or gives up a claim.
 fn unlock() -> sea_orm::UpdateMany<outbox_job::Entity> {
     outbox_job::Entity::update_many()
         .col_expr(
@@ -320,19 +321,7 @@ pub async fn finish<C: ConnectionTrait>(
     outcome: Outcome,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let mut update = outbox_job::Entity::update_many()
-        .col_expr(
-            outbox_job::Column::LockedUntil,
-            Expr::value(Option::<i64>::None),
-        )
-        .col_expr(
-            outbox_job::Column::Lease,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            outbox_job::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        );
+    let mut update = unlock();
     update = match outcome {
         Outcome::Lost => return Ok(()),
         Outcome::Deferred(..) => update,
