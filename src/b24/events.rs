@@ -30,7 +30,11 @@ use crate::state::AppState;
 const NEW_RECORD_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 
 #[handler]
-pub async fn events(Callback(form): Callback<Value>, Data(state): Data<&AppState>) -> Response {
+pub async fn events(
+    req: &poem::Request,
+    Callback(form): Callback<Value>,
+    Data(state): Data<&AppState>,
+) -> Response {
     // The same bounded decode, read as the struct of what an event carries.
     let call: EventCall = match serde_json::from_value(form.clone()) {
         Ok(call) => call,
@@ -38,8 +42,18 @@ pub async fn events(Callback(form): Callback<Value>, Data(state): Data<&AppState
     };
     let event = call.event.clone().unwrap_or_default().to_ascii_uppercase();
     let result = match event.as_str() {
-        "ONAPPINSTALL" => return install::on_app_install(state, &form).await,
-        "ONAPPUPDATE" => return install::on_app_update(state, &form).await,
+        // Both may make the service ask the OAuth server or the portal: under the
+        // same guard as the install page.
+        "ONAPPINSTALL" => {
+            let key = install::install_key(call.auth.domain.as_deref());
+            let run = install::on_app_install(state, &form);
+            return install::guarded(state, req, key, |r| r.json(), run).await;
+        }
+        "ONAPPUPDATE" => {
+            let key = call.auth.member_id.as_ref().map(|m| format!("update:{m}"));
+            let run = install::on_app_update(state, &form);
+            return install::guarded(state, req, key, |r| r.json(), run).await;
+        }
         "ONAPPUNINSTALL" => uninstall(state, &call).await,
         "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
         "" => Err(ApiError::bad_request(

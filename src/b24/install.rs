@@ -101,6 +101,55 @@ impl InstallError {
 #[derive(Debug, Clone, Copy)]
 struct DecidedLocally;
 
+/// On a 200 that confirmed nobody (an exchanged pair, a repeated token): it must not
+/// make the caller's address trusted (`verify_guard`).
+#[derive(Debug, Clone, Copy)]
+struct ConfirmedNobody;
+
+fn confirmed_nobody(mut response: Response) -> Response {
+    response.extensions_mut().insert(ConfirmedNobody);
+    response
+}
+
+/// Runs an install-kind request (the install page, `ONAPPINSTALL`, `ONAPPUPDATE`)
+/// under the guard (`verify_guard`), keyed by the portal it names: refused at once
+/// after repeated failures; afterwards a refusal by the OAuth server or the portal
+/// counts against the address and the key, a refusal decided here counts against
+/// nobody, and a 200 that confirmed nobody but cost an outbound call counts against
+/// the key alone — so a loop of such requests is bounded too, while nobody is
+/// trusted for it.
+pub(super) async fn guarded(
+    state: &AppState,
+    req: &Request,
+    key: Option<String>,
+    refusal: impl FnOnce(super::verify_guard::Refused) -> Response,
+    run: impl std::future::Future<Output = Response>,
+) -> Response {
+    let ip = super::verify_guard::client_ip(req);
+    let attempt = match &key {
+        Some(key) => state.verify_guard.admit(ip, key).map(Some),
+        None => state.verify_guard.check_address(ip).map(|()| None),
+    };
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(refused) => return refusal(refused),
+    };
+    let response = run.await;
+    let costly = response.extensions().get::<DecidedLocally>().is_none();
+    let confirmed = response.extensions().get::<ConfirmedNobody>().is_none();
+    match (attempt, response.status()) {
+        (Some(a), StatusCode::OK) if confirmed => a.succeeded(),
+        (Some(a), StatusCode::OK) if costly => {
+            drop(a);
+            state.verify_guard.record_failure(None, key.as_deref());
+        }
+        (Some(a), StatusCode::FORBIDDEN) if costly => a.failed(),
+        (None, StatusCode::FORBIDDEN) if costly => state.verify_guard.record_failure(ip, None),
+        _ => {}
+    }
+    response
+}
+
 const NOT_VOUCHED: InstallError = refused(
     StatusCode::FORBIDDEN,
     "install_not_vouched",
@@ -176,28 +225,15 @@ pub async fn install(
         let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
         return page::frame_for(refused, page::claimed_origin(&query).as_deref());
     };
-    // Repeated failures from one address, or for one claimed portal, are refused
-    // before any portal or OAuth server is asked (`verify_guard`).
-    let ip = super::verify_guard::client_ip(req);
     let claimed = query
         .domain
         .clone()
         .or_else(|| text(&form, &["DOMAIN"]))
-        .or_else(|| text(&form, &["auth", "domain"]))
-        .filter(|d| valid_domain(d))
-        .map(|d| format!("install:{}", d.to_ascii_lowercase()));
-    let attempt = match &claimed {
-        Some(portal) => state.verify_guard.admit(ip, portal).map(Some),
-        None => state.verify_guard.check_address(ip).map(|()| None),
-    };
+        .or_else(|| text(&form, &["auth", "domain"]));
     // The install page shows in the portal's frame: its result names the stored
     // portal (install_page), its refusals the portal the request claims.
     let claimed_origin = page::claimed_origin(&query);
-    let attempt = match attempt {
-        Ok(a) => a,
-        Err(refused) => return page::frame_for(refused.page(), claimed_origin.as_deref()),
-    };
-    let response =
+    let run = async {
         if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
             on_app_install(state, &form).await
         } else {
@@ -207,16 +243,23 @@ pub async fn install(
             } else {
                 page::frame_for(shown, claimed_origin.as_deref())
             }
-        };
-    // Only a refusal by the OAuth server or the portal counts (`verify_guard`).
-    let costly = response.extensions().get::<DecidedLocally>().is_none();
-    match (attempt, response.status()) {
-        (Some(a), StatusCode::OK) => a.succeeded(),
-        (Some(a), StatusCode::FORBIDDEN) if costly => a.failed(),
-        (None, StatusCode::FORBIDDEN) if costly => state.verify_guard.record_failure(ip, None),
-        _ => {}
-    }
-    response
+        }
+    };
+    guarded(
+        state,
+        req,
+        install_key(claimed.as_deref()),
+        |refused| page::frame_for(refused.page(), claimed_origin.as_deref()),
+        run,
+    )
+    .await
+}
+
+/// The guard's key of an install naming `domain`.
+pub(super) fn install_key(domain: Option<&str>) -> Option<String> {
+    domain
+        .filter(|d| valid_domain(d))
+        .map(|d| format!("install:{}", d.to_ascii_lowercase()))
 }
 
 async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Response {
@@ -622,7 +665,7 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
     match accept(state, claim, "install_event").await {
         Ok(Accepted::AlreadyInstalled(portal)) => {
             tracing::info!(portal = %portal.domain, "Получено событие ONAPPINSTALL; установка уже сохранена");
-            poem::web::Json(json!({"ok": true, "changed": false})).into_response()
+            confirmed_nobody(poem::web::Json(json!({"ok": true, "changed": false})).into_response())
         }
         Ok(Accepted::Stored(portal, installer)) => {
             if portal.registration.is_none() {
@@ -647,7 +690,15 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 /// made again. The same token as stored changes nothing and asks nothing.
 pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
     match app_update(state, form).await {
-        Ok(changed) => poem::web::Json(json!({"ok": true, "changed": changed})).into_response(),
+        Ok(true) => poem::web::Json(json!({"ok": true, "changed": true})).into_response(),
+        // The token it carried is the stored one: nothing was asked or confirmed.
+        Ok(false) => {
+            let mut unchanged = confirmed_nobody(
+                poem::web::Json(json!({"ok": true, "changed": false})).into_response(),
+            );
+            unchanged.extensions_mut().insert(DecidedLocally);
+            unchanged
+        }
         Err(e) => install_error_json(e),
     }
 }

@@ -556,3 +556,99 @@ async fn a_submit_that_stopped_after_its_claim_still_reaches_the_deal() {
     );
     assert!(stored.report_sha256.is_some());
 }
+
+/// Install-kind events make the service ask the OAuth server (`ONAPPINSTALL`: the
+/// offered refresh token) or the portal (`ONAPPUPDATE` with a new token: who sent
+/// it). Anyone who read the application token and `member_id` from a tab POST can
+/// send them in a loop: the guard bounds what that spends, and an answer that
+/// confirmed nobody trusts nobody.
+#[tokio::test]
+async fn install_kind_events_in_a_loop_are_bounded_by_the_guard() {
+    let db = crate::support::db::sqlite();
+    let (fake, app) = installed_on(&db.url).await;
+    let stored_token = fake.application_token();
+    // From an address of its own: the installing admin's (this test's) address has
+    // passed a check for this portal and is trusted by the guard.
+    let attacker = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 77]))
+        .build()
+        .expect("client");
+    let send = |event: &'static str, extra: Vec<(&'static str, String)>| {
+        let mut form: Vec<(String, String)> = vec![
+            ("event".into(), event.into()),
+            ("auth[member_id]".into(), fake.member_id()),
+            ("auth[domain]".into(), fake.domain()),
+        ];
+        form.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let request = attacker.post(app.url("/b24/events")).form(&form).send();
+        async move {
+            let r = request.await.expect("event delivered");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+
+    // ONAPPINSTALL with the genuine application token and a refresh token the OAuth
+    // server refuses: "already installed, nothing changed" — 20 times at most.
+    let oauth_before = fake.oauth_request_count();
+    let mut answers = Vec::new();
+    for n in 0..30 {
+        answers.push(
+            send(
+                "ONAPPINSTALL",
+                vec![
+                    ("auth[application_token]", stored_token.clone()),
+                    ("auth[access_token]", format!("junk-access-{n}")),
+                    ("auth[refresh_token]", format!("junk-refresh-{n}")),
+                ],
+            )
+            .await,
+        );
+    }
+    let asked = fake.oauth_request_count() - oauth_before;
+    assert!(asked <= 20, "the OAuth server was asked {asked} times");
+    let refused = answers
+        .iter()
+        .filter(|(s, c)| *s == 429 && c == "too_many_attempts")
+        .count();
+    assert!(refused >= 10, "{answers:?}");
+
+    // ONAPPUPDATE naming another application token with a junk access token: each
+    // makes the portal check the token, 10 times at most from one address.
+    let rest_before = fake.http_request_count();
+    let mut answers = Vec::new();
+    for n in 0..30 {
+        answers.push(
+            send(
+                "ONAPPUPDATE",
+                vec![
+                    ("auth[application_token]", format!("forged-app-token-{n}")),
+                    ("auth[access_token]", format!("junk-access-{n}")),
+                ],
+            )
+            .await,
+        );
+    }
+    let checked = fake.http_request_count() - rest_before;
+    assert!(checked <= 10, "the portal was asked {checked} times");
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, c)| *s == 429 && c == "too_many_attempts")
+            .count()
+            >= 20,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| [403, 429].contains(s)),
+        "{answers:?}"
+    );
+    // Nothing changed: robots still carry the stored token and are accepted.
+    let (_, r) = fake
+        .run_robot("opros_send_survey", patient_deal(&fake), &[])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    assert_alive(&app).await;
+}

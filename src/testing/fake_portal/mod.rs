@@ -549,6 +549,11 @@ impl FakePortal {
             .collect()
     }
 
+    /// Requests to `/oauth/token/` on this fake's OAuth server, refused ones included.
+    pub fn oauth_request_count(&self) -> usize {
+        self.state().oauth_requests
+    }
+
     /// HTTP requests to `/rest/…` (a batch is one).
     pub fn http_request_count(&self) -> usize {
         self.state().http_requests

@@ -377,6 +377,7 @@ fn resolve_auth(
 
 /// `/oauth/token/` (§2.2–§2.5): GET query or POST form.
 async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) -> Response {
+    shared.lock().oauth_requests += 1;
     let (params, _) = parse_params(query, content_type, body);
     let get = |k: &str| {
         params

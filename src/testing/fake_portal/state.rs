@@ -127,6 +127,8 @@ pub(crate) struct State {
     pub application_token: String,
     pub calls: Vec<RecordedCall>,
     pub http_requests: usize,
+    /// Requests to this server's `/oauth/token/`, answered or refused.
+    pub oauth_requests: usize,
     pub faults: HashMap<String, VecDeque<Fault>>,
     pub bucket_level: f64,
     pub bucket_at: Instant,
@@ -215,6 +217,7 @@ impl State {
             application_token: random_hex(16),
             calls: Vec::new(),
             http_requests: 0,
+            oauth_requests: 0,
             faults: HashMap::new(),
             bucket_level: 0.0,
             bucket_at: Instant::now(),
