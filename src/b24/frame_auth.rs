@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use chrono::Utc;
 use poem::Response;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
@@ -108,14 +107,10 @@ pub async fn verify(
     let attempt = guard
         .admit(ip, &portal.member_id)
         .map_err(FrameAuthError::Refused)?;
-    // An expired access token is renewed at the trusted OAuth server before the
-    // AUTH_ID goes anywhere: the refresh answer names the portal's endpoint
-    // (`portals::save_on`). Rows stored before identities were vouched for are all
-    // marked expired by a migration, so no AUTH_ID reaches an endpoint that server
-    // has not named since. A live token was vouched for already; concurrent renewals
-    // coalesce into one refresh (`B24Client::renew`).
-    let portal = if portal.expires_at.is_none_or(|at| at <= Utc::now()) {
-        if let Err(e) = state.b24.renew(&portal.member_id).await {
+    // The AUTH_ID goes only to an endpoint the trusted OAuth server has named.
+    let portal = match portals::with_vouched_endpoint(state, portal.clone()).await {
+        Ok(current) => current,
+        Err(portals::Revouch::Refused(e)) => {
             let err = refused(&portal, e);
             // A dead refresh token is asked about again only within the guard's
             // limits: forged POSTs naming this portal cannot hammer the OAuth server.
@@ -124,13 +119,8 @@ pub async fn verify(
             }
             return Err(err);
         }
-        portals::by_member(&state.db, &portal.member_id)
-            .await
-            .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
-            .filter(|p| p.status == portal::INSTALLED)
-            .ok_or(FrameAuthError::UnknownPortal)?
-    } else {
-        portal
+        Err(portals::Revouch::Db(e)) => return Err(FrameAuthError::Unavailable(e.to_string())),
+        Err(portals::Revouch::Gone) => return Err(FrameAuthError::UnknownPortal),
     };
     let endpoint = Url::parse(&portal.client_endpoint)
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?;

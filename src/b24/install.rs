@@ -421,8 +421,17 @@ async fn confirm_on_stored(
     stored: &portal::Model,
     access_token: Option<Secret<String>>,
 ) -> Result<Option<i64>, InstallError> {
-    let (Some(access_token), Ok(endpoint)) = (access_token, Url::parse(&stored.client_endpoint))
-    else {
+    let Some(access_token) = access_token else {
+        return Err(NOT_VERIFIED);
+    };
+    // The token goes only to an endpoint the trusted OAuth server has named.
+    let stored = match portals::with_vouched_endpoint(state, stored.clone()).await {
+        Ok(current) => current,
+        Err(portals::Revouch::Refused(e)) if e.is_retryable() => return Err(UNAVAILABLE),
+        Err(portals::Revouch::Db(_)) => return Err(UNAVAILABLE),
+        Err(portals::Revouch::Refused(_) | portals::Revouch::Gone) => return Err(NOT_VERIFIED),
+    };
+    let Ok(endpoint) = Url::parse(&stored.client_endpoint) else {
         return Err(NOT_VERIFIED);
     };
     let target = Target::UserToken {

@@ -221,3 +221,38 @@ pub async fn verify_app_token(
         }
     }
 }
+
+/// Why a portal's endpoint could not be brought up to date.
+#[derive(Debug)]
+pub enum Revouch {
+    /// The trusted OAuth server refused or could not be asked.
+    Refused(crate::bitrix24::B24Error),
+    Db(sea_orm::DbErr),
+    /// Uninstalled meanwhile.
+    Gone,
+}
+
+/// The portal with a REST endpoint the trusted OAuth server has named. A live access
+/// token was vouched for already; an expired one is renewed first (the refresh answer
+/// names the endpoint, `save_on`) and the row read again. Rows stored before
+/// identities were vouched for are all marked expired by a migration, so a token
+/// (a doctor's `AUTH_ID`, an admin's event token) never reaches an endpoint that
+/// server has not named since. Concurrent renewals coalesce into one refresh.
+pub async fn with_vouched_endpoint(
+    state: &crate::state::AppState,
+    portal: portal::Model,
+) -> Result<portal::Model, Revouch> {
+    if portal.expires_at.is_some_and(|at| at > Utc::now()) {
+        return Ok(portal);
+    }
+    state
+        .b24
+        .renew(&portal.member_id)
+        .await
+        .map_err(Revouch::Refused)?;
+    by_member(&state.db, &portal.member_id)
+        .await
+        .map_err(Revouch::Db)?
+        .filter(|p| p.status == portal::INSTALLED)
+        .ok_or(Revouch::Gone)
+}

@@ -334,3 +334,34 @@ async fn tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard() {
     // Each refused renewal counts as a failed check: the guard stops asking.
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
 }
+
+/// An update arriving for a row whose endpoint no OAuth server has named since the
+/// upgrade: the admin's event token goes to the endpoint the renewal names, never
+/// to the stored one.
+#[tokio::test]
+async fn an_app_update_revouches_a_stale_row_before_confirming_its_sender() {
+    let (fake, app) = installed().await;
+    let evil = evil().await;
+    let member = fake.member_id();
+    let row = stored(&app, &member).await.expect("installed");
+    let mut row: portal::ActiveModel = row.into();
+    row.client_endpoint = Set(evil.rest_endpoint());
+    row.expires_at = Set(Some(Utc::now() - chrono::Duration::minutes(1)));
+    row.update(&app.state.db).await.expect("update");
+
+    let r = fake
+        .update_app(true)
+        .await
+        .expect("ONAPPUPDATE is bound")
+        .expect("delivered");
+    let (status, body) = json_of(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], true, "{body}");
+    untouched(&evil);
+    let fixed = stored(&app, &member).await.expect("installed");
+    assert_eq!(fixed.client_endpoint, fake.client_endpoint().as_str());
+    assert_eq!(
+        fixed.application_token.as_deref(),
+        Some(fake.application_token().as_str())
+    );
+}
