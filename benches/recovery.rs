@@ -1,0 +1,134 @@
+//! The outbox's recovery after a crash (issue 15), with real `opros` processes against
+//! the fake portal. Prints figures over several runs; asserts nothing.
+//!
+//! 1. Baseline: a healthy service, submit → timeline comment.
+//! 2. Restart after SIGKILL on SQLite: the service is killed in the middle of the
+//!    comment's call during an outage, the portal recovers, the service is started
+//!    again; from its `/healthz` answering to the comment, and the ratio to 1.
+//! 3. With `OPROS_BENCH_POSTGRES_URL` (a server where databases may be created): the
+//!    restart on PostgreSQL, and the takeover of a killed instance's leased jobs by a
+//!    surviving one, from the portal's recovery to all delivered, against the lease.
+//!
+//! The scenarios are `opros::testing::recovery`'s, the ones tests/api/recovery.rs
+//! checks against the issue's targets.
+
+use std::path::Path;
+use std::time::Duration;
+
+use opros::testing::new_postgres_database;
+use opros::testing::recovery::{healthy_delivery, restart_after_sigkill, takeover};
+
+const RUNS: usize = 5;
+/// Generous: the bench records a slow run instead of stopping at the issue's target.
+const DELIVER_WITHIN: Duration = Duration::from_secs(120);
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_opros"))
+}
+
+/// Min / median / max in milliseconds.
+fn spread(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match (
+        samples.first(),
+        samples.get(samples.len() / 2),
+        samples.last(),
+    ) {
+        (Some(min), Some(median), Some(max)) => (ms(*min), ms(*median), ms(*max)),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
+fn print_spread(what: &str, samples: Vec<Duration>) -> f64 {
+    let (min, median, max) = spread(samples);
+    println!("  {what}: min {min:.0} ms, median {median:.0} ms, max {max:.0} ms");
+    median
+}
+
+/// A database for one run: a fresh SQLite file in `dir`, or a fresh PostgreSQL one.
+async fn database(postgres: Option<&str>, dir: &Path) -> Result<String, BoxError> {
+    Ok(match postgres {
+        Some(admin_url) => new_postgres_database(admin_url, "opros_bench").await?,
+        None => format!("sqlite://{}/opros.db?mode=rwc", dir.display()),
+    })
+}
+
+/// The baseline and the restart, `RUNS` times each, on one backend.
+async fn restart(backend: &str, postgres: Option<&str>) -> Result<(), BoxError> {
+    let (mut baseline, mut ready, mut delivered) = (Vec::new(), Vec::new(), Vec::new());
+    let mut duplicates = 0;
+    for _ in 0..RUNS {
+        let dir = tempfile::tempdir()?;
+        let url = database(postgres, dir.path()).await?;
+        let healthy = healthy_delivery(bin(), &url, dir.path(), DELIVER_WITHIN).await?;
+        baseline.push(healthy.submit_to_comment);
+        duplicates += healthy.comments.saturating_sub(1);
+
+        let dir = tempfile::tempdir()?;
+        let url = database(postgres, dir.path()).await?;
+        let run = restart_after_sigkill(bin(), &url, dir.path(), DELIVER_WITHIN).await?;
+        ready.push(run.ready_in);
+        delivered.push(run.ready_to_comment);
+        duplicates += run.comments.saturating_sub(1);
+    }
+    println!("[{backend}] {RUNS} runs each");
+    let base = print_spread("baseline, healthy service: submit → comment", baseline);
+    print_spread("restart: process start → /healthz", ready);
+    let after = print_spread("restart after SIGKILL: ready → pending comment", delivered);
+    println!(
+        "  ratio restart delivery / baseline (medians): {:.2}; duplicates: {duplicates}",
+        after / base.max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
+async fn takeovers(admin_url: &str) -> Result<(), BoxError> {
+    let (mut delivered, mut held) = (Vec::new(), Vec::new());
+    let mut duplicates = 0;
+    for _ in 0..RUNS {
+        let dir = tempfile::tempdir()?;
+        let url = new_postgres_database(admin_url, "opros_bench").await?;
+        let run = takeover(bin(), &url, dir.path(), DELIVER_WITHIN).await?;
+        delivered.push(run.recovery_to_delivered);
+        held.push(run.held_by_killed);
+        duplicates += run.duplicates;
+    }
+    let lease = Duration::from_millis(opros::outbox::jobs::LEASE_MS.unsigned_abs());
+    println!(
+        "[postgres] takeover by a surviving instance, {RUNS} runs (6 robot runs + 6 completions; jobs leased by the killed one: {held:?})"
+    );
+    let median = print_spread("portal recovery → all delivered", delivered);
+    println!(
+        "  lease time {} ms; median / lease: {:.2}; duplicates: {duplicates}",
+        lease.as_millis(),
+        median / (lease.as_secs_f64() * 1000.0)
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "recovery bench: {} CPUs, binary {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        bin().display()
+    );
+    runtime.block_on(async {
+        restart("sqlite", None).await?;
+        match std::env::var("OPROS_BENCH_POSTGRES_URL") {
+            Ok(admin_url) => {
+                restart("postgres", Some(&admin_url)).await?;
+                takeovers(&admin_url).await
+            }
+            Err(_) => {
+                println!("postgres: skipped (OPROS_BENCH_POSTGRES_URL is not set)");
+                Ok(())
+            }
+        }
+    })
+}
