@@ -109,26 +109,21 @@ async fn takeovers(admin_url: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+async fn all() -> Result<(), BoxError> {
+    restart("sqlite", None).await?;
+    let Ok(admin_url) = std::env::var("OPROS_BENCH_POSTGRES_URL") else {
+        println!("postgres: skipped (OPROS_BENCH_POSTGRES_URL is not set)");
+        return Ok(());
+    };
+    restart("postgres", Some(&admin_url)).await?;
+    takeovers(&admin_url).await
+}
+
 fn main() -> Result<(), BoxError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     println!(
         "recovery bench: {} CPUs, binary {}",
         std::thread::available_parallelism().map_or(0, usize::from),
         bin().display()
     );
-    runtime.block_on(async {
-        restart("sqlite", None).await?;
-        match std::env::var("OPROS_BENCH_POSTGRES_URL") {
-            Ok(admin_url) => {
-                restart("postgres", Some(&admin_url)).await?;
-                takeovers(&admin_url).await
-            }
-            Err(_) => {
-                println!("postgres: skipped (OPROS_BENCH_POSTGRES_URL is not set)");
-                Ok(())
-            }
-        }
-    })
+    tokio::runtime::Runtime::new()?.block_on(all())
 }
