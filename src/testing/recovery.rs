@@ -186,8 +186,11 @@ pub async fn healthy_delivery(
 pub struct Restart {
     /// From starting the second process to its `/healthz` answering.
     pub ready_in: Duration,
-    /// From the second process being ready to the pending comment at the portal.
+    /// From the second process being ready to the pending comment at the portal; zero
+    /// when the worker delivered it before `/healthz` first answered.
     pub ready_to_comment: Duration,
+    /// From starting the second process to the pending comment at the portal.
+    pub start_to_comment: Duration,
     /// Comments on the deal once the outbox is empty (1 is right).
     pub comments: usize,
 }
@@ -259,7 +262,7 @@ pub async fn restart_after_sigkill(
     )
     .await
     .map_err(|e| format!("{e}\n{}", second.log_tail()))?;
-    let ready_to_comment = ready.elapsed();
+    let (ready_to_comment, start_to_comment) = (ready.elapsed(), restarted.elapsed());
     within(Duration::from_secs(20), "the outbox to empty", || {
         outbox_empty(&db)
     })
@@ -268,6 +271,7 @@ pub async fn restart_after_sigkill(
     Ok(Restart {
         ready_in,
         ready_to_comment,
+        start_to_comment,
         comments: comments_on(&fake, deal),
     })
 }
