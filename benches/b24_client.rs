@@ -21,16 +21,9 @@ type BoxError = Box<dyn std::error::Error>;
 
 /// A fresh database on the server named by `OPROS_BENCH_POSTGRES_URL`, migrated.
 async fn bench_database(admin_url: &str) -> Result<String, BoxError> {
-    use sea_orm::ConnectionTrait;
-    let name = format!("opros_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sea_orm::Database::connect(admin_url.to_owned()).await?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let mut url = url::Url::parse(admin_url)?;
-    url.set_path(&format!("/{name}"));
-    opros::db::migrate(&opros::db::connect(url.as_str()).await?).await?;
-    Ok(url.to_string())
+    let url = opros::testing::new_postgres_database(admin_url, "opros_bench").await?;
+    opros::db::migrate(&opros::db::connect(&url).await?).await?;
+    Ok(url)
 }
 
 /// `instances` clients of one portal; with a database URL, each has its own

@@ -173,8 +173,6 @@ where
     }
 }
 
-/// A full, valid set of answers for the built-in questionnaire, built from its JSON
-/// the way a client would.
 /// Submits a survey through the patient API at `base` (the service's address), as the
 /// page's script does: reads the questionnaire, then posts what `answers` makes of it.
 /// Returns the submit's status and body.
@@ -184,60 +182,9 @@ pub async fn submit_through_api(
     token: &str,
     answers: impl Fn(&Value) -> Value,
 ) -> (reqwest::StatusCode, String) {
-    let survey: Value = http
-        .get(format!("{base}/api/v1/surveys/{token}"))
-        .send()
+    opros::testing::submit_through_api(http, base, token, answers)
         .await
-        .expect("questionnaire")
-        .json()
-        .await
-        .expect("questionnaire JSON");
-    let r = http
-        .post(format!("{base}/api/v1/surveys/{token}/submit"))
-        .json(&serde_json::json!({"answers": answers(&survey)}))
-        .send()
-        .await
-        .expect("submit");
-    let status = r.status();
-    (status, r.text().await.unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub fn full_answers(survey: &Value) -> Value {
-    let mut answers = serde_json::Map::new();
-    let questions = survey["questions"].as_array().cloned().unwrap_or_default();
-    for q in &questions {
-        let id = q["id"].as_str().unwrap_or_default().to_owned();
-        let first_option = q["options"][0]["value"].clone();
-        let value = match q["type"].as_str().unwrap_or_default() {
-            "yes_no" => Value::from("yes"),
-            "text" | "textarea" => Value::from("Головная боль, пенициллин — крапивница"),
-            "single" => {
-                // Make the conditional questions about pregnancy apply.
-                let female = q["options"]
-                    .as_array()
-                    .and_then(|o| o.iter().find(|o| o["value"] == "female"))
-                    .map(|o| o["value"].clone());
-                female.unwrap_or(first_option)
-            }
-            "multi" => {
-                let non_exclusive = q["options"]
-                    .as_array()
-                    .and_then(|o| o.last())
-                    .map(|o| o["value"].clone())
-                    .unwrap_or(first_option);
-                Value::from(vec![non_exclusive])
-            }
-            "number" => {
-                let min = q["min"].as_f64().unwrap_or(0.0);
-                let max = q["max"].as_f64().unwrap_or(min + 100.0);
-                Value::from(((min + max) / 2.0).round())
-            }
-            "date" => Value::from("1984-03-22"),
-            "scale" => Value::from(3),
-            "consent" => Value::from(true),
-            _ => continue,
-        };
-        answers.insert(id, value);
-    }
-    Value::Object(answers)
-}
+pub use opros::testing::full_answers;
