@@ -61,6 +61,12 @@ fn auth_of(p: portal::Model) -> Result<Option<PortalAuth>, StoreError> {
     }))
 }
 
+/// Whether a stored REST endpoint is on the portal's own `host[:port]`.
+fn endpoint_on(endpoint: &str, domain: &str) -> bool {
+    Url::parse(endpoint)
+        .is_ok_and(|u| crate::bitrix24::Target::endpoint_host(&u).eq_ignore_ascii_case(domain))
+}
+
 async fn save_on<C: ConnectionTrait>(
     db: &C,
     p: portal::Model,
@@ -75,6 +81,7 @@ async fn save_on<C: ConnectionTrait>(
     if !move_allowed {
         tracing::warn!(portal = %p.domain, to = %domain, "Портал сменил адрес на не разрешённый в B24_ALLOWED_DOMAINS; прежний адрес оставлен");
     }
+    let (stored_domain, stored_endpoint) = (p.domain.clone(), p.client_endpoint.clone());
     let mut row: portal::ActiveModel = p.into();
     row.access_token = Set(Some(auth.access_token.expose().clone()));
     row.refresh_token = Set(Some(auth.refresh_token.expose().clone()));
@@ -85,6 +92,13 @@ async fn save_on<C: ConnectionTrait>(
     if move_allowed {
         row.domain = Set(domain);
         row.client_endpoint = Set(auth.client_endpoint.to_string());
+    } else if !endpoint_on(&stored_endpoint, &stored_domain) {
+        // A row from before identities were vouched for may name an endpoint that no
+        // OAuth server ever did: the kept address is the stored domain's own.
+        row.client_endpoint = Set(format!(
+            "{}://{stored_domain}/rest/",
+            auth.client_endpoint.scheme()
+        ));
     }
     if let Some(server) = &auth.server_endpoint {
         row.server_endpoint = Set(Some(server.to_string()));

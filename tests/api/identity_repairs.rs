@@ -365,3 +365,30 @@ async fn an_app_update_revouches_a_stale_row_before_confirming_its_sender() {
         Some(fake.application_token().as_str())
     );
 }
+
+/// A move the operator's list refuses keeps the stored domain; a stored endpoint on
+/// another host (a row from before vouching) is not kept with it.
+#[tokio::test]
+async fn a_refused_move_does_not_keep_an_endpoint_on_another_host() {
+    let fake = fake().await;
+    let app = app_for(&fake, &[("B24_ALLOWED_DOMAINS", &fake.domain())]).await;
+    install(&fake, &app).await;
+    let member = fake.member_id();
+    let port = fake.base_url().port().expect("port");
+    let evil = evil().await;
+    let row = stored(&app, &member).await.expect("installed");
+    let mut row: portal::ActiveModel = row.into();
+    row.client_endpoint = Set(evil.rest_endpoint());
+    row.update(&app.state.db).await.expect("update");
+    fake.move_to(&format!("localhost:{port}"));
+    fake.expire_access_tokens();
+    app.state
+        .b24
+        .renew(&member)
+        .await
+        .expect("refreshed at the trusted server");
+    let p = stored(&app, &member).await.expect("installed");
+    assert_eq!(p.domain, format!("127.0.0.1:{port}"));
+    assert_eq!(p.client_endpoint, format!("http://127.0.0.1:{port}/rest/"));
+    untouched(&evil);
+}
