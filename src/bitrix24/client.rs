@@ -238,7 +238,7 @@ impl B24Client {
             }
             Err(err) => {
                 let code = err.code().unwrap_or_default().to_owned();
-                tracing::warn!(method, target = kind, portal = %resolved.host, status, ms, code = %code, "Bitrix24 identity check failed");
+                tracing::warn!(method, target = kind, portal = %resolved.host, status, ms, code = %code, "Битрикс24 не подтвердил проверку входа");
                 if let B24Error::Api { code, .. } = &err
                     && code == "OPERATION_TIME_LIMIT"
                 {

@@ -167,7 +167,7 @@ impl Limiter {
                 }
                 Ok(Err(retry_after)) => return Err(retry_after),
                 Err(err) => {
-                    tracing::warn!(portal = %key, error = %err, "shared rate bucket unavailable; pacing within this process");
+                    tracing::warn!(portal = %key, error = %err, "Общий лимит запросов в базе недоступен; темп запросов держит этот процесс");
                 }
             }
         }
@@ -198,7 +198,7 @@ impl Limiter {
             match shared.reserve(key, self.rate).await {
                 Ok(wait) => return tokio::time::sleep(wait).await,
                 Err(err) => {
-                    tracing::warn!(portal = key, error = %err, "shared rate bucket unavailable; pacing within this process");
+                    tracing::warn!(portal = key, error = %err, "Общий лимит запросов в базе недоступен; темп запросов держит этот процесс");
                 }
             }
         }
@@ -228,7 +228,7 @@ impl Limiter {
         if let Some(shared) = &self.shared
             && let Err(err) = shared.mark_full(key, self.rate).await
         {
-            tracing::warn!(portal = key, error = %err, "shared rate bucket unavailable");
+            tracing::warn!(portal = key, error = %err, "Общий лимит запросов в базе недоступен");
         }
         self.mark_full_local(key);
     }
