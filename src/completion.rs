@@ -4,8 +4,11 @@
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::db::entities::invitation;
+use sea_orm::EntityTrait;
+
+use crate::db::entities::{invitation, portal};
 use crate::report::{RenderedReport, ReportInput, ReportItem, ReportSection};
+use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
 
 /// Clinics using this service work in Moscow time (UTC+3, no daylight saving since 2014);
@@ -18,6 +21,28 @@ pub const MSK: FixedOffset = match FixedOffset::east_opt(3 * 3600) {
     Some(offset) => offset,
     None => panic!("UTC+3 is a valid offset"),
 };
+
+/// Clinic name for the PDF header: `CLINIC_NAME`, else the portal's domain.
+pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
+    if let Some(name) = &state.config.clinic_name {
+        return name.clone();
+    }
+    match inv.portal_id {
+        Some(pid) => portal::Entity::find_by_id(pid)
+            .one(&state.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|p| p.domain)
+            .unwrap_or_default(),
+        None => state
+            .config
+            .webhook_url
+            .as_ref()
+            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
+}
 
 pub fn report_input(
     clinic: &str,

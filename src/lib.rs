@@ -7,6 +7,7 @@ pub mod body_limit;
 pub mod completion;
 pub mod config;
 pub mod connections;
+pub mod crm;
 pub mod db;
 pub mod error;
 pub mod invitations;

@@ -233,6 +233,13 @@ impl AppState {
             .insert(entity.to_owned());
     }
 
+    /// The patient's link for an invitation, as `invitations::links` builds it: the
+    /// outbox writes it into the deal and returns it to the robot without reaching
+    /// up into `invitations`.
+    pub fn survey_url(&self, inv: &crate::db::entities::invitation::Model) -> String {
+        crate::invitations::links::survey_url(&self.config, &self.links, inv)
+    }
+
     /// Tells the worker there is work (after a commit).
     pub fn nudge_outbox(&self) {
         self.outbox_notify.notify_one();

@@ -13,8 +13,8 @@ use sea_orm::sea_query::{Expr, LockType};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 
-use super::inbound::{Callback, EventCall, rejected};
 use super::{install, portals};
+use crate::bitrix24::callback::{Callback, EventCall, rejected};
 use crate::bitrix24::form::FormError;
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};

@@ -191,7 +191,7 @@ pub async fn is_admin(state: &AppState, caller: &FrameCaller) -> Result<bool, Fr
         .call_to_verify(&caller.target, "user.admin", json!({}))
         .await
         .map_err(|e| refused(&caller.portal, e))?;
-    let admin = super::inbound::truthy(&answer);
+    let admin = crate::bitrix24::truthy(&answer);
     state.verify_guard.note_admin(&caller.token, admin);
     Ok(admin)
 }

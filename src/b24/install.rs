@@ -15,8 +15,9 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::inbound::{text, truthy};
+use super::inbound::text;
 use super::{page, portals, registration};
+use crate::bitrix24::truthy;
 use crate::bitrix24::{B24Error, Target, Vouched};
 use crate::db::entities::portal;
 use crate::secret::{Secret, constant_time_eq};

@@ -10,8 +10,8 @@ use poem::web::{Data, Json};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::inbound::{Callback, RobotCall};
 use super::portals;
+use crate::bitrix24::callback::{Callback, RobotCall};
 use crate::error::ApiError;
 use crate::invitations::issue;
 use crate::invitations::{Channel, EntityRef, NewInvitation, patient};

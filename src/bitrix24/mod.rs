@@ -4,6 +4,7 @@
 
 mod batch;
 pub mod body;
+pub mod callback;
 mod client;
 mod error;
 pub mod form;
@@ -19,6 +20,6 @@ pub use oauth::{Vouched, is_bitrix_oauth_server, rest_endpoint, token_url};
 pub use rate_limit::{RateLimit, RateLimitParseError, SharedBucket};
 pub use types::{
     B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, RefreshLock, Target,
-    TimeInfo, TokenStore, unshared_refresh,
+    TimeInfo, TokenStore, field, truthy, unshared_refresh,
 };
 pub use webhook_url::{WebhookUrl, WebhookUrlError};

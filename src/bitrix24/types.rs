@@ -209,3 +209,22 @@ pub struct BatchOutcome {
     pub name: String,
     pub result: Result<Value, B24Error>,
 }
+
+/// A field of a Bitrix24 record regardless of key case (lists come lower-case from
+/// some methods, upper-case from others).
+pub fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// A Bitrix24 yes/no flag: `true`, `"Y"`, `"true"`, `"1"` or `1` (`ADMIN`, `user.admin`).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.as_str(), "true" | "Y" | "1"),
+        Value::Number(n) => n.as_i64() == Some(1),
+        _ => false,
+    }
+}

@@ -11,14 +11,13 @@ use super::{Channel, EntityRef, NewInvitation, Outcome, create_or_reuse, patient
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
-use crate::secret::mask;
 use crate::state::AppState;
 
 /// The link lifetime: the portal administrator's setting, else `SURVEY_LINK_DAYS`.
 pub async fn lifetime_for(state: &AppState, portal_id: Option<i64>) -> Result<u32, ApiError> {
     Ok(match portal_id {
         Some(id) => {
-            crate::b24::portal_settings::load(&state.db, id, state.config.link_days)
+            super::portal_settings::load(&state.db, id, state.config.link_days)
                 .await?
                 .link_days
         }
@@ -173,18 +172,15 @@ pub fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, Str
 }
 
 pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
-    let token = state.links.sign(&inv.id, inv.expires_at);
     tracing::info!(
         survey_id = %inv.id,
         entity = %format!("{}_{}", inv.entity_type, inv.entity_id),
-        link = %format!("{}/s/{}", state.config.public_url.as_str().trim_end_matches('/'), mask(&token)),
+        link = %super::links::masked_survey_url(&state.config, &state.links, inv),
         existing,
         "Сгенерирована ссылка для опроса"
     );
 }
 
 pub fn link_of(state: &AppState, inv: &invitation::Model) -> String {
-    state
-        .config
-        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
+    super::links::survey_url(&state.config, &state.links, inv)
 }

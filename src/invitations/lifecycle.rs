@@ -328,7 +328,7 @@ pub async fn submit(
     let mut stored = inv.clone();
     stored.status = COMPLETED.to_owned();
     stored.completed_at = Some(now);
-    let clinic = crate::outbox::run::clinic_name(state, inv).await;
+    let clinic = crate::completion::clinic_name(state, inv).await;
     let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);
     // The answers are stored: a PDF that does not build is no reason to refuse the
     // patient. The comment job tries again and, failing that, posts without it.

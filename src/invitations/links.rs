@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::config::Config;
+use crate::db::entities::invitation;
+use crate::secret::{Secret, mask};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -80,14 +82,26 @@ impl LinkSigner {
     }
 }
 
-/// A random id of 12 characters from an unambiguous alphabet (~70 bits).
+/// The patient's link `{PUBLIC_URL}/s/{token}` for an invitation: the one place it
+/// is built (the robot's answer, the link field, the doctor's «Отправить новую
+/// ссылку», the webhook robot's answer all come through here).
+pub fn survey_url(config: &Config, signer: &LinkSigner, inv: &invitation::Model) -> String {
+    config.public(&survey_path(&signer.sign(&inv.id, inv.expires_at)))
+}
+
+/// [`survey_url`] with the token masked, for the log.
+pub fn masked_survey_url(config: &Config, signer: &LinkSigner, inv: &invitation::Model) -> String {
+    config.public(&survey_path(&mask(&signer.sign(&inv.id, inv.expires_at))))
+}
+
+fn survey_path(token: &str) -> String {
+    format!("/s/{token}")
+}
+
+/// A new invitation's id: [`crate::db::random_id`] (~70 bits, unambiguous letters,
+/// short enough for the link and the timeline marker).
 pub fn new_invitation_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
-    let mut rng = rand::thread_rng();
-    (0..12)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+    crate::db::random_id()
 }
 
 /// A random secret for signing links when none is configured.

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::b24::inbound::{DocumentId, EventData, rejected};
+use crate::bitrix24::callback::{DocumentId, EventData, EventFields, rejected};
 use crate::bitrix24::form::{self, FormError};
 use crate::error::ApiError;
 
@@ -61,7 +61,7 @@ impl Fields {
         Fields {
             event: self.event.or(other.event),
             data: EventData {
-                fields: crate::b24::inbound::EventFields {
+                fields: EventFields {
                     id: self.data.fields.id.or(other.data.fields.id),
                 },
                 clean: self.data.clean.or(other.data.clean),

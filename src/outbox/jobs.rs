@@ -81,7 +81,7 @@ pub async fn claim<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let lease = crate::invitations::links::new_invitation_id();
+    let lease = crate::db::random_id();
     // The due condition is repeated in the UPDATE: between the SELECT and here another
     // worker may have claimed some of these rows, and only this check is atomic.
     outbox_job::Entity::update_many()

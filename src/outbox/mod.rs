@@ -9,6 +9,7 @@
 
 pub mod backpressure;
 pub mod jobs;
+pub mod link_field;
 pub mod run;
 pub mod uninstall;
 pub mod worker;

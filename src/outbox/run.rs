@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::Job;
 use super::jobs::{MAX_ATTEMPTS, Outcome, failures};
 use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::crm::{EntityRef, EntityType, patient};
 use crate::db::entities::{invitation, outbox_job, response};
-use crate::invitations::{EntityRef, EntityType, patient};
 use crate::state::AppState;
 
 const MAX_COMMANDS: usize = 50;
@@ -178,7 +178,7 @@ async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityTyp
     if state.link_field_checked(entity) {
         return;
     }
-    match crate::b24::registration::ensure_link_field(state, target, entity).await {
+    match super::link_field::ensure(state, target, entity).await {
         Ok(()) => state.mark_link_field_checked(entity),
         Err(e) => tracing::warn!(error = %e, entity, "Не удалось проверить поле для ссылки"),
     }
@@ -189,12 +189,6 @@ fn entity_method(kind: EntityType, verb: &str) -> String {
         EntityType::Deal => format!("crm.deal.{verb}"),
         EntityType::Lead => format!("crm.lead.{verb}"),
     }
-}
-
-fn survey_url(state: &AppState, inv: &invitation::Model) -> String {
-    state
-        .config
-        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
 }
 
 fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<BatchCommand> {
@@ -218,7 +212,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             cmds
         }
         Job::ReturnRobotValues { event_token, .. } => {
-            let url = survey_url(state, inv);
+            let url = state.survey_url(inv);
             vec![BatchCommand {
                 name: format!("e{id}"),
                 method: "bizproc.event.send".into(),
@@ -233,7 +227,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             let mut fields = serde_json::Map::new();
             fields.insert(
                 state.config.link_field.clone(),
-                json!(survey_url(state, inv)),
+                json!(state.survey_url(inv)),
             );
             vec![BatchCommand {
                 name: format!("f{id}"),
@@ -466,7 +460,7 @@ async fn post_completion(
         Some(pdf) => Some(pdf),
         None => {
             let input = crate::completion::report_input(
-                &clinic_name(state, inv).await,
+                &crate::completion::clinic_name(state, inv).await,
                 &q,
                 inv,
                 &answers,
@@ -557,28 +551,6 @@ async fn find_posted_comment(
                 .is_some_and(|t| crate::completion::carries_marker(t, invitation_id))
         })
         .and_then(|c| c.get("ID").cloned()))
-}
-
-/// Clinic name for the PDF header: `CLINIC_NAME`, else the portal's domain.
-pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
-    if let Some(name) = &state.config.clinic_name {
-        return name.clone();
-    }
-    match inv.portal_id {
-        Some(pid) => crate::db::entities::portal::Entity::find_by_id(pid)
-            .one(&state.db)
-            .await
-            .ok()
-            .flatten()
-            .map(|p| p.domain)
-            .unwrap_or_default(),
-        None => state
-            .config
-            .webhook_url
-            .as_ref()
-            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
-            .unwrap_or_default(),
-    }
 }
 
 /// A pushback's first probe comes this soon; the worker spaces later ones out per

@@ -49,11 +49,7 @@ pub struct Outbox {
 impl Outbox {
     /// A worker with an identity of its own (tests, benches, one-off runs).
     pub fn new(state: AppState) -> Self {
-        let instance = format!(
-            "{}:{}",
-            host_name(),
-            crate::invitations::links::new_invitation_id()
-        );
+        let instance = format!("{}:{}", host_name(), crate::db::random_id());
         Self::for_instance(state, instance)
     }
 
