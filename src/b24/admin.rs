@@ -37,7 +37,7 @@ pub async fn app_page(
     let ip = super::verify_guard::client_ip(req);
     let caller = match frame_auth::verify(state, ip, &query, &form).await {
         Ok(c) => c,
-        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
+        Err(e) => return page::frame_for(e.error_page(), claimed.as_deref()),
     };
     let shown = for_admin(state, &caller).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
@@ -54,7 +54,7 @@ async fn for_admin(state: &AppState, caller: &frame_auth::FrameCaller) -> Respon
                 "Доступно только администратору портала. Результаты анкет смотрите на вкладке «Анкета пациента» в карточке сделки.",
             );
         }
-        Err(e) => return e.page(),
+        Err(e) => return e.error_page(),
     }
     let session = Session::new(caller.portal.id, caller.user_id, Scope::Admin, Utc::now());
     show(state, &caller.portal, &session, None).await

@@ -51,7 +51,7 @@ pub enum FrameAuthError {
 
 impl FrameAuthError {
     /// The page shown instead of anything else.
-    pub fn page(&self) -> Response {
+    pub fn error_page(&self) -> Response {
         match self {
             FrameAuthError::UnknownPortal => page::error(
                 StatusCode::FORBIDDEN,
@@ -67,7 +67,7 @@ impl FrameAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Битрикс24 не ответил. Попробуйте открыть вкладку ещё раз через минуту.",
             ),
-            FrameAuthError::Refused(refused) => refused.page(),
+            FrameAuthError::Refused(refused) => refused.error_page(),
         }
     }
 }

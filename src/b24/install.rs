@@ -250,7 +250,7 @@ pub async fn install(
         state,
         req,
         install_key(claimed.as_deref()),
-        |refused| page::frame_for(refused.page(), claimed_origin.as_deref()),
+        |refused| page::frame_for(refused.error_page(), claimed_origin.as_deref()),
         run,
     )
     .await
@@ -309,7 +309,7 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
 
 fn install_error(e: InstallError) -> Response {
     if let Some(busy) = e.busy {
-        return busy.page();
+        return busy.error_page();
     }
     tracing::warn!(
         status = e.status.as_u16(),

@@ -36,7 +36,7 @@ pub async fn deal_tab(
     let ip = super::verify_guard::client_ip(req);
     let caller = match frame_auth::verify(state, ip, &query, &form).await {
         Ok(c) => c,
-        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
+        Err(e) => return page::frame_for(e.error_page(), claimed.as_deref()),
     };
     let shown = show_tab(state, &caller, &form).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
@@ -105,7 +105,7 @@ async fn check_read_access(
             Ok(())
         }
         Err(e @ crate::bitrix24::B24Error::VerifyBudgetSpent { .. }) => {
-            Err(frame_auth::refused(&caller.portal, e).page())
+            Err(frame_auth::refused(&caller.portal, e).error_page())
         }
         Err(e) if e.is_retryable() => {
             tracing::warn!(portal = %caller.portal.domain, error = %e, "Портал не ответил на чтение сделки");
@@ -286,6 +286,8 @@ async fn issue_new_link(state: &AppState, token: Option<&str>) -> Response {
             reuse_active: false,
             lifetime_days: days,
             dedupe_key: None,
+            questionnaire: None,
+            robot_event: None,
         },
     )
     .await

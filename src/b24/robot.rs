@@ -4,7 +4,6 @@
 //! and the link field update. Answers at once: the business process waits for the
 //! event, not for this answer.
 
-use chrono::Utc;
 use poem::handler;
 use poem::web::{Data, Json};
 use serde_json::{Value, json};
@@ -12,10 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::portals;
 use crate::bitrix24::callback::{Callback, RobotCall};
+use crate::crm::{Channel, EntityRef, patient};
 use crate::error::ApiError;
 use crate::invitations::issue;
-use crate::invitations::{Channel, EntityRef, NewInvitation, patient};
-use crate::outbox::Job;
 use crate::state::AppState;
 
 #[handler]
@@ -58,7 +56,8 @@ pub async fn send_survey(
     };
     // The robot's own properties win; the admin's settings fill what they leave open.
     let defaults =
-        crate::b24::portal_settings::load(&state.db, portal.id, state.config.link_days).await?;
+        crate::invitations::portal_settings::load(&state.db, portal.id, state.config.link_days)
+            .await?;
     let lifetime_days = prop("link_days")
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=365).contains(d))
@@ -72,36 +71,20 @@ pub async fn send_survey(
 
     let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));
     let key = format!("robot:{}:{}", portal.id, &token_hash[..32]);
-    let now = Utc::now();
-    let new = NewInvitation {
-        portal_id: Some(portal.id),
-        channel: Channel::App,
-        entity,
-        patient_name: given_name
-            .clone()
-            .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-        questionnaire_code: code,
-        questionnaire_version: version,
-        lifetime_days,
-        reuse_active,
-        dedupe_key: Some(key.clone()),
-    };
-    let name_known = given_name.is_some();
-    let outcome = issue::store(state, new, now, move |outcome| {
-        let inv = &outcome.invitation.id;
-        let mut jobs = vec![(
-            Job::ReturnRobotValues {
-                invitation: inv.clone(),
-                event_token: event_token.clone(),
-            },
-            format!("{key}:return"),
-        )];
-        jobs.extend(issue::link_jobs(inv, &key, name_known));
-        jobs
-    })
+    let (inv, _) = issue::issue(
+        state,
+        issue::Request {
+            portal_id: Some(portal.id),
+            channel: Channel::App,
+            entity,
+            given_name,
+            reuse_active,
+            lifetime_days,
+            dedupe_key: Some(key),
+            questionnaire: Some((code, version)),
+            robot_event: Some(event_token),
+        },
+    )
     .await?;
-    let inv = &outcome.invitation;
-
-    issue::log_link(state, inv, outcome.existing);
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))
 }

@@ -76,7 +76,7 @@ impl Refused {
     }
 
     /// 429 as a page inside the portal's frame.
-    pub fn page(&self) -> Response {
+    pub fn error_page(&self) -> Response {
         let mut response = super::page::error(StatusCode::TOO_MANY_REQUESTS, REFUSED_MESSAGE);
         self.mark(&mut response);
         response

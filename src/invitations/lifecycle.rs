@@ -229,7 +229,7 @@ async fn set_job_due<C: ConnectionTrait>(
     Ok(())
 }
 
-pub struct Submitted {
+pub struct Receipt {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
 }
@@ -241,7 +241,7 @@ pub async fn submit(
     state: &AppState,
     inv: &invitation::Model,
     answers: Answers,
-) -> Result<Submitted, FlowError> {
+) -> Result<Receipt, FlowError> {
     if inv.status == COMPLETED {
         return Err(FlowError::Completed);
     }
@@ -361,7 +361,7 @@ pub async fn submit(
     txn.commit().await?;
     state.nudge_outbox();
     tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
-    Ok(Submitted {
+    Ok(Receipt {
         completed_at: now,
         report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
     })

@@ -37,7 +37,7 @@ pub struct NewInvitation {
 }
 
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Issued {
     pub invitation: invitation::Model,
     /// True when an existing invitation was returned (repeat or active reuse).
     pub existing: bool,
@@ -49,9 +49,9 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     db: &C,
     new: &NewInvitation,
     now: DateTime<Utc>,
-) -> Result<Outcome, DbErr> {
+) -> Result<Issued, DbErr> {
     let existing = |invitation| {
-        Ok(Outcome {
+        Ok(Issued {
             invitation,
             existing: true,
         })
@@ -102,7 +102,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
         Err(e) => return Err(e),
     };
     if inserted {
-        return Ok(Outcome {
+        return Ok(Issued {
             invitation: row,
             existing: false,
         });

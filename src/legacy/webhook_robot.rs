@@ -66,6 +66,8 @@ pub async fn webhook_robot(
             reuse_active: !force,
             lifetime_days: state.config.link_days,
             dedupe_key: None,
+            questionnaire: None,
+            robot_event: None,
         },
     )
     .await?;

@@ -14,7 +14,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, Quer
 use serde_json::{Value, json};
 
 use super::Job;
-use super::jobs::{MAX_ATTEMPTS, Outcome, failures};
+use super::jobs::{JobOutcome, MAX_ATTEMPTS, failures};
 use crate::bitrix24::{B24Error, BatchCommand, Target};
 use crate::crm::{EntityRef, EntityType, patient};
 use crate::db::entities::{invitation, outbox_job, response};
@@ -42,7 +42,7 @@ pub async fn run_group(
     target: Result<Target, Unreachable>,
     claimed: Vec<Claimed>,
     now: DateTime<Utc>,
-) -> Vec<(outbox_job::Model, Outcome)> {
+) -> Vec<(outbox_job::Model, JobOutcome)> {
     let target = match target {
         Ok(t) => t,
         Err(why) => {
@@ -54,7 +54,7 @@ pub async fn run_group(
                     (Unreachable::Gone(_), Job::ConfirmUninstall { clean }) => {
                         super::uninstall::after_uninstall(state, &c.row, *clean, now).await
                     }
-                    (Unreachable::Gone(reason), _) => Outcome::Dead(reason.clone()),
+                    (Unreachable::Gone(reason), _) => JobOutcome::Dead(reason.clone()),
                     (Unreachable::Transient(reason), _) => {
                         retry(failures(&c.row), None, reason.clone(), now)
                     }
@@ -74,7 +74,7 @@ pub async fn run_group(
             Job::ConfirmUninstall { clean } => {
                 super::uninstall::confirm(state, &target, &c.row, *clean, now).await
             }
-            _ => Outcome::Dead("not a portal-wide job".into()),
+            _ => JobOutcome::Dead("not a portal-wide job".into()),
         };
         outcomes.push((c.row, outcome));
     }
@@ -107,15 +107,15 @@ pub async fn run_group(
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
             None => outcomes.push((
                 c.row,
-                Outcome::Done(json!({"skipped": "invitation deleted"})),
+                JobOutcome::Done(json!({"skipped": "invitation deleted"})),
             )),
             Some(inv) => match &c.job {
                 Job::PostCompletion { .. } => {
                     let outcome = match &pushback {
-                        Some(error) => Outcome::Deferred(now, error.clone()),
+                        Some(error) => JobOutcome::Deferred(now, error.clone()),
                         None => post_completion(state, &target, &c.row, inv, now).await,
                     };
-                    if let Outcome::Deferred(_, error) = &outcome {
+                    if let JobOutcome::Deferred(_, error) = &outcome {
                         pushback = Some(error.clone());
                     }
                     outcomes.push((c.row, outcome));
@@ -157,13 +157,13 @@ pub async fn run_group(
             outcomes.extend(
                 chunk
                     .into_iter()
-                    .map(|(c, _, _)| (c.row, Outcome::Deferred(now, error.clone()))),
+                    .map(|(c, _, _)| (c.row, JobOutcome::Deferred(now, error.clone()))),
             );
             continue;
         }
         let done = run_chunk(state, &target, chunk, now).await;
         pushback = done.iter().find_map(|(_, o)| match o {
-            Outcome::Deferred(_, error) => Some(error.clone()),
+            JobOutcome::Deferred(_, error) => Some(error.clone()),
             _ => None,
         });
         outcomes.extend(done);
@@ -268,7 +268,7 @@ async fn run_chunk(
     target: &Target,
     chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)>,
     now: DateTime<Utc>,
-) -> Vec<(outbox_job::Model, Outcome)> {
+) -> Vec<(outbox_job::Model, JobOutcome)> {
     let commands: Vec<BatchCommand> = chunk.iter().flat_map(|(_, _, c)| c.clone()).collect();
     // A robot's event token is single-use: a batch carrying it is not sent again by
     // the client after an answer that may hide a batch carried out; the job's next
@@ -321,20 +321,20 @@ async fn run_chunk(
                 }
             }
             Job::ReturnRobotValues { .. } => match take(format!("e{id}")) {
-                Ok(v) => Outcome::Done(json!({"result": v})),
+                Ok(v) => JobOutcome::Done(json!({"result": v})),
                 // protocol §4.4: a used event token answers ACCESS_DENIED. On a repeat
                 // that means an earlier attempt landed before its answer was lost.
-                Err(e) if e.is_access_denied() && tried_before(&c.row) => Outcome::Done(
+                Err(e) if e.is_access_denied() && tried_before(&c.row) => JobOutcome::Done(
                     json!({"note": "event token already used: an earlier attempt was delivered"}),
                 ),
                 Err(e) => classify(&e, &c.row, now),
             },
             Job::WriteLinkField { .. } => match take(format!("f{id}")) {
-                Ok(v) => Outcome::Done(json!({"result": v})),
+                Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
             Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
-                Outcome::Dead("not a batch job".into())
+                JobOutcome::Dead("not a batch job".into())
             }
         };
         out.push((c.row, outcome));
@@ -393,16 +393,16 @@ async fn store_name(
     inv: &invitation::Model,
     name: String,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     if name == inv.patient_name
         || (name == patient::PLACEHOLDER && inv.patient_name != patient::PLACEHOLDER)
     {
-        return Outcome::Done(json!({"name": "unchanged"}));
+        return JobOutcome::Done(json!({"name": "unchanged"}));
     }
     let mut row: invitation::ActiveModel = inv.clone().into();
     row.patient_name = Set(name);
     match row.update(&state.db).await {
-        Ok(_) => Outcome::Done(json!({"name": "resolved"})),
+        Ok(_) => JobOutcome::Done(json!({"name": "resolved"})),
         Err(e) => retry(1, None, format!("база данных: {e}"), now),
     }
 }
@@ -413,25 +413,25 @@ async fn post_completion(
     row: &outbox_job::Model,
     inv: &invitation::Model,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     let entity = EntityRef::from_row(inv);
     let resp = match response::Entity::find_by_id(inv.id.clone())
         .one(&state.db)
         .await
     {
         Ok(Some(r)) => r,
-        Ok(None) => return Outcome::Dead("ответы не найдены".into()),
+        Ok(None) => return JobOutcome::Dead("ответы не найдены".into()),
         Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
     };
     let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
-        return Outcome::Dead("опрос не завершён".into());
+        return JobOutcome::Dead("опрос не завершён".into());
     };
     let answers: crate::survey::Answers = serde_json::from_value(answers).unwrap_or_default();
     let Some(q) = state
         .catalog()
         .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
     else {
-        return Outcome::Dead(format!(
+        return JobOutcome::Dead(format!(
             "анкета {} версии {} не найдена",
             inv.questionnaire_code, inv.questionnaire_version
         ));
@@ -441,7 +441,7 @@ async fn post_completion(
     if tried_before(row) {
         match find_posted_comment(state, target, entity, &inv.id).await {
             Ok(Some(id)) => {
-                return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
+                return JobOutcome::Done(json!({"comment_id": id, "note": "found on retry"}));
             }
             Ok(None) => {}
             // An app not allowed to list comments: posting again risks a duplicate,
@@ -491,7 +491,7 @@ async fn post_completion(
     // is still ours, not after another worker took it over from a stalled one.
     match super::jobs::holds(&state.db, row).await {
         Ok(true) => {}
-        Ok(false) => return Outcome::Lost,
+        Ok(false) => return JobOutcome::Lost,
         Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
     }
     let mut fields = serde_json::Map::new();
@@ -521,7 +521,7 @@ async fn post_completion(
         )
         .await
     {
-        Ok(id) => Outcome::Done(json!({"comment_id": id})),
+        Ok(id) => JobOutcome::Done(json!({"comment_id": id})),
         Err(e) => classify(&e, row, now),
     }
 }
@@ -558,18 +558,18 @@ async fn find_posted_comment(
 const FIRST_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Wait for the portal, retry, or give up, as the error says.
-pub fn classify(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> Outcome {
+pub fn classify(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> JobOutcome {
     if e.is_backpressure() {
         let after = e
             .retry_after()
             .unwrap_or(FIRST_PROBE)
             .min(super::backpressure::PROBE_CAP);
         let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::seconds(1));
-        Outcome::Deferred(now + after, e.admin_message())
+        JobOutcome::Deferred(now + after, e.admin_message())
     } else if e.is_retryable() {
         retry(failures(row), e.retry_after(), e.admin_message(), now)
     } else {
-        Outcome::Dead(e.admin_message())
+        JobOutcome::Dead(e.admin_message())
     }
 }
 
@@ -579,9 +579,9 @@ pub fn retry(
     after: Option<std::time::Duration>,
     error: String,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     if attempts >= MAX_ATTEMPTS {
-        return Outcome::Dead(format!("{error} (попыток: {attempts})"));
+        return JobOutcome::Dead(format!("{error} (попыток: {attempts})"));
     }
     let base_ms = 2_000i64.saturating_mul(1i64 << attempts.clamp(0, 20).saturating_sub(1));
     let capped = base_ms.min(600_000);
@@ -590,5 +590,5 @@ pub fn retry(
     if let Some(after) = after {
         delay_ms = delay_ms.max(after.as_millis() as i64);
     }
-    Outcome::RetryAt(now + chrono::Duration::milliseconds(delay_ms), error)
+    JobOutcome::RetryAt(now + chrono::Duration::milliseconds(delay_ms), error)
 }

@@ -254,15 +254,15 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         jobs::finish(
             &conn,
             &owner,
-            jobs::Outcome::Done(serde_json::json!({"by": "owner"})),
+            jobs::JobOutcome::Done(serde_json::json!({"by": "owner"})),
             later,
         )
         .await
         .unwrap();
         for late in [
-            jobs::Outcome::Dead("late".into()),
-            jobs::Outcome::RetryAt(later, "late".into()),
-            jobs::Outcome::Done(serde_json::json!({"by": "stalled"})),
+            jobs::JobOutcome::Dead("late".into()),
+            jobs::JobOutcome::RetryAt(later, "late".into()),
+            jobs::JobOutcome::Done(serde_json::json!({"by": "stalled"})),
         ] {
             jobs::finish(&conn, &stalled, late, later).await.unwrap();
         }
@@ -285,7 +285,7 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         jobs::finish(
             &conn,
             &claimed[0],
-            jobs::Outcome::Deferred(probe, "limit".into()),
+            jobs::JobOutcome::Deferred(probe, "limit".into()),
             later,
         )
         .await
