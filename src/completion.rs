@@ -178,7 +178,7 @@ pub fn neutralise(text: &str) -> String {
 pub fn pdf_file_name(inv: &invitation::Model, completed_at: DateTime<Utc>) -> String {
     format!(
         "opros-{}-{}-{}.pdf",
-        inv.entity_type.to_lowercase(),
+        inv.entity_type.timeline_name(),
         inv.entity_id,
         completed_at.format("%Y-%m-%d")
     )

@@ -5,55 +5,7 @@
 pub mod patient;
 
 use crate::db::entities::invitation;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// Installed local application: results go through the portal's OAuth tokens.
-    App,
-    /// Single-portal setups (webhook robot, outgoing webhook): results go through
-    /// `BITRIX24_WEBHOOK_URL`.
-    Webhook,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::App => "app",
-            Channel::Webhook => "webhook",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntityType {
-    Deal,
-    Lead,
-}
-
-impl EntityType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityType::Deal => "DEAL",
-            EntityType::Lead => "LEAD",
-        }
-    }
-
-    /// Lower-case name used by `crm.timeline.comment.add` (protocol §12.4).
-    pub fn timeline_name(self) -> &'static str {
-        match self {
-            EntityType::Deal => "deal",
-            EntityType::Lead => "lead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "DEAL" | "CCRMDOCUMENTDEAL" => Some(EntityType::Deal),
-            "LEAD" | "CCRMDOCUMENTLEAD" => Some(EntityType::Lead),
-            _ => None,
-        }
-    }
-}
+pub use crate::db::entities::invitation::{Channel, EntityType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntityRef {
@@ -72,7 +24,7 @@ impl EntityRef {
 
     pub fn from_row(row: &invitation::Model) -> Self {
         EntityRef {
-            kind: EntityType::parse(&row.entity_type).unwrap_or(EntityType::Deal),
+            kind: row.entity_type,
             id: row.entity_id,
         }
     }

@@ -205,7 +205,7 @@ fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<
 fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
     tracing::info!(
         survey_id = %inv.id,
-        entity = %format!("{}_{}", inv.entity_type, inv.entity_id),
+        entity = %format!("{}_{}", inv.entity_type.as_str(), inv.entity_id),
         link = %super::links::masked_survey_url(&state.config, &state.links, inv),
         existing,
         "Сгенерирована ссылка для опроса"

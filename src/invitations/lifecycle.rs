@@ -111,7 +111,7 @@ pub async fn mark_opened(state: &AppState, inv: &mut invitation::Model) -> Resul
         .filter(invitation::Column::Status.eq(SENT))
         .exec(&state.db)
         .await?;
-    inv.status = OPENED.to_owned();
+    inv.status = OPENED;
     inv.opened_at = Some(now);
     Ok(())
 }
@@ -326,7 +326,7 @@ pub async fn submit(
     }
 
     let mut stored = inv.clone();
-    stored.status = COMPLETED.to_owned();
+    stored.status = COMPLETED;
     stored.completed_at = Some(now);
     let clinic = crate::completion::clinic_name(state, inv).await;
     let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);

@@ -16,10 +16,20 @@ use sea_orm::{
 
 use crate::db::entities::invitation;
 
-pub const SENT: &str = "sent";
-pub const OPENED: &str = "opened";
-pub const COMPLETED: &str = "completed";
-pub const EXPIRED: &str = "expired";
+pub use crate::db::entities::invitation::Status;
+
+pub const SENT: Status = Status::Sent;
+pub const OPENED: Status = Status::Opened;
+pub const COMPLETED: Status = Status::Completed;
+
+/// The statuses a person sees (the patient API, the deal tab): the stored ones and
+/// `expired`, which is derived from `expires_at`, never stored.
+pub mod shown {
+    pub const SENT: &str = "sent";
+    pub const OPENED: &str = "opened";
+    pub const COMPLETED: &str = "completed";
+    pub const EXPIRED: &str = "expired";
+}
 
 /// What a caller asks for; `dedupe_key` makes a repeated request (the same robot
 /// `event_token`, the same outgoing event) return the invitation it created first.
@@ -73,13 +83,13 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     let row = invitation::Model {
         id: links::new_invitation_id(),
         portal_id: new.portal_id,
-        channel: new.channel.as_str().to_owned(),
-        entity_type: new.entity.kind.as_str().to_owned(),
+        channel: new.channel,
+        entity_type: new.entity.kind,
         entity_id: new.entity.id,
         patient_name: new.patient_name.chars().take(255).collect(),
         questionnaire_code: new.questionnaire_code.clone(),
         questionnaire_version: new.questionnaire_version as i32,
-        status: SENT.to_owned(),
+        status: SENT,
         dedupe_key: new.dedupe_key.clone(),
         created_at: now.trunc_subsecs(6),
         opened_at: None,
@@ -132,7 +142,7 @@ async fn find_active<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Option<invitation::Model>, DbErr> {
     let mut q = invitation::Entity::find()
-        .filter(invitation::Column::EntityType.eq(entity.kind.as_str()))
+        .filter(invitation::Column::EntityType.eq(entity.kind))
         .filter(invitation::Column::EntityId.eq(entity.id))
         .filter(invitation::Column::QuestionnaireCode.eq(code))
         .filter(invitation::Column::Status.ne(COMPLETED))
@@ -155,7 +165,7 @@ pub async fn of_entity<C: ConnectionTrait>(
     entity: EntityRef,
 ) -> Result<Vec<invitation::Model>, DbErr> {
     let mut q = invitation::Entity::find()
-        .filter(invitation::Column::EntityType.eq(entity.kind.as_str()))
+        .filter(invitation::Column::EntityType.eq(entity.kind))
         .filter(invitation::Column::EntityId.eq(entity.id))
         .order_by_desc(invitation::Column::CreatedAt);
     q = match portal_id {
@@ -167,19 +177,19 @@ pub async fn of_entity<C: ConnectionTrait>(
 
 /// The status a person sees: `expired` is derived, never stored.
 pub fn status_of(row: &invitation::Model, now: DateTime<Utc>) -> &'static str {
-    match row.status.as_str() {
-        COMPLETED => COMPLETED,
-        _ if row.expires_at <= now => EXPIRED,
-        OPENED => OPENED,
-        _ => SENT,
+    match row.status {
+        Status::Completed => shown::COMPLETED,
+        _ if row.expires_at <= now => shown::EXPIRED,
+        Status::Opened => shown::OPENED,
+        Status::Sent => shown::SENT,
     }
 }
 
 pub fn status_label(status: &str) -> &'static str {
     match status {
-        COMPLETED => "заполнена",
-        EXPIRED => "истекла",
-        OPENED => "открыта",
+        shown::COMPLETED => "заполнена",
+        shown::EXPIRED => "истекла",
+        shown::OPENED => "открыта",
         _ => "отправлена",
     }
 }

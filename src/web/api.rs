@@ -232,7 +232,7 @@ impl SurveyApi {
         Ok(Json(Submitted {
             ok: true,
             survey_id: inv.id,
-            status: invitations::COMPLETED.to_owned(),
+            status: invitations::shown::COMPLETED.to_owned(),
             completed_at: done.completed_at,
             report_sha256: done.report_sha256,
         }))

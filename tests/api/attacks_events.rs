@@ -7,6 +7,7 @@
 use opros::db::entities::{invitation, outbox_job};
 use opros::testing::fake_portal::{FakePortal, Fault};
 use reqwest::StatusCode;
+use sea_orm::ActiveEnum;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -38,6 +39,7 @@ async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
         .expect("portal read")
         .expect("portal row")
         .status
+        .to_value()
 }
 
 /// What a tab user can send: the event with the application token from their own

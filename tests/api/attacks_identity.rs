@@ -6,6 +6,7 @@
 use opros::b24::portals;
 use opros::db::entities::portal;
 use opros::testing::{EVIL_MEMBER_ID, EvilServer, FakePortal, Fault};
+use sea_orm::ActiveEnum;
 use serde_json::Value;
 
 use crate::support::portal::{app_for, fake, install, installed, patient_deal};
@@ -59,7 +60,7 @@ pub(crate) fn identity(p: &portal::Model) -> Vec<Option<String>> {
         p.access_token.clone(),
         p.refresh_token.clone(),
         p.application_token.clone(),
-        Some(p.status.clone()),
+        Some(p.status.to_value()),
     ]
 }
 

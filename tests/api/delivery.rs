@@ -5,6 +5,7 @@
 
 use opros::db::entities::{invitation, outbox_job, response};
 use opros::testing::fake_portal::{FakePortal, Fault, UninstalledAnswer};
+use sea_orm::ActiveEnum;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -41,6 +42,7 @@ async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
         .expect("portal read")
         .expect("portal row")
         .status
+        .to_value()
 }
 
 /// Makes every pending job due now, as time passing would.

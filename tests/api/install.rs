@@ -1,6 +1,7 @@
 //! Installing the local application: verified with the portal, registrations exactly
 //! once, repairs after an app update, uninstall with and without CLEAN.
 
+use sea_orm::ActiveEnum;
 use serde_json::Value;
 
 use crate::support::portal::{app_for, fake, install, installed, robot_link};
@@ -141,7 +142,7 @@ async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(portal.status, "uninstalled");
+    assert_eq!(portal.status.to_value(), "uninstalled");
     assert!(portal.access_token.is_none() && portal.refresh_token.is_none());
 
     // A later robot call for it is rejected and nothing is queued.
@@ -172,7 +173,7 @@ async fn uninstall_needs_the_application_token() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(portal.status, "installed");
+    assert_eq!(portal.status.to_value(), "installed");
 }
 
 #[tokio::test]
