@@ -48,9 +48,9 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// From the process environment (and `.env`).
+    /// From the process environment; `opros demo` has loaded `.env` into it before
+    /// (`Config::from_env`, which stops on a broken one).
     pub fn from_env() -> Self {
-        let _ = dotenvy::dotenv();
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut extra = BTreeMap::new();
         for k in [
