@@ -15,24 +15,32 @@ use crate::db::entities::{invitation, outbox_job, response};
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
 use crate::state::AppState;
-use crate::survey::{Answers, Questionnaire};
+use crate::survey::{Answers, Questionnaire, decode_answers};
 
 /// Drafts are partial answers; this bounds what one patient can make us store.
 pub const MAX_DRAFT_BYTES: usize = 64 * 1024;
 
-#[derive(Debug)]
+/// Why a patient's step did not go through. `Internal` keeps its cause (a database
+/// error stays a `DbErr` in the chain) for the one log line `ApiError::internal` writes.
+#[derive(Debug, thiserror::Error)]
 pub enum FlowError {
+    #[error("link not found")]
     NotFound,
+    #[error("link expired")]
     Expired,
+    #[error("survey already completed")]
     Completed,
+    #[error("answers invalid")]
     Invalid(BTreeMap<String, String>),
+    #[error("answers too large")]
     TooLarge,
-    Internal(String),
+    #[error(transparent)]
+    Internal(anyhow::Error),
 }
 
 impl From<sea_orm::DbErr> for FlowError {
     fn from(e: sea_orm::DbErr) -> Self {
-        FlowError::Internal(e.to_string())
+        FlowError::Internal(e.into())
     }
 }
 
@@ -50,7 +58,7 @@ impl From<FlowError> for ApiError {
             ),
             FlowError::Invalid(errors) => ApiError::validation(errors),
             FlowError::TooLarge => ApiError::too_large("Слишком много данных в ответах"),
-            FlowError::Internal(e) => ApiError::internal(e),
+            FlowError::Internal(e) => ApiError::internal(format!("{e:#}")),
         }
     }
 }
@@ -91,9 +99,10 @@ pub fn questionnaire_of(
         .catalog()
         .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
         .ok_or_else(|| {
-            FlowError::Internal(format!(
+            FlowError::Internal(anyhow::anyhow!(
                 "questionnaire {} v{} missing",
-                inv.questionnaire_code, inv.questionnaire_version
+                inv.questionnaire_code,
+                inv.questionnaire_version
             ))
         })
 }
@@ -147,9 +156,10 @@ pub async fn answers_to_show(
             r.draft
         }
     });
-    Ok(value
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default())
+    match value {
+        Some(v) => decode_answers(&inv.id, v).map_err(|e| FlowError::Internal(e.into())),
+        None => Ok(Answers::default()),
+    }
 }
 
 async fn upsert_draft<C: ConnectionTrait>(
@@ -158,7 +168,8 @@ async fn upsert_draft<C: ConnectionTrait>(
     draft: &Answers,
     now: DateTime<Utc>,
 ) -> Result<(), FlowError> {
-    let value = serde_json::to_value(draft).map_err(|e| FlowError::Internal(e.to_string()))?;
+    let value = serde_json::to_value(draft)
+        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
     response::Entity::insert(response::ActiveModel {
         invitation_id: Set(id.to_owned()),
         draft: Set(Some(value)),
@@ -259,7 +270,14 @@ pub async fn submit(
         Ok(v) => v,
         Err(errors) => {
             // Keep what the patient typed: the draft gains the valid part of this attempt.
-            let mut draft = draft_of(state, inv).await.unwrap_or_default();
+            // A draft that no longer decodes is replaced by this attempt's valid part.
+            let mut draft = match draft_of(state, inv).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(survey_id = %inv.id, error = %format!("{e:#}"), "Сохранённый черновик не читается; он будет заменён");
+                    Answers::default()
+                }
+            };
             draft.extend(crate::survey::normalise_draft(&q, &answers));
             let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
             return Err(FlowError::Invalid(errors.0));
@@ -272,8 +290,8 @@ pub async fn submit(
     // fails or the process stops: the job then renders the PDF itself.
     let job_key = format!("invitation:{}:completion", inv.id);
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
-    let answers_json =
-        serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
+    let answers_json = serde_json::to_value(&valid)
+        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
     {
         let (_turn, txn) = state.begin_write().await?;
         let claimed = invitation::Entity::update_many()

@@ -426,7 +426,15 @@ async fn post_completion(
     let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
         return JobOutcome::Dead("опрос не завершён".into());
     };
-    let answers: crate::survey::Answers = serde_json::from_value(answers).unwrap_or_default();
+    // Answers that no longer decode are not posted as an empty result: the job dies
+    // with the reason, for the admin to see.
+    let answers = match crate::survey::decode_answers(&inv.id, answers) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Сохранённые ответы не читаются");
+            return JobOutcome::Dead("сохранённые ответы не читаются".into());
+        }
+    };
     let Some(q) = state
         .catalog()
         .get(&inv.questionnaire_code, inv.questionnaire_version as u32)

@@ -65,7 +65,7 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
         return flow_page(
             state,
-            FlowError::Internal("questionnaire missing".into()),
+            FlowError::Internal(anyhow::anyhow!("questionnaire missing")),
             "",
         );
     };
@@ -76,7 +76,10 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     if let Err(e) = lifecycle::mark_opened(state, &mut inv).await {
         return flow_page(state, e, &q.title);
     }
-    let answers = lifecycle::draft_of(state, &inv).await.unwrap_or_default();
+    let answers = match lifecycle::draft_of(state, &inv).await {
+        Ok(a) => a,
+        Err(e) => return flow_page(state, e, &q.title),
+    };
     render(
         state,
         &token,
@@ -127,7 +130,7 @@ pub async fn survey_form_submit(
     let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
         return flow_page(
             state,
-            FlowError::Internal("questionnaire missing".into()),
+            FlowError::Internal(anyhow::anyhow!("questionnaire missing")),
             "",
         );
     };

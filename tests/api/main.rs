@@ -22,4 +22,5 @@ mod module_graph;
 mod recovery;
 mod robot;
 mod storage;
+mod stored_state;
 mod survey_flow;
