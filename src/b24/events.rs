@@ -18,7 +18,7 @@ use crate::bitrix24::callback::{Callback, EventCall, rejected};
 use crate::bitrix24::form::FormError;
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::outbox::{self, Job};
 use crate::secret::constant_time_eq;
@@ -57,7 +57,7 @@ pub async fn events(
         "ONAPPUNINSTALL" => uninstall(state, &call).await,
         "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
         "" => Err(ApiError::bad_request(
-            "event_missing",
+            ErrorCode::EventMissing,
             "В запросе нет поля event",
         )),
         other => {
@@ -109,7 +109,7 @@ async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError
         .await?
     else {
         return Err(ApiError::forbidden(
-            "portal_uninstalled",
+            ErrorCode::PortalUninstalled,
             "Приложение удалено с этого портала; установите его заново",
         ));
     };
@@ -206,7 +206,9 @@ async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Va
         .as_deref()
         .and_then(|s| s.parse().ok())
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::IdMissing, "В событии нет data[FIELDS][ID]")
+        })?;
     let entity = EntityRef { kind, id };
     tracing::info!(portal = %p.domain, event, "Получен вебхук от Битрикс24");
     confirm_new_record(state, &p, entity, Utc::now()).await?;
@@ -250,7 +252,7 @@ async fn confirm_new_record(
         Err(B24Error::VerifyBudgetSpent { .. }) => {
             tracing::warn!(portal = %p.domain, "Бюджет проверок исчерпан; событие о новой записи не проверено");
             return Err(ApiError::unavailable(
-                "checks_budget_spent",
+                ErrorCode::ChecksBudgetSpent,
                 "Слишком много событий за короткое время; ссылка не записана, попробуйте позже",
             ));
         }
@@ -260,7 +262,7 @@ async fn confirm_new_record(
         Err(e) => {
             tracing::warn!(error = %e, portal = %p.domain, "Не удалось проверить событие у портала");
             return Err(ApiError::unavailable(
-                "portal_unavailable",
+                ErrorCode::PortalUnavailable,
                 "Не удалось проверить событие в Битрикс24, попробуйте позже",
             ));
         }
@@ -293,7 +295,7 @@ fn not_confirmed(p: &portal::Model, entity: EntityRef, why: &str) -> ApiError {
         "Событие о новой записи не подтверждено порталом; ссылка не записана"
     );
     ApiError::conflict(
-        "event_not_confirmed",
+        ErrorCode::EventNotConfirmed,
         "Портал не подтвердил, что запись только что создана; ссылка не записана",
     )
 }

@@ -20,6 +20,7 @@ use super::{page, portals, registration};
 use crate::bitrix24::truthy;
 use crate::bitrix24::{B24Error, Target, Vouched};
 use crate::db::entities::portal;
+use crate::error::ErrorCode;
 use crate::secret::{Secret, constant_time_eq};
 use crate::state::AppState;
 
@@ -63,7 +64,7 @@ enum Accepted {
 /// fixed Russian message. No remote text goes into either.
 pub struct InstallError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: &'static str,
     /// Set when the identity checks' budget is spent (`B24Client::call_to_verify`):
     /// answered as the guard's 429 with `Retry-After`.
@@ -72,7 +73,7 @@ pub struct InstallError {
     local: bool,
 }
 
-const fn refused(status: StatusCode, code: &'static str, message: &'static str) -> InstallError {
+const fn refused(status: StatusCode, code: ErrorCode, message: &'static str) -> InstallError {
     InstallError {
         status,
         code,
@@ -153,52 +154,56 @@ pub(super) async fn guarded(
 
 const NOT_VOUCHED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "install_not_vouched",
+    ErrorCode::InstallNotVouched,
     "Сервер авторизации Битрикс24 не подтвердил установку. Откройте приложение из Битрикс24 заново.",
 );
 const MISMATCH: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "portal_mismatch",
+    ErrorCode::PortalMismatch,
     "Адрес портала или member_id в запросе не совпадают с подтверждёнными сервером авторизации.",
 );
 const NOT_ALLOWED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "portal_not_allowed",
+    ErrorCode::PortalNotAllowed,
     "Этому порталу установка не разрешена (B24_ALLOWED_DOMAINS).",
 );
 const NOT_VERIFIED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "install_not_verified",
+    ErrorCode::InstallNotVerified,
     "Портал не подтвердил установку. Откройте приложение из Битрикс24 заново.",
 );
 const FOREIGN_APP: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "foreign_application",
+    ErrorCode::ForeignApplication,
     "Токен выдан другому приложению, а не этому сервису (B24_CLIENT_ID).",
 );
 const NOT_ADMIN: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "not_admin",
+    ErrorCode::NotAdmin,
     "Установить приложение может только администратор портала.",
 );
 const STILL_INSTALLED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "application_token_mismatch",
+    ErrorCode::ApplicationTokenMismatch,
     "Приложение уже установлено на этом портале, а токен приложения в запросе другой; запрос отклонён.",
 );
 const UPDATE_REFUSED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "app_update_refused",
+    ErrorCode::AppUpdateRefused,
     "Приложение не установлено на этом портале; обновление не принято.",
 );
 const UNAVAILABLE: InstallError = refused(
     StatusCode::SERVICE_UNAVAILABLE,
-    "unavailable",
+    ErrorCode::Unavailable,
     "Битрикс24 или база данных сейчас недоступны. Попробуйте ещё раз через минуту.",
 );
 
 fn bad_request(message: &'static str) -> InstallError {
-    refused(StatusCode::BAD_REQUEST, "bad_install_request", message)
+    refused(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadInstallRequest,
+        message,
+    )
 }
 
 /// A portal host as Bitrix24 sends it in `DOMAIN`: a host name, optionally with a port.
@@ -313,7 +318,7 @@ fn install_error(e: InstallError) -> Response {
     }
     tracing::warn!(
         status = e.status.as_u16(),
-        code = e.code,
+        code = %e.code,
         "Установка отклонена"
     );
     e.mark(page::error(e.status, e.message).into_response())
@@ -663,7 +668,7 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
         // sees in the event log, not a 503 that reads as "try again".
         tracing::warn!("ONAPPINSTALL без настроенного режима локального приложения");
         return crate::error::ApiError::conflict(
-            "oauth_not_configured",
+            ErrorCode::OauthNotConfigured,
             "Режим локального приложения не настроен: задайте B24_CLIENT_ID и B24_CLIENT_SECRET.",
         )
         .into_response();
@@ -767,7 +772,7 @@ fn install_error_json(e: InstallError) -> Response {
     }
     tracing::warn!(
         status = e.status.as_u16(),
-        code = e.code,
+        code = %e.code,
         "Событие установки отклонено"
     );
     use crate::error::ApiError;

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::bitrix24::{PortalAuth, RefreshLock, StoreError, TokenStore, unshared_refresh};
 use crate::db::entities::portal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::secret::{Secret, constant_time_eq};
 
 /// The client's token store over the `portal` table.
@@ -204,7 +204,7 @@ pub async fn verify_app_token(
     let (Some(member_id), Some(token)) = (member_id, application_token) else {
         tracing::warn!("Вызов от Битрикс24 без auth[member_id] или auth[application_token]");
         return Err(ApiError::unauthorized(
-            "auth_missing",
+            ErrorCode::AuthMissing,
             "Нет данных авторизации приложения (auth[member_id], auth[application_token])",
         ));
     };
@@ -220,7 +220,7 @@ pub async fn verify_app_token(
         Some(p) if p.status != portal::INSTALLED => {
             tracing::warn!(portal = %p.domain, "Вызов для портала, с которого приложение удалено");
             Err(ApiError::forbidden(
-                "portal_uninstalled",
+                ErrorCode::PortalUninstalled,
                 "Приложение удалено с этого портала; установите его заново",
             ))
         }
@@ -229,7 +229,7 @@ pub async fn verify_app_token(
                 "Вызов от Битрикс24 с неверным application_token или неизвестным порталом"
             );
             Err(ApiError::unauthorized(
-                "bad_application_token",
+                ErrorCode::BadApplicationToken,
                 "Неверный токен приложения",
             ))
         }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::portals;
 use crate::bitrix24::callback::{Callback, RobotCall};
 use crate::crm::{Channel, EntityRef, patient};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::issue;
 use crate::state::AppState;
 
@@ -30,14 +30,20 @@ pub async fn send_survey(
     tracing::info!(portal = %portal.domain, "Получен вебхук от Битрикс24: робот «Отправить опрос»");
 
     let event_token = call.event_token.clone().ok_or_else(|| {
-        ApiError::bad_request("event_token_missing", "В вызове робота нет event_token")
+        ApiError::bad_request(
+            ErrorCode::EventTokenMissing,
+            "В вызове робота нет event_token",
+        )
     })?;
     let document = call.document_id.document().ok_or_else(|| {
-        ApiError::bad_request("document_missing", "В вызове робота нет document_id")
+        ApiError::bad_request(
+            ErrorCode::DocumentMissing,
+            "В вызове робота нет document_id",
+        )
     })?;
     let entity = EntityRef::from_document_id(document).ok_or_else(|| {
         ApiError::bad_request(
-            "document_unsupported",
+            ErrorCode::DocumentUnsupported,
             format!("Робот работает только со сделками и лидами, получено «{document}»"),
         )
     })?;
@@ -48,7 +54,7 @@ pub async fn send_survey(
         let code = prop("survey_code").unwrap_or_else(|| catalog.default_code().to_owned());
         let q = catalog.latest(&code).ok_or_else(|| {
             ApiError::bad_request(
-                "questionnaire_unknown",
+                ErrorCode::QuestionnaireUnknown,
                 format!("Анкета «{code}» не найдена; выберите анкету в настройках робота"),
             )
         })?;

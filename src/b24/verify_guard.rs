@@ -60,7 +60,7 @@ const MAX_TRACKED: usize = 10_000;
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 /// The stable code of a refusal.
-pub const REFUSED_CODE: &str = "too_many_attempts";
+pub const REFUSED_CODE: &str = crate::error::ErrorCode::TooManyAttempts.as_str();
 const REFUSED_MESSAGE: &str =
     "Слишком много попыток входа за короткое время. Подождите немного и откройте страницу снова.";
 

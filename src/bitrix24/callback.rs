@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::form::{self, FormError, Text};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The `auth[...]` block of a robot call or an event (protocol §4.3, §7.1; fixtures
 /// `robot-call.form.txt`, `onappinstall.form.txt`). Events fired by automation and
@@ -223,7 +223,7 @@ impl<'a, T: DeserializeOwned + Send> FromRequest<'a> for Callback<T> {
 }
 
 fn unreadable() -> ApiError {
-    ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса")
+    ApiError::bad_request(ErrorCode::BadBody, "Не удалось прочитать тело запроса")
 }
 
 /// The 400 for a body the decoder refused, with its stable code.
@@ -234,7 +234,7 @@ pub fn rejected(e: &FormError) -> ApiError {
 
 /// One line per refused body, with its code only: the body may hold tokens.
 pub(crate) fn log_refusal(e: &FormError) {
-    tracing::info!(code = e.code(), "Тело запроса отклонено");
+    tracing::info!(code = e.code().as_str(), "Тело запроса отклонено");
 }
 
 /// JSON body (an object), else form body; an empty body is an empty object.
@@ -299,15 +299,15 @@ mod tests {
     fn hostile_bodies_are_refused_flatly() {
         let deep = format!("{}=1", "a".to_owned() + &"[a]".repeat(50_000));
         let e = decode_body::<Value>(None, deep.as_bytes()).expect_err("too deep");
-        assert_eq!(e.code(), "form_too_deep");
+        assert_eq!(e.code().as_str(), "form_too_deep");
         let encoded = format!("{}=1", "a".to_owned() + &"%5Ba%5D".repeat(9));
         let e = decode_body::<EventCall>(None, encoded.as_bytes()).expect_err("too deep");
-        assert_eq!(e.code(), "form_too_deep");
+        assert_eq!(e.code().as_str(), "form_too_deep");
         let many: Vec<String> = (0..1_001).map(|i| format!("k{i}=v")).collect();
         let e = decode_body::<Value>(None, many.join("&").as_bytes()).expect_err("too many");
-        assert_eq!(e.code(), "form_too_many_keys");
+        assert_eq!(e.code().as_str(), "form_too_many_keys");
         let e = decode_body::<Value>(None, b"event=\xff\xfe").expect_err("not utf-8");
-        assert_eq!(e.code(), "bad_encoding");
+        assert_eq!(e.code().as_str(), "bad_encoding");
         // Eight levels are fine.
         let ok = format!("{}=1", "a".to_owned() + &"[a]".repeat(8));
         assert!(decode_body::<Value>(None, ok.as_bytes()).is_ok());

@@ -7,6 +7,7 @@
 //! `serde_urlencoded` (poem's `Form`) cannot nest such keys, so every decoder of
 //! Bitrix24 payloads goes through this module.
 
+use crate::error::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -217,12 +218,12 @@ pub enum FormError {
 
 impl FormError {
     /// The machine-readable code of the error body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            FormError::NotUtf8 => "bad_encoding",
-            FormError::TooDeep => "form_too_deep",
-            FormError::TooManyKeys => "form_too_many_keys",
-            FormError::Malformed(_) => "bad_body",
+            FormError::NotUtf8 => ErrorCode::BadEncoding,
+            FormError::TooDeep => ErrorCode::FormTooDeep,
+            FormError::TooManyKeys => ErrorCode::FormTooManyKeys,
+            FormError::Malformed(_) => ErrorCode::BadBody,
         }
     }
 

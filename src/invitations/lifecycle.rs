@@ -12,7 +12,7 @@ use sea_orm::{
 use super::links::LinkError;
 use super::{COMPLETED, OPENED, SENT};
 use crate::db::entities::{invitation, outbox_job, response};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::outbox::{self, Job};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, decode_answers};
@@ -47,13 +47,15 @@ impl From<sea_orm::DbErr> for FlowError {
 impl From<FlowError> for ApiError {
     fn from(e: FlowError) -> Self {
         match e {
-            FlowError::NotFound => ApiError::not_found("survey_not_found", "Ссылка не найдена"),
+            FlowError::NotFound => {
+                ApiError::not_found(ErrorCode::SurveyNotFound, "Ссылка не найдена")
+            }
             FlowError::Expired => ApiError::gone(
-                "survey_expired",
+                ErrorCode::SurveyExpired,
                 "Срок действия ссылки истёк — обратитесь в клинику",
             ),
             FlowError::Completed => ApiError::conflict(
-                "survey_completed",
+                ErrorCode::SurveyCompleted,
                 "Ответы по этой ссылке уже получены. Спасибо!",
             ),
             FlowError::Invalid(errors) => ApiError::validation(errors),

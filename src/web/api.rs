@@ -10,7 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{self, lifecycle};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire};
@@ -145,7 +145,7 @@ pub fn answers_from_body(body: Value) -> Result<Answers, ApiError> {
             Some(Value::Null) => Default::default(),
             Some(_) => {
                 return Err(ApiError::bad_request(
-                    "answers_not_object",
+                    ErrorCode::AnswersNotObject,
                     "Поле answers должно быть объектом {\"<id вопроса>\": ответ}",
                 ));
             }
@@ -153,7 +153,7 @@ pub fn answers_from_body(body: Value) -> Result<Answers, ApiError> {
         },
         _ => {
             return Err(ApiError::bad_request(
-                "body_not_object",
+                ErrorCode::BodyNotObject,
                 "Ожидается JSON-объект {\"answers\": {\"<id вопроса>\": ответ}}",
             ));
         }
@@ -243,7 +243,7 @@ impl SurveyApi {
     async fn healthz(&self, state: Data<&AppState>) -> Result<Json<Health>, ApiError> {
         crate::db::ping(&state.db).await.map_err(|e| {
             tracing::error!(error = %e, "База данных недоступна");
-            ApiError::unavailable("database_unavailable", "База данных недоступна")
+            ApiError::unavailable(ErrorCode::DatabaseUnavailable, "База данных недоступна")
         })?;
         Ok(Json(Health {
             status: "ok".into(),
