@@ -6,14 +6,14 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Query};
-use poem::{Body, Request, Response, handler};
+use poem::web::Data;
+use poem::{Body, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde_json::Value;
 
 use super::frame_auth;
+use super::frame_post::VerifiedFrame;
 use super::inbound::{parse_form, text};
-use super::install::PortalQuery;
 use super::portal_settings::{self, PortalSettings};
 use super::session::{Scope, Session};
 use super::{admin_view, page, registration};
@@ -24,21 +24,9 @@ use crate::state::AppState;
 /// The main handler's iframe POST.
 #[handler]
 pub async fn app_page(
-    req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    VerifiedFrame { caller, .. }: VerifiedFrame,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let claimed = page::claimed_origin(&query);
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, claimed.as_deref());
-    };
-    let ip = super::verify_guard::client_ip(req);
-    let caller = match frame_auth::verify(state, ip, &query, &form).await {
-        Ok(c) => c,
-        Err(e) => return page::frame_for(e.error_page(), claimed.as_deref()),
-    };
     let shown = for_admin(state, &caller).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
 }

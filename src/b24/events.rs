@@ -14,8 +14,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 
 use super::{install, portals};
-use crate::bitrix24::callback::{Callback, EventCall, rejected};
-use crate::bitrix24::form::FormError;
+use crate::bitrix24::callback::{Callback, EventCall};
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};
 use crate::error::{ApiError, ErrorCode};
@@ -32,26 +31,21 @@ const NEW_RECORD_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 #[handler]
 pub async fn events(
     req: &poem::Request,
-    Callback(form): Callback<Value>,
+    Callback(call): Callback<EventCall>,
     Data(state): Data<&AppState>,
 ) -> Response {
-    // The same bounded decode, read as the struct of what an event carries.
-    let call: EventCall = match serde_json::from_value(form.clone()) {
-        Ok(call) => call,
-        Err(e) => return rejected(&FormError::Malformed(e.to_string())).into_response(),
-    };
     let event = call.event.clone().unwrap_or_default().to_ascii_uppercase();
     let result = match event.as_str() {
         // Both may make the service ask the OAuth server or the portal: under the
         // same guard as the install page.
         "ONAPPINSTALL" => {
             let key = install::install_key(call.auth.domain.as_deref());
-            let run = install::on_app_install(state, &form);
+            let run = install::on_app_install(state, &call.auth);
             return install::guarded(state, req, key, |r| r.json(), run).await;
         }
         "ONAPPUPDATE" => {
             let key = call.auth.member_id.as_ref().map(|m| format!("update:{m}"));
-            let run = install::on_app_update(state, &form);
+            let run = install::on_app_update(state, &call.auth);
             return install::guarded(state, req, key, |r| r.json(), run).await;
         }
         "ONAPPUNINSTALL" => uninstall(state, &call).await,

@@ -8,17 +8,17 @@
 //! budget (`B24Client::call_to_verify`).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use poem::Response;
 use poem::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use url::Url;
 
 use super::inbound::text;
 use super::install::PortalQuery;
 use super::verify_guard::{Refused, TokenHash};
 use super::{page, portals};
+use crate::bitrix24::callback::FrameCall;
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::portal;
 use crate::secret::Secret;
@@ -78,15 +78,15 @@ pub async fn verify(
     state: &AppState,
     ip: Option<IpAddr>,
     query: &PortalQuery,
-    form: &Value,
+    call: &FrameCall,
 ) -> Result<FrameCaller, FrameAuthError> {
     let guard = &state.verify_guard;
     // Refusals decided here, before any portal is asked, cost nothing and count
     // against nobody (`verify_guard`): behind a proxy they would lock out everyone.
-    let Some(member_id) = text(form, &["member_id"]) else {
+    let Some(member_id) = call.member_id.as_deref() else {
         return Err(FrameAuthError::UnknownPortal);
     };
-    let portal = portals::by_member(&state.db, &member_id)
+    let portal = portals::by_member(&state.db, member_id)
         .await
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
         .filter(|p| p.status == portal::INSTALLED);
@@ -95,12 +95,12 @@ pub async fn verify(
     };
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
-    let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
+    let claimed = query.domain.as_ref().or(call.domain.as_ref());
     if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
         tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
         return Err(FrameAuthError::NotConfirmed);
     }
-    let Some(access) = text(form, &["AUTH_ID"]) else {
+    let Some(access) = call.auth_id.clone() else {
         return Err(FrameAuthError::NotConfirmed);
     };
     // Refused before the portal is asked (see `VerifyGuard::admit`).
@@ -168,9 +168,7 @@ pub async fn verify(
         .collect::<Vec<_>>()
         .join(" ");
     // protocol §6.2: AUTH_EXPIRES is the token's lifetime in seconds.
-    let lifetime = text(form, &["AUTH_EXPIRES"])
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let lifetime = call.auth_lifetime();
     guard.remember_token(token, portal.id, user_id, &user_name, lifetime);
     Ok(FrameCaller {
         portal,

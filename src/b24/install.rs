@@ -9,14 +9,16 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Query};
-use poem::{Body, IntoResponse, Request, Response, handler};
+use poem::web::Data;
+use poem::{IntoResponse, Request, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::{Value, json};
 use url::Url;
 
+use super::frame_post::FramePost;
 use super::inbound::text;
 use super::{page, portals, registration};
+use crate::bitrix24::callback::{Auth, FrameCall, InstallCall};
 use crate::bitrix24::truthy;
 use crate::bitrix24::{B24Error, Target, Vouched};
 use crate::db::entities::portal;
@@ -223,27 +225,29 @@ fn allowed(state: &AppState, domain: &str) -> bool {
 #[handler]
 pub async fn install(
     req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    FramePost {
+        query,
+        call,
+        claimed_origin,
+    }: FramePost<InstallCall>,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, page::claimed_origin(&query).as_deref());
-    };
     let claimed = query
         .domain
         .clone()
-        .or_else(|| text(&form, &["DOMAIN"]))
-        .or_else(|| text(&form, &["auth", "domain"]));
+        .or_else(|| call.frame.domain.clone())
+        .or_else(|| call.auth.domain.clone());
     // The install page shows in the portal's frame: its result names the stored
     // portal (install_page), its refusals the portal the request claims.
-    let claimed_origin = page::claimed_origin(&query);
     let run = async {
-        if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
-            on_app_install(state, &form).await
+        if call
+            .event
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL"))
+        {
+            on_app_install(state, &call.auth).await
         } else {
-            let shown = install_page(state, &query, &form).await;
+            let shown = install_page(state, &query, &call.frame).await;
             if shown.status().is_success() {
                 shown
             } else {
@@ -268,7 +272,7 @@ pub(super) fn install_key(domain: Option<&str>) -> Option<String> {
         .map(|d| format!("install:{}", d.to_ascii_lowercase()))
 }
 
-async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Response {
+async fn install_page(state: &AppState, query: &PortalQuery, frame: &FrameCall) -> Response {
     if !state.config.oauth_enabled() {
         return page::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -277,7 +281,7 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
         )
         .into_response();
     }
-    let claim = match claim_from_page(query, form) {
+    let claim = match claim_from_page(query, frame) {
         Ok(c) => c,
         Err(e) => return install_error(e),
     };
@@ -333,42 +337,57 @@ fn domain_of(raw: &str) -> Result<String, InstallError> {
     }
 }
 
-fn claim_from_page(query: &PortalQuery, form: &Value) -> Result<Claim, InstallError> {
+fn claim_from_page(query: &PortalQuery, frame: &FrameCall) -> Result<Claim, InstallError> {
     let domain = query
         .domain
         .clone()
-        .or_else(|| text(form, &["DOMAIN"]))
+        .or_else(|| frame.domain.clone())
         .ok_or_else(|| bad_request("В запросе установки нет DOMAIN"))?;
     Ok(Claim {
         domain: domain_of(&domain)?,
-        member_id: text(form, &["member_id"]).ok_or_else(|| {
+        member_id: frame.member_id.clone().ok_or_else(|| {
             bad_request(
                 "В запросе установки нет поля member_id. Откройте приложение из Битрикс24 заново.",
             )
         })?,
-        server_endpoint: text(form, &["SERVER_ENDPOINT"]).and_then(|s| Url::parse(&s).ok()),
-        refresh_token: Secret::new(text(form, &["REFRESH_ID"]).ok_or_else(|| {
+        server_endpoint: frame
+            .server_endpoint
+            .as_deref()
+            .and_then(|s| Url::parse(s).ok()),
+        refresh_token: Secret::new(frame.refresh_id.clone().ok_or_else(|| {
             bad_request(
                 "В запросе установки нет поля REFRESH_ID. Откройте приложение из Битрикс24 заново.",
             )
         })?),
-        application_token: text(form, &["APPLICATION_TOKEN"]),
-        access_token: text(form, &["AUTH_ID"]).map(Secret::new),
+        application_token: frame.application_token.clone(),
+        access_token: frame.auth_id.clone().map(Secret::new),
     })
 }
 
-fn claim_from_event(form: &Value) -> Result<Claim, InstallError> {
-    let auth = |k: &str| text(form, &["auth", k]);
-    let domain = auth("domain").ok_or_else(|| bad_request("В событии нет auth[domain]"))?;
+fn claim_from_event(auth: &Auth) -> Result<Claim, InstallError> {
+    let domain = auth
+        .domain
+        .as_deref()
+        .ok_or_else(|| bad_request("В событии нет auth[domain]"))?;
     Ok(Claim {
-        domain: domain_of(&domain)?,
-        member_id: auth("member_id").ok_or_else(|| bad_request("В событии нет auth[member_id]"))?,
-        server_endpoint: auth("server_endpoint").and_then(|s| Url::parse(&s).ok()),
+        domain: domain_of(domain)?,
+        member_id: auth
+            .member_id
+            .clone()
+            .ok_or_else(|| bad_request("В событии нет auth[member_id]"))?,
+        server_endpoint: auth
+            .server_endpoint
+            .as_deref()
+            .and_then(|s| Url::parse(s).ok()),
         // protocol §3.3: ONAPPINSTALL carries refresh_token. Without it the OAuth server
         // cannot say whose portal this is, so nothing may change.
-        refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED.decided_locally())?),
-        application_token: auth("application_token"),
-        access_token: auth("access_token").map(Secret::new),
+        refresh_token: Secret::new(
+            auth.refresh_token
+                .clone()
+                .ok_or(NOT_VOUCHED.decided_locally())?,
+        ),
+        application_token: auth.application_token.clone(),
+        access_token: auth.access_token.clone().map(Secret::new),
     })
 }
 
@@ -662,7 +681,7 @@ async fn store_report(state: &AppState, portal: &portal::Model, report: &registr
 /// `ONAPPINSTALL` (protocol §3.3): may come late or never; verified exactly as the
 /// install page is, it refreshes the stored tokens and registers only if the install
 /// page never did.
-pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
+pub async fn on_app_install(state: &AppState, auth: &Auth) -> Response {
     if !state.config.oauth_enabled() {
         // Not the portal's trouble and not a passing one: a 4xx the portal's admin
         // sees in the event log, not a 503 that reads as "try again".
@@ -673,7 +692,7 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
         )
         .into_response();
     }
-    let claim = match claim_from_event(form) {
+    let claim = match claim_from_event(auth) {
         Ok(c) => c,
         Err(e) => return install_error_json(e),
     };
@@ -703,8 +722,8 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 /// event's `auth[access_token]` belongs to an admin of our app, as the portal's
 /// STORED endpoint confirms; then the registrations the update removed (§3.4) are
 /// made again. The same token as stored changes nothing and asks nothing.
-pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
-    match app_update(state, form).await {
+pub async fn on_app_update(state: &AppState, auth: &Auth) -> Response {
+    match app_update(state, auth).await {
         Ok(true) => poem::web::Json(json!({"ok": true, "changed": true})).into_response(),
         // The token it carried is the stored one: nothing was asked or confirmed.
         Ok(false) => {
@@ -718,9 +737,9 @@ pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
     }
 }
 
-async fn app_update(state: &AppState, form: &Value) -> Result<bool, InstallError> {
-    let auth = |k: &str| text(form, &["auth", k]);
-    let (Some(member_id), Some(offered)) = (auth("member_id"), auth("application_token")) else {
+async fn app_update(state: &AppState, auth: &Auth) -> Result<bool, InstallError> {
+    let (Some(member_id), Some(offered)) = (auth.member_id.clone(), auth.application_token.clone())
+    else {
         return Err(bad_request(
             "В событии нет auth[member_id] или auth[application_token]",
         ));
@@ -741,7 +760,7 @@ async fn app_update(state: &AppState, form: &Value) -> Result<bool, InstallError
         return Ok(false);
     }
     let installer =
-        confirm_on_stored(state, &stored, auth("access_token").map(Secret::new)).await?;
+        confirm_on_stored(state, &stored, auth.access_token.clone().map(Secret::new)).await?;
     let mut row: portal::ActiveModel = stored.clone().into();
     row.application_token = Set(Some(offered));
     row.updated_at = Set(Utc::now());

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_view;
 pub mod events;
 pub mod frame_auth;
+pub mod frame_post;
 pub mod inbound;
 pub mod install;
 pub mod page;

@@ -6,16 +6,17 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Path, Query};
-use poem::{Body, Request, Response, handler};
+use poem::web::{Data, Path};
+use poem::{Body, Response, handler};
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
+use super::frame_post::VerifiedFrame;
 use super::inbound::{parse_form, text};
-use super::install::PortalQuery;
 use super::session::{Scope, Session, SessionError};
 use super::{page, tab_view};
+use crate::bitrix24::callback::FrameCall;
 use crate::db::entities::{invitation, portal, response};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::state::AppState;
@@ -23,28 +24,16 @@ use crate::state::AppState;
 /// The iframe POST of a deal or lead tab.
 #[handler]
 pub async fn deal_tab(
-    req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    VerifiedFrame { caller, call }: VerifiedFrame,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let claimed = page::claimed_origin(&query);
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, claimed.as_deref());
-    };
-    let ip = super::verify_guard::client_ip(req);
-    let caller = match frame_auth::verify(state, ip, &query, &form).await {
-        Ok(c) => c,
-        Err(e) => return page::frame_for(e.error_page(), claimed.as_deref()),
-    };
-    let shown = show_tab(state, &caller, &form).await;
+    let shown = show_tab(state, &caller, &call).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
 }
 
 /// The tab for a confirmed caller.
-async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Response {
-    let Some(entity) = entity_of(form) else {
+async fn show_tab(state: &AppState, caller: &FrameCaller, call: &FrameCall) -> Response {
+    let Some(entity) = entity_of(call) else {
         return page::error(
             StatusCode::BAD_REQUEST,
             "Битрикс24 не передал номер сделки. Откройте вкладку из карточки сделки.",
@@ -70,15 +59,13 @@ async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Respo
 
 /// `PLACEMENT` decides the kind, `PLACEMENT_OPTIONS.ID` the document (§6.2); the
 /// portal is asked about it before anything is shown.
-fn entity_of(form: &Value) -> Option<EntityRef> {
-    let kind = match text(form, &["PLACEMENT"]).as_deref() {
+fn entity_of(call: &FrameCall) -> Option<EntityRef> {
+    let kind = match call.placement.as_deref() {
         Some("CRM_LEAD_DETAIL_TAB") => EntityType::Lead,
         _ => EntityType::Deal,
     };
-    let options = text(form, &["PLACEMENT_OPTIONS"])?;
-    let options: Value = serde_json::from_str(&options).ok()?;
-    let id = text(&options, &["ID"])?.parse::<i64>().ok()?;
-    (id > 0).then_some(EntityRef { kind, id })
+    let id = call.placement_id()?;
+    Some(EntityRef { kind, id })
 }
 
 /// protocol §11 (4): the deal is read with the doctor's token, so the portal applies

@@ -205,6 +205,73 @@ pub struct EventCall {
     pub auth: Auth,
 }
 
+/// The POST Bitrix24's page submits into one of our frames: the install page
+/// (protocol §3.1, fixture `install-post.form.txt`), a placement such as the deal tab
+/// (§6.2, fixture `placement-deal-tab.form.txt`) and the application's own page. The
+/// user's browser sends it, so nothing in it is believed until the portal confirms
+/// `AUTH_ID` (§11). The query string's `DOMAIN`/`PROTOCOL`/`LANG` are read apart.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FrameCall {
+    /// The user's access token.
+    #[serde(rename = "AUTH_ID", default, deserialize_with = "form::text")]
+    pub auth_id: Option<String>,
+    /// The access token's lifetime in seconds (`3600`), not a point in time (§6.2).
+    #[serde(rename = "AUTH_EXPIRES", default, deserialize_with = "form::text")]
+    pub auth_expires: Option<String>,
+    #[serde(rename = "REFRESH_ID", default, deserialize_with = "form::text")]
+    pub refresh_id: Option<String>,
+    /// The OAuth server's REST base (`https://oauth.bitrix24.tech/rest/`).
+    #[serde(rename = "SERVER_ENDPOINT", default, deserialize_with = "form::text")]
+    pub server_endpoint: Option<String>,
+    /// Readable by every user of the portal from this very POST (§6.2).
+    #[serde(rename = "APPLICATION_TOKEN", default, deserialize_with = "form::text")]
+    pub application_token: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    pub member_id: Option<String>,
+    /// Sometimes in the body too; the query string's wins.
+    #[serde(rename = "DOMAIN", default, deserialize_with = "form::text")]
+    pub domain: Option<String>,
+    /// `CRM_DEAL_DETAIL_TAB`, `CRM_LEAD_DETAIL_TAB`, `DEFAULT` (install page, app page).
+    #[serde(rename = "PLACEMENT", default, deserialize_with = "form::text")]
+    pub placement: Option<String>,
+    /// A JSON text inside the form: `{"ID":"4217","URI":"…"}`.
+    #[serde(rename = "PLACEMENT_OPTIONS", default, deserialize_with = "form::text")]
+    pub placement_options: Option<String>,
+}
+
+impl FrameCall {
+    /// `AUTH_EXPIRES` as a lifetime; zero when absent or unreadable.
+    pub fn auth_lifetime(&self) -> std::time::Duration {
+        self.auth_expires
+            .as_deref()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
+    }
+
+    /// The record the placement was opened for: `PLACEMENT_OPTIONS.ID`, a string
+    /// inside the JSON text (§6.2); `None` unless a positive number.
+    pub fn placement_id(&self) -> Option<i64> {
+        // A map, not a struct: serde would read a struct from a JSON list as well.
+        let options: BTreeMap<String, Text> =
+            serde_json::from_str(self.placement_options.as_deref()?).ok()?;
+        let Text(id) = options.get("ID")?.clone();
+        id?.parse::<i64>().ok().filter(|id| *id > 0)
+    }
+}
+
+/// What the install handler's URL receives: the install page's frame POST, or the
+/// `ONAPPINSTALL` event Bitrix24 sends to the same URL (§3.3, fixture
+/// `onappinstall-event.form.txt`), told apart by `event`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InstallCall {
+    #[serde(flatten)]
+    pub frame: FrameCall,
+    #[serde(default, deserialize_with = "form::text")]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub auth: Auth,
+}
+
 /// A Bitrix24 callback body decoded once, bounded, into `T`; a body that cannot be
 /// read or decoded is answered 400 with the decoder's code before the handler runs.
 pub struct Callback<T>(pub T);
@@ -233,7 +300,7 @@ pub fn rejected(e: &FormError) -> ApiError {
 }
 
 /// One line per refused body, with its code only: the body may hold tokens.
-pub(crate) fn log_refusal(e: &FormError) {
+pub fn log_refusal(e: &FormError) {
     tracing::info!(code = e.code().as_str(), "Тело запроса отклонено");
 }
 
@@ -265,6 +332,47 @@ mod tests {
     use super::*;
 
     const ROBOT: &[u8] = b"document_id%5B0%5D=crm&document_id%5B1%5D=CCrmDocumentDeal&document_id%5B2%5D=DEAL_4217&auth%5Bmember_id%5D=m1&event_token=a%7Cb&properties%5Bpatient_name%5D=%D0%90%D0%BD%D0%BD%D0%B0+%D0%9F";
+
+    #[test]
+    fn frame_posts_are_typed_as_the_fixtures_show() {
+        // placement-deal-tab.form.txt, form-encoded.
+        let body = b"AUTH_ID=8e5a&AUTH_EXPIRES=3600&REFRESH_ID=7edf&SERVER_ENDPOINT=https%3A%2F%2Foauth.bitrix24.tech%2Frest%2F&APPLICATION_TOKEN=9b1e&member_id=4f2a&status=L&PLACEMENT=CRM_DEAL_DETAIL_TAB&PLACEMENT_OPTIONS=%7B%22ID%22%3A%224217%22%2C%22URI%22%3A%22%5C%2Fcrm%5C%2Fdeal%5C%2Fdetails%5C%2F4217%5C%2F%22%7D";
+        let call: FrameCall = decode_body(None, body).expect("decodes");
+        assert_eq!(call.auth_id.as_deref(), Some("8e5a"));
+        assert_eq!(call.member_id.as_deref(), Some("4f2a"));
+        assert_eq!(call.placement.as_deref(), Some("CRM_DEAL_DETAIL_TAB"));
+        assert_eq!(call.placement_id(), Some(4217));
+        assert_eq!(call.auth_lifetime(), std::time::Duration::from_secs(3600));
+        // A forged or broken options text gives no record, never a panic.
+        for options in [
+            "",
+            "%7B%7D",
+            "%5B1%5D",
+            "%7B%22ID%22%3A%22-5%22%7D",
+            "not-json",
+        ] {
+            let body = format!("PLACEMENT_OPTIONS={options}");
+            let call: FrameCall = decode_body(None, body.as_bytes()).expect("decodes");
+            assert_eq!(call.placement_id(), None, "{options}");
+        }
+        // The install URL: the page's POST and the ONAPPINSTALL event alike.
+        let page: InstallCall = decode_body(
+            None,
+            b"AUTH_ID=a&REFRESH_ID=r&member_id=m&DOMAIN=clinic.bitrix24.ru",
+        )
+        .expect("page");
+        assert_eq!(page.frame.refresh_id.as_deref(), Some("r"));
+        assert_eq!(page.frame.domain.as_deref(), Some("clinic.bitrix24.ru"));
+        assert_eq!(page.event, None);
+        let event: InstallCall = decode_body(
+            None,
+            b"event=ONAPPINSTALL&data%5BVERSION%5D=1&auth%5Bdomain%5D=clinic.bitrix24.ru&auth%5Brefresh_token%5D=r2&auth%5Bmember_id%5D=m",
+        )
+        .expect("event");
+        assert_eq!(event.event.as_deref(), Some("ONAPPINSTALL"));
+        assert_eq!(event.auth.refresh_token.as_deref(), Some("r2"));
+        assert_eq!(event.frame.member_id, None);
+    }
 
     #[test]
     fn robot_call_is_typed() {
