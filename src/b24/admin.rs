@@ -9,15 +9,16 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{Body, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::frame_auth;
 use super::frame_post::VerifiedFrame;
-use super::inbound::{parse_form, text};
+use super::inbound::own_form;
 use super::portal_settings::{self, PortalSettings};
 use super::session::{Scope, Session};
 use super::{admin_view, page, registration};
 use crate::bitrix24::Target;
+use crate::bitrix24::form;
 use crate::db::entities::portal;
 use crate::state::AppState;
 
@@ -74,21 +75,43 @@ fn expired() -> Response {
     )
 }
 
+/// What the admin page's buttons post (`admin_view`): the signed session and the
+/// button with its fields.
+#[derive(Debug, Default, Deserialize)]
+struct ActionForm {
+    #[serde(default, deserialize_with = "form::text")]
+    s: Option<String>,
+    /// `reinstall`, `retry`, `retry_now` or `settings`.
+    #[serde(default, deserialize_with = "form::text")]
+    action: Option<String>,
+    /// `retry`: the dead job's id.
+    #[serde(default, deserialize_with = "form::text")]
+    job: Option<String>,
+    /// `settings`: days, 1..=365.
+    #[serde(default, deserialize_with = "form::text")]
+    link_days: Option<String>,
+    /// `settings`: a checkbox, present when ticked.
+    #[serde(default, deserialize_with = "form::text")]
+    reuse_active: Option<String>,
+}
+
 /// One of the page's buttons.
 #[handler]
 pub async fn action(body: Body, Data(state): Data<&AppState>) -> Response {
     let Ok(bytes) = body.into_bytes().await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_form(&bytes);
-    let origin = page::session_origin(state, text(&form, &["s"]).as_deref()).await;
+    let form: ActionForm = own_form(&bytes);
+    let origin = page::session_origin(state, form.s.as_deref()).await;
     let response = act(state, &form).await;
     page::frame_for(response, origin.as_deref())
 }
 
-async fn act(state: &AppState, form: &Value) -> Response {
-    let Some(session) = text(form, &["s"])
-        .and_then(|s| Session::verify_admin(state.session_key.expose(), &s, Utc::now()).ok())
+async fn act(state: &AppState, form: &ActionForm) -> Response {
+    let Some(session) = form
+        .s
+        .as_deref()
+        .and_then(|s| Session::verify_admin(state.session_key.expose(), s, Utc::now()).ok())
     else {
         tracing::warn!("Действие на странице приложения без действующего сеанса администратора");
         return expired();
@@ -101,7 +124,7 @@ async fn act(state: &AppState, form: &Value) -> Response {
         _ => return expired(),
     };
     let actor = format!("user:{}", session.user_id);
-    let notice = match text(form, &["action"]).as_deref() {
+    let notice = match form.action.as_deref() {
         Some("reinstall") => reinstall(state, &portal).await,
         Some("retry") => retry(state, &portal, form).await,
         Some("retry_now") => retry_now(state, &portal).await,
@@ -112,7 +135,7 @@ async fn act(state: &AppState, form: &Value) -> Response {
         &state.db,
         Some(portal.id),
         &actor,
-        &format!("admin_{}", text(form, &["action"]).unwrap_or_default()),
+        &format!("admin_{}", form.action.as_deref().unwrap_or_default()),
         None,
     )
     .await;
@@ -146,8 +169,8 @@ async fn reinstall(state: &AppState, portal: &portal::Model) -> String {
     }
 }
 
-async fn retry(state: &AppState, portal: &portal::Model, form: &Value) -> String {
-    let Some(id) = text(form, &["job"]).and_then(|j| j.parse::<i64>().ok()) else {
+async fn retry(state: &AppState, portal: &portal::Model, form: &ActionForm) -> String {
+    let Some(id) = form.job.as_deref().and_then(|j| j.parse::<i64>().ok()) else {
         return "Не указано задание".to_owned();
     };
     match crate::outbox::jobs::revive(&state.db, id, Some(portal.id), Utc::now()).await {
@@ -179,8 +202,10 @@ async fn retry_now(state: &AppState, portal: &portal::Model) -> String {
     }
 }
 
-async fn save_settings(state: &AppState, portal: &portal::Model, form: &Value) -> String {
-    let Some(link_days) = text(form, &["link_days"])
+async fn save_settings(state: &AppState, portal: &portal::Model, form: &ActionForm) -> String {
+    let Some(link_days) = form
+        .link_days
+        .as_deref()
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=365).contains(d))
     else {
@@ -188,7 +213,7 @@ async fn save_settings(state: &AppState, portal: &portal::Model, form: &Value) -
     };
     let settings = PortalSettings {
         link_days,
-        reuse_active: text(form, &["reuse_active"]).is_some(),
+        reuse_active: form.reuse_active.is_some(),
     };
     match portal_settings::save(&state.db, portal.id, settings).await {
         Ok(()) => "Настройки сохранены.".to_owned(),

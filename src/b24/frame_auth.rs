@@ -14,12 +14,11 @@ use poem::http::StatusCode;
 use serde_json::json;
 use url::Url;
 
-use super::inbound::text;
 use super::install::PortalQuery;
 use super::verify_guard::{Refused, TokenHash};
 use super::{page, portals};
 use crate::bitrix24::callback::FrameCall;
-use crate::bitrix24::{B24Error, Target};
+use crate::bitrix24::{B24Error, Profile, Target};
 use crate::db::entities::portal;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -154,19 +153,13 @@ pub async fn verify(
         }
     };
     // An inactive user gets an empty profile (§11): not a login.
-    let Some(user_id) = text(&profile, &["ID"])
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-    else {
+    let profile = Profile::from_answer(&profile);
+    let Some(user_id) = profile.user_id() else {
         attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     };
     attempt.succeeded();
-    let user_name = [text(&profile, &["NAME"]), text(&profile, &["LAST_NAME"])]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let user_name = profile.full_name();
     // protocol §6.2: AUTH_EXPIRES is the token's lifetime in seconds.
     let lifetime = call.auth_lifetime();
     guard.remember_token(token, portal.id, user_id, &user_name, lifetime);

@@ -16,11 +16,10 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::frame_post::FramePost;
-use super::inbound::text;
 use super::{page, portals, registration};
 use crate::bitrix24::callback::{Auth, FrameCall, InstallCall};
 use crate::bitrix24::truthy;
-use crate::bitrix24::{B24Error, Target, Vouched};
+use crate::bitrix24::{B24Error, Profile, Target, Vouched};
 use crate::db::entities::portal;
 use crate::error::ErrorCode;
 use crate::secret::{Secret, constant_time_eq};
@@ -513,7 +512,8 @@ async fn confirm_admin(
         .call_to_verify(target, "profile", json!({}))
         .await
         .map_err(portal_refused)?;
-    let is_admin = match profile.get("ADMIN") {
+    let profile = Profile::from_answer(&profile);
+    let is_admin = match &profile.admin {
         Some(flag) => truthy(flag),
         // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
         None => state
@@ -523,7 +523,7 @@ async fn confirm_admin(
             .map(|v| truthy(&v))
             .map_err(portal_refused)?,
     };
-    let user = text(&profile, &["ID"]).and_then(|s| s.parse::<i64>().ok());
+    let user = profile.user_id();
     // The token's owner as the OAuth server named it must be the one the portal sees.
     if let (Some(vouched), Some(seen)) = (token_owner, user)
         && vouched != seen

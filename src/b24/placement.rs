@@ -9,14 +9,16 @@ use poem::http::StatusCode;
 use poem::web::{Data, Path};
 use poem::{Body, Response, handler};
 use sea_orm::EntityTrait;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
 use super::frame_post::VerifiedFrame;
-use super::inbound::{parse_form, text};
+use super::inbound::own_form;
 use super::session::{Scope, Session, SessionError};
 use super::{page, tab_view};
 use crate::bitrix24::callback::FrameCall;
+use crate::bitrix24::form;
 use crate::db::entities::{invitation, portal, response};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::state::AppState;
@@ -182,16 +184,26 @@ pub async fn report(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let form = match body.into_bytes().await {
-        Ok(bytes) => parse_form(&bytes),
-        Err(_) => Value::Null,
+    let form: TabForm = match body.into_bytes().await {
+        Ok(bytes) => own_form(&bytes),
+        Err(_) => TabForm::default(),
     };
     let response = report_of(state, invitation_id, &form).await;
     page::frame_for(response, None)
 }
 
-async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Response {
-    let (session, entity, _) = match tab_session(state, text(form, &["s"]).as_deref()).await {
+/// What the tab's forms post (`tab_view`): the signed session, and `download` on the
+/// PDF button that saves instead of opening.
+#[derive(Debug, Default, Deserialize)]
+struct TabForm {
+    #[serde(default, deserialize_with = "form::text")]
+    s: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    download: Option<String>,
+}
+
+async fn report_of(state: &AppState, invitation_id: String, form: &TabForm) -> Response {
+    let (session, entity, _) = match tab_session(state, form.s.as_deref()).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -224,7 +236,7 @@ async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Res
         );
     };
     let name = crate::completion::pdf_file_name(&inv, inv.completed_at.unwrap_or(submitted_at));
-    let disposition = if text(form, &["download"]).is_some() {
+    let disposition = if form.download.is_some() {
         "attachment"
     } else {
         "inline"
@@ -247,8 +259,8 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
     let Ok(bytes) = body.into_bytes().await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_form(&bytes);
-    let token = text(&form, &["s"]);
+    let form: TabForm = own_form(&bytes);
+    let token = form.s;
     let origin = page::session_origin(state, token.as_deref()).await;
     let response = issue_new_link(state, token.as_deref()).await;
     page::frame_for(response, origin.as_deref())
