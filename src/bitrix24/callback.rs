@@ -191,6 +191,34 @@ pub struct EventData {
     /// `ONAPPUNINSTALL`: `1` when the administrator chose to delete the app's data.
     #[serde(rename = "CLEAN", default, deserialize_with = "form::text")]
     pub clean: Option<String>,
+    /// `ONCRMTIMELINEITEMACTION`: which button of which activity.
+    #[serde(flatten)]
+    pub timeline_action: TimelineAction,
+}
+
+/// `data[...]` of `ONCRMTIMELINEITEMACTION` (automation §A2): a `restEvent` button of
+/// a configurable activity was pressed. Bitrix24 sends it only to the application
+/// that created the activity, with the activity's record and the user who pressed,
+/// plus the button's `actionParams`. Like every event it carries the application
+/// token only as proof of origin, which any portal user can read (protocol §6.2):
+/// the activity and the user are to be read back from the portal, never believed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TimelineAction {
+    /// The action's id as the layout named it.
+    #[serde(default, deserialize_with = "form::text")]
+    pub id: Option<String>,
+    /// `2` for a deal, `1` for a lead (CRM entity type ids).
+    #[serde(rename = "entityTypeId", default, deserialize_with = "form::text")]
+    pub entity_type_id: Option<String>,
+    #[serde(rename = "entityId", default, deserialize_with = "form::text")]
+    pub entity_id: Option<String>,
+    #[serde(rename = "activityId", default, deserialize_with = "form::text")]
+    pub activity_id: Option<String>,
+    #[serde(rename = "userId", default, deserialize_with = "form::text")]
+    pub user_id: Option<String>,
+    /// The button's own parameters, as the layout gave them.
+    #[serde(rename = "actionParams", default)]
+    pub action_params: BTreeMap<String, Text>,
 }
 
 /// An event bound by the application (protocol §7, fixtures `onappinstall.form.txt`,
@@ -372,6 +400,30 @@ mod tests {
         assert_eq!(event.event.as_deref(), Some("ONAPPINSTALL"));
         assert_eq!(event.auth.refresh_token.as_deref(), Some("r2"));
         assert_eq!(event.frame.member_id, None);
+    }
+
+    #[test]
+    fn timeline_action_is_typed() {
+        let e: EventCall = decode_body(
+            None,
+            b"event=ONCRMTIMELINEITEMACTION&data%5Bid%5D=viewed&data%5BentityTypeId%5D=2&data%5BentityId%5D=4217&data%5BactivityId%5D=99&data%5BuserId%5D=17&data%5BactionParams%5D%5Bsurvey%5D=abc&auth%5Bapplication_token%5D=t",
+        )
+        .expect("decodes");
+        let a = &e.data.timeline_action;
+        assert_eq!(a.id.as_deref(), Some("viewed"));
+        assert_eq!(a.entity_type_id.as_deref(), Some("2"));
+        assert_eq!(a.entity_id.as_deref(), Some("4217"));
+        assert_eq!(a.activity_id.as_deref(), Some("99"));
+        assert_eq!(a.user_id.as_deref(), Some("17"));
+        assert_eq!(
+            a.action_params.get("survey"),
+            Some(&Text(Some("abc".into())))
+        );
+        // A CRM event leaves it empty and still reads its record.
+        let e: EventCall =
+            decode_body(None, b"event=ONCRMDEALADD&data%5BFIELDS%5D%5BID%5D=5").expect("decodes");
+        assert_eq!(e.data.fields.id.as_deref(), Some("5"));
+        assert_eq!(e.data.timeline_action.activity_id, None);
     }
 
     #[test]

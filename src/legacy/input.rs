@@ -65,6 +65,8 @@ impl Fields {
                     id: self.data.fields.id.or(other.data.fields.id),
                 },
                 clean: self.data.clean.or(other.data.clean),
+                // The guides' webhooks never carry timeline actions.
+                timeline_action: Default::default(),
             },
             auth: WebhookAuth {
                 application_token: self.auth.application_token.or(other.auth.application_token),
