@@ -792,7 +792,8 @@ fn fixture_forms_parse_from_wire_bytes() {
             "{name}"
         );
     }
-    let robot = form::decode_json(fixture_wire("robot-call.form.txt").as_bytes());
+    let robot =
+        opros::testing::form_tree::decode_json(fixture_wire("robot-call.form.txt").as_bytes());
     assert_eq!(
         robot["document_id"],
         json!(["crm", "CCrmDocumentDeal", "DEAL_4217"])
