@@ -112,14 +112,28 @@ fn list_of(v: Option<&Result<Value, B24Error>>) -> Result<Vec<Value>, String> {
     }
 }
 
+/// What the portal told about our registrations, by the names of `list`'s commands.
+type Listed = std::collections::HashMap<String, Result<Value, B24Error>>;
+
 /// Checks every registration and creates or updates what is needed.
 pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -> Report {
     let mut report = Report::default();
-    let tab_handler = state.config.public("/b24/placement/deal-tab");
-    let event_handler = state.config.public("/b24/events");
-    let link_field = state.config.link_field.clone();
+    let listed = match list(state, target).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            report.push("Связь с порталом", true, Err(e.admin_message()));
+            return report;
+        }
+    };
+    ensure_robot(state, target, installer, &listed, &mut report).await;
+    ensure_tabs(state, target, &listed, &mut report).await;
+    ensure_events(state, target, &listed, &mut report).await;
+    ensure_link_fields(state, target, &listed, &mut report).await;
+    report
+}
 
-    // One request to learn what is there.
+/// One request to learn what is there.
+async fn list(state: &AppState, target: &Target) -> Result<Listed, B24Error> {
     let mut listing = vec![
         BatchCommand::new("robots", "bizproc.robot.list", json!({})),
         BatchCommand::new("placements", "placement.get", json!({})),
@@ -129,21 +143,22 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         listing.push(BatchCommand::new(
             format!("uf_{entity}"),
             format!("crm.{entity}.userfield.list"),
-            json!({"filter": {"FIELD_NAME": link_field}}),
+            json!({"filter": {"FIELD_NAME": state.config.link_field}}),
         ));
     }
-    let listed = match state.b24.batch(target, listing, false).await {
-        Ok(results) => results
-            .into_iter()
-            .map(|o| (o.name, o.result))
-            .collect::<std::collections::HashMap<_, _>>(),
-        Err(e) => {
-            report.push("Связь с порталом", true, Err(e.admin_message()));
-            return report;
-        }
-    };
+    let results = state.b24.batch(target, listing, false).await?;
+    Ok(results.into_iter().map(|o| (o.name, o.result)).collect())
+}
 
-    // Robot: add if missing, else update so a new version's properties reach the portal.
+/// The robot: added if missing, else updated so a new version's properties reach
+/// the portal.
+async fn ensure_robot(
+    state: &AppState,
+    target: &Target,
+    installer: Option<i64>,
+    listed: &Listed,
+    report: &mut Report,
+) {
     let robot_known = list_of(listed.get("robots"))
         .map(|codes| codes.iter().any(|c| c.as_str() == Some(ROBOT_CODE)));
     let fields = robot_fields(state, installer);
@@ -171,8 +186,11 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         }
     };
     report.push("Робот «Отправить опрос»", true, robot_result);
+}
 
-    // Tabs: bind ours; unbind a tab left from an old service address.
+/// The tabs: ours bound; one left from an old service address unbound.
+async fn ensure_tabs(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
+    let tab_handler = state.config.public("/b24/placement/deal-tab");
     let placements = list_of(listed.get("placements")).unwrap_or_default();
     for (i, code) in PLACEMENTS.iter().enumerate() {
         let ours = |p: &Value| field(p, "placement").and_then(Value::as_str) == Some(*code);
@@ -225,10 +243,13 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, i == 0, result);
     }
+}
 
-    // Application events: the uninstall (critical); the install event (protocol §3.3:
-    // bound before installFinish, it carries the install's tokens even when this page
-    // never finishes) and the update, which brings a new application token (§3.4).
+/// Application events: the uninstall (critical); the install event (protocol §3.3:
+/// bound before installFinish, it carries the install's tokens even when the install
+/// page never finishes) and the update, which brings a new application token (§3.4).
+async fn ensure_events(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
+    let event_handler = state.config.public("/b24/events");
     let events = list_of(listed.get("events")).unwrap_or_default();
     for (event, what, critical) in [
         (
@@ -264,11 +285,19 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, critical, result);
     }
+}
 
-    // Link field on deals and leads.
+/// The link field on deals and leads.
+async fn ensure_link_fields(
+    state: &AppState,
+    target: &Target,
+    listed: &Listed,
+    report: &mut Report,
+) {
+    let link_field = &state.config.link_field;
     for entity in ENTITIES {
         let present = list_of(listed.get(&format!("uf_{entity}")))
-            .map(|fields| has_field(&fields, &link_field));
+            .map(|fields| has_field(&fields, link_field));
         let result = match present {
             Ok(true) => Ok("уже было"),
             _ => add_link_field(state, target, entity).await,
@@ -280,5 +309,4 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, false, result);
     }
-    report
 }

@@ -10,6 +10,7 @@
 pub mod backpressure;
 pub mod jobs;
 pub mod link_field;
+pub mod post_completion;
 pub mod run;
 pub mod uninstall;
 pub mod worker;

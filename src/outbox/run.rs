@@ -1,13 +1,14 @@
-//! Carrying out claimed jobs of one portal (or of the webhook setup).
+//! Carrying out claimed jobs of one portal (or of the webhook setup): planning them
+//! into batches and reading each job's outcome back.
 //!
 //! Jobs that are plain REST calls are coalesced into `batch` requests (up to 50
 //! commands, a job's commands never split across two), so a morning's burst of robot
 //! runs costs a few requests instead of hundreds. The timeline comment carries a file
-//! and goes alone: the batch method refuses file uploads (protocol §12.4).
+//! and goes alone (`post_completion`): the batch method refuses file uploads
+//! (protocol §12.4).
 
 use std::collections::HashMap;
 
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
@@ -17,7 +18,7 @@ use super::Job;
 use super::jobs::{JobOutcome, MAX_ATTEMPTS, failures};
 use crate::bitrix24::{B24Error, BatchCommand, Target};
 use crate::crm::{EntityRef, EntityType, patient};
-use crate::db::entities::{invitation, outbox_job, response};
+use crate::db::entities::{invitation, outbox_job};
 use crate::state::AppState;
 
 const MAX_COMMANDS: usize = 50;
@@ -113,7 +114,7 @@ pub async fn run_group(
                 Job::PostCompletion { .. } => {
                     let outcome = match &pushback {
                         Some(error) => JobOutcome::Deferred(now, error.clone()),
-                        None => post_completion(state, &target, &c.row, inv, now).await,
+                        None => super::post_completion::run(state, &target, &c.row, inv, now).await,
                     };
                     if let JobOutcome::Deferred(_, error) = &outcome {
                         pushback = Some(error.clone());
@@ -249,7 +250,7 @@ fn is_single_use(method: &str) -> bool {
 /// may be there already: the job was claimed before (`attempts` counts this claim
 /// too; a worker that died mid-call left no outcome), or an admin put it back after
 /// failures («Повторить» starts the count again; the last error stays).
-fn tried_before(row: &outbox_job::Model) -> bool {
+pub(super) fn tried_before(row: &outbox_job::Model) -> bool {
     row.attempts > 1 || row.last_error.is_some()
 }
 
@@ -405,160 +406,6 @@ async fn store_name(
         Ok(_) => JobOutcome::Done(json!({"name": "resolved"})),
         Err(e) => retry(1, None, format!("база данных: {e}"), now),
     }
-}
-
-async fn post_completion(
-    state: &AppState,
-    target: &Target,
-    row: &outbox_job::Model,
-    inv: &invitation::Model,
-    now: DateTime<Utc>,
-) -> JobOutcome {
-    let entity = EntityRef::from_row(inv);
-    let resp = match response::Entity::find_by_id(inv.id.clone())
-        .one(&state.db)
-        .await
-    {
-        Ok(Some(r)) => r,
-        Ok(None) => return JobOutcome::Dead("ответы не найдены".into()),
-        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
-    };
-    let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
-        return JobOutcome::Dead("опрос не завершён".into());
-    };
-    // Answers that no longer decode are not posted as an empty result: the job dies
-    // with the reason, for the admin to see.
-    let answers = match crate::survey::decode_answers(&inv.id, answers) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(survey_id = %inv.id, error = %e, "Сохранённые ответы не читаются");
-            return JobOutcome::Dead("сохранённые ответы не читаются".into());
-        }
-    };
-    let Some(q) = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
-    else {
-        return JobOutcome::Dead(format!(
-            "анкета {} версии {} не найдена",
-            inv.questionnaire_code, inv.questionnaire_version
-        ));
-    };
-
-    // A repeat after an answer that never came back: the comment may already be there.
-    if tried_before(row) {
-        match find_posted_comment(state, target, entity, &inv.id).await {
-            Ok(Some(id)) => {
-                return JobOutcome::Done(json!({"comment_id": id, "note": "found on retry"}));
-            }
-            Ok(None) => {}
-            // An app not allowed to list comments: posting again risks a duplicate,
-            // not posting loses the result; the doctor must get it.
-            Err(e) if e.is_access_denied() || matches!(e, B24Error::InsufficientScope) => {
-                tracing::warn!(
-                error = %e,
-                    "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
-                )
-            }
-            Err(e) => return classify(&e, row, now),
-        }
-    }
-
-    let pdf: Option<Vec<u8>> = match resp.report_pdf.clone() {
-        Some(pdf) => Some(pdf),
-        None => {
-            let input = crate::completion::report_input(
-                &crate::completion::clinic_name(state, inv).await,
-                &q,
-                inv,
-                &answers,
-                completed_at,
-            );
-            match crate::completion::render_report(input).await {
-                Ok(r) => {
-                    // The submitting request did not store its PDF (it failed or
-                    // stopped after claiming): keep this one for the deal tab.
-                    let mut row: response::ActiveModel = resp.clone().into();
-                    row.report_sha256 = Set(Some(r.sha256.clone()));
-                    row.report_pdf = Set(Some(r.pdf.clone()));
-                    if let Err(e) = row.update(&state.db).await {
-                        tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
-                    }
-                    Some(r.pdf)
-                }
-                // Patient input is bounded, but should a PDF still not build, the
-                // doctor gets the comment without it rather than nothing at all.
-                Err(e) => {
-                    tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен; комментарий отправляется без него");
-                    None
-                }
-            }
-        }
-    };
-    // The portal cannot tell a second comment from a first: post only while the job
-    // is still ours, not after another worker took it over from a stalled one.
-    match super::jobs::holds(&state.db, row).await {
-        Ok(true) => {}
-        Ok(false) => return JobOutcome::Lost,
-        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
-    }
-    let mut fields = serde_json::Map::new();
-    fields.insert("ENTITY_ID".into(), json!(entity.id));
-    fields.insert("ENTITY_TYPE".into(), json!(entity.kind.timeline_name()));
-    if let Some(pdf) = pdf {
-        let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
-        let file = crate::completion::pdf_file_name(inv, completed_at);
-        fields.insert("COMMENT".into(), json!(comment));
-        fields.insert(
-            "FILES".into(),
-            json!([[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]]),
-        );
-    } else {
-        let comment =
-            crate::completion::timeline_comment_without_pdf(&q, inv, &answers, completed_at);
-        fields.insert("COMMENT".into(), json!(comment));
-    }
-    // Not repeated by the client after an answer that may hide a comment posted:
-    // the next try of this job looks for the marker first.
-    match state
-        .b24
-        .call_once(
-            target,
-            "crm.timeline.comment.add",
-            json!({ "fields": fields }),
-        )
-        .await
-    {
-        Ok(id) => JobOutcome::Done(json!({"comment_id": id})),
-        Err(e) => classify(&e, row, now),
-    }
-}
-
-async fn find_posted_comment(
-    state: &AppState,
-    target: &Target,
-    entity: EntityRef,
-    invitation_id: &str,
-) -> Result<Option<Value>, B24Error> {
-    let list = state
-        .b24
-        .list_all(
-            target,
-            "crm.timeline.comment.list",
-            json!({
-                "filter": {"ENTITY_ID": entity.id, "ENTITY_TYPE": entity.kind.timeline_name()},
-                "select": ["ID", "COMMENT"],
-            }),
-        )
-        .await?;
-    Ok(list
-        .into_iter()
-        .find(|c| {
-            c.get("COMMENT")
-                .and_then(Value::as_str)
-                .is_some_and(|t| crate::completion::carries_marker(t, invitation_id))
-        })
-        .and_then(|c| c.get("ID").cloned()))
 }
 
 /// A pushback's first probe comes this soon; the worker spaces later ones out per
