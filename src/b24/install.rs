@@ -582,15 +582,44 @@ async fn accept(
     claim: Claim,
     source: &'static str,
 ) -> Result<Accepted, InstallError> {
+    match verify_claim(state, &claim).await? {
+        Verified::AlreadyInstalled(portal) => Ok(Accepted::AlreadyInstalled(portal)),
+        Verified::Admin {
+            vouched,
+            domain,
+            installer,
+        } => {
+            let saved = store_portal(state, &claim, vouched, domain, installer, source).await?;
+            Ok(Accepted::Stored(saved, installer))
+        }
+    }
+}
+
+/// What the OAuth server and the portal said about a claim.
+enum Verified {
+    /// The offered pair was exchanged before; the portal is installed here with it.
+    AlreadyInstalled(portal::Model),
+    /// A fresh pair, vouched for this portal, of one of its administrators.
+    Admin {
+        vouched: Vouched,
+        /// The vouched `host[:port]`, lower case.
+        domain: String,
+        installer: Option<i64>,
+    },
+}
+
+/// The claim checked against the OAuth server (which portal the offered pair is
+/// for), the allow list, and the portal (whose token it is, and an admin's).
+async fn verify_claim(state: &AppState, claim: &Claim) -> Result<Verified, InstallError> {
     // Cheap refusal first: no outbound call for a portal that may not install.
     if !allowed(state, &claim.domain) {
         return Err(NOT_ALLOWED.decided_locally());
     }
-    let (vouched, domain) = match vouch(state, &claim).await {
+    let (vouched, domain) = match vouch(state, claim).await {
         Ok(v) => v,
         Err(B24Error::RefreshRejected) => {
-            return match installed_here(state, &claim).await? {
-                Some(p) => Ok(Accepted::AlreadyInstalled(p)),
+            return match installed_here(state, claim).await? {
+                Some(p) => Ok(Verified::AlreadyInstalled(p)),
                 None => Err(NOT_VOUCHED),
             };
         }
@@ -608,7 +637,23 @@ async fn accept(
         access_token: vouched.auth.access_token.clone(),
     };
     let installer = confirm_admin(state, &target, vouched.user_id).await?;
+    Ok(Verified::Admin {
+        vouched,
+        domain,
+        installer,
+    })
+}
 
+/// Stores the vouched portal: a new row, or the existing one when it may be
+/// replaced (`may_replace`), with the audit line.
+async fn store_portal(
+    state: &AppState,
+    claim: &Claim,
+    vouched: Vouched,
+    domain: String,
+    installer: Option<i64>,
+    source: &'static str,
+) -> Result<portal::Model, InstallError> {
     let existing = portals::by_member(&state.db, &vouched.member_id)
         .await
         .map_err(|e| {
@@ -616,7 +661,7 @@ async fn accept(
             UNAVAILABLE
         })?;
     if let Some(p) = &existing {
-        may_replace(state, p, &claim).await?;
+        may_replace(state, p, claim).await?;
         if p.domain != domain {
             // The OAuth server itself named the new address for this member_id.
             tracing::info!(from = %p.domain, to = %domain, "Портал сменил адрес");
@@ -648,7 +693,7 @@ async fn accept(
     if installer.is_some() {
         row.installed_by = Set(installer);
     }
-    row.status = Set(portal::INSTALLED.to_owned());
+    row.status = Set(portal::INSTALLED);
     row.updated_at = Set(now);
     let saved = match existing {
         Some(_) => row.update(&state.db).await,
@@ -666,7 +711,7 @@ async fn accept(
         Some(&saved.domain),
     )
     .await;
-    Ok(Accepted::Stored(saved, installer))
+    Ok(saved)
 }
 
 async fn store_report(state: &AppState, portal: &portal::Model, report: &registration::Report) {

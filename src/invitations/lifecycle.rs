@@ -14,6 +14,7 @@ use super::{COMPLETED, OPENED, SENT};
 use crate::db::entities::{invitation, outbox_job, response};
 use crate::error::{ApiError, ErrorCode};
 use crate::outbox::{self, Job};
+use crate::report::RenderedReport;
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, decode_answers};
 
@@ -271,28 +272,56 @@ pub async fn submit(
     let valid = match crate::survey::validate_submit(&q, &answers, today) {
         Ok(v) => v,
         Err(errors) => {
-            // Keep what the patient typed: the draft gains the valid part of this attempt.
-            // A draft that no longer decodes is replaced by this attempt's valid part.
-            let mut draft = match draft_of(state, inv).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(survey_id = %inv.id, error = %format!("{e:#}"), "Сохранённый черновик не читается; он будет заменён");
-                    Answers::default()
-                }
-            };
-            draft.extend(crate::survey::normalise_draft(&q, &answers));
-            let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
+            keep_valid_part(state, inv, &q, &answers, now).await;
             return Err(FlowError::Invalid(errors.0));
         }
     };
-
-    // Claim first: of concurrent submits only the one that flips the status goes on
-    // to render a PDF; the others are answered `Completed` at once. The answers and
-    // the comment job are stored with the claim, so nothing is lost if rendering
-    // fails or the process stops: the job then renders the PDF itself.
     let job_key = format!("invitation:{}:completion", inv.id);
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
-    let answers_json = serde_json::to_value(&valid)
+    claim_completion(state, inv, &valid, now, &job_key, delivers).await?;
+    let report = render_pdf(state, inv, &q, &valid, now).await;
+    release_completion(state, inv, report.as_ref(), &job_key, delivers).await?;
+    tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
+    Ok(Receipt {
+        completed_at: now,
+        report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
+    })
+}
+
+/// A refused submit keeps what the patient typed: the draft gains the valid part of
+/// this attempt. A draft that no longer decodes is replaced by it.
+async fn keep_valid_part(
+    state: &AppState,
+    inv: &invitation::Model,
+    q: &Questionnaire,
+    answers: &Answers,
+    now: DateTime<Utc>,
+) {
+    let mut draft = match draft_of(state, inv).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(survey_id = %inv.id, error = %format!("{e:#}"), "Сохранённый черновик не читается; он будет заменён");
+            Answers::default()
+        }
+    };
+    draft.extend(crate::survey::normalise_draft(q, answers));
+    let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
+}
+
+/// Claim first: of concurrent submits only the one that flips the status goes on to
+/// render a PDF; the others are answered `Completed` at once. The answers and the
+/// comment job (held back while this request renders) are stored with the claim, so
+/// nothing is lost if rendering fails or the process stops: the job then renders the
+/// PDF itself.
+async fn claim_completion(
+    state: &AppState,
+    inv: &invitation::Model,
+    valid: &Answers,
+    now: DateTime<Utc>,
+    job_key: &str,
+    delivers: bool,
+) -> Result<(), FlowError> {
+    let answers_json = serde_json::to_value(valid)
         .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
     {
         let (_turn, txn) = state.begin_write().await?;
@@ -336,23 +365,33 @@ pub async fn submit(
                 &Job::PostCompletion {
                     invitation: inv.id.clone(),
                 },
-                &job_key,
+                job_key,
             )
             .await?;
-            // Held back while this request renders the PDF; released below.
-            set_job_due(&txn, &job_key, now + RENDER_GRACE).await?;
+            // Held back while this request renders the PDF; released after.
+            set_job_due(&txn, job_key, now + RENDER_GRACE).await?;
         }
         txn.commit().await?;
     }
+    Ok(())
+}
 
+/// The PDF of the claimed answers. The answers are stored: a PDF that does not build
+/// is no reason to refuse the patient. The comment job tries again and, failing
+/// that, posts without it.
+async fn render_pdf(
+    state: &AppState,
+    inv: &invitation::Model,
+    q: &Questionnaire,
+    valid: &Answers,
+    now: DateTime<Utc>,
+) -> Option<RenderedReport> {
     let mut stored = inv.clone();
     stored.status = COMPLETED;
     stored.completed_at = Some(now);
     let clinic = crate::completion::clinic_name(state, inv).await;
-    let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);
-    // The answers are stored: a PDF that does not build is no reason to refuse the
-    // patient. The comment job tries again and, failing that, posts without it.
-    let report = match crate::completion::render_report(input).await {
+    let input = crate::completion::report_input(&clinic, q, &stored, valid, now);
+    match crate::completion::render_report(input).await {
         Ok(report) => {
             tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
             Some(report)
@@ -361,10 +400,19 @@ pub async fn submit(
             tracing::error!(survey_id = %inv.id, error = %e, "Отчёт PDF не построен");
             None
         }
-    };
+    }
+}
 
+/// Stores the PDF (if one was built) and lets the comment job run now.
+async fn release_completion(
+    state: &AppState,
+    inv: &invitation::Model,
+    report: Option<&RenderedReport>,
+    job_key: &str,
+    delivers: bool,
+) -> Result<(), FlowError> {
     let (_turn, txn) = state.begin_write().await?;
-    if let Some(report) = &report {
+    if let Some(report) = report {
         response::Entity::update_many()
             .col_expr(
                 response::Column::ReportSha256,
@@ -376,13 +424,9 @@ pub async fn submit(
             .await?;
     }
     if delivers {
-        set_job_due(&txn, &job_key, Utc::now()).await?;
+        set_job_due(&txn, job_key, Utc::now()).await?;
     }
     txn.commit().await?;
     state.nudge_outbox();
-    tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
-    Ok(Receipt {
-        completed_at: now,
-        report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
-    })
+    Ok(())
 }

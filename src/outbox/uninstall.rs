@@ -181,7 +181,7 @@ async fn purge(
             });
     let domain = p.domain.clone();
     let mut row: portal::ActiveModel = p.into();
-    row.status = Set(portal::UNINSTALLED.to_owned());
+    row.status = Set(portal::UNINSTALLED);
     row.access_token = Set(None);
     row.refresh_token = Set(None);
     row.expires_at = Set(None);
