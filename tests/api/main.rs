@@ -13,6 +13,7 @@ mod config_cli;
 mod deal_tab;
 mod delivery;
 mod demo;
+mod fake_automation;
 mod home;
 mod identity_repairs;
 mod install;
