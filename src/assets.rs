@@ -144,7 +144,11 @@ mod tests {
         for asset in SERVED {
             let found = served(asset.name).map(|a| a.url());
             assert_eq!(found, Some(asset.url()));
-            assert!(asset.url().starts_with(&format!("/assets/{}?v=", asset.name)));
+            assert!(
+                asset
+                    .url()
+                    .starts_with(&format!("/assets/{}?v=", asset.name))
+            );
         }
         for name in ["", "../Cargo.toml", "app.css/", "APP.CSS", "demo-card.css"] {
             assert!(served(name).is_none(), "{name}");

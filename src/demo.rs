@@ -413,7 +413,9 @@ fn deal_card(Path(id): Path<u64>, Data(data): Data<&DemoData>) -> Response {
         "CRM_DEAL_DETAIL_TAB",
         Some(options),
     );
-    html(crate::views::render(&DealCard::new(title, patient, id, form)))
+    html(crate::views::render(&DealCard::new(
+        title, patient, id, form,
+    )))
 }
 
 #[handler]

@@ -134,7 +134,10 @@ pub fn install_result(domain: &str, report: &Report, state: &AppState) -> Respon
         note,
         urls: vec![
             ("Робот", state.config.public("/b24/robot/send-survey")),
-            ("Вкладка сделки", state.config.public("/b24/placement/deal-tab")),
+            (
+                "Вкладка сделки",
+                state.config.public("/b24/placement/deal-tab"),
+            ),
             ("События", state.config.public("/b24/events")),
         ],
     });

@@ -13,10 +13,8 @@ use crate::invitations::lifecycle::{self, FlowError};
 use crate::invitations::{COMPLETED, EntityRef, EntityType, of_entity, status_label, status_of};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
-use crate::views::frame::{
-    AnswerRow, AnswerSection, Frame, InvitationRow, TabPage, TabResult,
-};
 use crate::views;
+use crate::views::frame::{AnswerRow, AnswerSection, Frame, InvitationRow, TabPage, TabResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -103,7 +101,11 @@ pub fn view(data: &TabData, session: &str, new_link: Option<&str>, now: DateTime
             .completed
             .as_ref()
             .map(|(inv, q, answers)| result(inv, q, answers)),
-        invitations: data.rows.iter().map(|row| invitation_row(row, now)).collect(),
+        invitations: data
+            .rows
+            .iter()
+            .map(|row| invitation_row(row, now))
+            .collect(),
     }
 }
 

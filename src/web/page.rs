@@ -454,6 +454,8 @@ mod tests {
     use chrono::NaiveDate;
     use serde_json::json;
 
+    use scraper::{Html, Selector};
+
     use super::*;
     use crate::survey::{Catalog, validate_submit};
 
@@ -508,80 +510,69 @@ mod tests {
         })
     }
 
-    fn unescape(s: &str) -> String {
-        s.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&amp;", "&")
+    fn doc(html: &str) -> Html {
+        Html::parse_document(html)
     }
 
-    /// The attributes of one tag body (`type="radio" name="x" checked`).
-    fn attributes(tag: &str) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let mut rest = tag.trim();
-        while !rest.is_empty() {
-            let end = rest
-                .find(|c: char| c == '=' || c.is_whitespace())
-                .unwrap_or(rest.len());
-            let name = rest[..end].to_string();
-            rest = &rest[end..];
-            if let Some(after) = rest.strip_prefix("=\"") {
-                let close = after.find('"').expect("closing quote");
-                out.insert(name, unescape(&after[..close]));
-                rest = after[close + 1..].trim_start();
-            } else {
-                out.insert(name, String::new());
-                rest = rest.trim_start();
-            }
-        }
-        out
+    fn sel(css: &str) -> Selector {
+        Selector::parse(css).expect("selector")
+    }
+
+    fn one<'a>(d: &'a Html, css: &str) -> scraper::ElementRef<'a> {
+        d.select(&sel(css))
+            .next()
+            .unwrap_or_else(|| panic!("no {css}"))
+    }
+
+    fn text(d: &Html, css: &str) -> String {
+        one(d, css).text().collect()
+    }
+
+    fn attr(d: &Html, css: &str, name: &str) -> Option<String> {
+        one(d, css).value().attr(name).map(str::to_owned)
     }
 
     /// What a browser would post for this form: enabled fields, checked boxes.
     fn form_pairs(html: &str) -> Vec<(String, String)> {
-        let mut pairs = Vec::new();
-        let mut rest = html;
-        while let Some(start) = rest.find('<') {
-            rest = &rest[start + 1..];
-            let end = rest.find('>').expect("tag end");
-            let tag = &rest[..end];
-            let (name, attrs) = tag.split_once(' ').unwrap_or((tag, ""));
-            if name != "input" && name != "textarea" {
-                continue;
-            }
-            let attrs = attributes(attrs);
-            if attrs.contains_key("disabled") {
-                continue;
-            }
-            let Some(field) = attrs.get("name") else {
-                continue;
-            };
-            let value = if name == "textarea" {
-                let body = &rest[end + 1..];
-                unescape(&body[..body.find("</textarea>").expect("textarea end")])
-            } else {
-                let checkable = matches!(
-                    attrs.get("type").map(String::as_str),
-                    Some("radio" | "checkbox")
-                );
-                if checkable && !attrs.contains_key("checked") {
-                    continue;
+        let d = doc(html);
+        d.select(&sel("#survey input, #survey textarea"))
+            .filter_map(|field| {
+                let e = field.value();
+                let name = e.attr("name")?;
+                if e.attr("disabled").is_some() {
+                    return None;
                 }
-                attrs.get("value").cloned().unwrap_or_default()
-            };
-            pairs.push((field.clone(), value));
-        }
-        pairs
+                let value = if e.name() == "textarea" {
+                    field.text().collect()
+                } else {
+                    if matches!(e.attr("type"), Some("radio" | "checkbox"))
+                        && e.attr("checked").is_none()
+                    {
+                        return None;
+                    }
+                    e.attr("value").unwrap_or_default().to_owned()
+                };
+                Some((name.to_owned(), value))
+            })
+            .collect()
     }
 
     #[test]
-    fn escape_covers_markup_and_quotes() {
+    fn markup_in_answers_stays_text_and_attributes_stay_closed() {
+        let q = builtin();
+        let hostile = r#""'><img src=x onerror=alert(1)><script>alert(2)</script>"#;
+        let a =
+            answers(json!({"complaints": hostile, "chronic_other": hostile, "allergies": "yes"}));
+        let html = render(&q, hostile, &a, &BTreeMap::new());
+        let d = doc(&html);
+        assert_eq!(d.select(&sel("img")).count(), 0, "{html}");
+        assert_eq!(d.select(&sel("script:not([src])")).count(), 0);
+        assert_eq!(text(&d, "#f-complaints"), hostile);
         assert_eq!(
-            escape(r#"<script>alert('x') & "y"</script>"#),
-            "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
+            attr(&d, "#f-chronic_other", "value").as_deref(),
+            Some(hostile)
         );
-        assert_eq!(escape("Иванов"), "Иванов");
+        assert_eq!(text(&d, ".meta strong"), hostile);
     }
 
     #[test]
@@ -635,11 +626,18 @@ mod tests {
             &answers(json!({"allergies": "no"})),
             &BTreeMap::new(),
         );
-        assert!(html.contains(
-            "id=\"q-allergy_details\" data-q=\"allergy_details\" data-type=\"textarea\" \
-             data-required-msg=\"Заполните это поле\" data-show-if-question=\"allergies\" \
-             data-show-if-equals=\"yes\" hidden>"
-        ));
+        let d = doc(&html);
+        let wrapper = one(&d, "#q-allergy_details").value();
+        assert_eq!(wrapper.attr("data-q"), Some("allergy_details"));
+        assert_eq!(wrapper.attr("data-type"), Some("textarea"));
+        assert_eq!(
+            wrapper.attr("data-required-msg"),
+            Some("Заполните это поле")
+        );
+        assert_eq!(wrapper.attr("data-show-if-question"), Some("allergies"));
+        assert_eq!(wrapper.attr("data-show-if-equals"), Some("yes"));
+        assert!(wrapper.attr("hidden").is_some());
+        assert!(attr(&d, "#f-allergy_details", "disabled").is_some());
         assert!(
             !form_pairs(&html)
                 .iter()
@@ -651,12 +649,11 @@ mod tests {
             &answers(json!({"allergies": true})),
             &BTreeMap::new(),
         );
-        assert!(html.contains("data-show-if-equals=\"yes\">"));
-        assert!(
-            html.contains(
-                "name=\"allergies\" aria-describedby=\"e-allergies\" value=\"yes\" checked"
-            )
-        );
+        let d = doc(&html);
+        assert!(attr(&d, "#q-allergy_details", "hidden").is_none());
+        let yes = one(&d, "input[name=allergies][value=yes]").value();
+        assert_eq!(yes.attr("aria-describedby"), Some("e-allergies"));
+        assert!(yes.attr("checked").is_some());
     }
 
     #[test]
@@ -667,16 +664,27 @@ mod tests {
             .expect_err("incomplete")
             .0;
         let html = render(&q, "Пациент", &a, &errors);
-        assert!(html.contains("<title>Ошибка: "));
-        assert!(html.contains("id=\"error-summary\" role=\"alert\" tabindex=\"-1\">"));
-        assert!(html.contains("<a href=\"#f-height\">Рост — Введите число от 50 до 250</a>"));
-        assert!(html.contains("<a href=\"#f-pregnancy-0\">"));
-        assert!(html.contains(
-            "id=\"f-height\" name=\"height\" aria-describedby=\"e-height\" aria-invalid=\"true\""
-        ));
-        assert!(html.contains("<p class=\"err\" id=\"e-height\">Введите число от 50 до 250</p>"));
+        let d = doc(&html);
+        assert!(text(&d, "title").starts_with("Ошибка: "));
+        assert!(attr(&d, "#error-summary", "hidden").is_none());
+        assert_eq!(attr(&d, "#error-summary", "role").as_deref(), Some("alert"));
+        assert_eq!(
+            text(&d, "#error-summary a[href='#f-height']"),
+            "Рост — Введите число от 50 до 250"
+        );
+        assert_eq!(
+            d.select(&sel("#error-summary a[href='#f-pregnancy-0']"))
+                .count(),
+            1
+        );
+        let height = one(&d, "#f-height").value();
+        assert_eq!(height.attr("name"), Some("height"));
+        assert_eq!(height.attr("aria-describedby"), Some("e-height"));
+        assert_eq!(height.attr("aria-invalid"), Some("true"));
         // The patient's wrong value is kept for correction.
-        assert!(html.contains("value=\"300\""));
+        assert_eq!(height.attr("value"), Some("300"));
+        assert_eq!(text(&d, "p.err#e-height"), "Введите число от 50 до 250");
+        assert!(attr(&d, "#e-height", "hidden").is_none());
     }
 
     #[test]
@@ -688,34 +696,37 @@ mod tests {
             &full_answers(),
             &BTreeMap::new(),
         );
-        assert!(!html.contains("<script>alert(1)"));
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-        assert!(html.contains("Головная боль &lt;по утрам&gt; &amp; «тяжесть»"));
-        assert!(!html.contains("style="));
-        for (i, _) in html.match_indices("<script") {
-            let tag = &html[i..i + html[i..].find('>').expect("tag end")];
-            assert!(
-                tag.contains(" src=\"/assets/app.js?v="),
-                "inline script: {tag}"
-            );
+        let d = doc(&html);
+        assert_eq!(text(&d, ".meta strong"), "<script>alert(1)</script>");
+        assert_eq!(
+            text(&d, "#f-complaints"),
+            "Головная боль <по утрам> & «тяжесть»"
+        );
+        let scripts: Vec<_> = d
+            .select(&sel("script"))
+            .map(|s| s.value().attr("src").unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            scripts,
+            [crate::assets::APP_JS.url()],
+            "only the page's script"
+        );
+        for element in d.select(&sel("*")) {
+            for (name, _) in element.value().attrs() {
+                assert!(name != "style", "inline style on {:?}", element.value());
+                assert!(!name.starts_with("on"), "inline handler {name}");
+            }
         }
-        for word in html.split(|c: char| c.is_whitespace() || c == '<') {
-            let lower = word.to_lowercase();
-            assert!(
-                !(lower.starts_with("on") && lower.contains('=')),
-                "inline handler: {word}"
-            );
-        }
-        assert!(html.contains("<html lang=\"ru\">"));
-        assert!(html.contains("Анкета для: <strong>"));
-        assert!(html.contains("Ссылка действует до 31.05.2026"));
-        assert!(html.contains("152-ФЗ"));
-        let weight = html.len() + APP_CSS.len() + APP_JS.len();
+        assert_eq!(attr(&d, "html", "lang").as_deref(), Some("ru"));
+        assert!(text(&d, "header.top").contains("Ссылка действует до 31.05.2026"));
+        assert!(text(&d, "#survey").contains("152-ФЗ"));
+        let (css, js) = (crate::assets::APP_CSS.body, crate::assets::APP_JS.body);
+        let weight = html.len() + css.len() + js.len();
         println!(
             "page weight: html {} + css {} + js {} = {weight} bytes",
             html.len(),
-            APP_CSS.len(),
-            APP_JS.len()
+            css.len(),
+            js.len()
         );
         assert!(weight < 60 * 1024, "page weight {weight} bytes");
     }
@@ -727,15 +738,28 @@ mod tests {
             render_already_completed("Клиника", "Анкета"),
             render_expired(),
             render_not_found(),
+            render_failure("Внутренняя ошибка <b>"),
         ] {
-            assert!(page.starts_with("<!doctype html>\n<html lang=\"ru\">"));
-            assert!(page.contains(&css_url()));
-            assert!(!page.contains("<script"));
-            assert!(!page.contains("<b>"));
+            let d = doc(&page);
+            assert!(page.starts_with("<!doctype html>"));
+            assert_eq!(attr(&d, "html", "lang").as_deref(), Some("ru"));
+            assert_eq!(
+                attr(&d, "link[rel=stylesheet]", "href"),
+                Some(crate::assets::APP_CSS.url())
+            );
+            assert_eq!(d.select(&sel("script")).count(), 0);
+            assert_eq!(d.select(&sel("b")).count(), 0);
+            assert_eq!(d.select(&sel("main#main h1")).count(), 1);
         }
-        assert!(render_thank_you("К", "А").contains("Спасибо! Ваши ответы получены"));
-        assert!(render_expired().contains("Срок действия ссылки истёк — обратитесь в клинику"));
-        assert!(!render_not_found().contains("истёк"));
+        let d = doc(&render_thank_you("Клиника <b>", "А"));
+        assert_eq!(text(&d, "h1"), "Спасибо! Ваши ответы получены");
+        assert!(text(&d, "p").contains("клинику «Клиника <b>»"));
+        let d = doc(&render_expired());
+        assert_eq!(
+            text(&d, "p"),
+            "Срок действия ссылки истёк — обратитесь в клинику, чтобы получить новую."
+        );
+        assert!(!text(&doc(&render_not_found()), "main").contains("истёк"));
     }
 
     /// Writes pages a person can open in a browser, styled by the real asset files.
@@ -767,11 +791,11 @@ mod tests {
         ] {
             let html = render(&q, "Иванова Анна Сергеевна", &draft, &errors)
                 .replace(
-                    &css_url(),
+                    &crate::assets::APP_CSS.url(),
                     &format!("file://{}", assets.join("app.css").display()),
                 )
                 .replace(
-                    &js_url(),
+                    &crate::assets::APP_JS.url(),
                     &format!("file://{}", assets.join("app.js").display()),
                 );
             std::fs::write(dir.join(name), html).expect("write artefact");
@@ -779,7 +803,7 @@ mod tests {
         std::fs::write(
             dir.join("thank-you.html"),
             render_thank_you("Клиника «Здоровье»", &q.title).replace(
-                &css_url(),
+                &crate::assets::APP_CSS.url(),
                 &format!("file://{}", assets.join("app.css").display()),
             ),
         )
