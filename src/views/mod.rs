@@ -38,3 +38,53 @@ pub struct StepRow {
     pub what: String,
     pub detail: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every template, as (file name, source).
+    fn templates() -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .expect("templates/")
+            .map(|entry| {
+                let path = entry.expect("entry").path();
+                let name = path.display().to_string();
+                (name, std::fs::read_to_string(&path).expect("template"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The engine's escaping is the only escaping: a template that switched it off
+    /// for a value, or wrote a script body (where HTML escaping does not protect, and
+    /// which the pages' CSP refuses anyway), would bring back what this layer removed.
+    #[test]
+    fn templates_never_switch_escaping_off_nor_write_inline_code() {
+        let all = templates();
+        assert!(all.len() >= 10, "{all:?}");
+        for (name, source) in &all {
+            let squeezed: String = source.split_whitespace().collect();
+            for forbidden in ["|safe", "|escape(\"none\")", "|e(\"none\")", "style="] {
+                assert!(!squeezed.contains(forbidden), "{forbidden} in {name}");
+            }
+            for (i, _) in source.match_indices("<script") {
+                let tag = &source[i..i + source[i..].find('>').expect("tag end")];
+                assert!(tag.contains(" src="), "inline script in {name}: {tag}");
+                assert!(
+                    source[i..].starts_with(&format!("{tag}></script>")),
+                    "{name}: {tag}"
+                );
+            }
+            let lower = source.to_lowercase();
+            for word in lower.split(|c: char| c.is_whitespace() || c == '<') {
+                assert!(
+                    !(word.starts_with("on") && word.contains('=')),
+                    "inline handler in {name}: {word}"
+                );
+            }
+        }
+    }
+}

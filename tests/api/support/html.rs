@@ -90,3 +90,8 @@ impl Doc {
         }
     }
 }
+
+/// All the text a reader sees on a page (or the body as is, when it is not HTML).
+pub fn text_of(source: &str) -> String {
+    Doc::parse(source).text()
+}
