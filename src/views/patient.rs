@@ -42,7 +42,7 @@ pub struct MessagePage {
 /// The questionnaire page.
 #[derive(Template)]
 #[template(path = "survey.html")]
-pub struct SurveyPage {
+pub struct QuestionnairePage {
     pub chrome: Chrome,
     pub clinic: Option<String>,
     /// The questionnaire's title.

@@ -173,7 +173,7 @@ pub fn render_survey(ctx: &SurveyPage) -> String {
     } else {
         format!("Ошибка: {}", q.title)
     };
-    views::render(&patient::SurveyPage {
+    views::render(&patient::QuestionnairePage {
         chrome: Chrome::new(title, true),
         clinic: non_empty(ctx.clinic),
         heading: q.title.clone(),
