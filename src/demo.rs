@@ -337,11 +337,7 @@ fn asset(Path(name): Path<String>) -> Response {
     let Some(asset) = crate::assets::demo(&name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    asset
-        .body
-        .with_header("content-type", asset.content_type)
-        .with_header("x-content-type-options", "nosniff")
-        .into_response()
+    asset.response()
 }
 
 /// The hidden form that plays the portal's iframe POST (protocol §6.2), with a fresh

@@ -159,9 +159,7 @@ pub fn asset(Path(name): Path<String>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     asset
-        .body
-        .with_header("content-type", asset.content_type)
+        .response()
         .with_header("cache-control", "public, max-age=86400")
-        .with_header("x-content-type-options", "nosniff")
         .into_response()
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_page;
+mod assets;
 mod attacks_events;
 mod attacks_identity;
 mod attacks_resources;

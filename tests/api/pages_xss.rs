@@ -204,5 +204,23 @@ async fn markup_in_the_demo_deal_card_is_shown_as_text() {
         .expect("placement options");
     let options: serde_json::Value = serde_json::from_str(&options).expect("JSON");
     assert_eq!(options["ID"], deal.to_string());
+    // The card's own files are served under the URLs it names, each with one type.
+    let mut linked = doc.attrs("link[rel=stylesheet]", "href");
+    linked.extend(doc.attrs("script[src]", "src"));
+    assert_eq!(linked.len(), 2, "{linked:?}");
+    for url in linked {
+        let name = url
+            .trim_start_matches("/demo/assets/")
+            .split('?')
+            .next()
+            .unwrap_or_default();
+        let asset = opros::assets::demo(name).unwrap_or_else(|| panic!("{url}"));
+        assert_eq!(url, asset.url());
+        let r = reqwest::get(demo.url(&url)).await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let types: Vec<_> = r.headers().get_all("content-type").iter().collect();
+        assert_eq!(types, [asset.content_type], "{url}");
+        assert_eq!(r.text().await.unwrap(), asset.body);
+    }
     demo.stop().await;
 }
