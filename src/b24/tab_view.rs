@@ -152,3 +152,111 @@ fn invitation_row(row: &invitation::Model, now: DateTime<Utc>) -> InvitationRow 
         expires: moscow(row.expires_at),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use scraper::{Html, Selector};
+    use serde_json::json;
+
+    use super::*;
+    use crate::invitations::SENT;
+    use crate::invitations::patient::PLACEHOLDER;
+    use crate::survey::Catalog;
+
+    fn row(id: &str, name: &str, status: &str, created: DateTime<Utc>) -> invitation::Model {
+        invitation::Model {
+            id: id.to_owned(),
+            portal_id: Some(1),
+            channel: "app".to_owned(),
+            entity_type: "DEAL".to_owned(),
+            entity_id: 42,
+            patient_name: name.to_owned(),
+            questionnaire_code: "pre_visit".to_owned(),
+            questionnaire_version: 1,
+            status: status.to_owned(),
+            dedupe_key: None,
+            created_at: created,
+            opened_at: (status == COMPLETED).then_some(created),
+            completed_at: (status == COMPLETED).then_some(created),
+            expires_at: created + Duration::days(30),
+        }
+    }
+
+    fn texts(html: &str, css: &str) -> Vec<String> {
+        let doc = Html::parse_document(html);
+        let selector = Selector::parse(css).expect("selector");
+        doc.select(&selector)
+            .map(|e| e.text().collect::<String>())
+            .collect()
+    }
+
+    #[test]
+    fn the_view_shows_what_was_loaded_and_nothing_else() {
+        let now = Utc::now();
+        let q = Catalog::load(None).0.latest("pre_visit").expect("built-in");
+        let answers: Answers = serde_json::from_value(json!({
+            "allergies": "yes",
+            "allergy_details": "пенициллин",
+            "complaints": "кашель"
+        }))
+        .expect("answers");
+        let done = row("b", "Иванова Анна", COMPLETED, now - Duration::days(2));
+        let data = TabData {
+            entity: EntityRef {
+                kind: EntityType::Deal,
+                id: 42,
+            },
+            rows: vec![row("a", PLACEHOLDER, SENT, now), done.clone()],
+            completed: Some((done, q, answers)),
+        };
+        let page = view(&data, "1.2.session", Some("https://x/s/t"), now);
+        assert_eq!(page.patient.as_deref(), Some("Иванова Анна"));
+        assert_eq!(page.what, "Сделка");
+        let labels: Vec<&str> = page.invitations.iter().map(|r| r.label).collect();
+        assert_eq!(labels, ["отправлена", "заполнена"]);
+
+        let html = views::render(&page);
+        assert_eq!(
+            texts(&html, ".tab-head .muted"),
+            ["Сделка № 42 · Иванова Анна"]
+        );
+        assert!(
+            texts(&html, ".flagged dd")
+                .iter()
+                .any(|a| a == "пенициллин")
+        );
+        assert_eq!(texts(&html, ".card.empty").len(), 0);
+        // Every form carries the session; the PDF's URL carries only the id.
+        let doc = Html::parse_document(&html);
+        let forms = Selector::parse("form").expect("selector");
+        let session = Selector::parse("input[name=s]").expect("selector");
+        let mut count = 0;
+        for form in doc.select(&forms) {
+            let field = form.select(&session).next().expect("session field");
+            assert_eq!(field.value().attr("value"), Some("1.2.session"));
+            count += 1;
+        }
+        assert_eq!(count, 3, "new link, open PDF, download PDF");
+        let pdf = Selector::parse("form[action='/b24/tab/report/b']").expect("selector");
+        assert_eq!(doc.select(&pdf).count(), 2);
+
+        // A lead with nothing completed.
+        let data = TabData {
+            entity: EntityRef {
+                kind: EntityType::Lead,
+                id: 7,
+            },
+            rows: Vec::new(),
+            completed: None,
+        };
+        let html = views::render(&view(&data, "s", None, now));
+        assert_eq!(texts(&html, ".tab-head .muted"), ["Лид № 7"]);
+        assert_eq!(
+            texts(&html, ".card.empty h2"),
+            ["Пациент ещё не заполнил анкету"]
+        );
+        assert!(texts(&html, "table").is_empty());
+        assert!(texts(&html, "#new-link").is_empty());
+    }
+}
