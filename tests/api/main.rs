@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_page;
+mod assets;
 mod attacks_events;
 mod attacks_identity;
 mod attacks_resources;
@@ -19,6 +20,7 @@ mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;
+mod pages_xss;
 mod recovery;
 mod robot;
 mod storage;
