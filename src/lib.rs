@@ -1,6 +1,7 @@
 //! opros: patient questionnaires for Bitrix24 CRM. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod assets;
 pub mod b24;
 pub mod bitrix24;
 pub mod body_limit;
@@ -18,6 +19,7 @@ pub mod secret;
 pub mod state;
 pub mod survey;
 pub mod telemetry;
+pub mod views;
 pub mod web;
 
 #[cfg(feature = "demo")]

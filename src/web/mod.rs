@@ -47,10 +47,7 @@ fn flow_page(state: &AppState, e: FlowError, title: &str) -> Response {
             let err: crate::error::ApiError = e.into();
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "<!doctype html><meta charset=utf-8><p>{}</p>",
-                    page::escape(&err.body().message)
-                ),
+                page::render_failure(&err.body().message),
             )
         }
     }
@@ -157,24 +154,15 @@ pub async fn survey_form_submit(
     }
 }
 
-/// Static assets, embedded in the binary; the page references them with a version
-/// query, so they can be cached for long.
+/// Static assets, embedded in the binary (`crate::assets`); pages reference them
+/// with a content-hash version, so they can be cached for long.
 #[handler]
 pub fn asset(Path(name): Path<String>) -> Response {
-    let (body, kind): (&'static str, &str) = match name.as_str() {
-        "app.css" => (page::APP_CSS, "text/css; charset=utf-8"),
-        "app.js" => (page::APP_JS, "text/javascript; charset=utf-8"),
-        "b24-frame.css" => (crate::b24::page::FRAME_CSS, "text/css; charset=utf-8"),
-        "b24-frame.js" => (crate::b24::page::FRAME_JS, "text/javascript; charset=utf-8"),
-        "deal-tab.css" => (crate::b24::tab_view::TAB_CSS, "text/css; charset=utf-8"),
-        "deal-tab.js" => (
-            crate::b24::tab_view::TAB_JS,
-            "text/javascript; charset=utf-8",
-        ),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let Some(asset) = crate::assets::served(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    body.with_header("content-type", kind)
+    asset
+        .response()
         .with_header("cache-control", "public, max-age=86400")
-        .with_header("x-content-type-options", "nosniff")
         .into_response()
 }

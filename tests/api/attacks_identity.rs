@@ -188,7 +188,10 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
     )
     .await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
 
     let after = stored(&app, &member).await.expect("still installed");
     assert_eq!(identity(&before), identity(&after));
@@ -225,7 +228,7 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     .await;
     assert_eq!(status, 403, "{page}");
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
 
@@ -240,7 +243,10 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     )
     .await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("не совпадают"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("не совпадают"),
+        "{page}"
+    );
 
     untouched(&evil);
     assert!(!evil.saw(&fake.client_secret()));
@@ -292,7 +298,11 @@ async fn install_page_cannot_scan_ports() {
         .await;
         assert_eq!(fake.refresh_count(), refreshes + 1, "vouched for");
         assert_eq!(answer.0, 403, "{}", answer.1);
-        assert!(answer.1.contains("не совпадают"), "{}", answer.1);
+        assert!(
+            crate::support::html::text_of(&answer.1).contains("не совпадают"),
+            "{}",
+            answer.1
+        );
         assert!(!answer.1.contains("REMOTE"), "{}", answer.1);
         answers.push(answer);
     }
@@ -318,7 +328,7 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
     assert!(
@@ -337,7 +347,10 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("Портал не подтвердил установку"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Портал не подтвердил установку"),
+        "{page}"
+    );
     assert!(
         !page.contains("INJECTED") && !page.contains("Denied"),
         "{page}"
@@ -365,7 +378,10 @@ async fn allowed_domains_refuse_every_other_portal() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("B24_ALLOWED_DOMAINS"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("B24_ALLOWED_DOMAINS"),
+        "{page}"
+    );
     // Refused before any call: the OAuth server was not even asked.
     assert_eq!(fake.refresh_count(), refreshes);
     assert!(stored(&app, &fake.member_id()).await.is_none());
@@ -394,7 +410,7 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     .await;
     assert_eq!(status, 403);
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
     let (status, body) = post(
@@ -422,7 +438,10 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("не совпадают"), "{body}");
+    assert!(
+        crate::support::html::text_of(&body).contains("не совпадают"),
+        "{body}"
+    );
     assert!(stored(&app, &member).await.is_none());
     assert!(stored(&app, squatted).await.is_none());
     untouched(&evil);
@@ -535,7 +554,10 @@ async fn a_token_of_another_application_is_refused() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("другому приложению"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("другому приложению"),
+        "{page}"
+    );
     assert!(stored(&app, &fake.member_id()).await.is_none());
     assert!(fake.robots().is_empty());
 }
@@ -569,7 +591,10 @@ async fn a_tab_post_is_checked_only_with_the_stored_endpoint() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("портал не узнал пользователя"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("портал не узнал пользователя"),
+        "{page}"
+    );
     // The right DOMAIN but the attacker's SERVER_ENDPOINT: checked with the stored
     // endpoint, which knows the token.
     let url = app.url(&format!(

@@ -12,11 +12,11 @@ use opros::secret::Secret;
 use opros::testing::{AuthKind, FakePortal, FakePortalConfig, Fault, LogCapture, MemoryTokenStore};
 use serde_json::{Value, json};
 
-struct Setup {
-    fake: FakePortal,
+pub(crate) struct Setup {
+    pub(crate) fake: FakePortal,
     store: Arc<MemoryTokenStore>,
-    client: B24Client,
-    target: Target,
+    pub(crate) client: B24Client,
+    pub(crate) target: Target,
 }
 
 fn client_config(fake: &FakePortal) -> ClientConfig {
@@ -59,11 +59,11 @@ impl Setup {
     }
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     setup_with(FakePortalConfig::default(), |_| {}).await
 }
 
-fn webhook(fake: &FakePortal) -> Target {
+pub(crate) fn webhook(fake: &FakePortal) -> Target {
     Target::Webhook(
         fake.webhook_url()
             .parse::<WebhookUrl>()

@@ -6,6 +6,7 @@ use opros::testing::FakePortal;
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::support::html::Doc;
 use crate::support::portal::{self, installed, patient_deal};
 use crate::support::{TestApp, full_answers};
 
@@ -57,19 +58,17 @@ fn assert_private_absent(body: &str) {
 
 /// The value of `name="s"` in the page (the tab session).
 fn session_of(body: &str) -> String {
-    let start = body.find("name=\"s\" value=\"").expect("session field") + 16;
-    body[start..]
-        .split('"')
-        .next()
-        .expect("session value")
-        .to_owned()
+    Doc::parse(body)
+        .attr("input[name=s]", "value")
+        .expect("session field")
 }
 
 /// Where the completed survey's PDF form posts: `/b24/tab/report/<id>`. The session
 /// goes in the form (`s`), never in the URL.
 fn report_link(body: &str) -> String {
-    let start = body.find("/b24/tab/report/").expect("PDF form");
-    let link = body[start..].split('"').next().expect("link").to_owned();
+    let link = Doc::parse(body)
+        .attr("form[action^='/b24/tab/report/']", "action")
+        .expect("PDF form");
     assert!(
         !link.contains('?'),
         "nothing in the PDF's URL but its id: {link}"
@@ -101,7 +100,10 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
 
     let (status, empty) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
     assert_eq!(status, 200, "{empty}");
-    assert!(empty.contains("Пациент ещё не заполнил анкету"));
+    assert_eq!(
+        Doc::parse(&empty).select_text(".card.empty h2"),
+        "Пациент ещё не заполнил анкету"
+    );
 
     completed_survey(&fake, &app, deal).await;
     let r = fake.open_deal_tab(1, deal).await.unwrap();
@@ -114,18 +116,25 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Смирнова Анна Петровна"));
-    assert!(body.contains("заполнена"));
-    assert!(!body.contains("Пациент ещё не заполнил анкету"));
-    assert!(!body.contains("<script>"), "no inline scripts");
+    let doc = Doc::parse(&body);
+    assert!(
+        doc.select_text(".tab-head")
+            .contains("Смирнова Анна Петровна")
+    );
+    assert!(
+        doc.texts(".badge").iter().any(|b| b.contains("заполнена")),
+        "{body}"
+    );
+    assert_eq!(doc.count(".card.empty"), 0);
+    assert_eq!(doc.count("script:not([src])"), 0, "no inline scripts");
     // Flagged answers (allergy «Да» and its details) come before every section.
-    let flagged = body.find("Обратите внимание").expect("flagged block");
-    let first_section = body.find("class=\"section-title\"").expect("sections");
-    assert!(flagged < first_section);
-    let allergy_in_flagged = body[flagged..first_section].contains("пенициллин");
+    assert_eq!(doc.select_text(".flagged h2"), "Обратите внимание");
+    assert!(doc.count(".flagged ~ h3.section-title") > 0, "{body}");
+    assert_eq!(doc.count("h3.section-title ~ .flagged"), 0, "{body}");
+    let allergy_in_flagged = doc.select_text(".flagged").contains("пенициллин");
     assert!(allergy_in_flagged, "allergy details are flagged");
     assert!(
-        body[first_section..].contains("is-flagged"),
+        doc.count("h3.section-title + dl .is-flagged") > 0,
         "highlighted in place too"
     );
 
@@ -179,7 +188,12 @@ async fn forged_or_foreign_tokens_show_nothing() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(body.contains("Не удалось подтвердить вход"), "{body}");
+    assert!(
+        Doc::parse(&body)
+            .text()
+            .contains("Не удалось подтвердить вход"),
+        "{body}"
+    );
     assert_private_absent(&body);
 
     // A genuine token of another portal, with this portal's member_id, sent either to
@@ -210,7 +224,10 @@ async fn forged_or_foreign_tokens_show_nothing() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(body.contains("не установлено"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("не установлено"),
+        "{body}"
+    );
     assert_private_absent(&body);
     // The other portal never saw this portal's token; ours was asked only by us.
     assert!(
@@ -223,7 +240,10 @@ async fn forged_or_foreign_tokens_show_nothing() {
     fake.deny_deal_for_user(7, deal);
     let (status, body) = page(fake.open_deal_tab(7, deal).await.unwrap()).await;
     assert_eq!(status, 403);
-    assert!(body.contains("Нет доступа к сделке"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("Нет доступа к сделке"),
+        "{body}"
+    );
     assert_private_absent(&body);
     // The deal was read with the doctor's own token.
     let reads = fake.calls_of("crm.deal.get");
@@ -323,17 +343,18 @@ async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
         .unwrap();
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Новая ссылка создана"));
-    let start = body.find(&app.url("/s/")).expect("new link shown");
-    let new_url = body[start..].split('"').next().unwrap();
+    let doc = Doc::parse(&body);
+    assert_eq!(doc.select_text(".notice h2"), "Новая ссылка создана");
+    let new_url = doc.attr("input#new-link", "value").expect("new link shown");
+    assert!(new_url.starts_with(&app.url("/s/")), "{new_url}");
     let token = new_url.rsplit('/').next().unwrap();
     let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert_eq!(status, 200, "{survey}");
     assert_eq!(survey["status"], Value::from("opened"));
     // Both invitations are listed, the new one «отправлена» (now «открыта»).
     let (_, again) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
-    assert_eq!(again.matches("<tr><td>").count(), 2, "{again}");
+    assert_eq!(Doc::parse(&again).count("tbody tr"), 2, "{again}");
     // The other deal still has none.
     let (_, other_again) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
-    assert!(other_again.contains("Пациент ещё не заполнил анкету"));
+    assert_eq!(Doc::parse(&other_again).count(".card.empty"), 1);
 }

@@ -65,7 +65,10 @@ async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
     fake.app_update();
     assert!(fake.robots().is_empty());
     let page = install(&fake, &app).await;
-    assert!(page.contains("Робот «Отправить опрос»"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Робот «Отправить опрос»"),
+        "{page}"
+    );
     assert_eq!(fake.robots().len(), 1, "registered with the stored tokens");
     let after = stored(&app, &fake.member_id()).await.expect("installed");
     assert_eq!(tokens(&before), tokens(&after), "tokens unchanged");
@@ -80,11 +83,17 @@ async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
     let form = install_form(&access, &refresh, &member, &server, &app_token);
     let (status, page) = post(&app, &install_path(&domain), &form).await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
     let robots = fake.robots().len();
     let (status, page) = post(&app, &install_path(&domain), &form).await;
     assert_eq!(status, 403, "the exchanged pair: {page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
     assert_eq!(
         fake.robots().len(),
         robots,
@@ -113,7 +122,10 @@ async fn a_retry_after_a_transient_failure_past_vouching_succeeds() {
     fake.app_update();
     // The retry carries the same, now exchanged, pair.
     let page = install(&fake, &app).await;
-    assert!(page.contains("Робот «Отправить опрос»"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Робот «Отправить опрос»"),
+        "{page}"
+    );
     assert_eq!(fake.robots().len(), 1);
 }
 

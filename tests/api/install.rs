@@ -4,6 +4,7 @@
 use sea_orm::ActiveEnum;
 use serde_json::Value;
 
+use crate::support::html::Doc;
 use crate::support::portal::{app_for, fake, install, installed, robot_link};
 
 #[tokio::test]
@@ -11,11 +12,18 @@ async fn install_registers_everything_once_even_twice() {
     let fake = fake().await;
     let app = app_for(&fake, &[]).await;
     let page = install(&fake, &app).await;
-    assert!(
-        page.contains("installFinish") || page.contains("data-install-finish=\"yes\""),
+    let doc = Doc::parse(&page);
+    assert_eq!(
+        doc.attr("body", "data-install-finish").as_deref(),
+        Some("yes"),
         "{page}"
     );
-    assert!(page.contains("Робот «Отправить опрос»"));
+    assert!(
+        doc.texts(".step--ok .step__what")
+            .iter()
+            .any(|s| s == "Робот «Отправить опрос»"),
+        "{page}"
+    );
 
     // A second install (or a new version) updates, never duplicates.
     install(&fake, &app).await;

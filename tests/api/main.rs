@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_page;
+mod assets;
 mod attacks_events;
 mod attacks_identity;
 mod attacks_resources;
@@ -13,12 +14,14 @@ mod config_cli;
 mod deal_tab;
 mod delivery;
 mod demo;
+mod fake_automation;
 mod home;
 mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;
 mod module_graph;
+mod pages_xss;
 mod recovery;
 mod robot;
 mod storage;

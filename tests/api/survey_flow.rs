@@ -3,6 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::html::Doc;
 use crate::support::{TestApp, full_answers, spawn_app};
 
 const TOKEN: &str = "mySecretToken2026SuperSecure";
@@ -142,11 +143,9 @@ async fn tampered_unknown_and_expired_links() {
         .await
         .unwrap();
     assert_eq!(page.status(), 410);
-    assert!(
-        page.text()
-            .await
-            .unwrap()
-            .contains("Срок действия ссылки истёк")
+    assert_eq!(
+        Doc::parse(&page.text().await.unwrap()).select_text("h1"),
+        "Срок действия ссылки истёк"
     );
 }
 
@@ -167,8 +166,12 @@ async fn patient_page_without_javascript() {
         .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let html = page.text().await.unwrap();
-    assert!(html.contains("Смирнова Анна"));
-    assert!(html.contains(&format!("action=\"/s/{token}\"")));
+    let doc = Doc::parse(&html);
+    assert!(doc.select_text(".meta strong").contains("Смирнова Анна"));
+    assert_eq!(
+        doc.attr("form#survey", "action"),
+        Some(format!("/s/{token}"))
+    );
 
     // A form post with a missing required answer re-renders with messages (422).
     let r = app
@@ -181,7 +184,12 @@ async fn patient_page_without_javascript() {
         .unwrap();
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
-    assert!(html.contains("role=\"alert\""), "error summary missing");
+    let doc = Doc::parse(&html);
+    assert_eq!(
+        doc.count("#error-summary[role=alert]:not([hidden])"),
+        1,
+        "error summary missing"
+    );
 
     let css = app
         .http

@@ -449,7 +449,7 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
             "access_token": access,
             "expires": unix_now() + ttl,
             "expires_in": ttl,
-            "scope": super::state::SCOPE,
+            "scope": state.scope(),
             "domain": shared.domain,
             "server_endpoint": shared.server_endpoint(),
             "status": "L",

@@ -2,6 +2,7 @@
 //! built in code, driven over real HTTP.
 
 pub mod db;
+pub mod html;
 pub mod logs;
 pub mod portal;
 
