@@ -303,15 +303,6 @@ impl Config {
         })
     }
 
-    /// A configuration for tests and the demo: in-memory defaults, no environment.
-    pub fn for_tests(database_url: &str) -> Self {
-        let mut vars = BTreeMap::new();
-        vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
-        vars.insert("PORT".to_owned(), "0".to_owned());
-        // The defaults are valid by construction; a failure here is a bug in this file.
-        Self::from_map(&vars).expect("default configuration is valid")
-    }
-
     /// `PUBLIC_URL` + a path (which starts with `/`).
     pub fn public(&self, path: &str) -> String {
         format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)

@@ -125,14 +125,6 @@ impl AppState {
         self.catalog.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add_questionnaire(
-        &self,
-        q: crate::survey::Questionnaire,
-    ) -> Result<(), crate::survey::InsertError> {
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        guard.insert(q)
-    }
-
     /// This process's turn to write to SQLite (see `sqlite_turn`); hold it for the
     /// whole write. Always `None` on PostgreSQL, which has row locks.
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

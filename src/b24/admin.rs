@@ -56,7 +56,7 @@ async fn show(
     notice: Option<&str>,
 ) -> Response {
     let token = session.sign(state.session_key.expose());
-    match admin_view::page(state, portal, &token, notice).await {
+    match admin_view::admin_page(state, portal, &token, notice).await {
         Ok(html) => page::respond(StatusCode::OK, html),
         Err(e) => {
             tracing::error!(error = %e, "Не удалось показать страницу приложения");

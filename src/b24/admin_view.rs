@@ -5,9 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
-use serde_json::Value;
 
 use super::portal_settings::{self, PortalSettings};
+use super::registration::Report;
 use crate::assets;
 use crate::completion::moscow;
 use crate::db::entities::{outbox_job, portal};
@@ -27,7 +27,7 @@ pub struct AdminData {
     pub queue: QueueSummary,
 }
 
-pub async fn page(
+pub async fn admin_page(
     state: &AppState,
     portal: &portal::Model,
     session: &str,
@@ -82,37 +82,30 @@ pub fn view(
 
 /// The stored registration report: a one-line summary and its steps.
 fn install_status(portal: &portal::Model) -> (&'static str, Vec<StepRow>) {
-    let steps = portal
-        .registration
-        .as_ref()
-        .and_then(|r| r.get("steps"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let summary = if steps.is_empty() {
+    let report = match Report::stored(portal) {
+        Ok(report) => report.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(portal = %portal.domain, error = %e, "Сохранённый отчёт о регистрации не читается");
+            return (
+                "Отчёт о последней проверке не читается: нажмите «Переустановить».",
+                Vec::new(),
+            );
+        }
+    };
+    let summary = if report.steps.is_empty() {
         "Проверка регистраций ещё не выполнялась."
-    } else if steps.iter().all(|s| {
-        s.get("ok").and_then(Value::as_bool).unwrap_or(false)
-            || !s.get("critical").and_then(Value::as_bool).unwrap_or(true)
-    }) {
+    } else if report.all_critical_ok() {
         "Приложение установлено и работает."
     } else {
         "Установка не завершена: исправьте отмеченное и нажмите «Переустановить»."
     };
-    let rows = steps
-        .iter()
-        .map(|step| {
-            let field = |k: &str| {
-                step.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            StepRow {
-                ok: step.get("ok").and_then(Value::as_bool).unwrap_or(false),
-                what: field("what"),
-                detail: field("detail"),
-            }
+    let rows = report
+        .steps
+        .into_iter()
+        .map(|step| StepRow {
+            ok: step.ok,
+            what: step.what,
+            detail: step.detail,
         })
         .collect();
     (summary, rows)

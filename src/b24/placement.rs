@@ -127,7 +127,7 @@ async fn render(
     let Scope::Entity(entity) = session.scope else {
         return forbidden();
     };
-    match tab_view::page(
+    match tab_view::tab_page(
         state,
         portal.id,
         entity,

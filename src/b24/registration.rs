@@ -4,11 +4,12 @@
 //! for success (protocol §3.4, §4.5, §6.1, §7.2, §12.3). Run on every install and on
 //! the admin's request, since an application update can remove registrations.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::bitrix24::field;
 use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::db::entities::portal;
 use crate::outbox::link_field::{add_link_field, has_field};
 use crate::state::AppState;
 
@@ -17,7 +18,7 @@ pub const TAB_TITLE: &str = "Анкета пациента";
 pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
 pub const ENTITIES: [&str; 2] = ["deal", "lead"];
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Step {
     /// Russian, for the admin: «Робот «Отправить опрос»».
     pub what: String,
@@ -28,12 +29,23 @@ pub struct Step {
     pub critical: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Report {
     pub steps: Vec<Step>,
 }
 
 impl Report {
+    /// The report stored with the portal (`portal.registration`), read back as this
+    /// type; `None` before the first check. A stored value that is not a report is an
+    /// error, not an empty report.
+    pub fn stored(portal: &portal::Model) -> Result<Option<Report>, serde_json::Error> {
+        portal
+            .registration
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+    }
+
     pub fn all_critical_ok(&self) -> bool {
         self.steps.iter().all(|s| s.ok || !s.critical)
     }
@@ -308,5 +320,43 @@ async fn ensure_link_fields(
             format!("Поле {link_field} в лидах")
         };
         report.push(what, false, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn portal_with(registration: Option<Value>) -> portal::Model {
+        let now = chrono::Utc::now();
+        portal::Model {
+            id: 1,
+            member_id: "m".into(),
+            domain: "clinic.bitrix24.ru".into(),
+            client_endpoint: "https://clinic.bitrix24.ru/rest/".into(),
+            server_endpoint: None,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            application_token: None,
+            scope: None,
+            installed_by: None,
+            status: portal::Status::Installed,
+            registration,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn the_stored_report_reads_back_as_its_type() {
+        let mut report = Report::default();
+        report.push("Робот «Отправить опрос»", true, Ok("создан"));
+        report.push("Поле в лидах", false, Err("нет прав".into()));
+        let stored = portal_with(Some(serde_json::to_value(&report).expect("json")));
+        assert_eq!(Report::stored(&stored).expect("reads"), Some(report));
+        assert_eq!(Report::stored(&portal_with(None)).expect("reads"), None);
+        let broken = portal_with(Some(json!({"steps": [{"what": 1}]})));
+        assert!(Report::stored(&broken).is_err());
     }
 }

@@ -63,7 +63,7 @@ pub async fn load(
 
 /// The whole tab page. `session` is the signed token its forms carry; `new_link` is
 /// a link just created, shown for copying.
-pub async fn page(
+pub async fn tab_page(
     state: &AppState,
     portal_id: i64,
     entity: EntityRef,

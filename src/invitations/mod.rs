@@ -194,13 +194,6 @@ pub fn status_label(status: &str) -> &'static str {
     }
 }
 
-pub fn is_unique_violation(e: &DbErr) -> bool {
-    matches!(
-        e.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

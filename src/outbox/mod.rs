@@ -4,7 +4,7 @@
 //! Guarantees: a job is never lost (it stays until done or dead); a repeated request
 //! cannot enqueue it twice (unique idempotency key); a job cut off mid-way runs again
 //! when its lease lapses (seconds: leases are renewed while a job runs), and each job
-//! kind is made harmless to repeat (see `run`). A portal that pushes back pauses its
+//! kind is made harmless to repeat (see `run`, `post_completion`). A portal that pushes back pauses its
 //! own queue only (`backpressure`).
 
 pub mod backpressure;
