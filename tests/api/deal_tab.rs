@@ -358,3 +358,77 @@ async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
     let (_, other_again) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
     assert_eq!(Doc::parse(&other_again).count(".card.empty"), 1);
 }
+
+/// The frame POST is decoded once into its type: a body the bounded decoder refuses is
+/// a 400 page framed only for the claimed portal, before any portal is asked; a genuine
+/// doctor's POST whose `PLACEMENT_OPTIONS` names no record (a list, a negative id, not
+/// JSON) shows nothing and reads no deal.
+#[tokio::test]
+async fn frame_posts_that_name_no_record_ask_nothing_and_show_nothing() {
+    let (fake, app) = installed().await;
+    let deal = patient_deal(&fake);
+    completed_survey(&fake, &app, deal).await;
+    let member = fake.member_id();
+    let profiles_before = fake.calls_of("profile").len();
+
+    let deep = format!("{}=1", "a".to_owned() + &"%5Ba%5D".repeat(12));
+    let r = app
+        .http
+        .post(forged_tab_url(&app, &fake.domain()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("AUTH_ID=x&member_id={member}&{deep}"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        Doc::parse(&body)
+            .text()
+            .contains("Не удалось прочитать запрос"),
+        "{body}"
+    );
+    assert!(
+        csp.contains(&format!("frame-ancestors http://{}", fake.domain())),
+        "{csp}"
+    );
+    assert_eq!(
+        fake.calls_of("profile").len(),
+        profiles_before,
+        "nobody asked"
+    );
+
+    let (token, _) = fake.issue_user_token(1);
+    let reads_before = fake.calls_of("crm.deal.get").len();
+    let list = format!("[{deal}]");
+    for options in [list.as_str(), r#"{"ID":"-3"}"#, "not json", ""] {
+        let (status, body) = page(
+            fake.open_placement_forged(
+                &forged_tab_url(&app, &fake.domain()),
+                &tab_fields(&token, &member, options),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{options}: {body}");
+        assert!(
+            Doc::parse(&body).text().contains("не передал номер сделки"),
+            "{options}: {body}"
+        );
+        assert_private_absent(&body);
+    }
+    assert_eq!(
+        fake.calls_of("crm.deal.get").len(),
+        reads_before,
+        "no deal is read for a POST that names none"
+    );
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}
