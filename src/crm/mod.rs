@@ -4,6 +4,8 @@
 
 pub mod patient;
 
+use serde::{Deserialize, Serialize};
+
 use crate::db::entities::invitation;
 pub use crate::db::entities::invitation::{Channel, EntityType};
 
@@ -27,5 +29,45 @@ impl EntityRef {
             kind: row.entity_type,
             id: row.entity_id,
         }
+    }
+}
+
+/// An invitation's id: 12 characters (`db::random_id`) carried by the link's token,
+/// the timeline marker and the outbox's payloads. A type of its own, so it cannot be
+/// mixed up with the other strings around it (a lease, an event token, a link token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InvitationId(String);
+
+impl InvitationId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        InvitationId(crate::db::random_id())
+    }
+
+    /// The id of a stored invitation.
+    pub fn of(row: &invitation::Model) -> Self {
+        InvitationId(row.id.clone())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as the `invitation` table's key.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl From<String> for InvitationId {
+    fn from(id: String) -> Self {
+        InvitationId(id)
+    }
+}
+
+impl std::fmt::Display for InvitationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

@@ -174,14 +174,14 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)
     if !name_known {
         jobs.push((
             Job::ResolvePatient {
-                invitation: invitation.to_owned(),
+                invitation: invitation.to_owned().into(),
             },
             format!("{key}:name"),
         ));
     }
     jobs.push((
         Job::WriteLinkField {
-            invitation: invitation.to_owned(),
+            invitation: invitation.to_owned().into(),
         },
         format!("{key}:field"),
     ));
@@ -193,7 +193,7 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)
 fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
     let mut jobs = vec![(
         Job::ReturnRobotValues {
-            invitation: inv.to_owned(),
+            invitation: inv.to_owned().into(),
             event_token: event_token.to_owned(),
         },
         format!("{key}:return"),

@@ -11,6 +11,7 @@ use sea_orm::{
 
 use super::links::LinkError;
 use super::{COMPLETED, OPENED, SENT};
+use crate::crm::InvitationId;
 use crate::db::entities::{invitation, outbox_job, response};
 use crate::error::{ApiError, ErrorCode};
 use crate::outbox::{self, Job};
@@ -74,7 +75,7 @@ pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model
         Ok(id) => id,
         Err(LinkError::Expired { invitation }) => {
             // Only a link we know of is "expired"; a deleted one is simply unknown.
-            return match invitation::Entity::find_by_id(invitation)
+            return match invitation::Entity::find_by_id(invitation.into_string())
                 .one(&state.db)
                 .await?
             {
@@ -84,7 +85,7 @@ pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model
         }
         Err(LinkError::Invalid) => return Err(FlowError::NotFound),
     };
-    let inv = invitation::Entity::find_by_id(id)
+    let inv = invitation::Entity::find_by_id(id.into_string())
         .one(&state.db)
         .await?
         .ok_or(FlowError::NotFound)?;
@@ -363,7 +364,7 @@ async fn claim_completion(
                 &txn,
                 inv.portal_id,
                 &Job::PostCompletion {
-                    invitation: inv.id.clone(),
+                    invitation: InvitationId::of(inv),
                 },
                 job_key,
             )

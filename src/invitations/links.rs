@@ -6,6 +6,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::crm::InvitationId;
 use crate::db::entities::invitation;
 use crate::secret::{Secret, mask};
 
@@ -20,7 +21,7 @@ struct Claims {
 pub enum LinkError {
     /// Signature valid, time is up: the patient gets «срок истёк».
     #[error("link expired")]
-    Expired { invitation: String },
+    Expired { invitation: InvitationId },
     /// Anything else: tampered, truncated, signed with another key. No hint why.
     #[error("link invalid")]
     Invalid,
@@ -61,7 +62,7 @@ impl LinkSigner {
     }
 
     /// The invitation id behind a token, or why it is refused.
-    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<String, LinkError> {
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<InvitationId, LinkError> {
         if token.len() > 512 {
             return Err(LinkError::Invalid);
         }
@@ -75,10 +76,10 @@ impl LinkSigner {
             .map_err(|_| LinkError::Invalid)?;
         if data.claims.exp <= now.timestamp() {
             return Err(LinkError::Expired {
-                invitation: data.claims.i,
+                invitation: data.claims.i.into(),
             });
         }
-        Ok(data.claims.i)
+        Ok(data.claims.i.into())
     }
 }
 
@@ -100,8 +101,8 @@ fn survey_path(token: &str) -> String {
 
 /// A new invitation's id: [`crate::db::random_id`] (~70 bits, unambiguous letters,
 /// short enough for the link and the timeline marker).
-pub fn new_invitation_id() -> String {
-    crate::db::random_id()
+pub fn new_invitation_id() -> InvitationId {
+    InvitationId::random()
 }
 
 /// A random secret for signing links when none is configured.
@@ -126,7 +127,7 @@ mod tests {
         let s = signer("k1");
         let now = Utc::now();
         let id = new_invitation_id();
-        let token = s.sign(&id, now + Duration::days(7));
+        let token = s.sign(id.as_str(), now + Duration::days(7));
         assert!(token.len() < 130, "{} chars", token.len());
         assert_eq!(s.verify(&token, now).unwrap(), id);
     }
@@ -139,7 +140,7 @@ mod tests {
         assert_eq!(
             s.verify(&token, now),
             Err(LinkError::Expired {
-                invitation: "abc".into()
+                invitation: "abc".to_owned().into()
             })
         );
         let other = signer("k2").sign("abc", now + Duration::days(1));

@@ -81,7 +81,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     // Times as the database keeps them (microseconds), so the returned row equals
     // the stored one.
     let row = invitation::Model {
-        id: links::new_invitation_id(),
+        id: links::new_invitation_id().into_string(),
         portal_id: new.portal_id,
         channel: new.channel,
         entity_type: new.entity.kind,

@@ -81,7 +81,7 @@ pub async fn run_group(
     }
     let ids: Vec<String> = claimed
         .iter()
-        .filter_map(|c| c.job.invitation().map(str::to_owned))
+        .filter_map(|c| c.job.invitation().map(|id| id.as_str().to_owned()))
         .collect();
     let invitations: HashMap<String, invitation::Model> = match invitation::Entity::find()
         .filter(invitation::Column::Id.is_in(ids))
@@ -104,7 +104,11 @@ pub async fn run_group(
     // again now would only add to its load.
     let mut pushback: Option<String> = None;
     for c in claimed {
-        match c.job.invitation().and_then(|id| invitations.get(id)) {
+        match c
+            .job
+            .invitation()
+            .and_then(|id| invitations.get(id.as_str()))
+        {
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
             None => outcomes.push((
                 c.row,

@@ -49,7 +49,7 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
             &conn,
             None,
             &Job::WriteLinkField {
-                invitation: a.invitation.id.clone(),
+                invitation: a.invitation.id.clone().into(),
             },
             "job-1",
         )
@@ -61,7 +61,7 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
             &conn,
             None,
             &Job::WriteLinkField {
-                invitation: a.invitation.id.clone(),
+                invitation: a.invitation.id.clone().into(),
             },
             &format!("job-n{i}"),
         )
@@ -212,7 +212,7 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         let conn = db::connect(&test_db.url).await.unwrap();
         db::migrate(&conn).await.unwrap();
         let job = Job::WriteLinkField {
-            invitation: "inv".into(),
+            invitation: "inv".to_owned().into(),
         };
         outbox::enqueue(&conn, None, &job, "fenced").await.unwrap();
         let now = Utc::now();

@@ -126,10 +126,10 @@ async fn tampered_unknown_and_expired_links() {
 
     // A genuine link whose time is up.
     let id = app.state.links.verify(&token, chrono::Utc::now()).unwrap();
-    let expired = app
-        .state
-        .links
-        .sign(&id, chrono::Utc::now() - chrono::Duration::minutes(1));
+    let expired = app.state.links.sign(
+        id.as_str(),
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+    );
     let (status, body) = app.get_json(&format!("/api/v1/surveys/{expired}")).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(
