@@ -18,6 +18,7 @@ mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;
+mod log_scope;
 mod recovery;
 mod robot;
 mod storage;
