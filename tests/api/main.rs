@@ -19,6 +19,7 @@ mod install;
 mod instances;
 mod legacy;
 mod log_scope;
+mod openapi_routes;
 mod recovery;
 mod robot;
 mod storage;
