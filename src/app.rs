@@ -45,7 +45,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     }
     match p {
         "" | "/healthz" | "/openapi.json" | "/README.md" | "/docs" => Some("GET"),
-        _ if p.starts_with("/docs/") => Some("GET"),
+        _ if p.starts_with("/docs/") || p.starts_with("/assets/") => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),

@@ -47,7 +47,7 @@ pub struct B24RobotCall {
     #[oai(rename = "document_id[1]")]
     pub document_class: Option<String>,
     /// The document, e.g. `DEAL_4217`: the id follows the last `_`.
-    #[oai(rename = "document_id[2]")]
+    #[oai(rename = "document_id[2]", validator(min_length = 1))]
     pub document: String,
     /// `crm`.
     #[oai(rename = "document_type[0]")]
@@ -59,6 +59,7 @@ pub struct B24RobotCall {
     #[oai(rename = "document_type[2]")]
     pub document_type: Option<String>,
     /// Single-use token that `bizproc.event.send` returns the link with.
+    #[oai(validator(min_length = 1))]
     pub event_token: String,
     /// The robot's property «Анкета»: a questionnaire code.
     #[oai(rename = "properties[survey_code]")]
@@ -76,10 +77,10 @@ pub struct B24RobotCall {
     /// Unix seconds.
     pub ts: Option<String>,
     /// The portal's id; must name an installed portal.
-    #[oai(rename = "auth[member_id]")]
+    #[oai(rename = "auth[member_id]", validator(min_length = 1))]
     pub member_id: String,
     /// Compared with the token stored at install; the only proof of origin.
-    #[oai(rename = "auth[application_token]")]
+    #[oai(rename = "auth[application_token]", validator(min_length = 1))]
     pub application_token: String,
     /// The portal's domain.
     #[oai(rename = "auth[domain]")]
@@ -118,6 +119,7 @@ pub struct B24RobotCall {
 pub struct B24Event {
     /// `ONAPPINSTALL`, `ONAPPUPDATE`, `ONAPPUNINSTALL`, `ONCRMDEALADD` or `ONCRMLEADADD`;
     /// others are acknowledged and ignored.
+    #[oai(validator(min_length = 1))]
     pub event: String,
     pub event_handler_id: Option<String>,
     /// The new deal's or lead's id (`ONCRMDEALADD`, `ONCRMLEADADD`).
@@ -133,12 +135,14 @@ pub struct B24Event {
     pub data_language_id: Option<String>,
     /// Unix seconds.
     pub ts: Option<String>,
-    /// The portal's id; must name an installed portal (except `ONAPPINSTALL`).
+    /// The portal's id; for the events above, must name an installed portal (except
+    /// `ONAPPINSTALL`).
     #[oai(rename = "auth[member_id]")]
-    pub member_id: String,
-    /// Compared with the stored token; the only proof of origin.
+    pub member_id: Option<String>,
+    /// For the events above, compared with the stored token: the only proof of origin.
+    /// Other events are acknowledged without looking at it.
     #[oai(rename = "auth[application_token]")]
-    pub application_token: String,
+    pub application_token: Option<String>,
     #[oai(rename = "auth[domain]")]
     pub domain: Option<String>,
     /// Present only for events caused by a user, and on `ONAPPINSTALL`.
@@ -170,7 +174,7 @@ pub struct B24Event {
 #[derive(Debug, Object)]
 pub struct B24Frame {
     /// The user's access token.
-    #[oai(rename = "AUTH_ID")]
+    #[oai(rename = "AUTH_ID", validator(min_length = 1))]
     pub auth_id: String,
     /// Lifetime in seconds (`3600`), not a timestamp.
     #[oai(rename = "AUTH_EXPIRES")]
@@ -187,6 +191,7 @@ pub struct B24Frame {
     #[oai(rename = "APPLICATION_SCOPE")]
     pub application_scope: Option<String>,
     /// The portal's id.
+    #[oai(validator(min_length = 1))]
     pub member_id: String,
     /// `L` for a local application.
     pub status: Option<String>,
@@ -202,6 +207,7 @@ pub struct B24Frame {
 #[derive(Debug, Object)]
 pub struct B24TabAction {
     /// The signed session the tab was given, bound to one deal.
+    #[oai(validator(min_length = 1))]
     pub s: String,
     /// PDF only: present to download instead of showing it.
     pub download: Option<String>,
@@ -211,8 +217,10 @@ pub struct B24TabAction {
 #[derive(Debug, Object)]
 pub struct B24AdminAction {
     /// The signed session the admin page was given.
+    #[oai(validator(min_length = 1))]
     pub s: String,
     /// `reinstall`, `retry`, `retry_now` or `settings`.
+    #[oai(validator(min_length = 1))]
     pub action: String,
     /// `retry`: the outbox job to put back.
     pub job: Option<String>,
@@ -258,6 +266,7 @@ pub struct WebhookRobotForm {
 #[derive(Debug, Object)]
 pub struct OutgoingWebhookForm {
     /// `ONCRMDEALADD` makes a link; others are acknowledged and ignored.
+    #[oai(validator(min_length = 1))]
     pub event: String,
     pub event_handler_id: Option<String>,
     /// The new deal's id.
@@ -504,7 +513,7 @@ fn routes() -> Vec<Route> {
             responses: vec![response(
                 200,
                 "README в Markdown",
-                vec![media("text/markdown; charset=utf-8", schema("string"))],
+                vec![media("text/plain; charset=utf-8", schema("string"))],
             )],
         },
         Route {
