@@ -230,3 +230,43 @@ async fn the_patient_api_bodies_are_typed() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_undocumented_method_gets_405_naming_the_documented_ones() {
+    let app = spawn_app(&[]).await;
+    let (_, spec) = app.get_json("/openapi.json").await;
+    let paths = spec["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 18, "{}", paths.len());
+    for (path, operations) in paths {
+        let mut documented: Vec<String> = operations
+            .as_object()
+            .expect("operations")
+            .keys()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        documented.sort();
+        // A parameter's value does not matter for routing.
+        let concrete = path
+            .replace("{token}", "x")
+            .replace("{name}", "x")
+            .replace("{invitation}", "1");
+        let r = app
+            .http
+            .request(reqwest::Method::DELETE, app.url(&concrete))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 405, "DELETE {path}");
+        let mut allow: Vec<String> = r
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        allow.sort();
+        assert_eq!(allow, documented, "Allow of {path}");
+    }
+}

@@ -13,10 +13,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::runtime::{Handle, Id};
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Every captured line, with the runtime it came from (`None`: a thread outside any
+/// One event's text, with the runtime it came from (`None`: a thread outside any
 /// runtime, such as a database driver's own).
+struct Line {
+    runtime: Option<Id>,
+    text: String,
+}
+
+/// Every captured line.
 #[derive(Clone, Default)]
-struct Store(Arc<Mutex<Vec<(Option<Id>, String)>>>);
+struct Store(Arc<Mutex<Vec<Line>>>);
 
 /// One event's text, stored whole when the formatter is done with it.
 struct LineWriter {
@@ -45,7 +51,10 @@ impl Drop for LineWriter {
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((self.runtime, text));
+            .push(Line {
+                runtime: self.runtime,
+                text,
+            });
     }
 }
 
@@ -98,8 +107,8 @@ impl Buffer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(runtime, _)| *runtime == Some(self.runtime))
-            .map(|(_, line)| line.as_str())
+            .filter(|line| line.runtime == Some(self.runtime))
+            .map(|line| line.text.as_str())
             .collect()
     }
 }
@@ -115,6 +124,6 @@ pub fn capture_all() -> String {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|(_, line)| line.as_str())
+        .map(|line| line.text.as_str())
         .collect()
 }
