@@ -10,14 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
-use crate::support::portal::{app_for_db, fake, install, installed, patient_deal, robot_link};
-
-async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
-    let fake = fake().await;
-    let app = app_for_db(&fake, db_url, &[]).await;
-    install(&fake, &app).await;
-    (fake, app)
-}
+use crate::support::portal::{installed, installed_on, patient_deal, robot_link};
 
 async fn jobs_of(app: &TestApp, kind: &str) -> Vec<outbox_job::Model> {
     outbox_job::Entity::find()
@@ -245,9 +238,9 @@ async fn clean_1_after_the_portal_was_purged_without_it_still_purges(db: TestDb)
     assert!(jobs.iter().all(|j| j.dead_at.is_none()), "{jobs:?}");
 }
 
-#[tokio::test]
-async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered() {
-    let (fake, app) = installed().await;
+on_both_databases!(free_text_built_to_overflow_the_pdf_is_accepted_and_delivered);
+async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     // Within each answer's length limit, but one PDF row per line: ~6 000 rows.
     let long = format!("x{}x", "\n".repeat(1_998));
@@ -270,9 +263,9 @@ async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered() {
     assert_eq!(comments[0].files.len(), 1, "with its PDF");
 }
 
-#[tokio::test]
-async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_result_whose_pdf_cannot_be_built_still_reaches_the_deal);
+async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (status, body) = submit_with(&app, &token, json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -321,9 +314,13 @@ async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal() {
     assert!(job.done_at.is_some(), "{:?}", job.last_error);
 }
 
-#[tokio::test]
-async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name() {
-    let (fake, app) = installed().await;
+on_both_databases!(
+    a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name
+);
+async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name(
+    db: TestDb,
+) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert!(
@@ -363,9 +360,9 @@ async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forget
     assert!(!survey.to_string().contains("Смирнова"), "{survey}");
 }
 
-#[tokio::test]
-async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_comment_job_put_back_by_the_admin_looks_for_its_comment_first);
+async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     // Posted, but every answer was lost until the job went dead.
     fake.fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);
