@@ -153,11 +153,12 @@ fn answer_map(answers: Answers) -> BTreeMap<String, AnswerValue> {
         .collect()
 }
 
-/// The shape of a draft's or a submit's body, for the document.
+/// A draft's or a submit's body: `{"answers": {"<question id>": answer}}`.
 #[derive(Debug, Object)]
 #[oai(rename = "AnswersBody")]
 struct AnswersShape {
-    /// Answers by question id.
+    /// Answers by question id; what does not fit a question gets 422 with, per
+    /// question, what is wrong.
     answers: BTreeMap<String, AnswerValue>,
 }
 

@@ -31,9 +31,10 @@ const TAG_BITRIX24: &str = "Bitrix24";
 const TAG_WEBHOOKS: &str = "Webhooks";
 const TAG_PAGES: &str = "Pages";
 
-/// The `auth[...]` block of a robot call or an event (protocol §4.3, §7.1). Events
-/// fired by automation and `ONAPPUNINSTALL` carry no tokens, only `member_id`,
-/// `domain`, `server_endpoint`, `client_endpoint` and `application_token`.
+/// The robot «Отправить опрос» called by automation (protocol §4.3, fixture
+/// `robot-call.form.txt`): the document, the single-use event token, the robot's
+/// properties and the `auth[...]` block; only `auth[member_id]` and
+/// `auth[application_token]` are looked at there.
 #[derive(Debug, Object)]
 pub struct B24RobotCall {
     /// Business process instance id.
@@ -61,15 +62,19 @@ pub struct B24RobotCall {
     /// Single-use token that `bizproc.event.send` returns the link with.
     #[oai(validator(min_length = 1))]
     pub event_token: String,
-    /// The robot's property «Анкета»: a questionnaire code.
+    /// The robot's property «Анкета»: a questionnaire code (the default one when absent).
     #[oai(rename = "properties[survey_code]")]
     pub survey_code: Option<String>,
-    /// The robot's property «Срок действия ссылки, дней».
+    /// The robot's property «Срок действия ссылки, дней», 1–365 (else the portal's setting).
     #[oai(rename = "properties[link_days]")]
     pub link_days: Option<String>,
-    /// The robot's property «Не создавать новую ссылку, пока старая действует» (`Y`/`N`).
+    /// The robot's property «Отправлять действующую ссылку повторно» (`Y`/`N`).
     #[oai(rename = "properties[reuse_active]")]
     pub reuse_active: Option<String>,
+    /// The patient's name as the robot's template gives it; read from the deal's
+    /// contact when empty or unusable.
+    #[oai(rename = "properties[patient_name]")]
+    pub patient_name: Option<String>,
     /// `Y` or `N`.
     pub use_subscription: Option<String>,
     /// Seconds, as a string.
