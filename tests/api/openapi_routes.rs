@@ -2,9 +2,10 @@
 //! and the guides' webhooks as the forms they are, and the patient API's bodies as
 //! typed objects.
 
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 
-use crate::support::spawn_app;
+use crate::support::{TestApp, spawn_app};
 
 const APP_RS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/app.rs"));
 
@@ -269,4 +270,98 @@ async fn an_undocumented_method_gets_405_naming_the_documented_ones() {
         allow.sort();
         assert_eq!(allow, documented, "Allow of {path}");
     }
+}
+
+const TOKEN: &str = "wireShapeToken2026";
+
+/// A link made by the guide's webhook robot; returns its token.
+async fn new_link(app: &TestApp) -> String {
+    let (status, body) = app
+        .get_json(&format!("/api/v1/bitrix/webhook?token={TOKEN}&lead_id=31"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let url = body["survey_url"].as_str().expect("survey_url");
+    url.rsplit('/').next().expect("token").to_owned()
+}
+
+/// The typed bodies read and answer exactly what CONTRACT.md fixes, leniencies and
+/// refusal codes included.
+#[tokio::test]
+async fn typed_answer_bodies_keep_the_wire_shape() {
+    let app = spawn_app(&[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await;
+    let token = new_link(&app).await;
+    let draft = format!("/api/v1/surveys/{token}/draft");
+
+    // Values come back as they were sent: an integer stays an integer, a list a list.
+    let (status, saved) = app
+        .send_json(
+            Method::PUT,
+            &draft,
+            &json!({"answers": {"height": 170, "allergies": "yes", "chronic": ["asthma"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["ok"], true);
+    assert_eq!(saved["draft"]["height"], json!(170), "{saved}");
+    assert_eq!(saved["draft"]["height"].to_string(), "170");
+    assert_eq!(saved["draft"]["allergies"], "yes");
+    let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(survey["draft"]["height"].to_string(), "170", "{survey}");
+
+    // A bare map of answers is taken too, and `answers: null` saves nothing new.
+    let (status, saved) = app
+        .send_json(Method::PUT, &draft, &json!({"allergies": "no"}))
+        .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["draft"]["allergies"], "no", "{saved}");
+    let (status, saved) = app
+        .send_json(Method::PUT, &draft, &json!({"answers": null}))
+        .await;
+    assert_eq!(status, 200, "{saved}");
+
+    // Refusals keep their codes.
+    for (body, code) in [
+        (json!([1, 2]), "body_not_object"),
+        (json!("x"), "body_not_object"),
+        (json!({"answers": 5}), "answers_not_object"),
+        (json!({"answers": [1]}), "answers_not_object"),
+    ] {
+        let (status, err) = app.send_json(Method::PUT, &draft, &body).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {err}"
+        );
+        assert!(err["message"].is_string(), "{err}");
+    }
+    // An answer of a shape no question takes is the questionnaire's to refuse, per
+    // question, not the parser's.
+    let (status, err) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": {"height": {"cm": 170}}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["errors"]["height"].is_string(), "{err}");
+    // JSON nested past the parser's limit is a 400 with a code, and the service lives.
+    let deep = format!(
+        "{{\"answers\": {{\"height\": {}1{}}}}}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let r = app
+        .http
+        .put(app.url(&draft))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.expect("JSON error");
+    assert!(err["code"].is_string(), "{err}");
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
 }
