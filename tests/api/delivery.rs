@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
-use crate::support::portal::{installed, installed_on, patient_deal, robot_link};
+use crate::support::portal::{installed_on, patient_deal, robot_link};
 
 async fn jobs_of(app: &TestApp, kind: &str) -> Vec<outbox_job::Model> {
     outbox_job::Entity::find()
@@ -132,8 +132,8 @@ async fn a_robot_answer_sent_then_answered_502_is_done_not_dead(db: TestDb) {
 }
 
 /// A genuine uninstall after which the portal answers our tokens with `answer`.
-async fn uninstall_answered(answer: UninstalledAnswer) -> (FakePortal, TestApp) {
-    let (fake, app) = installed().await;
+async fn uninstall_answered(db_url: &str, answer: UninstalledAnswer) -> (FakePortal, TestApp) {
+    let (fake, app) = installed_on(db_url).await;
     let _ = robot_link(&fake, &app).await;
     fake.answer_after_uninstall(answer);
     let r = fake.uninstall(true).await.expect("event delivered");
@@ -149,7 +149,8 @@ async fn a_genuine_uninstall_is_confirmed_by_each_refusal_of_a_deleted_app() {
         UninstalledAnswer::NoAuthFound,
         UninstalledAnswer::PortalDeleted,
     ] {
-        let (fake, app) = uninstall_answered(answer).await;
+        let db_url = crate::support::db::sqlite_for_process();
+        let (fake, app) = uninstall_answered(&db_url, answer).await;
         assert_eq!(invitations(&app).await, 0, "{answer:?}: purged");
         assert_eq!(
             portal_status(&app, &fake).await,
@@ -164,9 +165,9 @@ async fn a_genuine_uninstall_is_confirmed_by_each_refusal_of_a_deleted_app() {
     }
 }
 
-#[tokio::test]
-async fn invalid_client_never_confirms_and_the_confirmation_never_dies() {
-    let (fake, app) = uninstall_answered(UninstalledAnswer::InvalidClient).await;
+on_both_databases!(invalid_client_never_confirms_and_the_confirmation_never_dies);
+async fn invalid_client_never_confirms_and_the_confirmation_never_dies(db: TestDb) {
+    let (fake, app) = uninstall_answered(&db.url, UninstalledAnswer::InvalidClient).await;
     // More tries than make any other job dead.
     for _ in 0..12 {
         make_due(&app).await;
