@@ -604,7 +604,19 @@ fn routes() -> Vec<Route> {
                           портал берётся из его ответа. Сюда же может прийти событие `ONAPPINSTALL` \
                           (поля — как у `/b24/events`); ответ на него — JSON.",
             params: frame_query(),
-            request: form_of::<B24Frame>("Форма фрейма установки (протокол §3.2)"),
+            request: Some(MetaRequest {
+                description: Some(
+                    "Форма фрейма установки (протокол §3.2) или событие `ONAPPINSTALL` (§3.3)",
+                ),
+                content: vec![media(FORM, {
+                    let either = MetaSchema {
+                        any_of: vec![B24Frame::schema_ref(), B24Event::schema_ref()],
+                        ..MetaSchema::ANY
+                    };
+                    MetaSchemaRef::Inline(Box::new(either))
+                })],
+                required: true,
+            }),
             responses: vec![
                 html_page("Страница, вызывающая `BX24.installFinish()`"),
                 refusal(),

@@ -117,14 +117,24 @@ fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
+/// The fields of a route's form body (of every alternative, for an `anyOf`).
 fn form_fields(spec: &Value, path: &str, method: &str) -> Vec<String> {
-    let body = &spec["paths"][path][method]["requestBody"]["content"]["application/x-www-form-urlencoded"]
-        ["schema"];
+    let content = &spec["paths"][path][method]["requestBody"]["content"];
+    let body = &content["application/x-www-form-urlencoded"]["schema"];
     assert!(!body.is_null(), "{method} {path} documents no form body");
-    resolve(spec, body)["properties"]
-        .as_object()
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
+    let alternatives = match body["anyOf"].as_array() {
+        Some(any) => any.iter().collect(),
+        None => vec![body],
+    };
+    alternatives
+        .into_iter()
+        .flat_map(|schema| {
+            resolve(spec, schema)["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -154,6 +164,11 @@ async fn bitrix24_callbacks_and_webhooks_are_documented_as_their_forms() {
             "event form lacks {key}: {events:?}"
         );
     }
+    let install = form_fields(&spec, "/b24/install", "post");
+    assert!(
+        install.iter().any(|k| k == "auth[refresh_token]"),
+        "the install route documents ONAPPINSTALL too: {install:?}"
+    );
     for path in ["/b24/install", "/b24/app", "/b24/placement/deal-tab"] {
         let frame = form_fields(&spec, path, "post");
         for key in ["AUTH_ID", "member_id", "PLACEMENT_OPTIONS"] {
