@@ -20,6 +20,8 @@ mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;
+mod log_scope;
+mod openapi_routes;
 mod pages_xss;
 mod recovery;
 mod robot;
