@@ -5,7 +5,6 @@ use opros::testing::Fault;
 
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{installed, patient_deal};
 use crate::support::portal::{installed_on, patient_deal};
 
 async fn page(r: reqwest::Response) -> (u16, String) {

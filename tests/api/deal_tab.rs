@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{self, installed, patient_deal};
 use crate::support::portal::{self, installed_on, patient_deal};
 use crate::support::{TestApp, full_answers};
 

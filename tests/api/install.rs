@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{app_for, fake, install, installed, robot_link};
 use crate::support::portal::{app_for_db, fake, install, installed_on, robot_link};
 
 on_both_databases!(install_registers_everything_once_even_twice);

@@ -5,7 +5,6 @@ use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::{TestApp, full_answers, spawn_app};
 use crate::support::{TestApp, full_answers, spawn_app, spawn_app_on};
 
 const TOKEN: &str = "mySecretToken2026SuperSecure";
