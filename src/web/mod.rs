@@ -4,6 +4,7 @@
 pub mod api;
 pub mod home;
 pub mod page;
+pub mod route_docs;
 
 use std::collections::BTreeMap;
 

@@ -3,8 +3,9 @@
 
 use opros::testing::Fault;
 
+use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{installed, patient_deal};
+use crate::support::portal::{installed_on, patient_deal};
 
 async fn page(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
@@ -17,9 +18,9 @@ fn session_of(body: &str) -> String {
         .expect("session field")
 }
 
-#[tokio::test]
-async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
-    let (fake, app) = installed().await;
+on_both_databases!(admin_sees_status_and_can_reinstall_change_settings_and_retry);
+async fn admin_sees_status_and_can_reinstall_change_settings_and_retry(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     let (status, body) = page(fake.open_app(1).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
@@ -151,9 +152,9 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
     assert!(Doc::parse(&body).text().contains("Очередь пуста"), "{body}");
 }
 
-#[tokio::test]
-async fn non_admins_and_foreign_sessions_are_refused() {
-    let (fake, app) = installed().await;
+on_both_databases!(non_admins_and_foreign_sessions_are_refused);
+async fn non_admins_and_foreign_sessions_are_refused(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     fake.add_user(7, "Игорь", "Воронцов", false);
     let (status, body) = page(fake.open_app(7).await.unwrap()).await;
@@ -196,12 +197,12 @@ async fn non_admins_and_foreign_sessions_are_refused() {
     assert_eq!(fake.calls_of("bizproc.robot.update").len(), robots_before);
 }
 
-#[tokio::test]
-async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() {
+on_both_databases!(a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once);
+async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once(db: TestDb) {
     use opros::db::entities::outbox_job;
     use sea_orm::EntityTrait;
 
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     // The portal answers QUERY_LIMIT_EXCEEDED to the batch the robot run's jobs go in.
     fake.fail_next("batch", Fault::QueryLimit, 10_000);

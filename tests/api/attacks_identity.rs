@@ -9,7 +9,8 @@ use opros::testing::{EVIL_MEMBER_ID, EvilServer, FakePortal, Fault};
 use sea_orm::ActiveEnum;
 use serde_json::Value;
 
-use crate::support::portal::{app_for, fake, install, installed, patient_deal};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::portal::{app_for, app_for_db, fake, install, installed_on, patient_deal};
 use crate::support::{TestApp, logs};
 
 pub(crate) async fn evil() -> EvilServer {
@@ -121,9 +122,9 @@ pub(crate) fn doctor_tokens(fake: &FakePortal) -> (String, String) {
     fake.issue_user_token(17)
 }
 
-#[tokio::test]
-async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker() {
-    let (fake, app) = installed().await;
+on_both_databases!(tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker);
+async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let before = stored(&app, &fake.member_id()).await.expect("installed");
     doctor_tokens(&fake);
@@ -212,10 +213,10 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
     untouched(&evil);
 }
 
-#[tokio::test]
-async fn install_naming_an_attackers_host_sends_it_nothing() {
+on_both_databases!(install_naming_an_attackers_host_sends_it_nothing);
+async fn install_naming_an_attackers_host_sends_it_nothing(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let evil = evil().await;
     let endpoint = evil.rest_endpoint();
 
@@ -255,10 +256,10 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     assert!(fake.robots().is_empty());
 }
 
-#[tokio::test]
-async fn install_page_cannot_scan_ports() {
+on_both_databases!(install_page_cannot_scan_ports);
+async fn install_page_cannot_scan_ports(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let open = evil().await;
     open.answer_with(
         400,
@@ -310,11 +311,11 @@ async fn install_page_cannot_scan_ports() {
     untouched(&open);
 }
 
-#[tokio::test]
-async fn remote_error_text_reaches_neither_page_nor_log_raw() {
+on_both_databases!(remote_error_text_reaches_neither_page_nor_log_raw);
+async fn remote_error_text_reaches_neither_page_nor_log_raw(db: TestDb) {
     let log = logs::capture();
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
 
     fake.fail_next(
         "oauth.token",
@@ -393,10 +394,10 @@ async fn allowed_domains_refuse_every_other_portal() {
     assert!(stored(&app, &fake.member_id()).await.is_some());
 }
 
-#[tokio::test]
-async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
+on_both_databases!(a_member_id_cannot_be_squatted_before_the_genuine_install);
+async fn a_member_id_cannot_be_squatted_before_the_genuine_install(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let evil = evil().await;
     let member = fake.member_id();
     let endpoint = evil.rest_endpoint();
@@ -458,9 +459,9 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     assert_eq!(fake.robots().len(), 1);
 }
 
-#[tokio::test]
-async fn a_domain_moves_only_when_the_oauth_server_says_so() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_domain_moves_only_when_the_oauth_server_says_so);
+async fn a_domain_moves_only_when_the_oauth_server_says_so(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let port = fake.base_url().port().expect("port");
     let new_host = format!("localhost:{port}");
@@ -498,9 +499,9 @@ async fn a_domain_moves_only_when_the_oauth_server_says_so() {
     assert_eq!(r.status(), 200);
 }
 
-#[tokio::test]
-async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_new_application_token_replaces_the_installation_only_once_it_is_dead);
+async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let before = stored(&app, &member).await.expect("installed");
 
@@ -543,10 +544,10 @@ async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead(
     assert_eq!(fake.robots().len(), 1, "registered again");
 }
 
-#[tokio::test]
-async fn a_token_of_another_application_is_refused() {
+on_both_databases!(a_token_of_another_application_is_refused);
+async fn a_token_of_another_application_is_refused(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     fake.set_app_code("local.0000000000aaaa.11111111");
     let r = fake
         .post_install(&app.url("/b24/install"))
@@ -562,9 +563,9 @@ async fn a_token_of_another_application_is_refused() {
     assert!(fake.robots().is_empty());
 }
 
-#[tokio::test]
-async fn a_tab_post_is_checked_only_with_the_stored_endpoint() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_tab_post_is_checked_only_with_the_stored_endpoint);
+async fn a_tab_post_is_checked_only_with_the_stored_endpoint(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let deal = patient_deal(&fake);
     let (access, refresh) = fake.issue_user_token(1);

@@ -6,8 +6,9 @@ use opros::testing::FakePortal;
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{self, installed, patient_deal};
+use crate::support::portal::{self, installed_on, patient_deal};
 use crate::support::{TestApp, full_answers};
 
 /// What the patient wrote (support::full_answers) and who they are: none of it may
@@ -93,9 +94,9 @@ fn tab_fields<'a>(auth: &'a str, member_id: &'a str, options: &'a str) -> Vec<(&
     ]
 }
 
-#[tokio::test]
-async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
-    let (fake, app) = installed().await;
+on_both_databases!(genuine_opening_shows_answers_flagged_first_and_the_pdf);
+async fn genuine_opening_shows_answers_flagged_first_and_the_pdf(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
 
     let (status, empty) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
@@ -169,9 +170,9 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
     assert!(disposition.starts_with("attachment") && disposition.contains(".pdf"));
 }
 
-#[tokio::test]
-async fn forged_or_foreign_tokens_show_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(forged_or_foreign_tokens_show_nothing);
+async fn forged_or_foreign_tokens_show_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let member = fake.member_id();
@@ -250,9 +251,9 @@ async fn forged_or_foreign_tokens_show_nothing() {
     assert!(reads.iter().any(|c| c.error.is_some()), "{reads:?}");
 }
 
-#[tokio::test]
-async fn uninstalled_portal_shows_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(uninstalled_portal_shows_nothing);
+async fn uninstalled_portal_shows_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let r = fake.uninstall(false).await.unwrap();
@@ -274,9 +275,9 @@ async fn uninstalled_portal_shows_nothing() {
     assert_private_absent(&body);
 }
 
-#[tokio::test]
-async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
-    let (fake, app) = installed().await;
+on_both_databases!(pdf_and_new_link_need_the_session_of_the_same_deal);
+async fn pdf_and_new_link_need_the_session_of_the_same_deal(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let other_deal = patient_deal(&fake);
@@ -359,13 +360,13 @@ async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
     assert_eq!(Doc::parse(&other_again).count(".card.empty"), 1);
 }
 
-/// The frame POST is decoded once into its type: a body the bounded decoder refuses is
-/// a 400 page framed only for the claimed portal, before any portal is asked; a genuine
-/// doctor's POST whose `PLACEMENT_OPTIONS` names no record (a list, a negative id, not
-/// JSON) shows nothing and reads no deal.
-#[tokio::test]
-async fn frame_posts_that_name_no_record_ask_nothing_and_show_nothing() {
-    let (fake, app) = installed().await;
+// The frame POST is decoded once into its type: a body the bounded decoder refuses is
+// a 400 page framed only for the claimed portal, before any portal is asked; a genuine
+// doctor's POST whose `PLACEMENT_OPTIONS` names no record (a list, a negative id, not
+// JSON) shows nothing and reads no deal.
+on_both_databases!(frame_posts_that_name_no_record_ask_nothing_and_show_nothing);
+async fn frame_posts_that_name_no_record_ask_nothing_and_show_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let member = fake.member_id();

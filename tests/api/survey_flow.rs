@@ -3,13 +3,14 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::{TestApp, full_answers, spawn_app};
+use crate::support::{TestApp, full_answers, spawn_app, spawn_app_on};
 
 const TOKEN: &str = "mySecretToken2026SuperSecure";
 
-async fn app() -> TestApp {
-    spawn_app(&[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await
+async fn app(db: &TestDb) -> TestApp {
+    spawn_app_on(&db.url, &[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await
 }
 
 /// A link made through the webhook robot endpoint (no portal configured, so nothing
@@ -30,9 +31,9 @@ async fn new_link(app: &TestApp, deal: u32) -> (String, String) {
     (url, token)
 }
 
-#[tokio::test]
-async fn questionnaire_json_draft_and_submit() {
-    let app = app().await;
+on_both_databases!(questionnaire_json_draft_and_submit);
+async fn questionnaire_json_draft_and_submit(db: TestDb) {
+    let app = app(&db).await;
     let (url, token) = new_link(&app, 4217).await;
     assert!(url.starts_with(&app.base), "{url}");
     assert!(url.len() < 200, "link too long for an SMS: {}", url.len());
@@ -110,9 +111,9 @@ async fn questionnaire_json_draft_and_submit() {
     assert_eq!(after["status"], "completed");
 }
 
-#[tokio::test]
-async fn tampered_unknown_and_expired_links() {
-    let app = app().await;
+on_both_databases!(tampered_unknown_and_expired_links);
+async fn tampered_unknown_and_expired_links(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 5).await;
     let mut tampered = token.clone();
     let at = tampered.len() - 12;
@@ -149,9 +150,9 @@ async fn tampered_unknown_and_expired_links() {
     );
 }
 
-#[tokio::test]
-async fn patient_page_without_javascript() {
-    let app = app().await;
+on_both_databases!(patient_page_without_javascript);
+async fn patient_page_without_javascript(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 6).await;
     let page = app
         .http
@@ -207,9 +208,9 @@ async fn patient_page_without_javascript() {
     assert_eq!(js.status(), 200);
 }
 
-#[tokio::test]
-async fn bad_bodies_are_4xx_never_5xx() {
-    let app = app().await;
+on_both_databases!(bad_bodies_are_4xx_never_5xx);
+async fn bad_bodies_are_4xx_never_5xx(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 7).await;
     for body in ["[1,2]", "\"x\"", "{\"answers\": 5}", "{not json"] {
         let r = app
@@ -246,7 +247,7 @@ async fn bad_bodies_are_4xx_never_5xx() {
 
 #[tokio::test]
 async fn the_spec_and_its_ui_refuse_writes_with_405_and_allow() {
-    let app = app().await;
+    let app = spawn_app(&[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await;
     for path in ["/docs", "/docs/", "/openapi.json"] {
         for method in [Method::POST, Method::PUT, Method::DELETE] {
             let r = app
