@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::crm::InvitationId;
 use crate::db::entities::invitation;
-use crate::secret::{Secret, mask};
+use crate::secret::Secret;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -88,11 +88,6 @@ impl LinkSigner {
 /// ссылку», the webhook robot's answer all come through here).
 pub fn survey_url(config: &Config, signer: &LinkSigner, inv: &invitation::Model) -> String {
     config.public(&survey_path(&signer.sign(&inv.id, inv.expires_at)))
-}
-
-/// [`survey_url`] with the token masked, for the log.
-pub fn masked_survey_url(config: &Config, signer: &LinkSigner, inv: &invitation::Model) -> String {
-    config.public(&survey_path(&mask(&signer.sign(&inv.id, inv.expires_at))))
 }
 
 fn survey_path(token: &str) -> String {
