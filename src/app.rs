@@ -83,6 +83,10 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/assets/:name", get(web::asset))
         .at("/b24/install", post(b24::install::install))
         .at("/b24/robot/send-survey", post(b24::robot::send_survey))
+        .at(
+            "/b24/robot/await-survey",
+            post(b24::await_robot::await_survey),
+        )
         .at("/b24/events", post(b24::events::events))
         .at("/b24/placement/deal-tab", post(b24::placement::deal_tab))
         .at("/b24/tab/report/:invitation", post(b24::placement::report))

@@ -42,6 +42,7 @@ pub async fn admin_page(
         ("Установка", "/b24/install"),
         ("Приложение", "/b24/app"),
         ("Робот «Отправить опрос»", "/b24/robot/send-survey"),
+        ("Робот «Дождаться анкеты»", "/b24/robot/await-survey"),
         ("Вкладка сделки", "/b24/placement/deal-tab"),
         ("События", "/b24/events"),
     ]

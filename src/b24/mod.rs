@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_view;
+pub mod await_robot;
 pub mod events;
 pub mod frame_auth;
 pub mod frame_post;

@@ -1,4 +1,5 @@
-//! What the application registers in a portal: the robot «Отправить опрос», the
+//! What the application registers in a portal: the robots «Отправить опрос» and
+//! «Дождаться анкеты», the
 //! «Анкета пациента» tabs, the uninstall event and the link field. Idempotent: list
 //! first, create what is missing, update the robot, and take "already there" errors
 //! for success (protocol §3.4, §4.5, §6.1, §7.2, §12.3). Run on every install and on
@@ -14,6 +15,7 @@ use crate::outbox::link_field::{add_link_field, has_field};
 use crate::state::AppState;
 
 pub const ROBOT_CODE: &str = "opros_send_survey";
+pub const AWAIT_ROBOT_CODE: &str = "opros_await_survey";
 pub const TAB_TITLE: &str = "Анкета пациента";
 pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
 pub const ENTITIES: [&str; 2] = ["deal", "lead"];
@@ -107,6 +109,40 @@ fn robot_fields(state: &AppState, installer: Option<i64>) -> Value {
     fields
 }
 
+/// «Дождаться анкеты» (CONTRACT «Automation»): waits in the workflow
+/// (`USE_SUBSCRIPTION=Y`) and hands back the survey's outcome, never an answer.
+fn await_robot_fields(state: &AppState, installer: Option<i64>) -> Value {
+    let string = |ru: &str, en: &str| json!({"Name": {"ru": ru, "en": en}, "Type": "string", "Multiple": "N"});
+    let mut fields = json!({
+        "HANDLER": state.config.public("/b24/robot/await-survey"),
+        "USE_SUBSCRIPTION": "Y",
+        "NAME": {"ru": "Дождаться анкеты", "en": "Wait for the questionnaire"},
+        "DESCRIPTION": {
+            "ru": "Ждёт, пока пациент заполнит анкету, и возвращает итог: статус, число отметок для врача, их вопросы, балл",
+            "en": "Waits until the patient completes the questionnaire and returns its outcome"
+        },
+        "PROPERTIES": {
+            "survey_id": {
+                "Name": {"ru": "ID опроса (пусто — последний опрос документа)", "en": "Survey ID (empty: the latest)"},
+                "Type": "string", "Required": "N", "Multiple": "N",
+            },
+        },
+        "RETURN_PROPERTIES": {
+            "status": string("Статус анкеты", "Status"),
+            "red_flags": {"Name": {"ru": "Отметок для врача", "en": "Red flags"}, "Type": "int", "Multiple": "N"},
+            "red_flag_titles": string("Вопросы с отметками", "Flagged questions"),
+            "score": string("Балл", "Score"),
+            "completed_at": {"Name": {"ru": "Заполнена", "en": "Completed at"}, "Type": "datetime", "Multiple": "N"},
+        },
+        "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
+        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
+    });
+    if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
+        obj.insert("AUTH_USER_ID".into(), json!(user));
+    }
+    fields
+}
+
 fn handler_of(item: &Value) -> String {
     field(item, "handler")
         .and_then(Value::as_str)
@@ -137,7 +173,7 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
             return report;
         }
     };
-    ensure_robot(state, target, installer, &listed, &mut report).await;
+    ensure_robots(state, target, installer, &listed, &mut report).await;
     ensure_tabs(state, target, &listed, &mut report).await;
     ensure_events(state, target, &listed, &mut report).await;
     ensure_link_fields(state, target, &listed, &mut report).await;
@@ -162,25 +198,49 @@ async fn list(state: &AppState, target: &Target) -> Result<Listed, B24Error> {
     Ok(results.into_iter().map(|o| (o.name, o.result)).collect())
 }
 
-/// The robot: added if missing, else updated so a new version's properties reach
-/// the portal.
-async fn ensure_robot(
+/// The robots: each added if missing, else updated so a new version's properties
+/// reach the portal.
+async fn ensure_robots(
     state: &AppState,
     target: &Target,
     installer: Option<i64>,
     listed: &Listed,
     report: &mut Report,
 ) {
-    let robot_known = list_of(listed.get("robots"))
-        .map(|codes| codes.iter().any(|c| c.as_str() == Some(ROBOT_CODE)));
-    let fields = robot_fields(state, installer);
-    let robot_result = match robot_known {
+    let robots = [
+        (
+            ROBOT_CODE,
+            robot_fields(state, installer),
+            "Робот «Отправить опрос»",
+        ),
+        (
+            AWAIT_ROBOT_CODE,
+            await_robot_fields(state, installer),
+            "Робот «Дождаться анкеты»",
+        ),
+    ];
+    for (code, fields, what) in robots {
+        let result = ensure_robot(state, target, listed, code, fields).await;
+        report.push(what, true, result);
+    }
+}
+
+async fn ensure_robot(
+    state: &AppState,
+    target: &Target,
+    listed: &Listed,
+    code: &str,
+    fields: Value,
+) -> Result<&'static str, String> {
+    let robot_known =
+        list_of(listed.get("robots")).map(|codes| codes.iter().any(|c| c.as_str() == Some(code)));
+    match robot_known {
         Ok(true) => state
             .b24
             .call(
                 target,
                 "bizproc.robot.update",
-                json!({"CODE": ROBOT_CODE, "FIELDS": fields}),
+                json!({"CODE": code, "FIELDS": fields}),
             )
             .await
             .map(|_| "обновлён")
@@ -188,7 +248,7 @@ async fn ensure_robot(
         Ok(false) | Err(_) => {
             let mut params = fields;
             if let Some(obj) = params.as_object_mut() {
-                obj.insert("CODE".into(), json!(ROBOT_CODE));
+                obj.insert("CODE".into(), json!(code));
             }
             match state.b24.call(target, "bizproc.robot.add", params).await {
                 Ok(_) => Ok("создан"),
@@ -196,8 +256,7 @@ async fn ensure_robot(
                 Err(e) => Err(e.admin_message()),
             }
         }
-    };
-    report.push("Робот «Отправить опрос»", true, robot_result);
+    }
 }
 
 /// The tabs: ours bound; one left from an old service address unbound.

@@ -29,24 +29,7 @@ pub async fn send_survey(
     .await?;
     tracing::info!(portal = %portal.domain, "Получен вебхук от Битрикс24: робот «Отправить опрос»");
 
-    let event_token = call.event_token.clone().ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::EventTokenMissing,
-            "В вызове робота нет event_token",
-        )
-    })?;
-    let document = call.document_id.document().ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::DocumentMissing,
-            "В вызове робота нет document_id",
-        )
-    })?;
-    let entity = EntityRef::from_document_id(document).ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::DocumentUnsupported,
-            format!("Робот работает только со сделками и лидами, получено «{document}»"),
-        )
-    })?;
+    let (event_token, entity) = step_of(&call)?;
 
     let prop = |k: &str| call.property(k);
     let (code, version) = {
@@ -93,4 +76,28 @@ pub async fn send_survey(
     )
     .await?;
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))
+}
+
+/// The waiting step's event token and the CRM document it runs on, or the 400 that
+/// says which is missing. Shared by both robots.
+pub(super) fn step_of(call: &RobotCall) -> Result<(String, EntityRef), ApiError> {
+    let event_token = call.event_token.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::EventTokenMissing,
+            "В вызове робота нет event_token",
+        )
+    })?;
+    let document = call.document_id.document().ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::DocumentMissing,
+            "В вызове робота нет document_id",
+        )
+    })?;
+    let entity = EntityRef::from_document_id(document).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::DocumentUnsupported,
+            format!("Робот работает только со сделками и лидами, получено «{document}»"),
+        )
+    })?;
+    Ok((event_token, entity))
 }

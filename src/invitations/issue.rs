@@ -159,6 +159,11 @@ where
             Box::pin(async move {
                 let outcome = create_or_reuse(txn, &new, now).await?;
                 outbox::enqueue_all(txn, new.portal_id, &jobs(&outcome)).await?;
+                // A new link replaces the document's older ones: their waits answer
+                // `revoked`.
+                if let (false, Some(portal)) = (outcome.existing, new.portal_id) {
+                    outbox::survey_wait::wake_document(txn, portal, new.entity, now).await?;
+                }
                 Ok(outcome)
             })
         })

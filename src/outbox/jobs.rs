@@ -308,6 +308,9 @@ pub enum JobOutcome {
     /// time; it does not count toward dead.
     Deferred(DateTime<Utc>, String),
     Dead(String),
+    /// Nothing to do yet (a wait for the patient): due again at this time unless
+    /// something made it due earlier meanwhile; no attempt or error is counted.
+    Waiting(DateTime<Utc>),
     /// The lease was taken by another worker before the side effect: the new owner
     /// runs the job, nothing is recorded here.
     Lost,
@@ -356,6 +359,22 @@ pub async fn finish<C: ConnectionTrait>(
         JobOutcome::Dead(error) => update
             .col_expr(outbox_job::Column::DeadAt, Expr::value(now))
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
+        // A wake-up written while the job ran (it moved `run_at`) is kept.
+        JobOutcome::Waiting(at) => update
+            .col_expr(
+                outbox_job::Column::RunAt,
+                Expr::case(
+                    Expr::col(outbox_job::Column::RunAt).eq(job.run_at),
+                    Expr::value(at.timestamp_millis()),
+                )
+                .finally(Expr::col(outbox_job::Column::RunAt))
+                .into(),
+            )
+            .col_expr(outbox_job::Column::Attempts, Expr::value(0))
+            .col_expr(
+                outbox_job::Column::LastError,
+                Expr::value(Option::<String>::None),
+            ),
     };
     update
         .filter(outbox_job::Column::Id.eq(job.id))

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod link_field;
 pub mod post_completion;
 pub mod run;
+pub mod survey_wait;
 pub mod uninstall;
 pub mod worker;
 
@@ -37,6 +38,19 @@ pub enum Job {
     WriteLinkField { invitation: InvitationId },
     /// Timeline comment «Пациент завершил опрос …» with the PDF attached.
     PostCompletion { invitation: InvitationId },
+    /// The robot «Дождаться анкеты» waits for the survey (`survey_wait`); no
+    /// invitation: the document had none when the step began (`status=missing`).
+    AwaitSurvey {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invitation: Option<InvitationId>,
+        event_token: String,
+    },
+    /// A waiting step's progress line in the workflow log (`bizproc.activity.log`).
+    LogWaitProgress {
+        invitation: InvitationId,
+        event_token: String,
+        step: survey_wait::Progress,
+    },
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
@@ -49,6 +63,8 @@ impl Job {
             Job::ReturnRobotValues { .. } => "return_robot_values",
             Job::WriteLinkField { .. } => "write_link_field",
             Job::PostCompletion { .. } => "post_completion",
+            Job::AwaitSurvey { .. } => survey_wait::KIND,
+            Job::LogWaitProgress { .. } => "log_wait_progress",
             Job::ConfirmUninstall { .. } => "confirm_uninstall",
         }
     }
@@ -59,7 +75,9 @@ impl Job {
             Job::ResolvePatient { invitation }
             | Job::ReturnRobotValues { invitation, .. }
             | Job::WriteLinkField { invitation }
-            | Job::PostCompletion { invitation } => Some(invitation),
+            | Job::PostCompletion { invitation }
+            | Job::LogWaitProgress { invitation, .. } => Some(invitation),
+            Job::AwaitSurvey { invitation, .. } => invitation.as_ref(),
             Job::ConfirmUninstall { .. } => None,
         }
     }

@@ -75,6 +75,9 @@ pub async fn run_group(
             Job::ConfirmUninstall { clean } => {
                 super::uninstall::confirm(state, &target, &c.row, *clean, now).await
             }
+            Job::AwaitSurvey { event_token, .. } => {
+                super::survey_wait::run(state, &target, &c.row, None, event_token, now).await
+            }
             _ => JobOutcome::Dead("not a portal-wide job".into()),
         };
         outcomes.push((c.row, outcome));
@@ -119,6 +122,26 @@ pub async fn run_group(
                     let outcome = match &pushback {
                         Some(error) => JobOutcome::Deferred(now, error.clone()),
                         None => super::post_completion::run(state, &target, &c.row, inv, now).await,
+                    };
+                    if let JobOutcome::Deferred(_, error) = &outcome {
+                        pushback = Some(error.clone());
+                    }
+                    outcomes.push((c.row, outcome));
+                }
+                Job::AwaitSurvey { event_token, .. } => {
+                    let outcome = match &pushback {
+                        Some(error) => JobOutcome::Deferred(now, error.clone()),
+                        None => {
+                            super::survey_wait::run(
+                                state,
+                                &target,
+                                &c.row,
+                                Some(inv),
+                                event_token,
+                                now,
+                            )
+                            .await
+                        }
                     };
                     if let JobOutcome::Deferred(_, error) = &outcome {
                         pushback = Some(error.clone());
@@ -240,7 +263,16 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => Vec::new(),
+        Job::LogWaitProgress {
+            event_token, step, ..
+        } => vec![BatchCommand {
+            name: format!("l{id}"),
+            method: "bizproc.activity.log".into(),
+            params: super::survey_wait::progress_params(event_token, *step),
+        }],
+        Job::PostCompletion { .. } | Job::AwaitSurvey { .. } | Job::ConfirmUninstall { .. } => {
+            Vec::new()
+        }
     }
 }
 
@@ -338,7 +370,15 @@ async fn run_chunk(
                 Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
+            Job::LogWaitProgress { .. } => match take(format!("l{id}")) {
+                Ok(v) => JobOutcome::Done(json!({"result": v})),
+                // The step was answered or closed: the line has nowhere to go.
+                Err(e) if e.is_access_denied() => {
+                    JobOutcome::Done(json!({"note": "the step no longer waits"}))
+                }
+                Err(e) => classify(&e, &c.row, now),
+            },
+            Job::PostCompletion { .. } | Job::AwaitSurvey { .. } | Job::ConfirmUninstall { .. } => {
                 JobOutcome::Dead("not a batch job".into())
             }
         };

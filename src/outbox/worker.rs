@@ -342,6 +342,12 @@ fn log_outcome(row: &outbox_job::Model, outcome: &JobOutcome) {
             error = %error,
             "Задание будет повторено"
         ),
+        JobOutcome::Waiting(at) => tracing::debug!(
+            job = row.id,
+            kind = %row.kind,
+            until = %at,
+            "Задание ждёт"
+        ),
         JobOutcome::Deferred(at, error) => tracing::info!(
             job = row.id,
             kind = %row.kind,

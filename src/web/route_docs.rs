@@ -39,7 +39,7 @@ const TAG_PAGES: &str = "Pages";
 pub struct B24RobotCall {
     /// Business process instance id.
     pub workflow_id: Option<String>,
-    /// The robot's `CODE`: `opros_send_survey`.
+    /// The robot's `CODE`: `opros_send_survey` or `opros_await_survey`.
     pub code: Option<String>,
     /// `crm`.
     #[oai(rename = "document_id[0]")]
@@ -75,6 +75,10 @@ pub struct B24RobotCall {
     /// contact when empty or unusable.
     #[oai(rename = "properties[patient_name]")]
     pub patient_name: Option<String>,
+    /// «Дождаться анкеты»: the survey to wait for (a `survey_id` of «Отправить
+    /// опрос» in this document); empty: the document's latest link.
+    #[oai(rename = "properties[survey_id]")]
+    pub survey_id: Option<String>,
     /// `Y` or `N`.
     pub use_subscription: Option<String>,
     /// Seconds, as a string.
@@ -651,6 +655,20 @@ fn routes() -> Vec<Route> {
             description: "Проверяет `auth[application_token]`, создаёт или переиспользует приглашение и \
                           отвечает сразу; ссылка (`survey_url`, `survey_id`) уходит в бизнес-процесс \
                           через `bizproc.event.send`, в поле сделки — через очередь.",
+            params: vec![],
+            request: form_of::<B24RobotCall>("Вызов робота (протокол §4.3)"),
+            responses: json_answers(json_of::<CallbackDone>("Принято")),
+        },
+        Route {
+            path: "/b24/robot/await-survey",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Робот «Дождаться анкеты»",
+            description: "Проверяет `auth[application_token]`, запоминает ожидание (опрос из \
+                          `properties[survey_id]` этого документа или последний опрос документа) и \
+                          отвечает сразу. Итог (`status`, `red_flags`, `red_flag_titles`, `score`, \
+                          `completed_at`) уходит через `bizproc.event.send`, когда анкета заполнена, \
+                          ссылка истекла или заменена новой; сразу — если опроса нет (`missing`).",
             params: vec![],
             request: form_of::<B24RobotCall>("Вызов робота (протокол §4.3)"),
             responses: json_answers(json_of::<CallbackDone>("Принято")),

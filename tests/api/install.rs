@@ -30,9 +30,10 @@ async fn install_registers_everything_once_even_twice(db: TestDb) {
     install(&fake, &app).await;
 
     let robots = fake.robots();
-    assert_eq!(robots.len(), 1, "{robots:?}");
+    assert_eq!(robots.len(), 2, "both robots, once each: {robots:?}");
     let robot = &robots[0];
     assert_eq!(robot["CODE"], "opros_send_survey");
+    assert_eq!(robots[1]["CODE"], "opros_await_survey");
     assert_eq!(
         robot["HANDLER"],
         Value::from(app.url("/b24/robot/send-survey"))
@@ -117,7 +118,7 @@ async fn app_update_wiping_registrations_is_repaired_on_reinstall(db: TestDb) {
     fake.app_update();
     assert!(fake.robots().is_empty());
     install(&fake, &app).await;
-    assert_eq!(fake.robots().len(), 1);
+    assert_eq!(fake.robots().len(), 2);
     assert_eq!(
         fake.placements()
             .iter()
@@ -209,7 +210,7 @@ async fn onappinstall_event_alone_installs_and_registers(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    assert_eq!(fake.robots().len(), 1);
+    assert_eq!(fake.robots().len(), 2);
     let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()

@@ -1,0 +1,375 @@
+//! The robot «Дождаться анкеты» (`opros_await_survey`, `USE_SUBSCRIPTION=Y`): a
+//! waiting workflow step is one outbox job holding the step's event token. The job
+//! is due at once when the wait is stored, then at the link's expiry; completion,
+//! a newer link for the document and the patient's progress make it due again.
+//! Each run decides from the stored data: completed, revoked, expired or still
+//! waiting. An answer is one `bizproc.event.send`, so exactly once per wait; a
+//! step the portal already closed (its timeout, bitrix24-automation.md §A4)
+//! answers `ACCESS_DENIED`, which ends the wait as delivered.
+//!
+//! The job's key names the portal, the document and the invitation
+//! (`await:<portal>:<TYPE>_<id>:<invitation|->:<token hash>`), so the writes that
+//! change a wait's outcome find it with one `LIKE` in their own transaction.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::jobs::{self, JobOutcome, failures};
+use super::run::{classify, retry};
+use super::{Job, enqueue_all};
+use crate::bitrix24::Target;
+use crate::crm::{EntityRef, InvitationId};
+use crate::db::entities::{invitation, outbox_job, response};
+use crate::state::AppState;
+
+/// `outbox_job.kind` of a wait.
+pub const KIND: &str = "await_survey";
+
+/// Progress written into the workflow log while the step waits (once each per wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    Opened,
+    DraftSaved,
+}
+
+impl Progress {
+    pub fn message(self) -> &'static str {
+        match self {
+            Progress::Opened => "Пациент открыл анкету",
+            Progress::DraftSaved => "Черновик сохранён",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Progress::Opened => "opened",
+            Progress::DraftSaved => "draft",
+        }
+    }
+}
+
+/// What the robot hands back (CONTRACT «Automation»: `RETURN_PROPERTIES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Expired,
+    Revoked,
+    Missing,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Expired => "expired",
+            Outcome::Revoked => "revoked",
+            Outcome::Missing => "missing",
+        }
+    }
+}
+
+fn token_hash(event_token: &str) -> String {
+    hex::encode(Sha256::digest(event_token.as_bytes()))[..32].to_owned()
+}
+
+fn document_prefix(portal_id: i64, entity: EntityRef) -> String {
+    format!("await:{portal_id}:{}_{}:", entity.kind, entity.id)
+}
+
+/// The wait's idempotency key: the same robot call twice stores one wait.
+pub fn wait_key(
+    portal_id: i64,
+    entity: EntityRef,
+    invitation: Option<&str>,
+    event_token: &str,
+) -> String {
+    format!(
+        "{}{}:{}",
+        document_prefix(portal_id, entity),
+        invitation.unwrap_or("-"),
+        token_hash(event_token)
+    )
+}
+
+/// Stores a wait in the caller's transaction; due at once, so a survey already
+/// completed (or none at all) is answered without waiting. The opening is logged
+/// at once too when the patient opened the link before the step began.
+pub async fn store<C: ConnectionTrait>(
+    db: &C,
+    portal_id: i64,
+    entity: EntityRef,
+    inv: Option<&invitation::Model>,
+    event_token: &str,
+) -> Result<(), DbErr> {
+    let id = inv.map(InvitationId::of);
+    let key = wait_key(
+        portal_id,
+        entity,
+        id.as_ref().map(InvitationId::as_str),
+        event_token,
+    );
+    let mut queued = Vec::with_capacity(2);
+    if let (Some(inv), Some(id)) = (inv, &id)
+        && inv.opened_at.is_some()
+    {
+        queued.push(progress_job(id, event_token, Progress::Opened));
+    }
+    queued.push((
+        Job::AwaitSurvey {
+            invitation: id,
+            event_token: event_token.to_owned(),
+        },
+        key,
+    ));
+    enqueue_all(db, Some(portal_id), &queued).await
+}
+
+fn progress_job(id: &InvitationId, event_token: &str, step: Progress) -> (Job, String) {
+    (
+        Job::LogWaitProgress {
+            invitation: id.clone(),
+            event_token: event_token.to_owned(),
+            step,
+        },
+        format!("awaitlog:{}:{}", token_hash(event_token), step.key()),
+    )
+}
+
+async fn make_due<C: ConnectionTrait>(
+    db: &C,
+    pattern: String,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    outbox_job::Entity::update_many()
+        .col_expr(
+            outbox_job::Column::RunAt,
+            Expr::value(now.timestamp_millis()),
+        )
+        .filter(outbox_job::Column::Kind.eq(KIND))
+        .filter(outbox_job::Column::IdempotencyKey.like(pattern))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}
+
+/// The invitation was completed: its waits are due now (caller's transaction).
+pub async fn wake_invitation<C: ConnectionTrait>(
+    db: &C,
+    invitation_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    make_due(db, format!("await:%:{invitation_id}:%"), now).await
+}
+
+/// A newer link was made for the document: its waits are due now and find
+/// themselves revoked (caller's transaction).
+pub async fn wake_document<C: ConnectionTrait>(
+    db: &C,
+    portal_id: i64,
+    entity: EntityRef,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    make_due(db, format!("{}%", document_prefix(portal_id, entity)), now).await
+}
+
+/// The patient opened the link or saved a draft: every pending wait on the
+/// invitation gets the log line, once per wait (the key).
+pub async fn note_progress<C: ConnectionTrait>(
+    db: &C,
+    invitation_id: &str,
+    step: Progress,
+) -> Result<usize, DbErr> {
+    let payloads: Vec<Value> = outbox_job::Entity::find()
+        .select_only()
+        .column(outbox_job::Column::Payload)
+        .filter(outbox_job::Column::Kind.eq(KIND))
+        .filter(outbox_job::Column::IdempotencyKey.like(format!("await:%:{invitation_id}:%")))
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .into_tuple()
+        .all(db)
+        .await?;
+    let portal: Option<i64> = invitation::Entity::find_by_id(invitation_id.to_owned())
+        .select_only()
+        .column(invitation::Column::PortalId)
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    let queued: Vec<(Job, String)> = payloads
+        .into_iter()
+        .filter_map(|p| match serde_json::from_value(p) {
+            Ok(Job::AwaitSurvey {
+                invitation: Some(id),
+                event_token,
+            }) => Some(progress_job(&id, &event_token, step)),
+            _ => None,
+        })
+        .collect();
+    enqueue_all(db, portal, &queued).await?;
+    Ok(queued.len())
+}
+
+/// The `bizproc.activity.log` call of a progress job.
+pub fn progress_params(event_token: &str, step: Progress) -> Value {
+    json!({"EVENT_TOKEN": event_token, "LOG_MESSAGE": step.message()})
+}
+
+/// Whether a newer link was made for the same document.
+async fn replaced<C: ConnectionTrait>(db: &C, inv: &invitation::Model) -> Result<bool, DbErr> {
+    let newer = invitation::Entity::find()
+        .select_only()
+        .column(invitation::Column::Id)
+        .filter(invitation::Column::PortalId.eq(inv.portal_id))
+        .filter(invitation::Column::EntityType.eq(inv.entity_type))
+        .filter(invitation::Column::EntityId.eq(inv.entity_id))
+        .filter(invitation::Column::CreatedAt.gt(inv.created_at))
+        .order_by_desc(invitation::Column::CreatedAt)
+        .into_tuple::<String>()
+        .one(db)
+        .await?;
+    Ok(newer.is_some())
+}
+
+/// The values of a completed survey: flagged question titles only, never answers.
+async fn completed_values(state: &AppState, inv: &invitation::Model) -> Result<Value, String> {
+    let resp = response::Entity::find_by_id(inv.id.clone())
+        .one(&state.db)
+        .await
+        .map_err(|e| format!("база данных: {e}"))?;
+    let answers = resp
+        .and_then(|r| r.answers)
+        .ok_or_else(|| "ответы не найдены".to_owned())?;
+    let answers = crate::survey::decode_answers(&inv.id, answers)
+        .map_err(|_| "сохранённые ответы не читаются".to_owned())?;
+    let q = state
+        .catalog()
+        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+        .ok_or_else(|| {
+            format!(
+                "анкета {} версии {} не найдена",
+                inv.questionnaire_code, inv.questionnaire_version
+            )
+        })?;
+    let flagged = crate::survey::flagged(&q, &answers);
+    let titles: Vec<String> = flagged.iter().map(|f| f.question.clone()).collect();
+    let completed_at = inv
+        .completed_at
+        .map(|at| at.with_timezone(&crate::completion::MSK).to_rfc3339())
+        .unwrap_or_default();
+    Ok(json!({
+        "status": Outcome::Completed.as_str(),
+        "red_flags": titles.len(),
+        "red_flag_titles": titles.join("; "),
+        "score": score_text(),
+        "completed_at": completed_at,
+    }))
+}
+
+/// `score`: the questionnaires carry no scoring yet, so it is empty as the contract
+/// says for surveys without scores; scored questionnaires fill it here.
+fn score_text() -> String {
+    String::new()
+}
+
+fn unanswered(outcome: Outcome) -> Value {
+    json!({
+        "status": outcome.as_str(),
+        "red_flags": 0,
+        "red_flag_titles": "",
+        "score": "",
+        "completed_at": "",
+    })
+}
+
+/// Runs a wait: answers the step if its survey has an outcome, else waits on.
+pub async fn run(
+    state: &AppState,
+    target: &Target,
+    row: &outbox_job::Model,
+    inv: Option<&invitation::Model>,
+    event_token: &str,
+    now: DateTime<Utc>,
+) -> JobOutcome {
+    let values = match inv {
+        None => unanswered(Outcome::Missing),
+        Some(inv) if inv.status == invitation::Status::Completed => {
+            match completed_values(state, inv).await {
+                Ok(v) => v,
+                Err(e) => return retry(failures(row), None, e, now),
+            }
+        }
+        Some(inv) => match replaced(&state.db, inv).await {
+            Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
+            Ok(true) => unanswered(Outcome::Revoked),
+            Ok(false) if inv.expires_at <= now => unanswered(Outcome::Expired),
+            Ok(false) => return JobOutcome::Waiting(inv.expires_at),
+        },
+    };
+    // The token is single-use: only the lease's holder may spend it.
+    match jobs::holds(&state.db, row).await {
+        Ok(true) => {}
+        Ok(false) => return JobOutcome::Lost,
+        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
+    }
+    let status = values["status"].as_str().unwrap_or_default().to_owned();
+    let params = json!({
+        "EVENT_TOKEN": event_token,
+        "RETURN_VALUES": values,
+        "LOG_MESSAGE": format!("Анкета: {}", status_text(&status)),
+    });
+    match state
+        .b24
+        .call_once(target, "bizproc.event.send", params)
+        .await
+    {
+        Ok(_) => JobOutcome::Done(json!({"status": status})),
+        // §A4: the step was closed (its timeout ran out) or an earlier attempt spent
+        // the token: either way nobody waits for this answer any more.
+        Err(e) if e.is_access_denied() => {
+            JobOutcome::Done(json!({"status": status, "note": "the step no longer waits"}))
+        }
+        Err(e) => classify(&e, row, now),
+    }
+}
+
+fn status_text(status: &str) -> &'static str {
+    match status {
+        "completed" => "заполнена",
+        "expired" => "срок ссылки истёк",
+        "revoked" => "ссылку заменила новая",
+        _ => "ссылка не отправлялась",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crm::EntityType;
+
+    #[test]
+    fn a_wait_key_is_found_by_its_invitation_and_by_its_document() {
+        let deal = EntityRef {
+            kind: EntityType::Deal,
+            id: 5,
+        };
+        let key = wait_key(7, deal, Some("a2B3c4D5e6F7"), "wf|A1_2|x");
+        assert!(key.starts_with(&document_prefix(7, deal)), "{key}");
+        assert!(key.contains(":a2B3c4D5e6F7:"), "{key}");
+        assert!(
+            !key.contains("wf|A1_2|x"),
+            "the token itself is not in the key"
+        );
+        let none = wait_key(7, deal, None, "wf|A1_2|x");
+        assert_ne!(key, none);
+        assert_eq!(Outcome::Missing.as_str(), "missing");
+    }
+}
