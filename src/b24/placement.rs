@@ -61,10 +61,13 @@ async fn show_tab(state: &AppState, caller: &FrameCaller, call: &FrameCall) -> R
 
 /// `PLACEMENT` decides the kind, `PLACEMENT_OPTIONS.ID` the document (§6.2); the
 /// portal is asked about it before anything is shown.
+/// A placement we did not bind (another card's tab) names no document we know:
+/// it is refused, never taken for a deal with the same number.
 fn entity_of(call: &FrameCall) -> Option<EntityRef> {
     let kind = match call.placement.as_deref() {
+        Some("CRM_DEAL_DETAIL_TAB") => EntityType::Deal,
         Some("CRM_LEAD_DETAIL_TAB") => EntityType::Lead,
-        _ => EntityType::Deal,
+        _ => return None,
     };
     let id = call.placement_id()?;
     Some(EntityRef { kind, id })

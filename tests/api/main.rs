@@ -20,6 +20,7 @@ mod home;
 mod identity_repairs;
 mod install;
 mod instances;
+mod leads;
 mod legacy;
 mod log_scope;
 mod module_graph;

@@ -571,6 +571,18 @@ impl FakePortal {
             .collect()
     }
 
+    /// Another version of the application bound `placement` to `handler`
+    /// (`placement.bind`, protocol §6.1), e.g. a contact's card tab.
+    pub fn bind_placement(&self, placement: &str, handler: &str) {
+        let entry = json!({
+            "placement": placement, "handler": handler, "title": "Анкета пациента",
+            "description": "", "options": [], "langAll": [],
+        });
+        if let Value::Object(map) = entry {
+            self.state().placements.push(map);
+        }
+    }
+
     pub fn placements(&self) -> Vec<Value> {
         self.state()
             .placements

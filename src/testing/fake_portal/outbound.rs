@@ -282,6 +282,13 @@ impl FakePortal {
     /// A user opens the deal tab (§6.2, fixture placement-deal-tab): the iframe POST
     /// to the bound handler with that user's fresh token. Only after installFinish.
     pub async fn open_deal_tab(&self, user_id: u32, deal_id: u64) -> Delivery {
+        self.open_tab(user_id, "CRM_DEAL_DETAIL_TAB", deal_id).await
+    }
+
+    /// A user opens a card tab bound at `placement` (`CRM_DEAL_DETAIL_TAB`,
+    /// `CRM_LEAD_DETAIL_TAB`, §6.2; bitrix24-automation.md §A7) for record `id`:
+    /// `PLACEMENT` names the card, `PLACEMENT_OPTIONS[ID]` the record.
+    pub async fn open_tab(&self, user_id: u32, placement: &str, id: u64) -> Delivery {
         let (url, body) = {
             let mut state = self.state();
             if !state.installed {
@@ -291,14 +298,18 @@ impl FakePortal {
             let handler = state
                 .placements
                 .iter()
-                .find(|p| p.get("placement").and_then(Value::as_str) == Some("CRM_DEAL_DETAIL_TAB"))
+                .find(|p| p.get("placement").and_then(Value::as_str) == Some(placement))
                 .and_then(|p| p.get("handler").and_then(Value::as_str).map(str::to_owned))
-                .ok_or_else(|| FakePortalError::NotBound("CRM_DEAL_DETAIL_TAB".into()))?;
+                .ok_or_else(|| FakePortalError::NotBound(placement.to_owned()))?;
             let url = with_frame_query(&handler, &self.shared.portal_domain(&state))?;
+            let card = match placement {
+                "CRM_LEAD_DETAIL_TAB" => "lead",
+                _ => "deal",
+            };
             let options = format!(
-                r#"{{"ID":"{deal_id}","URI":"\/crm\/deal\/details\/{deal_id}\/?IFRAME=Y&IFRAME_TYPE=SIDE_SLIDER"}}"#
+                r#"{{"ID":"{id}","URI":"\/crm\/{card}\/details\/{id}\/?IFRAME=Y&IFRAME_TYPE=SIDE_SLIDER"}}"#
             );
-            let body = self.frame_body(&mut state, user_id, "CRM_DEAL_DETAIL_TAB", Some(options));
+            let body = self.frame_body(&mut state, user_id, placement, Some(options));
             (url, body)
         };
         self.post_form(url, &body).await
