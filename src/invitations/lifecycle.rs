@@ -125,7 +125,7 @@ pub async fn mark_opened(state: &AppState, inv: &mut invitation::Model) -> Resul
         .filter(invitation::Column::Status.eq(SENT))
         .exec(&state.db)
         .await?;
-    note_wait_progress(state, &inv.id, Progress::Opened).await;
+    note_wait_progress(state, inv, Progress::Opened).await;
     inv.status = OPENED;
     inv.opened_at = Some(now);
     Ok(())
@@ -221,18 +221,18 @@ pub async fn save_draft(
     let draft = crate::survey::normalise_draft(&q, &answers);
     let now = Utc::now();
     upsert_draft(&state.db, &inv.id, &draft, now).await?;
-    note_wait_progress(state, &inv.id, Progress::DraftSaved).await;
+    note_wait_progress(state, inv, Progress::DraftSaved).await;
     Ok((now, draft))
 }
 
 /// A waiting robot «Дождаться анкеты» hears of the patient's progress. Only a log
 /// line: a failure is logged and never fails the patient's request.
-async fn note_wait_progress(state: &AppState, id: &str, step: Progress) {
-    match survey_wait::note_progress(&state.db, id, step).await {
+async fn note_wait_progress(state: &AppState, inv: &invitation::Model, step: Progress) {
+    match survey_wait::note_progress(&state.db, inv, step).await {
         Ok(0) => {}
         Ok(_) => state.nudge_outbox(),
         Err(e) => {
-            tracing::warn!(survey_id = %id, error = %e, "Не удалось записать ход анкеты в журнал робота")
+            tracing::warn!(survey_id = %inv.id, error = %e, "Не удалось записать ход анкеты в журнал робота")
         }
     }
 }
@@ -387,7 +387,7 @@ async fn claim_completion(
             // Held back while this request renders the PDF; released after.
             set_job_due(&txn, job_key, now + RENDER_GRACE).await?;
         }
-        survey_wait::wake_invitation(&txn, &inv.id, now).await?;
+        survey_wait::wake_invitation(&txn, inv, now).await?;
         txn.commit().await?;
     }
     Ok(())

@@ -9,7 +9,7 @@
 //!
 //! The job's key names the portal, the document and the invitation
 //! (`await:<portal>:<TYPE>_<id>:<invitation|->:<token hash>`), so the writes that
-//! change a wait's outcome find it with one `LIKE` in their own transaction.
+//! change a wait's outcome find it by the key's prefix in their own transaction.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -160,13 +160,26 @@ async fn make_due<C: ConnectionTrait>(
         .map(|r| r.rows_affected)
 }
 
+/// The key prefix of every wait on `inv`.
+fn invitation_prefix(inv: &invitation::Model) -> Option<String> {
+    let portal = inv.portal_id?;
+    Some(format!(
+        "{}{}:",
+        document_prefix(portal, EntityRef::from_row(inv)),
+        inv.id
+    ))
+}
+
 /// The invitation was completed: its waits are due now (caller's transaction).
 pub async fn wake_invitation<C: ConnectionTrait>(
     db: &C,
-    invitation_id: &str,
+    inv: &invitation::Model,
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
-    make_due(db, format!("await:%:{invitation_id}:%"), now).await
+    match invitation_prefix(inv) {
+        Some(prefix) => make_due(db, format!("{prefix}%"), now).await,
+        None => Ok(0),
+    }
 }
 
 /// A newer link was made for the document: its waits are due now and find
@@ -184,26 +197,22 @@ pub async fn wake_document<C: ConnectionTrait>(
 /// invitation gets the log line, once per wait (the key).
 pub async fn note_progress<C: ConnectionTrait>(
     db: &C,
-    invitation_id: &str,
+    inv: &invitation::Model,
     step: Progress,
 ) -> Result<usize, DbErr> {
+    let Some(prefix) = invitation_prefix(inv) else {
+        return Ok(0);
+    };
     let payloads: Vec<Value> = outbox_job::Entity::find()
         .select_only()
         .column(outbox_job::Column::Payload)
         .filter(outbox_job::Column::Kind.eq(KIND))
-        .filter(outbox_job::Column::IdempotencyKey.like(format!("await:%:{invitation_id}:%")))
+        .filter(outbox_job::Column::IdempotencyKey.like(format!("{prefix}%")))
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
         .into_tuple()
         .all(db)
         .await?;
-    let portal: Option<i64> = invitation::Entity::find_by_id(invitation_id.to_owned())
-        .select_only()
-        .column(invitation::Column::PortalId)
-        .into_tuple::<Option<i64>>()
-        .one(db)
-        .await?
-        .flatten();
     let queued: Vec<(Job, String)> = payloads
         .into_iter()
         .filter_map(|p| match serde_json::from_value(p) {
@@ -214,7 +223,7 @@ pub async fn note_progress<C: ConnectionTrait>(
             _ => None,
         })
         .collect();
-    enqueue_all(db, portal, &queued).await?;
+    enqueue_all(db, inv.portal_id, &queued).await?;
     Ok(queued.len())
 }
 
