@@ -232,7 +232,9 @@ pub fn progress_params(event_token: &str, step: Progress) -> Value {
     json!({"EVENT_TOKEN": event_token, "LOG_MESSAGE": step.message()})
 }
 
-/// Whether a newer link was made for the same document.
+/// Whether a newer link of the same questionnaire was made for the same document
+/// (what reuse would have returned instead): another questionnaire sent to the same
+/// deal replaces nothing.
 async fn replaced<C: ConnectionTrait>(db: &C, inv: &invitation::Model) -> Result<bool, DbErr> {
     let newer = invitation::Entity::find()
         .select_only()
@@ -240,6 +242,7 @@ async fn replaced<C: ConnectionTrait>(db: &C, inv: &invitation::Model) -> Result
         .filter(invitation::Column::PortalId.eq(inv.portal_id))
         .filter(invitation::Column::EntityType.eq(inv.entity_type))
         .filter(invitation::Column::EntityId.eq(inv.entity_id))
+        .filter(invitation::Column::QuestionnaireCode.eq(inv.questionnaire_code.clone()))
         .filter(invitation::Column::CreatedAt.gt(inv.created_at))
         .order_by_desc(invitation::Column::CreatedAt)
         .into_tuple::<String>()

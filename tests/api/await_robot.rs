@@ -368,3 +368,47 @@ async fn a_forged_call_or_another_records_survey_stores_nothing(db: TestDb) {
     await_on(&fake, other, &[("survey_id", &other_id)]).await;
     assert_eq!(waits(&app).await, 1);
 }
+
+on_both_databases!(another_questionnaire_for_the_same_deal_revokes_nothing);
+async fn another_questionnaire_for_the_same_deal_revokes_nothing(db: TestDb) {
+    let surveys = tempfile::tempdir().expect("temp dir");
+    let follow_up = serde_json::json!({
+        "code": "follow_up", "version": 1, "title": "Контроль через неделю",
+        "sections": [{"id": "main", "title": "Самочувствие", "questions": [
+            {"id": "better", "type": "yes_no", "title": "Стало лучше?", "required": true}
+        ]}]
+    });
+    std::fs::write(surveys.path().join("follow_up.yaml"), follow_up.to_string()).expect("write");
+    let dir = surveys.path().display().to_string();
+    let fake = crate::support::portal::fake().await;
+    let app = app_for_db(&fake, &db.url, &[("SURVEYS_DIR", &dir)]).await;
+    install(&fake, &app).await;
+    let (deal, _) = robot_link(&fake, &app).await;
+    let token = await_on(&fake, deal, &[]).await;
+    app.run_outbox().await;
+
+    let (_, r) = fake
+        .run_robot(
+            "opros_send_survey",
+            deal,
+            &[("survey_code", "follow_up"), ("reuse_active", "N")],
+        )
+        .await
+        .expect("delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    assert!(
+        answer_for(&fake, &token).is_empty(),
+        "another questionnaire is no replacement"
+    );
+
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[("reuse_active", "N")])
+        .await
+        .expect("delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let sent = answer_for(&fake, &token);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["STATUS"], "revoked");
+}
