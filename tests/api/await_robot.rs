@@ -412,3 +412,37 @@ async fn another_questionnaire_for_the_same_deal_revokes_nothing(db: TestDb) {
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["STATUS"], "revoked");
 }
+
+on_both_databases!(a_survey_of_another_portal_is_refused_even_for_the_same_deal_number);
+async fn a_survey_of_another_portal_is_refused_even_for_the_same_deal_number(db: TestDb) {
+    use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
+
+    let (fake, app) = installed_on(&db.url).await;
+    let other = FakePortal::start(FakePortalConfig {
+        member_id: "9b1d7e3a5c2f4e6a8b0d1f3e5a7c9b2d".into(),
+        ..FakePortalConfig::default()
+    })
+    .await
+    .expect("second portal");
+    install(&other, &app).await;
+    let (theirs, _) = robot_link(&other, &app).await;
+    let their_id = other
+        .event_sends()
+        .last()
+        .and_then(|(_, v, _)| v.get("SURVEY_ID").cloned())
+        .expect("survey id");
+    // The same deal number in this portal.
+    let ours = patient_deal(&fake);
+    assert_eq!(ours, theirs, "the fakes number deals alike");
+    let (token, r) = fake
+        .run_robot(AWAIT, ours, &[("survey_id", &their_id)])
+        .await
+        .expect("delivered");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.expect("error body");
+    assert_eq!(body["code"], "survey_not_found", "{body}");
+    assert_eq!(waits(&app).await, 0);
+    app.run_outbox().await;
+    assert!(answer_for(&fake, &token).is_empty());
+    assert!(fake.workflow_log().is_empty());
+}
