@@ -131,6 +131,7 @@ async fn the_robot_is_registered_once_next_to_the_send_robot(db: TestDb) {
 
 on_both_databases!(the_robot_waits_logs_progress_once_each_then_answers_on_completion);
 async fn the_robot_waits_logs_progress_once_each_then_answers_on_completion(db: TestDb) {
+    let logs = crate::support::logs::capture();
     let (fake, app) = installed_on(&db.url).await;
     let (deal, link) = robot_link(&fake, &app).await;
     let token = await_on(&fake, deal, &[]).await;
@@ -182,6 +183,15 @@ async fn the_robot_waits_logs_progress_once_each_then_answers_on_completion(db: 
     app.run_outbox().await;
     assert_eq!(answer_for(&fake, &token).len(), 1);
     assert!(dead_jobs(&app).await.is_empty());
+
+    let text = logs.text();
+    assert!(text.contains("Робот ждёт анкету"), "{text}");
+    assert!(!text.contains(&token), "the event token must not be logged");
+    assert!(!text.contains(&link), "the link token must not be logged");
+    assert!(
+        !text.contains("кашель"),
+        "a draft answer must not be logged"
+    );
 }
 
 on_both_databases!(a_survey_already_completed_is_answered_at_once);
@@ -445,4 +455,50 @@ async fn a_survey_of_another_portal_is_refused_even_for_the_same_deal_number(db:
     app.run_outbox().await;
     assert!(answer_for(&fake, &token).is_empty());
     assert!(fake.workflow_log().is_empty());
+}
+
+on_both_databases!(the_same_step_delivered_twice_waits_once_and_is_answered_once);
+async fn the_same_step_delivered_twice_waits_once_and_is_answered_once(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let (deal, _) = robot_link(&fake, &app).await;
+    let document = format!("DEAL_{deal}");
+    let (member, app_token) = (fake.member_id(), fake.application_token());
+    let form = [
+        ("event_token", "wf.1|A7_1|repeated"),
+        ("code", AWAIT),
+        ("document_id[0]", "crm"),
+        ("document_id[1]", "CCrmDocumentDeal"),
+        ("document_id[2]", document.as_str()),
+        ("auth[member_id]", member.as_str()),
+        ("auth[application_token]", app_token.as_str()),
+    ];
+    for _ in 0..2 {
+        let r = app
+            .http
+            .post(app.url("/b24/robot/await-survey"))
+            .form(&form)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(waits(&app).await, 1);
+    // No event token, or no document: a clear 400, nothing stored.
+    for (drop, code) in [
+        ("event_token", "event_token_missing"),
+        ("document_id[2]", "document_missing"),
+    ] {
+        let partial: Vec<_> = form.iter().filter(|(k, _)| *k != drop).collect();
+        let r = app
+            .http
+            .post(app.url("/b24/robot/await-survey"))
+            .form(&partial)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), 400, "{drop}");
+        let body: Value = r.json().await.expect("error body");
+        assert_eq!(body["code"], code, "{body}");
+    }
+    assert_eq!(waits(&app).await, 1);
 }
