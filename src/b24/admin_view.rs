@@ -117,6 +117,8 @@ fn job_state(job: &outbox_job::Model) -> &'static str {
         "не удалось"
     } else if job.last_error.is_some() {
         "повторяется"
+    } else if job.kind == crate::outbox::survey_wait::KIND {
+        "робот ждёт анкету"
     } else {
         "ожидает"
     }

@@ -447,6 +447,9 @@ pub struct QueueSummary {
     pub last_error: Option<String>,
 }
 
+/// Dead at, last error, run at, kind: what the summary reads of an open job.
+type OpenRow = (Option<DateTime<Utc>>, Option<String>, i64, String);
+
 pub async fn summary<C: ConnectionTrait>(
     db: &C,
     portal_id: Option<i64>,
@@ -457,18 +460,23 @@ pub async fn summary<C: ConnectionTrait>(
     };
     let open =
         || of_portal(outbox_job::Entity::find().filter(outbox_job::Column::DoneAt.is_null()));
-    // (dead, failed before, run_at, error) of every open job, light columns only.
-    let rows: Vec<(Option<DateTime<Utc>>, Option<String>, i64)> = open()
+    // (dead, failed before, run_at, error, kind) of every open job, light columns only.
+    let rows: Vec<OpenRow> = open()
         .select_only()
         .column(outbox_job::Column::DeadAt)
         .column(outbox_job::Column::LastError)
         .column(outbox_job::Column::RunAt)
+        .column(outbox_job::Column::Kind)
         .order_by_asc(outbox_job::Column::Id)
         .into_tuple()
         .all(db)
         .await?;
     let mut s = QueueSummary::default();
-    for (dead_at, error, run_at) in rows {
+    for (dead_at, error, run_at, kind) in rows {
+        // A robot waiting for its patient is no delivery in arrears.
+        if kind == super::survey_wait::KIND && dead_at.is_none() && error.is_none() {
+            continue;
+        }
         if dead_at.is_some() {
             s.dead += 1;
         } else {

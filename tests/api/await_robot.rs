@@ -502,3 +502,18 @@ async fn the_same_step_delivered_twice_waits_once_and_is_answered_once(db: TestD
     }
     assert_eq!(waits(&app).await, 1);
 }
+
+on_both_databases!(the_admin_page_shows_a_waiting_robot_not_a_queue_in_arrears);
+async fn the_admin_page_shows_a_waiting_robot_not_a_queue_in_arrears(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    fake.set_app_url(&app.url("/b24/app"));
+    let (deal, _) = robot_link(&fake, &app).await;
+    await_on(&fake, deal, &[]).await;
+    app.run_outbox().await;
+    let r = fake.open_app(1).await.expect("page delivered");
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap_or_default();
+    let text = crate::support::html::text_of(&body);
+    assert!(text.contains("В очереди: 0"), "{text}");
+    assert!(text.contains("робот ждёт анкету"), "{text}");
+}
