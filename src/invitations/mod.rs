@@ -7,10 +7,7 @@ pub mod links;
 pub mod patient;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    sea_query::OnConflict,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::db::entities::invitation;
 
@@ -158,20 +155,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     };
     // A repeated request (same key) inserts nothing instead of failing, which on
     // PostgreSQL would also abort the caller's transaction.
-    let inserted = invitation::Entity::insert(row.clone().into_active_model())
-        .on_conflict(
-            OnConflict::column(invitation::Column::DedupeKey)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await;
-    let inserted = match inserted {
-        Ok(rows) => rows > 0,
-        Err(DbErr::RecordNotInserted) => false,
-        Err(e) => return Err(e),
-    };
-    if inserted {
+    if crate::db::prepared::insert_invitation(db, &row).await? {
         return Ok(Outcome {
             invitation: row,
             existing: false,
@@ -188,10 +172,7 @@ async fn by_dedupe_key<C: ConnectionTrait>(
     db: &C,
     key: &str,
 ) -> Result<Option<invitation::Model>, DbErr> {
-    invitation::Entity::find()
-        .filter(invitation::Column::DedupeKey.eq(key))
-        .one(db)
-        .await
+    crate::db::prepared::invitation_by_dedupe_key(db, key).await
 }
 
 async fn find_active<C: ConnectionTrait>(
