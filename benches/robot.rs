@@ -186,8 +186,12 @@ fn parse_wrk(out: &str) -> WrkFigures {
 async fn run_wrk(url: String, script: Option<PathBuf>) -> Result<WrkFigures, BoxError> {
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("wrk");
-        cmd.args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{}s", wrk_secs())])
-            .arg("--latency");
+        cmd.args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{}s", wrk_secs()),
+        ])
+        .arg("--latency");
         if let Some(s) = &script {
             cmd.arg("-s").arg(s);
         }
@@ -294,8 +298,8 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `PATIENTS` patients at a time submit the built-in questionnaire, `SUBMITS` in all,
-/// each on a link of its own.
+/// `PATIENTS` patients at once submit the built-in questionnaire, each on a link of
+/// its own, `SUBMITS / PATIENTS` times over.
 async fn submit() -> Result<(), BoxError> {
     let fake = FakePortal::start(FakePortalConfig::default()).await?;
     let dir = tempfile::tempdir()?;
@@ -330,19 +334,18 @@ async fn submit() -> Result<(), BoxError> {
         .json()
         .await?;
     let body = Arc::new(serde_json::json!({"answers": full_answers(&survey)}).to_string());
-    let queue = Arc::new(std::sync::Mutex::new(tokens));
     let started = Instant::now();
-    let patients = (0..PATIENTS).map(|_| {
-        let (http, queue, body, base) = (http.clone(), queue.clone(), body.clone(), base.clone());
-        tokio::spawn(async move {
-            let mut times = Vec::new();
-            let mut failures = 0usize;
-            loop {
-                let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
-                let Some(token) = next else { break };
+    let (mut times, mut failures) = (Vec::new(), 0);
+    // Rounds of `PATIENTS` submits sent at once; the next round starts when the
+    // last of these is answered.
+    for round in tokens.chunks(PATIENTS) {
+        let submits = round.iter().map(|token| {
+            let (http, body) = (http.clone(), body.clone());
+            let url = format!("{base}/api/v1/surveys/{token}/submit");
+            async move {
                 let sent = Instant::now();
                 let r = http
-                    .post(format!("{base}/api/v1/surveys/{token}/submit"))
+                    .post(url)
                     .header("content-type", "application/json")
                     .body(body.as_str().to_owned())
                     .send()
@@ -350,24 +353,23 @@ async fn submit() -> Result<(), BoxError> {
                 match r {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
-                        times.push(sent.elapsed());
+                        Some(sent.elapsed())
                     }
-                    _ => failures += 1,
+                    _ => None,
                 }
             }
-            (times, failures)
-        })
-    });
-    let (mut times, mut failures) = (Vec::new(), 0);
-    for p in futures::future::join_all(patients).await {
-        let (t, f) = p?;
-        times.extend(t);
-        failures += f;
+        });
+        for t in futures::future::join_all(submits).await {
+            match t {
+                Some(t) => times.push(t),
+                None => failures += 1,
+            }
+        }
     }
     let elapsed = started.elapsed();
     times.sort();
     println!(
-        "submit [sqlite]: {} submits by {PATIENTS} patients at once in {:.2} s ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, failures {failures}",
+        "submit [sqlite]: {} submits in rounds of {PATIENTS} patients at once, {:.2} s ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, failures {failures}",
         times.len(),
         elapsed.as_secs_f64(),
         times.len() as f64 / elapsed.as_secs_f64(),
@@ -447,7 +449,9 @@ async fn all() -> Result<(), BoxError> {
                         robot_handler("postgres", &db).await?;
                     }
                     Err(_) => {
-                        println!("robot handler [postgres]: skipped (OPROS_BENCH_POSTGRES_URL is not set)")
+                        println!(
+                            "robot handler [postgres]: skipped (OPROS_BENCH_POSTGRES_URL is not set)"
+                        )
                     }
                 }
             }

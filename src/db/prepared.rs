@@ -82,8 +82,7 @@ pub async fn insert_invitation<C: ConnectionTrait>(
         row.completed_at.into(),
         row.expires_at.into(),
     ];
-    let stmt =
-        Statement::from_sql_and_values(db.get_database_backend(), INSERT_INVITATION, values);
+    let stmt = Statement::from_sql_and_values(db.get_database_backend(), INSERT_INVITATION, values);
     Ok(db.execute_raw(stmt).await?.rows_affected() > 0)
 }
 
