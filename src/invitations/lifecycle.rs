@@ -207,6 +207,69 @@ pub async fn save_draft(
     Ok((now, draft))
 }
 
+/// What a submit stores with its claim.
+#[derive(Clone)]
+struct Claim {
+    invitation: String,
+    portal_id: Option<i64>,
+    answers: serde_json::Value,
+    sha256: String,
+    at: DateTime<Utc>,
+    /// The comment job's key, where results are delivered.
+    job_key: Option<String>,
+}
+
+/// Flips the invitation to completed unless it already is (false: someone else's
+/// submit won) and stores the answers, the checksum and the comment job with it.
+/// Safe to run again after a rollback, as `group_write` may.
+async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea_orm::DbErr> {
+    let claimed = invitation::Entity::update_many()
+        .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
+        .col_expr(invitation::Column::CompletedAt, Expr::value(c.at))
+        .filter(invitation::Column::Id.eq(c.invitation.clone()))
+        .filter(invitation::Column::Status.ne(COMPLETED))
+        .exec(txn)
+        .await?;
+    if claimed.rows_affected == 0 {
+        return Ok(false);
+    }
+    response::Entity::insert(response::ActiveModel {
+        invitation_id: Set(c.invitation.clone()),
+        draft: Set(None),
+        draft_saved_at: Set(None),
+        answers: Set(Some(c.answers.clone())),
+        submitted_at: Set(Some(c.at)),
+        report_sha256: Set(Some(c.sha256.clone())),
+        report_pdf: Set(None),
+    })
+    .on_conflict(
+        OnConflict::column(response::Column::InvitationId)
+            .update_columns([
+                response::Column::Draft,
+                response::Column::DraftSavedAt,
+                response::Column::Answers,
+                response::Column::SubmittedAt,
+                response::Column::ReportSha256,
+                response::Column::ReportPdf,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await?;
+    if let Some(key) = &c.job_key {
+        outbox::enqueue(
+            txn,
+            c.portal_id,
+            &Job::PostCompletion {
+                invitation: c.invitation.clone(),
+            },
+            key,
+        )
+        .await?;
+    }
+    Ok(true)
+}
+
 pub struct Submitted {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
@@ -262,53 +325,24 @@ pub async fn submit(
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
     let answers_json =
         serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
-    {
-        let (_turn, txn) = state.begin_write().await?;
-        let claimed = invitation::Entity::update_many()
-            .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
-            .col_expr(invitation::Column::CompletedAt, Expr::value(now))
-            .filter(invitation::Column::Id.eq(inv.id.clone()))
-            .filter(invitation::Column::Status.ne(COMPLETED))
-            .exec(&txn)
-            .await?;
-        if claimed.rows_affected == 0 {
-            return Err(FlowError::Completed);
-        }
-        response::Entity::insert(response::ActiveModel {
-            invitation_id: Set(inv.id.clone()),
-            draft: Set(None),
-            draft_saved_at: Set(None),
-            answers: Set(Some(answers_json)),
-            submitted_at: Set(Some(now)),
-            report_sha256: Set(Some(sha256.clone())),
-            report_pdf: Set(None),
+    // With concurrent submits and robot calls, in one transaction (`group_write`):
+    // 50 patients at once otherwise queue for a commit each.
+    let claim = Claim {
+        invitation: inv.id.clone(),
+        portal_id: inv.portal_id,
+        answers: answers_json,
+        sha256: sha256.clone(),
+        at: now,
+        job_key: delivers.then_some(job_key),
+    };
+    let claimed = state
+        .group_write(move |txn| {
+            let claim = claim.clone();
+            Box::pin(async move { store_claim(txn, &claim).await })
         })
-        .on_conflict(
-            OnConflict::column(response::Column::InvitationId)
-                .update_columns([
-                    response::Column::Draft,
-                    response::Column::DraftSavedAt,
-                    response::Column::Answers,
-                    response::Column::SubmittedAt,
-                    response::Column::ReportSha256,
-                    response::Column::ReportPdf,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
         .await?;
-        if delivers {
-            outbox::enqueue(
-                &txn,
-                inv.portal_id,
-                &Job::PostCompletion {
-                    invitation: inv.id.clone(),
-                },
-                &job_key,
-            )
-            .await?;
-        }
-        txn.commit().await?;
+    if !claimed {
+        return Err(FlowError::Completed);
     }
     if delivers {
         state.nudge_outbox();
