@@ -14,11 +14,12 @@
 //!    poem handler in this process with the same `wrk`. Also the start-up time (spawn
 //!    to `/healthz`, migrations on a fresh database included) and the resident memory
 //!    of the service idle and after the load.
-//! 3. Submit: 50 patients submitting the built-in questionnaire at once, p50/p99.
+//! 3. Submit: rounds of 50 patients submitting the built-in questionnaire at once
+//!    (each on a link of its own), p50/p99 over 500 submits.
 //! 4. The PDF of the built-in questionnaire: size and render time.
 //!
 //! `OPROS_BENCH_PARTS` picks parts (`burst,sqlite,postgres,submit,pdf`, all by
-//! default). `OPROS_BENCH_SERVE=1` only starts the service on SQLite, installs it and
+//! default), `OPROS_BENCH_WRK_SECS` the length of each `wrk` run (10). `OPROS_BENCH_SERVE=1` only starts the service on SQLite, installs it and
 //! writes the `wrk` script, then waits: for a profile of the binary under a load
 //! started by hand (`OPROS_BENCH_BIN` names a wrapper, e.g. one running callgrind).
 
