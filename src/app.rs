@@ -14,14 +14,21 @@ use crate::{b24, legacy, web};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The OpenAPI service: the JSON API of the patient page and health.
-pub fn api_service() -> OpenApiService<web::api::SurveyApi, ()> {
-    OpenApiService::new(web::api::SurveyApi, "opros", env!("CARGO_PKG_VERSION"))
-        .description(
-            "Анкеты пациентов для Битрикс24: ссылка из робота сделки, заполнение на телефоне, \
-             PDF и ответы в карточке сделки. Обработчики Битрикс24 (/b24/*, /api/v1/bitrix/webhook, \
-             /api/bitrix/webhook) принимают формат Битрикс24 и описаны в README.",
-        )
+/// The OpenAPI service: the patient page's JSON API and health, served from here, and
+/// every other route of [`routes`] described by `web::route_docs` (served below).
+pub fn api_service() -> OpenApiService<(web::api::SurveyApi, web::route_docs::RouteDocs), ()> {
+    OpenApiService::new(
+        (web::api::SurveyApi, web::route_docs::RouteDocs),
+        "opros",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Анкеты пациентов для Битрикс24: ссылка из робота сделки, заполнение на телефоне, \
+         PDF и ответы в карточке сделки. Обработчики Битрикс24 (/b24/*) и вебхуки \
+         (/api/v1/bitrix/webhook, /api/bitrix/webhook) принимают формы \
+         application/x-www-form-urlencoded с ключами в квадратных скобках, как их шлёт \
+         Битрикс24 (`auth[member_id]`, `document_id[2]`); поля описаны в схемах форм.",
+    )
 }
 
 /// Methods per route, for the `Allow` header of a 405.
@@ -38,7 +45,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     }
     match p {
         "" | "/healthz" | "/openapi.json" | "/README.md" | "/docs" => Some("GET"),
-        _ if p.starts_with("/docs/") => Some("GET"),
+        _ if p.starts_with("/docs/") || p.starts_with("/assets/") => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),

@@ -4,8 +4,11 @@
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::db::entities::{invitation, response};
+use sea_orm::EntityTrait;
+
+use crate::db::entities::{invitation, portal, response};
 use crate::report::{RenderedReport, ReportInput, ReportItem, ReportSection};
+use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
 
 /// Clinics using this service work in Moscow time (UTC+3, no daylight saving since 2014);
@@ -18,6 +21,28 @@ pub const MSK: FixedOffset = match FixedOffset::east_opt(3 * 3600) {
     Some(offset) => offset,
     None => panic!("UTC+3 is a valid offset"),
 };
+
+/// Clinic name for the PDF header: `CLINIC_NAME`, else the portal's domain.
+pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
+    if let Some(name) = &state.config.clinic_name {
+        return name.clone();
+    }
+    match inv.portal_id {
+        Some(pid) => portal::Entity::find_by_id(pid)
+            .one(&state.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|p| p.domain)
+            .unwrap_or_default(),
+        None => state
+            .config
+            .webhook_url
+            .as_ref()
+            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
+}
 
 pub fn report_input(
     clinic: &str,
@@ -65,7 +90,7 @@ pub async fn render_report(input: ReportInput) -> Result<RenderedReport, String>
 /// the doctor may open the tab first). `None` before a submit, or should a PDF not
 /// build: the answers are there all the same.
 pub async fn stored_or_rendered_pdf(
-    state: &crate::state::AppState,
+    state: &AppState,
     inv: &invitation::Model,
     resp: &response::Model,
 ) -> Option<Vec<u8>> {
@@ -76,11 +101,18 @@ pub async fn stored_or_rendered_pdf(
     let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
         return None;
     };
-    let answers: Answers = serde_json::from_value(answers).unwrap_or_default();
+    // Answers that no longer decode make no PDF; the caller says so in its own way.
+    let answers = match crate::survey::decode_answers(&inv.id, answers) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Сохранённые ответы не читаются");
+            return None;
+        }
+    };
     let q = state
         .catalog()
         .get(&inv.questionnaire_code, inv.questionnaire_version as u32)?;
-    let clinic = crate::outbox::run::clinic_name(state, inv).await;
+    let clinic = clinic_name(state, inv).await;
     let input = report_input(&clinic, &q, inv, &answers, completed_at);
     match render_report(input).await {
         Ok(r) => {
@@ -195,7 +227,7 @@ pub fn neutralise(text: &str) -> String {
 pub fn pdf_file_name(inv: &invitation::Model, completed_at: DateTime<Utc>) -> String {
     format!(
         "opros-{}-{}-{}.pdf",
-        inv.entity_type.to_lowercase(),
+        inv.entity_type.timeline_name(),
         inv.entity_id,
         completed_at.format("%Y-%m-%d")
     )

@@ -94,11 +94,48 @@ const KNOWN: &[&str] = &[
     "LOG_FORMAT",
 ];
 
+/// Loads `.env` from the working directory into the environment (variables already
+/// set win). A missing file is the normal case; one that cannot be read or parsed
+/// stops start-up with the line it failed on, rather than running on half of it.
+pub fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(ConfigError {
+            variable: ".env",
+            problem: match e {
+                // The line may hold a secret: only its variable's name is shown.
+                dotenvy::Error::LineParse(line, _) => format!(
+                    "не удалось разобрать строку {}; исправьте её или удалите файл",
+                    line_name(&line)
+                ),
+                other => format!("файл не прочитан: {other}"),
+            },
+        }),
+    }
+}
+
+/// «с переменной NAME» when the broken line starts with a variable's name, else
+/// nothing of the line.
+fn line_name(line: &str) -> String {
+    let name: String = line
+        .trim_start()
+        .trim_start_matches("export ")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "без имени переменной".to_owned()
+    } else {
+        format!("с переменной {name}")
+    }
+}
+
 impl Config {
     /// Reads `.env` (if present) and the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        // A missing .env is the normal case; a broken one is reported by dotenvy's parse.
-        let _ = dotenvy::dotenv();
+        load_dotenv()?;
         let vars: BTreeMap<String, String> = std::env::vars().collect();
         Self::from_map(&vars)
     }
@@ -264,15 +301,6 @@ impl Config {
             log_format,
             warnings,
         })
-    }
-
-    /// A configuration for tests and the demo: in-memory defaults, no environment.
-    pub fn for_tests(database_url: &str) -> Self {
-        let mut vars = BTreeMap::new();
-        vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
-        vars.insert("PORT".to_owned(), "0".to_owned());
-        // The defaults are valid by construction; a failure here is a bug in this file.
-        Self::from_map(&vars).expect("default configuration is valid")
     }
 
     /// `PUBLIC_URL` + a path (which starts with `/`).

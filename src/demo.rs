@@ -18,18 +18,16 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::b24::page::escape;
 use crate::config::{Config, ConfigError};
 use crate::state::{AppState, StartError};
 use crate::testing::{FakePortal, FakePortalConfig, FakePortalError};
+use crate::views::demo::{AppCard, DealCard, DemoFrame};
 
 /// The doctor who opens the deal card (not an administrator).
 pub const DOCTOR_ID: u32 = 7;
 /// The portal's administrator (user 1 of the fake portal).
 pub const ADMIN_ID: u32 = 1;
 
-const CARD_CSS: &str = include_str!("../placement/demo-card.css");
-const CARD_JS: &str = include_str!("../placement/demo-card.js");
 /// The demo pages load only our files and frame only our pages.
 const CARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     frame-src 'self'; form-action 'self'; base-uri 'none'";
@@ -48,9 +46,9 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// From the process environment (and `.env`).
+    /// From the process environment; `opros demo` has loaded `.env` into it before
+    /// (`Config::from_env`, which stops on a broken one).
     pub fn from_env() -> Self {
-        let _ = dotenvy::dotenv();
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut extra = BTreeMap::new();
         for k in [
@@ -334,29 +332,12 @@ fn html(body: String) -> Response {
         .into_response()
 }
 
-fn shell(title: &str, content: &str) -> String {
-    let v = env!("CARGO_PKG_VERSION");
-    format!(
-        "<!doctype html>\n<html lang=\"ru\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title>\
-<link rel=\"stylesheet\" href=\"/demo/assets/demo-card.css?v={v}\">\
-<script src=\"/demo/assets/demo-card.js?v={v}\" defer></script></head>\
-<body><div class=\"portal-bar\"><span class=\"portal-bar__logo\">Битрикс24</span>\
-<span class=\"portal-bar__note\">учебный портал opros demo</span></div>{content}</body></html>",
-        title = escape(title)
-    )
-}
-
 #[handler]
 fn asset(Path(name): Path<String>) -> Response {
-    let (body, kind) = match name.as_str() {
-        "demo-card.css" => (CARD_CSS, "text/css; charset=utf-8"),
-        "demo-card.js" => (CARD_JS, "text/javascript; charset=utf-8"),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let Some(asset) = crate::assets::demo(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    body.with_header("content-type", kind)
-        .with_header("x-content-type-options", "nosniff")
-        .into_response()
+    asset.response()
 }
 
 /// The hidden form that plays the portal's iframe POST (protocol §6.2), with a fresh
@@ -367,7 +348,7 @@ fn frame_form(
     user: u32,
     placement: &str,
     options: Option<String>,
-) -> String {
+) -> DemoFrame {
     let (access, refresh) = fake.issue_user_token(user);
     let mut fields = vec![
         ("AUTH_ID", access),
@@ -382,30 +363,15 @@ fn frame_form(
     if let Some(options) = options {
         fields.push(("PLACEMENT_OPTIONS", options));
     }
-    let inputs: String = fields
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
-                escape(v)
-            )
-        })
-        .collect();
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("DOMAIN", &fake.domain())
         .append_pair("PROTOCOL", "0")
         .append_pair("LANG", "ru")
         .finish();
-    format!(
-        "<form method=\"post\" action=\"{handler}?{query}\" target=\"b24-frame\" data-autosubmit hidden>{inputs}</form>",
-        query = escape(&query)
-    )
-}
-
-fn frame(form: &str) -> String {
-    format!(
-        "{form}<iframe name=\"b24-frame\" class=\"app-frame\" title=\"Анкета пациента\"></iframe>"
-    )
+    DemoFrame {
+        action: format!("{handler}?{query}"),
+        fields,
+    }
 }
 
 #[handler]
@@ -443,33 +409,13 @@ fn deal_card(Path(id): Path<u64>, Data(data): Data<&DemoData>) -> Response {
         "CRM_DEAL_DETAIL_TAB",
         Some(options),
     );
-    html(shell(
-        &title,
-        &format!(
-            "<main class=\"card-page\"><header class=\"deal-head\"><h1>{title}</h1>\
-<ol class=\"stages\"><li class=\"is-done\">Новая</li><li class=\"is-current\">Подготовка к приёму</li>\
-<li>Приём</li><li>Сделка завершена</li></ol></header>\
-<nav class=\"tabs\" aria-label=\"Вкладки сделки\"><span>Общие</span>\
-<span class=\"is-active\" aria-current=\"page\">Анкета пациента</span><span>Товары</span><span>История</span></nav>\
-<div class=\"deal-body\"><aside class=\"panel deal-info\"><h2>О сделке</h2><dl>\
-<dt>Клиент</dt><dd>{patient}</dd><dt>Ответственный</dt><dd>Игорь Воронцов</dd>\
-<dt>Сделка №</dt><dd>{id}</dd></dl></aside><section class=\"panel panel--frame\">{frame}</section></div></main>",
-            title = escape(&title),
-            patient = escape(&patient),
-            frame = frame(&form),
-        ),
-    ))
+    html(crate::views::render(&DealCard::new(
+        title, patient, id, form,
+    )))
 }
 
 #[handler]
 fn app_card(Data(data): Data<&DemoData>) -> Response {
     let form = frame_form(&data.portal, "/b24/app", ADMIN_ID, "DEFAULT", None);
-    html(shell(
-        "Приложения — Анкета пациента",
-        &format!(
-            "<main class=\"card-page\"><header class=\"deal-head\"><h1>Приложения · Анкета пациента</h1></header>\
-<section class=\"panel panel--frame\">{}</section></main>",
-            frame(&form)
-        ),
-    ))
+    html(crate::views::render(&AppCard::new(form)))
 }

@@ -6,6 +6,90 @@ use std::collections::BTreeMap;
 use poem::IntoResponse;
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
+/// Declares [`ErrorCode`]: each variant with its wire string.
+macro_rules! error_codes {
+    ($($name:ident = $wire:literal,)*) => {
+        /// The stable machine-readable codes of the error body. The wire strings are
+        /// fixed: clients, tests and CONTRACT.md depend on them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($name,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, for the checks below.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name,)*];
+
+            /// The code as it appears in the body's `code`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$name => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    AnswersNotObject = "answers_not_object",
+    AppUpdateRefused = "app_update_refused",
+    ApplicationTokenMismatch = "application_token_mismatch",
+    AuthMissing = "auth_missing",
+    BadApplicationToken = "bad_application_token",
+    BadBody = "bad_body",
+    BadEncoding = "bad_encoding",
+    BadInstallRequest = "bad_install_request",
+    BadRequest = "bad_request",
+    BadToken = "bad_token",
+    BodyNotObject = "body_not_object",
+    CategoryNotProcessed = "category_not_processed",
+    CategoryUnknown = "category_unknown",
+    ChecksBudgetSpent = "checks_budget_spent",
+    DatabaseUnavailable = "database_unavailable",
+    DocumentMissing = "document_missing",
+    DocumentUnsupported = "document_unsupported",
+    EntityTypeUnsupported = "entity_type_unsupported",
+    EventMissing = "event_missing",
+    EventNotConfirmed = "event_not_confirmed",
+    EventTokenMissing = "event_token_missing",
+    ForeignApplication = "foreign_application",
+    FormTooDeep = "form_too_deep",
+    FormTooManyKeys = "form_too_many_keys",
+    IdMissing = "id_missing",
+    InstallNotVerified = "install_not_verified",
+    InstallNotVouched = "install_not_vouched",
+    InternalError = "internal_error",
+    LeadIdInvalid = "lead_id_invalid",
+    LeadIdMissing = "lead_id_missing",
+    LeadIdTemplate = "lead_id_template",
+    MethodNotAllowed = "method_not_allowed",
+    NotAdmin = "not_admin",
+    NotConfigured = "not_configured",
+    NotFound = "not_found",
+    OauthNotConfigured = "oauth_not_configured",
+    PayloadTooLarge = "payload_too_large",
+    PortalMismatch = "portal_mismatch",
+    PortalNotAllowed = "portal_not_allowed",
+    PortalUnavailable = "portal_unavailable",
+    PortalUninstalled = "portal_uninstalled",
+    QuestionnaireUnknown = "questionnaire_unknown",
+    SurveyCompleted = "survey_completed",
+    SurveyExpired = "survey_expired",
+    SurveyNotFound = "survey_not_found",
+    Timeout = "timeout",
+    TooManyAttempts = "too_many_attempts",
+    Unavailable = "unavailable",
+    UnparsableBody = "unparsable_body",
+    UnsupportedMediaType = "unsupported_media_type",
+    ValidationFailed = "validation_failed",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `survey_expired`.
@@ -56,42 +140,42 @@ pub enum ApiError {
     Unavailable(Json<ErrorBody>),
 }
 
-fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+fn body(code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
-        code: code.to_owned(),
+        code: code.as_str().to_owned(),
         message: message.into(),
         errors: None,
     })
 }
 
 impl ApiError {
-    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::BadRequest(body(code, message))
     }
-    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Unauthorized(body(code, message))
     }
-    pub fn forbidden(code: &str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Forbidden(body(code, message))
     }
-    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::NotFound(body(code, message))
     }
-    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Conflict(body(code, message))
     }
-    pub fn gone(code: &str, message: impl Into<String>) -> Self {
+    pub fn gone(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Gone(body(code, message))
     }
-    pub fn unavailable(code: &str, message: impl Into<String>) -> Self {
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Unavailable(body(code, message))
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::TooLarge(body("payload_too_large", message))
+        Self::TooLarge(body(ErrorCode::PayloadTooLarge, message))
     }
     pub fn validation(errors: BTreeMap<String, String>) -> Self {
         Self::Unprocessable(Json(ErrorBody {
-            code: "validation_failed".into(),
+            code: ErrorCode::ValidationFailed.as_str().to_owned(),
             message: "Проверьте ответы: некоторые поля заполнены неверно".into(),
             errors: Some(errors),
         }))
@@ -103,7 +187,7 @@ impl ApiError {
         let at = std::panic::Location::caller();
         tracing::error!(error = %cause, at = %at, "Внутренняя ошибка");
         Self::Internal(body(
-            "internal_error",
+            ErrorCode::InternalError,
             "Внутренняя ошибка сервиса, попробуйте позже",
         ))
     }
@@ -146,18 +230,21 @@ pub fn from_poem_error(err: poem::Error) -> poem::Response {
     use poem::http::StatusCode as S;
     let status = err.status();
     let (code, message) = match status {
-        S::NOT_FOUND => ("not_found", "Страница не найдена".to_owned()),
+        S::NOT_FOUND => (ErrorCode::NotFound, "Страница не найдена".to_owned()),
         S::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "Этот метод здесь не поддерживается".to_owned(),
         ),
         S::UNSUPPORTED_MEDIA_TYPE => (
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "Неподдерживаемый тип содержимого: ожидается application/json".to_owned(),
         ),
-        S::PAYLOAD_TOO_LARGE => ("payload_too_large", "Слишком большой запрос".to_owned()),
+        S::PAYLOAD_TOO_LARGE => (
+            ErrorCode::PayloadTooLarge,
+            "Слишком большой запрос".to_owned(),
+        ),
         s if s.is_client_error() => (
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "Не удалось разобрать запрос: {}",
                 truncate(&err.to_string(), 300)
@@ -166,13 +253,13 @@ pub fn from_poem_error(err: poem::Error) -> poem::Response {
         _ => {
             tracing::error!(error = %err, status = status.as_u16(), "Внутренняя ошибка");
             (
-                "internal_error",
+                ErrorCode::InternalError,
                 "Внутренняя ошибка сервиса, попробуйте позже".to_owned(),
             )
         }
     };
     let body = ErrorBody {
-        code: code.to_owned(),
+        code: code.as_str().to_owned(),
         message,
         errors: None,
     };
@@ -186,7 +273,7 @@ fn bad_request_handler(err: poem::Error) -> ApiError {
     }
     let detail = err.to_string();
     ApiError::bad_request(
-        "bad_request",
+        ErrorCode::BadRequest,
         format!("Не удалось разобрать запрос: {}", truncate(&detail, 300)),
     )
 }
@@ -196,5 +283,26 @@ fn truncate(s: &str, max: usize) -> String {
         s.to_owned()
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_snake_case_wire_strings() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            let wire = code.as_str();
+            assert!(seen.insert(wire), "{wire} twice");
+            assert!(
+                !wire.is_empty() && wire.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{wire}"
+            );
+        }
+        assert_eq!(ErrorCode::SurveyExpired.as_str(), "survey_expired");
+        let e = ApiError::gone(ErrorCode::SurveyExpired, "истекла");
+        assert_eq!(e.body().code, "survey_expired");
     }
 }

@@ -1,12 +1,14 @@
 //! opros: patient questionnaires for Bitrix24 CRM. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod assets;
 pub mod b24;
 pub mod bitrix24;
 pub mod body_limit;
 pub mod completion;
 pub mod config;
 pub mod connections;
+pub mod crm;
 pub mod db;
 pub mod error;
 pub mod invitations;
@@ -17,6 +19,7 @@ pub mod secret;
 pub mod state;
 pub mod survey;
 pub mod telemetry;
+pub mod views;
 pub mod web;
 
 #[cfg(feature = "demo")]

@@ -125,14 +125,6 @@ impl AppState {
         self.catalog.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add_questionnaire(
-        &self,
-        q: crate::survey::Questionnaire,
-    ) -> Result<(), crate::survey::InsertError> {
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        guard.insert(q)
-    }
-
     /// This process's turn to write to SQLite (see `sqlite_turn`); hold it for the
     /// whole write. Always `None` on PostgreSQL, which has row locks.
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -231,6 +223,13 @@ impl AppState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entity.to_owned());
+    }
+
+    /// The patient's link for an invitation, as `invitations::links` builds it: the
+    /// outbox writes it into the deal and returns it to the robot without reaching
+    /// up into `invitations`.
+    pub fn survey_url(&self, inv: &crate::db::entities::invitation::Model) -> String {
+        crate::invitations::links::survey_url(&self.config, &self.links, inv)
     }
 
     /// Tells the worker there is work (after a commit).

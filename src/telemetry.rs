@@ -10,7 +10,7 @@ use tracing::Instrument;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{Config, LogFormat};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Installs the global subscriber. Safe to call twice (the second call is a no-op),
 /// which tests and the demo rely on.
@@ -110,10 +110,11 @@ impl<E: Endpoint> Endpoint for RequestLogEndpoint<E> {
             let mut response = match result {
                 Ok(Ok(r)) => r.into_response(),
                 Ok(Err(e)) => crate::error::from_poem_error(e),
-                Err(_) => {
-                    ApiError::unavailable("timeout", "Сервис не успел ответить, попробуйте ещё раз")
-                        .into_response()
-                }
+                Err(_) => ApiError::unavailable(
+                    ErrorCode::Timeout,
+                    "Сервис не успел ответить, попробуйте ещё раз",
+                )
+                .into_response(),
             };
             let status = response.status();
             let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -6,39 +6,28 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Query};
-use poem::{Body, Request, Response, handler};
+use poem::web::Data;
+use poem::{Body, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::frame_auth;
-use super::inbound::{parse_form, text};
-use super::install::PortalQuery;
+use super::frame_post::VerifiedFrame;
+use super::inbound::own_form;
 use super::portal_settings::{self, PortalSettings};
 use super::session::{Scope, Session};
 use super::{admin_view, page, registration};
 use crate::bitrix24::Target;
+use crate::bitrix24::form;
 use crate::db::entities::portal;
 use crate::state::AppState;
 
 /// The main handler's iframe POST.
 #[handler]
 pub async fn app_page(
-    req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    VerifiedFrame { caller, .. }: VerifiedFrame,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let claimed = page::claimed_origin(&query);
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, claimed.as_deref());
-    };
-    let ip = super::verify_guard::client_ip(req);
-    let caller = match frame_auth::verify(state, ip, &query, &form).await {
-        Ok(c) => c,
-        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
-    };
     let shown = for_admin(state, &caller).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
 }
@@ -54,7 +43,7 @@ async fn for_admin(state: &AppState, caller: &frame_auth::FrameCaller) -> Respon
                 "Доступно только администратору портала. Результаты анкет смотрите на вкладке «Анкета пациента» в карточке сделки.",
             );
         }
-        Err(e) => return e.page(),
+        Err(e) => return e.error_page(),
     }
     let session = Session::new(caller.portal.id, caller.user_id, Scope::Admin, Utc::now());
     show(state, &caller.portal, &session, None).await
@@ -67,7 +56,7 @@ async fn show(
     notice: Option<&str>,
 ) -> Response {
     let token = session.sign(state.session_key.expose());
-    match admin_view::page(state, portal, &token, notice).await {
+    match admin_view::admin_page(state, portal, &token, notice).await {
         Ok(html) => page::respond(StatusCode::OK, html),
         Err(e) => {
             tracing::error!(error = %e, "Не удалось показать страницу приложения");
@@ -86,21 +75,43 @@ fn expired() -> Response {
     )
 }
 
+/// What the admin page's buttons post (`admin_view`): the signed session and the
+/// button with its fields.
+#[derive(Debug, Default, Deserialize)]
+struct ActionForm {
+    #[serde(default, deserialize_with = "form::text")]
+    s: Option<String>,
+    /// `reinstall`, `retry`, `retry_now` or `settings`.
+    #[serde(default, deserialize_with = "form::text")]
+    action: Option<String>,
+    /// `retry`: the dead job's id.
+    #[serde(default, deserialize_with = "form::text")]
+    job: Option<String>,
+    /// `settings`: days, 1..=365.
+    #[serde(default, deserialize_with = "form::text")]
+    link_days: Option<String>,
+    /// `settings`: a checkbox, present when ticked.
+    #[serde(default, deserialize_with = "form::text")]
+    reuse_active: Option<String>,
+}
+
 /// One of the page's buttons.
 #[handler]
 pub async fn action(body: Body, Data(state): Data<&AppState>) -> Response {
     let Ok(bytes) = body.into_bytes().await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_form(&bytes);
-    let origin = page::session_origin(state, text(&form, &["s"]).as_deref()).await;
+    let form: ActionForm = own_form(&bytes);
+    let origin = page::session_origin(state, form.s.as_deref()).await;
     let response = act(state, &form).await;
     page::frame_for(response, origin.as_deref())
 }
 
-async fn act(state: &AppState, form: &Value) -> Response {
-    let Some(session) = text(form, &["s"])
-        .and_then(|s| Session::verify_admin(state.session_key.expose(), &s, Utc::now()).ok())
+async fn act(state: &AppState, form: &ActionForm) -> Response {
+    let Some(session) = form
+        .s
+        .as_deref()
+        .and_then(|s| Session::verify_admin(state.session_key.expose(), s, Utc::now()).ok())
     else {
         tracing::warn!("Действие на странице приложения без действующего сеанса администратора");
         return expired();
@@ -113,7 +124,7 @@ async fn act(state: &AppState, form: &Value) -> Response {
         _ => return expired(),
     };
     let actor = format!("user:{}", session.user_id);
-    let notice = match text(form, &["action"]).as_deref() {
+    let notice = match form.action.as_deref() {
         Some("reinstall") => reinstall(state, &portal).await,
         Some("retry") => retry(state, &portal, form).await,
         Some("retry_now") => retry_now(state, &portal).await,
@@ -124,7 +135,7 @@ async fn act(state: &AppState, form: &Value) -> Response {
         &state.db,
         Some(portal.id),
         &actor,
-        &format!("admin_{}", text(form, &["action"]).unwrap_or_default()),
+        &format!("admin_{}", form.action.as_deref().unwrap_or_default()),
         None,
     )
     .await;
@@ -158,8 +169,8 @@ async fn reinstall(state: &AppState, portal: &portal::Model) -> String {
     }
 }
 
-async fn retry(state: &AppState, portal: &portal::Model, form: &Value) -> String {
-    let Some(id) = text(form, &["job"]).and_then(|j| j.parse::<i64>().ok()) else {
+async fn retry(state: &AppState, portal: &portal::Model, form: &ActionForm) -> String {
+    let Some(id) = form.job.as_deref().and_then(|j| j.parse::<i64>().ok()) else {
         return "Не указано задание".to_owned();
     };
     match crate::outbox::jobs::revive(&state.db, id, Some(portal.id), Utc::now()).await {
@@ -191,8 +202,10 @@ async fn retry_now(state: &AppState, portal: &portal::Model) -> String {
     }
 }
 
-async fn save_settings(state: &AppState, portal: &portal::Model, form: &Value) -> String {
-    let Some(link_days) = text(form, &["link_days"])
+async fn save_settings(state: &AppState, portal: &portal::Model, form: &ActionForm) -> String {
+    let Some(link_days) = form
+        .link_days
+        .as_deref()
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=365).contains(d))
     else {
@@ -200,7 +213,7 @@ async fn save_settings(state: &AppState, portal: &portal::Model, form: &Value) -
     };
     let settings = PortalSettings {
         link_days,
-        reuse_active: text(form, &["reuse_active"]).is_some(),
+        reuse_active: form.reuse_active.is_some(),
     };
     match portal_settings::save(&state.db, portal.id, settings).await {
         Ok(()) => "Настройки сохранены.".to_owned(),

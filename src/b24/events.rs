@@ -13,12 +13,11 @@ use sea_orm::sea_query::{Expr, LockType};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 
-use super::inbound::{Callback, EventCall, rejected};
 use super::{install, portals};
-use crate::bitrix24::form::FormError;
+use crate::bitrix24::callback::{Callback, EventCall};
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{outbox_job, portal};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::outbox::{self, Job};
 use crate::secret::constant_time_eq;
@@ -32,32 +31,27 @@ const NEW_RECORD_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 #[handler]
 pub async fn events(
     req: &poem::Request,
-    Callback(form): Callback<Value>,
+    Callback(call): Callback<EventCall>,
     Data(state): Data<&AppState>,
 ) -> Response {
-    // The same bounded decode, read as the struct of what an event carries.
-    let call: EventCall = match serde_json::from_value(form.clone()) {
-        Ok(call) => call,
-        Err(e) => return rejected(&FormError::Malformed(e.to_string())).into_response(),
-    };
     let event = call.event.clone().unwrap_or_default().to_ascii_uppercase();
     let result = match event.as_str() {
         // Both may make the service ask the OAuth server or the portal: under the
         // same guard as the install page.
         "ONAPPINSTALL" => {
             let key = install::install_key(call.auth.domain.as_deref());
-            let run = install::on_app_install(state, &form);
+            let run = install::on_app_install(state, &call.auth);
             return install::guarded(state, req, key, |r| r.json(), run).await;
         }
         "ONAPPUPDATE" => {
             let key = call.auth.member_id.as_ref().map(|m| format!("update:{m}"));
-            let run = install::on_app_update(state, &form);
+            let run = install::on_app_update(state, &call.auth);
             return install::guarded(state, req, key, |r| r.json(), run).await;
         }
         "ONAPPUNINSTALL" => uninstall(state, &call).await,
         "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
         "" => Err(ApiError::bad_request(
-            "event_missing",
+            ErrorCode::EventMissing,
             "В запросе нет поля event",
         )),
         other => {
@@ -109,7 +103,7 @@ async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError
         .await?
     else {
         return Err(ApiError::forbidden(
-            "portal_uninstalled",
+            ErrorCode::PortalUninstalled,
             "Приложение удалено с этого портала; установите его заново",
         ));
     };
@@ -206,7 +200,9 @@ async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Va
         .as_deref()
         .and_then(|s| s.parse().ok())
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::IdMissing, "В событии нет data[FIELDS][ID]")
+        })?;
     let entity = EntityRef { kind, id };
     tracing::info!(portal = %p.domain, event, "Получен вебхук от Битрикс24");
     confirm_new_record(state, &p, entity, Utc::now()).await?;
@@ -250,7 +246,7 @@ async fn confirm_new_record(
         Err(B24Error::VerifyBudgetSpent { .. }) => {
             tracing::warn!(portal = %p.domain, "Бюджет проверок исчерпан; событие о новой записи не проверено");
             return Err(ApiError::unavailable(
-                "checks_budget_spent",
+                ErrorCode::ChecksBudgetSpent,
                 "Слишком много событий за короткое время; ссылка не записана, попробуйте позже",
             ));
         }
@@ -260,7 +256,7 @@ async fn confirm_new_record(
         Err(e) => {
             tracing::warn!(error = %e, portal = %p.domain, "Не удалось проверить событие у портала");
             return Err(ApiError::unavailable(
-                "portal_unavailable",
+                ErrorCode::PortalUnavailable,
                 "Не удалось проверить событие в Битрикс24, попробуйте позже",
             ));
         }
@@ -293,7 +289,7 @@ fn not_confirmed(p: &portal::Model, entity: EntityRef, why: &str) -> ApiError {
         "Событие о новой записи не подтверждено порталом; ссылка не записана"
     );
     ApiError::conflict(
-        "event_not_confirmed",
+        ErrorCode::EventNotConfirmed,
         "Портал не подтвердил, что запись только что создана; ссылка не записана",
     )
 }

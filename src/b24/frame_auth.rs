@@ -8,18 +8,17 @@
 //! budget (`B24Client::call_to_verify`).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use poem::Response;
 use poem::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use url::Url;
 
-use super::inbound::text;
 use super::install::PortalQuery;
 use super::verify_guard::{Refused, TokenHash};
 use super::{page, portals};
-use crate::bitrix24::{B24Error, Target};
+use crate::bitrix24::callback::FrameCall;
+use crate::bitrix24::{B24Error, Profile, Target};
 use crate::db::entities::portal;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -51,7 +50,7 @@ pub enum FrameAuthError {
 
 impl FrameAuthError {
     /// The page shown instead of anything else.
-    pub fn page(&self) -> Response {
+    pub fn error_page(&self) -> Response {
         match self {
             FrameAuthError::UnknownPortal => page::error(
                 StatusCode::FORBIDDEN,
@@ -67,7 +66,7 @@ impl FrameAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Битрикс24 не ответил. Попробуйте открыть вкладку ещё раз через минуту.",
             ),
-            FrameAuthError::Refused(refused) => refused.page(),
+            FrameAuthError::Refused(refused) => refused.error_page(),
         }
     }
 }
@@ -78,15 +77,15 @@ pub async fn verify(
     state: &AppState,
     ip: Option<IpAddr>,
     query: &PortalQuery,
-    form: &Value,
+    call: &FrameCall,
 ) -> Result<FrameCaller, FrameAuthError> {
     let guard = &state.verify_guard;
     // Refusals decided here, before any portal is asked, cost nothing and count
     // against nobody (`verify_guard`): behind a proxy they would lock out everyone.
-    let Some(member_id) = text(form, &["member_id"]) else {
+    let Some(member_id) = call.member_id.as_deref() else {
         return Err(FrameAuthError::UnknownPortal);
     };
-    let portal = portals::by_member(&state.db, &member_id)
+    let portal = portals::by_member(&state.db, member_id)
         .await
         .map_err(|e| FrameAuthError::Unavailable(e.to_string()))?
         .filter(|p| p.status == portal::INSTALLED);
@@ -95,12 +94,12 @@ pub async fn verify(
     };
     // protocol §11 (1): a POST naming another domain than the one installed is not
     // from this portal's page.
-    let claimed = query.domain.clone().or_else(|| text(form, &["DOMAIN"]));
+    let claimed = query.domain.as_ref().or(call.domain.as_ref());
     if claimed.is_some_and(|d| !d.eq_ignore_ascii_case(&portal.domain)) {
         tracing::warn!(portal = %portal.domain, "Фрейм с чужим DOMAIN для известного member_id");
         return Err(FrameAuthError::NotConfirmed);
     }
-    let Some(access) = text(form, &["AUTH_ID"]) else {
+    let Some(access) = call.auth_id.clone() else {
         return Err(FrameAuthError::NotConfirmed);
     };
     // Refused before the portal is asked (see `VerifyGuard::admit`).
@@ -154,23 +153,15 @@ pub async fn verify(
         }
     };
     // An inactive user gets an empty profile (§11): not a login.
-    let Some(user_id) = text(&profile, &["ID"])
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-    else {
+    let profile = Profile::from_answer(&profile);
+    let Some(user_id) = profile.user_id() else {
         attempt.failed();
         return Err(FrameAuthError::NotConfirmed);
     };
     attempt.succeeded();
-    let user_name = [text(&profile, &["NAME"]), text(&profile, &["LAST_NAME"])]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let user_name = profile.full_name();
     // protocol §6.2: AUTH_EXPIRES is the token's lifetime in seconds.
-    let lifetime = text(form, &["AUTH_EXPIRES"])
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let lifetime = call.auth_lifetime();
     guard.remember_token(token, portal.id, user_id, &user_name, lifetime);
     Ok(FrameCaller {
         portal,
@@ -191,7 +182,7 @@ pub async fn is_admin(state: &AppState, caller: &FrameCaller) -> Result<bool, Fr
         .call_to_verify(&caller.target, "user.admin", json!({}))
         .await
         .map_err(|e| refused(&caller.portal, e))?;
-    let admin = super::inbound::truthy(&answer);
+    let admin = crate::bitrix24::truthy(&answer);
     state.verify_guard.note_admin(&caller.token, admin);
     Ok(admin)
 }

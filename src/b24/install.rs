@@ -9,16 +9,19 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Query};
-use poem::{Body, IntoResponse, Request, Response, handler};
+use poem::web::Data;
+use poem::{IntoResponse, Request, Response, handler};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::inbound::{text, truthy};
+use super::frame_post::FramePost;
 use super::{page, portals, registration};
-use crate::bitrix24::{B24Error, Target, Vouched};
+use crate::bitrix24::callback::{Auth, FrameCall, InstallCall};
+use crate::bitrix24::truthy;
+use crate::bitrix24::{B24Error, Profile, Target, Vouched};
 use crate::db::entities::portal;
+use crate::error::ErrorCode;
 use crate::secret::{Secret, constant_time_eq};
 use crate::state::AppState;
 
@@ -62,7 +65,7 @@ enum Accepted {
 /// fixed Russian message. No remote text goes into either.
 pub struct InstallError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: &'static str,
     /// Set when the identity checks' budget is spent (`B24Client::call_to_verify`):
     /// answered as the guard's 429 with `Retry-After`.
@@ -71,7 +74,7 @@ pub struct InstallError {
     local: bool,
 }
 
-const fn refused(status: StatusCode, code: &'static str, message: &'static str) -> InstallError {
+const fn refused(status: StatusCode, code: ErrorCode, message: &'static str) -> InstallError {
     InstallError {
         status,
         code,
@@ -152,52 +155,56 @@ pub(super) async fn guarded(
 
 const NOT_VOUCHED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "install_not_vouched",
+    ErrorCode::InstallNotVouched,
     "Сервер авторизации Битрикс24 не подтвердил установку. Откройте приложение из Битрикс24 заново.",
 );
 const MISMATCH: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "portal_mismatch",
+    ErrorCode::PortalMismatch,
     "Адрес портала или member_id в запросе не совпадают с подтверждёнными сервером авторизации.",
 );
 const NOT_ALLOWED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "portal_not_allowed",
+    ErrorCode::PortalNotAllowed,
     "Этому порталу установка не разрешена (B24_ALLOWED_DOMAINS).",
 );
 const NOT_VERIFIED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "install_not_verified",
+    ErrorCode::InstallNotVerified,
     "Портал не подтвердил установку. Откройте приложение из Битрикс24 заново.",
 );
 const FOREIGN_APP: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "foreign_application",
+    ErrorCode::ForeignApplication,
     "Токен выдан другому приложению, а не этому сервису (B24_CLIENT_ID).",
 );
 const NOT_ADMIN: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "not_admin",
+    ErrorCode::NotAdmin,
     "Установить приложение может только администратор портала.",
 );
 const STILL_INSTALLED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "application_token_mismatch",
+    ErrorCode::ApplicationTokenMismatch,
     "Приложение уже установлено на этом портале, а токен приложения в запросе другой; запрос отклонён.",
 );
 const UPDATE_REFUSED: InstallError = refused(
     StatusCode::FORBIDDEN,
-    "app_update_refused",
+    ErrorCode::AppUpdateRefused,
     "Приложение не установлено на этом портале; обновление не принято.",
 );
 const UNAVAILABLE: InstallError = refused(
     StatusCode::SERVICE_UNAVAILABLE,
-    "unavailable",
+    ErrorCode::Unavailable,
     "Битрикс24 или база данных сейчас недоступны. Попробуйте ещё раз через минуту.",
 );
 
 fn bad_request(message: &'static str) -> InstallError {
-    refused(StatusCode::BAD_REQUEST, "bad_install_request", message)
+    refused(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadInstallRequest,
+        message,
+    )
 }
 
 /// A portal host as Bitrix24 sends it in `DOMAIN`: a host name, optionally with a port.
@@ -217,27 +224,29 @@ fn allowed(state: &AppState, domain: &str) -> bool {
 #[handler]
 pub async fn install(
     req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    FramePost {
+        query,
+        call,
+        claimed_origin,
+    }: FramePost<InstallCall>,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, page::claimed_origin(&query).as_deref());
-    };
     let claimed = query
         .domain
         .clone()
-        .or_else(|| text(&form, &["DOMAIN"]))
-        .or_else(|| text(&form, &["auth", "domain"]));
+        .or_else(|| call.frame.domain.clone())
+        .or_else(|| call.auth.domain.clone());
     // The install page shows in the portal's frame: its result names the stored
     // portal (install_page), its refusals the portal the request claims.
-    let claimed_origin = page::claimed_origin(&query);
     let run = async {
-        if text(&form, &["event"]).is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL")) {
-            on_app_install(state, &form).await
+        if call
+            .event
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL"))
+        {
+            on_app_install(state, &call.auth).await
         } else {
-            let shown = install_page(state, &query, &form).await;
+            let shown = install_page(state, &query, &call.frame).await;
             if shown.status().is_success() {
                 shown
             } else {
@@ -249,7 +258,7 @@ pub async fn install(
         state,
         req,
         install_key(claimed.as_deref()),
-        |refused| page::frame_for(refused.page(), claimed_origin.as_deref()),
+        |refused| page::frame_for(refused.error_page(), claimed_origin.as_deref()),
         run,
     )
     .await
@@ -262,7 +271,7 @@ pub(super) fn install_key(domain: Option<&str>) -> Option<String> {
         .map(|d| format!("install:{}", d.to_ascii_lowercase()))
 }
 
-async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Response {
+async fn install_page(state: &AppState, query: &PortalQuery, frame: &FrameCall) -> Response {
     if !state.config.oauth_enabled() {
         return page::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -271,7 +280,7 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
         )
         .into_response();
     }
-    let claim = match claim_from_page(query, form) {
+    let claim = match claim_from_page(query, frame) {
         Ok(c) => c,
         Err(e) => return install_error(e),
     };
@@ -308,11 +317,11 @@ async fn install_page(state: &AppState, query: &PortalQuery, form: &Value) -> Re
 
 fn install_error(e: InstallError) -> Response {
     if let Some(busy) = e.busy {
-        return busy.page();
+        return busy.error_page();
     }
     tracing::warn!(
         status = e.status.as_u16(),
-        code = e.code,
+        code = %e.code,
         "Установка отклонена"
     );
     e.mark(page::error(e.status, e.message).into_response())
@@ -327,42 +336,57 @@ fn domain_of(raw: &str) -> Result<String, InstallError> {
     }
 }
 
-fn claim_from_page(query: &PortalQuery, form: &Value) -> Result<Claim, InstallError> {
+fn claim_from_page(query: &PortalQuery, frame: &FrameCall) -> Result<Claim, InstallError> {
     let domain = query
         .domain
         .clone()
-        .or_else(|| text(form, &["DOMAIN"]))
+        .or_else(|| frame.domain.clone())
         .ok_or_else(|| bad_request("В запросе установки нет DOMAIN"))?;
     Ok(Claim {
         domain: domain_of(&domain)?,
-        member_id: text(form, &["member_id"]).ok_or_else(|| {
+        member_id: frame.member_id.clone().ok_or_else(|| {
             bad_request(
                 "В запросе установки нет поля member_id. Откройте приложение из Битрикс24 заново.",
             )
         })?,
-        server_endpoint: text(form, &["SERVER_ENDPOINT"]).and_then(|s| Url::parse(&s).ok()),
-        refresh_token: Secret::new(text(form, &["REFRESH_ID"]).ok_or_else(|| {
+        server_endpoint: frame
+            .server_endpoint
+            .as_deref()
+            .and_then(|s| Url::parse(s).ok()),
+        refresh_token: Secret::new(frame.refresh_id.clone().ok_or_else(|| {
             bad_request(
                 "В запросе установки нет поля REFRESH_ID. Откройте приложение из Битрикс24 заново.",
             )
         })?),
-        application_token: text(form, &["APPLICATION_TOKEN"]),
-        access_token: text(form, &["AUTH_ID"]).map(Secret::new),
+        application_token: frame.application_token.clone(),
+        access_token: frame.auth_id.clone().map(Secret::new),
     })
 }
 
-fn claim_from_event(form: &Value) -> Result<Claim, InstallError> {
-    let auth = |k: &str| text(form, &["auth", k]);
-    let domain = auth("domain").ok_or_else(|| bad_request("В событии нет auth[domain]"))?;
+fn claim_from_event(auth: &Auth) -> Result<Claim, InstallError> {
+    let domain = auth
+        .domain
+        .as_deref()
+        .ok_or_else(|| bad_request("В событии нет auth[domain]"))?;
     Ok(Claim {
-        domain: domain_of(&domain)?,
-        member_id: auth("member_id").ok_or_else(|| bad_request("В событии нет auth[member_id]"))?,
-        server_endpoint: auth("server_endpoint").and_then(|s| Url::parse(&s).ok()),
+        domain: domain_of(domain)?,
+        member_id: auth
+            .member_id
+            .clone()
+            .ok_or_else(|| bad_request("В событии нет auth[member_id]"))?,
+        server_endpoint: auth
+            .server_endpoint
+            .as_deref()
+            .and_then(|s| Url::parse(s).ok()),
         // protocol §3.3: ONAPPINSTALL carries refresh_token. Without it the OAuth server
         // cannot say whose portal this is, so nothing may change.
-        refresh_token: Secret::new(auth("refresh_token").ok_or(NOT_VOUCHED.decided_locally())?),
-        application_token: auth("application_token"),
-        access_token: auth("access_token").map(Secret::new),
+        refresh_token: Secret::new(
+            auth.refresh_token
+                .clone()
+                .ok_or(NOT_VOUCHED.decided_locally())?,
+        ),
+        application_token: auth.application_token.clone(),
+        access_token: auth.access_token.clone().map(Secret::new),
     })
 }
 
@@ -488,7 +512,8 @@ async fn confirm_admin(
         .call_to_verify(target, "profile", json!({}))
         .await
         .map_err(portal_refused)?;
-    let is_admin = match profile.get("ADMIN") {
+    let profile = Profile::from_answer(&profile);
+    let is_admin = match &profile.admin {
         Some(flag) => truthy(flag),
         // protocol §11: `ADMIN` in `profile` equals `user.admin`; ask that when absent.
         None => state
@@ -498,7 +523,7 @@ async fn confirm_admin(
             .map(|v| truthy(&v))
             .map_err(portal_refused)?,
     };
-    let user = text(&profile, &["ID"]).and_then(|s| s.parse::<i64>().ok());
+    let user = profile.user_id();
     // The token's owner as the OAuth server named it must be the one the portal sees.
     if let (Some(vouched), Some(seen)) = (token_owner, user)
         && vouched != seen
@@ -557,15 +582,44 @@ async fn accept(
     claim: Claim,
     source: &'static str,
 ) -> Result<Accepted, InstallError> {
+    match verify_claim(state, &claim).await? {
+        Verified::AlreadyInstalled(portal) => Ok(Accepted::AlreadyInstalled(portal)),
+        Verified::Admin {
+            vouched,
+            domain,
+            installer,
+        } => {
+            let saved = store_portal(state, &claim, vouched, domain, installer, source).await?;
+            Ok(Accepted::Stored(saved, installer))
+        }
+    }
+}
+
+/// What the OAuth server and the portal said about a claim.
+enum Verified {
+    /// The offered pair was exchanged before; the portal is installed here with it.
+    AlreadyInstalled(portal::Model),
+    /// A fresh pair, vouched for this portal, of one of its administrators.
+    Admin {
+        vouched: Vouched,
+        /// The vouched `host[:port]`, lower case.
+        domain: String,
+        installer: Option<i64>,
+    },
+}
+
+/// The claim checked against the OAuth server (which portal the offered pair is
+/// for), the allow list, and the portal (whose token it is, and an admin's).
+async fn verify_claim(state: &AppState, claim: &Claim) -> Result<Verified, InstallError> {
     // Cheap refusal first: no outbound call for a portal that may not install.
     if !allowed(state, &claim.domain) {
         return Err(NOT_ALLOWED.decided_locally());
     }
-    let (vouched, domain) = match vouch(state, &claim).await {
+    let (vouched, domain) = match vouch(state, claim).await {
         Ok(v) => v,
         Err(B24Error::RefreshRejected) => {
-            return match installed_here(state, &claim).await? {
-                Some(p) => Ok(Accepted::AlreadyInstalled(p)),
+            return match installed_here(state, claim).await? {
+                Some(p) => Ok(Verified::AlreadyInstalled(p)),
                 None => Err(NOT_VOUCHED),
             };
         }
@@ -583,7 +637,23 @@ async fn accept(
         access_token: vouched.auth.access_token.clone(),
     };
     let installer = confirm_admin(state, &target, vouched.user_id).await?;
+    Ok(Verified::Admin {
+        vouched,
+        domain,
+        installer,
+    })
+}
 
+/// Stores the vouched portal: a new row, or the existing one when it may be
+/// replaced (`may_replace`), with the audit line.
+async fn store_portal(
+    state: &AppState,
+    claim: &Claim,
+    vouched: Vouched,
+    domain: String,
+    installer: Option<i64>,
+    source: &'static str,
+) -> Result<portal::Model, InstallError> {
     let existing = portals::by_member(&state.db, &vouched.member_id)
         .await
         .map_err(|e| {
@@ -591,7 +661,7 @@ async fn accept(
             UNAVAILABLE
         })?;
     if let Some(p) = &existing {
-        may_replace(state, p, &claim).await?;
+        may_replace(state, p, claim).await?;
         if p.domain != domain {
             // The OAuth server itself named the new address for this member_id.
             tracing::info!(from = %p.domain, to = %domain, "Портал сменил адрес");
@@ -623,7 +693,7 @@ async fn accept(
     if installer.is_some() {
         row.installed_by = Set(installer);
     }
-    row.status = Set(portal::INSTALLED.to_owned());
+    row.status = Set(portal::INSTALLED);
     row.updated_at = Set(now);
     let saved = match existing {
         Some(_) => row.update(&state.db).await,
@@ -641,7 +711,7 @@ async fn accept(
         Some(&saved.domain),
     )
     .await;
-    Ok(Accepted::Stored(saved, installer))
+    Ok(saved)
 }
 
 async fn store_report(state: &AppState, portal: &portal::Model, report: &registration::Report) {
@@ -656,18 +726,18 @@ async fn store_report(state: &AppState, portal: &portal::Model, report: &registr
 /// `ONAPPINSTALL` (protocol §3.3): may come late or never; verified exactly as the
 /// install page is, it refreshes the stored tokens and registers only if the install
 /// page never did.
-pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
+pub async fn on_app_install(state: &AppState, auth: &Auth) -> Response {
     if !state.config.oauth_enabled() {
         // Not the portal's trouble and not a passing one: a 4xx the portal's admin
         // sees in the event log, not a 503 that reads as "try again".
         tracing::warn!("ONAPPINSTALL без настроенного режима локального приложения");
         return crate::error::ApiError::conflict(
-            "oauth_not_configured",
+            ErrorCode::OauthNotConfigured,
             "Режим локального приложения не настроен: задайте B24_CLIENT_ID и B24_CLIENT_SECRET.",
         )
         .into_response();
     }
-    let claim = match claim_from_event(form) {
+    let claim = match claim_from_event(auth) {
         Ok(c) => c,
         Err(e) => return install_error_json(e),
     };
@@ -697,8 +767,8 @@ pub async fn on_app_install(state: &AppState, form: &Value) -> Response {
 /// event's `auth[access_token]` belongs to an admin of our app, as the portal's
 /// STORED endpoint confirms; then the registrations the update removed (§3.4) are
 /// made again. The same token as stored changes nothing and asks nothing.
-pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
-    match app_update(state, form).await {
+pub async fn on_app_update(state: &AppState, auth: &Auth) -> Response {
+    match app_update(state, auth).await {
         Ok(true) => poem::web::Json(json!({"ok": true, "changed": true})).into_response(),
         // The token it carried is the stored one: nothing was asked or confirmed.
         Ok(false) => {
@@ -712,9 +782,9 @@ pub async fn on_app_update(state: &AppState, form: &Value) -> Response {
     }
 }
 
-async fn app_update(state: &AppState, form: &Value) -> Result<bool, InstallError> {
-    let auth = |k: &str| text(form, &["auth", k]);
-    let (Some(member_id), Some(offered)) = (auth("member_id"), auth("application_token")) else {
+async fn app_update(state: &AppState, auth: &Auth) -> Result<bool, InstallError> {
+    let (Some(member_id), Some(offered)) = (auth.member_id.clone(), auth.application_token.clone())
+    else {
         return Err(bad_request(
             "В событии нет auth[member_id] или auth[application_token]",
         ));
@@ -735,7 +805,7 @@ async fn app_update(state: &AppState, form: &Value) -> Result<bool, InstallError
         return Ok(false);
     }
     let installer =
-        confirm_on_stored(state, &stored, auth("access_token").map(Secret::new)).await?;
+        confirm_on_stored(state, &stored, auth.access_token.clone().map(Secret::new)).await?;
     let mut row: portal::ActiveModel = stored.clone().into();
     row.application_token = Set(Some(offered));
     row.updated_at = Set(Utc::now());
@@ -766,7 +836,7 @@ fn install_error_json(e: InstallError) -> Response {
     }
     tracing::warn!(
         status = e.status.as_u16(),
-        code = e.code,
+        code = %e.code,
         "Событие установки отклонено"
     );
     use crate::error::ApiError;

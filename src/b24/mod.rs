@@ -5,11 +5,11 @@ pub mod admin;
 pub mod admin_view;
 pub mod events;
 pub mod frame_auth;
+pub mod frame_post;
 pub mod inbound;
 pub mod install;
 pub mod page;
 pub mod placement;
-pub mod portal_settings;
 pub mod portals;
 pub mod registration;
 pub mod robot;
@@ -17,3 +17,6 @@ pub mod session;
 pub mod tab_view;
 pub mod token_upkeep;
 pub mod verify_guard;
+
+// The admin page reads and saves the link policy, which `invitations` owns.
+pub use crate::invitations::portal_settings;

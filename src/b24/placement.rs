@@ -6,16 +6,19 @@
 
 use chrono::Utc;
 use poem::http::StatusCode;
-use poem::web::{Data, Path, Query};
-use poem::{Body, Request, Response, handler};
+use poem::web::{Data, Path};
+use poem::{Body, Response, handler};
 use sea_orm::EntityTrait;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameCaller};
-use super::inbound::{parse_form, text};
-use super::install::PortalQuery;
+use super::frame_post::VerifiedFrame;
+use super::inbound::own_form;
 use super::session::{Scope, Session, SessionError};
 use super::{page, tab_view};
+use crate::bitrix24::callback::FrameCall;
+use crate::bitrix24::form;
 use crate::db::entities::{invitation, portal, response};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::state::AppState;
@@ -23,28 +26,16 @@ use crate::state::AppState;
 /// The iframe POST of a deal or lead tab.
 #[handler]
 pub async fn deal_tab(
-    req: &Request,
-    Query(query): Query<PortalQuery>,
-    body: Body,
+    VerifiedFrame { caller, call }: VerifiedFrame,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let claimed = page::claimed_origin(&query);
-    let Some(form) = super::inbound::read(req, body).await else {
-        let refused = page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
-        return page::frame_for(refused, claimed.as_deref());
-    };
-    let ip = super::verify_guard::client_ip(req);
-    let caller = match frame_auth::verify(state, ip, &query, &form).await {
-        Ok(c) => c,
-        Err(e) => return page::frame_for(e.page(), claimed.as_deref()),
-    };
-    let shown = show_tab(state, &caller, &form).await;
+    let shown = show_tab(state, &caller, &call).await;
     page::frame_for(shown, page::portal_origin(&caller.portal).as_deref())
 }
 
 /// The tab for a confirmed caller.
-async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Response {
-    let Some(entity) = entity_of(form) else {
+async fn show_tab(state: &AppState, caller: &FrameCaller, call: &FrameCall) -> Response {
+    let Some(entity) = entity_of(call) else {
         return page::error(
             StatusCode::BAD_REQUEST,
             "Битрикс24 не передал номер сделки. Откройте вкладку из карточки сделки.",
@@ -70,15 +61,13 @@ async fn show_tab(state: &AppState, caller: &FrameCaller, form: &Value) -> Respo
 
 /// `PLACEMENT` decides the kind, `PLACEMENT_OPTIONS.ID` the document (§6.2); the
 /// portal is asked about it before anything is shown.
-fn entity_of(form: &Value) -> Option<EntityRef> {
-    let kind = match text(form, &["PLACEMENT"]).as_deref() {
+fn entity_of(call: &FrameCall) -> Option<EntityRef> {
+    let kind = match call.placement.as_deref() {
         Some("CRM_LEAD_DETAIL_TAB") => EntityType::Lead,
         _ => EntityType::Deal,
     };
-    let options = text(form, &["PLACEMENT_OPTIONS"])?;
-    let options: Value = serde_json::from_str(&options).ok()?;
-    let id = text(&options, &["ID"])?.parse::<i64>().ok()?;
-    (id > 0).then_some(EntityRef { kind, id })
+    let id = call.placement_id()?;
+    Some(EntityRef { kind, id })
 }
 
 /// protocol §11 (4): the deal is read with the doctor's token, so the portal applies
@@ -105,7 +94,7 @@ async fn check_read_access(
             Ok(())
         }
         Err(e @ crate::bitrix24::B24Error::VerifyBudgetSpent { .. }) => {
-            Err(frame_auth::refused(&caller.portal, e).page())
+            Err(frame_auth::refused(&caller.portal, e).error_page())
         }
         Err(e) if e.is_retryable() => {
             tracing::warn!(portal = %caller.portal.domain, error = %e, "Портал не ответил на чтение сделки");
@@ -138,7 +127,7 @@ async fn render(
     let Scope::Entity(entity) = session.scope else {
         return forbidden();
     };
-    match tab_view::page(
+    match tab_view::tab_page(
         state,
         portal.id,
         entity,
@@ -195,16 +184,26 @@ pub async fn report(
     body: Body,
     Data(state): Data<&AppState>,
 ) -> Response {
-    let form = match body.into_bytes().await {
-        Ok(bytes) => parse_form(&bytes),
-        Err(_) => Value::Null,
+    let form: TabForm = match body.into_bytes().await {
+        Ok(bytes) => own_form(&bytes),
+        Err(_) => TabForm::default(),
     };
     let response = report_of(state, invitation_id, &form).await;
     page::frame_for(response, None)
 }
 
-async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Response {
-    let (session, entity, _) = match tab_session(state, text(form, &["s"]).as_deref()).await {
+/// What the tab's forms post (`tab_view`): the signed session, and `download` on the
+/// PDF button that saves instead of opening.
+#[derive(Debug, Default, Deserialize)]
+struct TabForm {
+    #[serde(default, deserialize_with = "form::text")]
+    s: Option<String>,
+    #[serde(default, deserialize_with = "form::text")]
+    download: Option<String>,
+}
+
+async fn report_of(state: &AppState, invitation_id: String, form: &TabForm) -> Response {
+    let (session, entity, _) = match tab_session(state, form.s.as_deref()).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -242,7 +241,7 @@ async fn report_of(state: &AppState, invitation_id: String, form: &Value) -> Res
         );
     };
     let name = crate::completion::pdf_file_name(&inv, inv.completed_at.unwrap_or(submitted_at));
-    let disposition = if text(form, &["download"]).is_some() {
+    let disposition = if form.download.is_some() {
         "attachment"
     } else {
         "inline"
@@ -265,8 +264,8 @@ pub async fn new_link(body: Body, Data(state): Data<&AppState>) -> Response {
     let Ok(bytes) = body.into_bytes().await else {
         return page::error(StatusCode::BAD_REQUEST, "Не удалось прочитать запрос");
     };
-    let form = parse_form(&bytes);
-    let token = text(&form, &["s"]);
+    let form: TabForm = own_form(&bytes);
+    let token = form.s;
     let origin = page::session_origin(state, token.as_deref()).await;
     let response = issue_new_link(state, token.as_deref()).await;
     page::frame_for(response, origin.as_deref())
@@ -291,6 +290,8 @@ async fn issue_new_link(state: &AppState, token: Option<&str>) -> Response {
             reuse_active: false,
             lifetime_days: days,
             dedupe_key: None,
+            questionnaire: None,
+            robot_event: None,
         },
     )
     .await

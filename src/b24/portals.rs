@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::bitrix24::{PortalAuth, RefreshLock, StoreError, TokenStore, unshared_refresh};
 use crate::db::entities::portal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::secret::{Secret, constant_time_eq};
 
 /// The client's token store over the `portal` table.
@@ -196,7 +196,7 @@ pub async fn by_member<C: ConnectionTrait>(
 fn auth_missing() -> ApiError {
     tracing::warn!("Вызов от Битрикс24 без auth[member_id] или auth[application_token]");
     ApiError::unauthorized(
-        "auth_missing",
+        ErrorCode::AuthMissing,
         "Нет данных авторизации приложения (auth[member_id], auth[application_token])",
     )
 }
@@ -214,7 +214,7 @@ pub async fn verify_app_token(
     };
     let portal = by_member(db, member_id).await?;
     judge_app_token(portal, token, |p| {
-        (&p.status, p.application_token.as_deref(), &p.domain)
+        (p.status, p.application_token.as_deref(), &p.domain)
     })
 }
 
@@ -231,7 +231,7 @@ pub async fn verify_robot_call(
     };
     let caller = crate::db::prepared::portal_caller(db, member_id).await?;
     judge_app_token(caller, token, |p| {
-        (&p.status, p.application_token.as_deref(), &p.domain)
+        (p.status, p.application_token.as_deref(), &p.domain)
     })
 }
 
@@ -242,7 +242,7 @@ pub async fn verify_robot_call(
 fn judge_app_token<T>(
     found: Option<T>,
     token: &str,
-    fields: impl Fn(&T) -> (&str, Option<&str>, &str),
+    fields: impl Fn(&T) -> (portal::Status, Option<&str>, &str),
 ) -> Result<T, ApiError> {
     let Some(found) = found else {
         return Err(bad_app_token());
@@ -256,7 +256,7 @@ fn judge_app_token<T>(
     if status != portal::INSTALLED {
         tracing::warn!(portal = %domain, "Вызов для портала, с которого приложение удалено");
         return Err(ApiError::forbidden(
-            "portal_uninstalled",
+            ErrorCode::PortalUninstalled,
             "Приложение удалено с этого портала; установите его заново",
         ));
     }
@@ -265,7 +265,7 @@ fn judge_app_token<T>(
 
 fn bad_app_token() -> ApiError {
     tracing::warn!("Вызов от Битрикс24 с неверным application_token или неизвестным порталом");
-    ApiError::unauthorized("bad_application_token", "Неверный токен приложения")
+    ApiError::unauthorized(ErrorCode::BadApplicationToken, "Неверный токен приложения")
 }
 
 /// Why a portal's endpoint could not be brought up to date.

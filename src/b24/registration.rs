@@ -4,11 +4,13 @@
 //! for success (protocol §3.4, §4.5, §6.1, §7.2, §12.3). Run on every install and on
 //! the admin's request, since an application update can remove registrations.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::inbound::field;
+use crate::bitrix24::field;
 use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::db::entities::portal;
+use crate::outbox::link_field::{add_link_field, has_field};
 use crate::state::AppState;
 
 pub const ROBOT_CODE: &str = "opros_send_survey";
@@ -16,7 +18,7 @@ pub const TAB_TITLE: &str = "Анкета пациента";
 pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
 pub const ENTITIES: [&str; 2] = ["deal", "lead"];
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Step {
     /// Russian, for the admin: «Робот «Отправить опрос»».
     pub what: String,
@@ -27,12 +29,23 @@ pub struct Step {
     pub critical: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Report {
     pub steps: Vec<Step>,
 }
 
 impl Report {
+    /// The report stored with the portal (`portal.registration`), read back as this
+    /// type; `None` before the first check. A stored value that is not a report is an
+    /// error, not an empty report.
+    pub fn stored(portal: &portal::Model) -> Result<Option<Report>, serde_json::Error> {
+        portal
+            .registration
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+    }
+
     pub fn all_critical_ok(&self) -> bool {
         self.steps.iter().all(|s| s.ok || !s.critical)
     }
@@ -111,14 +124,28 @@ fn list_of(v: Option<&Result<Value, B24Error>>) -> Result<Vec<Value>, String> {
     }
 }
 
+/// What the portal told about our registrations, by the names of `list`'s commands.
+type Listed = std::collections::HashMap<String, Result<Value, B24Error>>;
+
 /// Checks every registration and creates or updates what is needed.
 pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -> Report {
     let mut report = Report::default();
-    let tab_handler = state.config.public("/b24/placement/deal-tab");
-    let event_handler = state.config.public("/b24/events");
-    let link_field = state.config.link_field.clone();
+    let listed = match list(state, target).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            report.push("Связь с порталом", true, Err(e.admin_message()));
+            return report;
+        }
+    };
+    ensure_robot(state, target, installer, &listed, &mut report).await;
+    ensure_tabs(state, target, &listed, &mut report).await;
+    ensure_events(state, target, &listed, &mut report).await;
+    ensure_link_fields(state, target, &listed, &mut report).await;
+    report
+}
 
-    // One request to learn what is there.
+/// One request to learn what is there.
+async fn list(state: &AppState, target: &Target) -> Result<Listed, B24Error> {
     let mut listing = vec![
         BatchCommand::new("robots", "bizproc.robot.list", json!({})),
         BatchCommand::new("placements", "placement.get", json!({})),
@@ -128,21 +155,22 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         listing.push(BatchCommand::new(
             format!("uf_{entity}"),
             format!("crm.{entity}.userfield.list"),
-            json!({"filter": {"FIELD_NAME": link_field}}),
+            json!({"filter": {"FIELD_NAME": state.config.link_field}}),
         ));
     }
-    let listed = match state.b24.batch(target, listing, false).await {
-        Ok(results) => results
-            .into_iter()
-            .map(|o| (o.name, o.result))
-            .collect::<std::collections::HashMap<_, _>>(),
-        Err(e) => {
-            report.push("Связь с порталом", true, Err(e.admin_message()));
-            return report;
-        }
-    };
+    let results = state.b24.batch(target, listing, false).await?;
+    Ok(results.into_iter().map(|o| (o.name, o.result)).collect())
+}
 
-    // Robot: add if missing, else update so a new version's properties reach the portal.
+/// The robot: added if missing, else updated so a new version's properties reach
+/// the portal.
+async fn ensure_robot(
+    state: &AppState,
+    target: &Target,
+    installer: Option<i64>,
+    listed: &Listed,
+    report: &mut Report,
+) {
     let robot_known = list_of(listed.get("robots"))
         .map(|codes| codes.iter().any(|c| c.as_str() == Some(ROBOT_CODE)));
     let fields = robot_fields(state, installer);
@@ -170,8 +198,11 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         }
     };
     report.push("Робот «Отправить опрос»", true, robot_result);
+}
 
-    // Tabs: bind ours; unbind a tab left from an old service address.
+/// The tabs: ours bound; one left from an old service address unbound.
+async fn ensure_tabs(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
+    let tab_handler = state.config.public("/b24/placement/deal-tab");
     let placements = list_of(listed.get("placements")).unwrap_or_default();
     for (i, code) in PLACEMENTS.iter().enumerate() {
         let ours = |p: &Value| field(p, "placement").and_then(Value::as_str) == Some(*code);
@@ -224,10 +255,13 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, i == 0, result);
     }
+}
 
-    // Application events: the uninstall (critical); the install event (protocol §3.3:
-    // bound before installFinish, it carries the install's tokens even when this page
-    // never finishes) and the update, which brings a new application token (§3.4).
+/// Application events: the uninstall (critical); the install event (protocol §3.3:
+/// bound before installFinish, it carries the install's tokens even when the install
+/// page never finishes) and the update, which brings a new application token (§3.4).
+async fn ensure_events(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
+    let event_handler = state.config.public("/b24/events");
     let events = list_of(listed.get("events")).unwrap_or_default();
     for (event, what, critical) in [
         (
@@ -263,11 +297,19 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, critical, result);
     }
+}
 
-    // Link field on deals and leads.
+/// The link field on deals and leads.
+async fn ensure_link_fields(
+    state: &AppState,
+    target: &Target,
+    listed: &Listed,
+    report: &mut Report,
+) {
+    let link_field = &state.config.link_field;
     for entity in ENTITIES {
         let present = list_of(listed.get(&format!("uf_{entity}")))
-            .map(|fields| has_field(&fields, &link_field));
+            .map(|fields| has_field(&fields, link_field));
         let result = match present {
             Ok(true) => Ok("уже было"),
             _ => add_link_field(state, target, entity).await,
@@ -279,73 +321,42 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
         };
         report.push(what, false, result);
     }
-    report
 }
 
-fn has_field(fields: &[Value], name: &str) -> bool {
-    fields
-        .iter()
-        .any(|f| field(f, "FIELD_NAME").and_then(Value::as_str) == Some(name))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Creates the link field (`url`, «Ссылка на опрос») on `deal` or `lead`; the portal
-/// adds the `UF_CRM_` prefix itself (protocol §12.3).
-async fn add_link_field(
-    state: &AppState,
-    target: &Target,
-    entity: &str,
-) -> Result<&'static str, String> {
-    let link_field = &state.config.link_field;
-    let code = link_field.strip_prefix("UF_CRM_").unwrap_or(link_field);
-    match state
-        .b24
-        .call(
-            target,
-            &format!("crm.{entity}.userfield.add"),
-            json!({"fields": {
-                "FIELD_NAME": code,
-                "USER_TYPE_ID": "url",
-                "XML_ID": code,
-                "LABEL": "Ссылка на опрос",
-                "EDIT_FORM_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
-                "LIST_COLUMN_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
-                "LIST_FILTER_LABEL": {"ru": "Ссылка на опрос", "en": "Survey link"},
-                "MULTIPLE": "N",
-                "MANDATORY": "N",
-            }}),
-        )
-        .await
-    {
-        Ok(_) => Ok("создано"),
-        Err(e) if e.is_already_registered() => Ok("уже было"),
-        Err(e) => Err(e.admin_message()),
+    fn portal_with(registration: Option<Value>) -> portal::Model {
+        let now = chrono::Utc::now();
+        portal::Model {
+            id: 1,
+            member_id: "m".into(),
+            domain: "clinic.bitrix24.ru".into(),
+            client_endpoint: "https://clinic.bitrix24.ru/rest/".into(),
+            server_endpoint: None,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            application_token: None,
+            scope: None,
+            installed_by: None,
+            status: portal::Status::Installed,
+            registration,
+            created_at: now,
+            updated_at: now,
+        }
     }
-}
 
-/// Makes sure the link field exists before a link is written through an inbound
-/// webhook: the guides' setups have no install step, and the portal silently drops
-/// a value for a field that does not exist (protocol §12.2).
-pub async fn ensure_link_field(
-    state: &AppState,
-    target: &Target,
-    entity: &str,
-) -> Result<(), String> {
-    let listed = state
-        .b24
-        .call(
-            target,
-            &format!("crm.{entity}.userfield.list"),
-            json!({"filter": {"FIELD_NAME": state.config.link_field}}),
-        )
-        .await
-        .map_err(|e| e.admin_message())?;
-    let fields = match listed {
-        Value::Array(items) => items,
-        Value::Object(map) => map.into_iter().map(|(_, v)| v).collect(),
-        _ => Vec::new(),
-    };
-    if has_field(&fields, &state.config.link_field) {
-        return Ok(());
+    #[test]
+    fn the_stored_report_reads_back_as_its_type() {
+        let mut report = Report::default();
+        report.push("Робот «Отправить опрос»", true, Ok("создан"));
+        report.push("Поле в лидах", false, Err("нет прав".into()));
+        let stored = portal_with(Some(serde_json::to_value(&report).expect("json")));
+        assert_eq!(Report::stored(&stored).expect("reads"), Some(report));
+        assert_eq!(Report::stored(&portal_with(None)).expect("reads"), None);
+        let broken = portal_with(Some(json!({"steps": [{"what": 1}]})));
+        assert!(Report::stored(&broken).is_err());
     }
-    add_link_field(state, target, entity).await.map(|_| ())
 }

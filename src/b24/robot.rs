@@ -4,18 +4,16 @@
 //! and the link field update. Answers at once: the business process waits for the
 //! event, not for this answer.
 
-use chrono::Utc;
 use poem::handler;
 use poem::web::{Data, Json};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::inbound::{Callback, RobotCall};
 use super::portals;
-use crate::error::ApiError;
+use crate::bitrix24::callback::{Callback, RobotCall};
+use crate::crm::{Channel, EntityRef, patient};
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::issue;
-use crate::invitations::{Channel, EntityRef, NewInvitation, patient};
-use crate::outbox::Job;
 use crate::state::AppState;
 
 #[handler]
@@ -32,14 +30,20 @@ pub async fn send_survey(
     tracing::info!(portal = %portal.domain, "Получен вебхук от Битрикс24: робот «Отправить опрос»");
 
     let event_token = call.event_token.clone().ok_or_else(|| {
-        ApiError::bad_request("event_token_missing", "В вызове робота нет event_token")
+        ApiError::bad_request(
+            ErrorCode::EventTokenMissing,
+            "В вызове робота нет event_token",
+        )
     })?;
     let document = call.document_id.document().ok_or_else(|| {
-        ApiError::bad_request("document_missing", "В вызове робота нет document_id")
+        ApiError::bad_request(
+            ErrorCode::DocumentMissing,
+            "В вызове робота нет document_id",
+        )
     })?;
     let entity = EntityRef::from_document_id(document).ok_or_else(|| {
         ApiError::bad_request(
-            "document_unsupported",
+            ErrorCode::DocumentUnsupported,
             format!("Робот работает только со сделками и лидами, получено «{document}»"),
         )
     })?;
@@ -50,7 +54,7 @@ pub async fn send_survey(
         let code = prop("survey_code").unwrap_or_else(|| catalog.default_code().to_owned());
         let q = catalog.latest(&code).ok_or_else(|| {
             ApiError::bad_request(
-                "questionnaire_unknown",
+                ErrorCode::QuestionnaireUnknown,
                 format!("Анкета «{code}» не найдена; выберите анкету в настройках робота"),
             )
         })?;
@@ -58,7 +62,7 @@ pub async fn send_survey(
     };
     // The robot's own properties win; the admin's settings (read with the portal)
     // fill what they leave open.
-    let defaults = crate::b24::portal_settings::from_stored(
+    let defaults = crate::invitations::portal_settings::from_stored(
         portal.link_days.as_deref(),
         portal.reuse_active.as_deref(),
         state.config.link_days,
@@ -76,36 +80,20 @@ pub async fn send_survey(
 
     let token_hash = hex::encode(Sha256::digest(event_token.as_bytes()));
     let key = format!("robot:{}:{}", portal.id, &token_hash[..32]);
-    let now = Utc::now();
-    let new = NewInvitation {
-        portal_id: Some(portal.id),
-        channel: Channel::App,
-        entity,
-        patient_name: given_name
-            .clone()
-            .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-        questionnaire_code: code,
-        questionnaire_version: version,
-        lifetime_days,
-        reuse_active,
-        dedupe_key: Some(key.clone()),
-    };
-    let name_known = given_name.is_some();
-    let outcome = issue::store(state, new, now, move |outcome| {
-        let inv = &outcome.invitation.id;
-        let mut jobs = vec![(
-            Job::ReturnRobotValues {
-                invitation: inv.clone(),
-                event_token: event_token.clone(),
-            },
-            format!("{key}:return"),
-        )];
-        jobs.extend(issue::link_jobs(inv, &key, name_known));
-        jobs
-    })
+    let (inv, _) = issue::issue(
+        state,
+        issue::Request {
+            portal_id: Some(portal.id),
+            channel: Channel::App,
+            entity,
+            given_name,
+            reuse_active,
+            lifetime_days,
+            dedupe_key: Some(key),
+            questionnaire: Some((code, version)),
+            robot_event: Some(event_token),
+        },
+    )
     .await?;
-    let inv = &outcome.invitation;
-
-    issue::log_link(state, inv, outcome.existing);
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))
 }

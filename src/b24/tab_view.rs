@@ -1,21 +1,20 @@
-//! The HTML of the deal tab: the document's invitations with their status, the answers
-//! of the latest completed one (flagged first, hidden questions left out), its PDF and
-//! the «Отправить новую ссылку» form. Everything shown is escaped; no inline code.
+//! The deal tab's view model: the document's invitations with their status, the
+//! answers of the latest completed one (flagged first, hidden questions left out), its
+//! PDF and the «Отправить новую ссылка» form. [`load`] reads the database, [`view`]
+//! shapes what was read; the template (`views::frame::TabPage`) only renders.
 
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 
-use super::page::{escape, layout};
+use crate::assets;
 use crate::completion::moscow;
 use crate::db::entities::invitation;
 use crate::invitations::lifecycle::{self, FlowError};
 use crate::invitations::{COMPLETED, EntityRef, EntityType, of_entity, status_label, status_of};
 use crate::state::AppState;
-use crate::survey::{flagged, sections_for_display};
-
-/// Stylesheet and script of the tab, served from `placement/`.
-pub const TAB_CSS: &str = include_str!("../../placement/deal-tab.css");
-pub const TAB_JS: &str = include_str!("../../placement/deal-tab.js");
+use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
+use crate::views;
+use crate::views::frame::{AnswerRow, AnswerSection, Frame, InvitationRow, TabPage, TabResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -31,166 +30,233 @@ impl From<FlowError> for ViewError {
     }
 }
 
-/// The whole tab page. `session` is the signed token its links and forms carry;
-/// `new_link` is a link just created, shown for copying.
-pub async fn page(
+/// What the tab shows, as read from the database.
+pub struct TabData {
+    pub entity: EntityRef,
+    /// Newest first.
+    pub rows: Vec<invitation::Model>,
+    /// The latest completed invitation with its questionnaire and answers.
+    pub completed: Option<(invitation::Model, std::sync::Arc<Questionnaire>, Answers)>,
+}
+
+/// Reads the document's invitations and the answers of the latest completed one.
+pub async fn load(
+    state: &AppState,
+    portal_id: i64,
+    entity: EntityRef,
+) -> Result<TabData, ViewError> {
+    let rows = of_entity(&state.db, Some(portal_id), entity).await?;
+    let completed = match rows.iter().find(|r| r.status == COMPLETED) {
+        Some(inv) => {
+            let q = lifecycle::questionnaire_of(state, inv)?;
+            let answers = lifecycle::answers_to_show(state, inv).await?;
+            Some((inv.clone(), q, answers))
+        }
+        None => None,
+    };
+    Ok(TabData {
+        entity,
+        rows,
+        completed,
+    })
+}
+
+/// The whole tab page. `session` is the signed token its forms carry; `new_link` is
+/// a link just created, shown for copying.
+pub async fn tab_page(
     state: &AppState,
     portal_id: i64,
     entity: EntityRef,
     session: &str,
     new_link: Option<&str>,
 ) -> Result<String, ViewError> {
-    let now = Utc::now();
-    let rows = of_entity(&state.db, Some(portal_id), entity).await?;
-    let mut html = String::new();
-    html.push_str(&assets());
-    let what = match entity.kind {
-        EntityType::Deal => "Сделка",
-        EntityType::Lead => "Лид",
-    };
-    let patient = rows
+    let data = load(state, portal_id, entity).await?;
+    Ok(views::render(&view(&data, session, new_link, Utc::now())))
+}
+
+/// The tab's view model from what [`load`] read.
+pub fn view(data: &TabData, session: &str, new_link: Option<&str>, now: DateTime<Utc>) -> TabPage {
+    let patient = data
+        .rows
         .iter()
         .map(|r| r.patient_name.as_str())
         .find(|n| *n != crate::invitations::patient::PLACEHOLDER)
-        .unwrap_or("");
-    html.push_str(&format!(
-        "<header class=\"tab-head\"><div><h1>Анкета пациента</h1><p class=\"muted\">{what} № {id}{patient}</p></div>{form}</header>",
-        id = entity.id,
-        patient = if patient.is_empty() {
-            String::new()
-        } else {
-            format!(" · {}", escape(patient))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let mut frame = Frame::new("Анкета пациента");
+    frame.extra_css.push(assets::TAB_CSS.url());
+    frame.extra_js.push(assets::TAB_JS.url());
+    frame.body_class = Some("tab");
+    TabPage {
+        frame,
+        session: session.to_owned(),
+        what: match data.entity.kind {
+            EntityType::Deal => "Сделка",
+            EntityType::Lead => "Лид",
         },
-        form = new_link_form(session),
-    ));
-    if let Some(link) = new_link {
-        html.push_str(&new_link_box(link));
+        entity_id: data.entity.id,
+        patient,
+        new_link: new_link.map(str::to_owned),
+        result: data
+            .completed
+            .as_ref()
+            .map(|(inv, q, answers)| result(inv, q, answers)),
+        invitations: data
+            .rows
+            .iter()
+            .map(|row| invitation_row(row, now))
+            .collect(),
     }
-    let latest_done = rows.iter().find(|r| r.status == COMPLETED);
-    match latest_done {
-        Some(inv) => html.push_str(&answers_block(state, inv, session).await?),
-        None => html.push_str(
-            "<section class=\"card empty\"><h2>Пациент ещё не заполнил анкету</h2>\
-<p class=\"muted\">Когда пациент отправит ответы, они появятся здесь, а PDF — в ленте сделки. \
-Ссылку можно отправить повторно кнопкой «Отправить новую ссылку».</p></section>",
-        ),
-    }
-    if !rows.is_empty() {
-        html.push_str(&invitations_table(&rows, now));
-    }
-    Ok(layout("Анкета пациента", "class=\"tab\"", &html))
 }
 
-fn assets() -> String {
-    let v = super::page::assets_version();
-    format!(
-        "<link rel=\"stylesheet\" href=\"/assets/deal-tab.css?v={v}\">\
-<script src=\"/assets/deal-tab.js?v={v}\" defer></script>"
-    )
-}
-
-fn new_link_form(session: &str) -> String {
-    format!(
-        "<form method=\"post\" action=\"/b24/tab/new-link\" class=\"tab-head__action\">\
-<input type=\"hidden\" name=\"s\" value=\"{s}\">\
-<button type=\"submit\" class=\"btn\">Отправить новую ссылку</button></form>",
-        s = escape(session)
-    )
-}
-
-fn new_link_box(link: &str) -> String {
-    format!(
-        "<section class=\"card notice\" role=\"status\"><h2>Новая ссылка создана</h2>\
-<p class=\"muted\">Ссылка записана в поле сделки. Скопируйте её и отправьте пациенту, \
-если робот не отправит её сам.</p><div class=\"copy\">\
-<input type=\"text\" readonly value=\"{link}\" id=\"new-link\" aria-label=\"Ссылка на анкету\">\
-<button type=\"button\" class=\"btn btn--light\" data-copy=\"new-link\">Скопировать</button>\
-<span class=\"copy__done muted\" hidden>Скопировано</span></div></section>",
-        link = escape(link)
-    )
-}
-
-async fn answers_block(
-    state: &AppState,
-    inv: &invitation::Model,
-    session: &str,
-) -> Result<String, ViewError> {
-    let q = lifecycle::questionnaire_of(state, inv)?;
-    let answers = lifecycle::answers_to_show(state, inv).await?;
-    let flags = flagged(&q, &answers);
+fn result(inv: &invitation::Model, q: &Questionnaire, answers: &Answers) -> TabResult {
+    let flags = flagged(q, answers);
     let flagged_titles: Vec<&str> = flags.iter().map(|f| f.question.as_str()).collect();
-    let mut html = String::new();
-    let when = inv.completed_at.map(moscow).unwrap_or_default();
-    // The session goes in a form field, never in a URL (history, proxies' logs).
-    let pdf = format!("/b24/tab/report/{id}", id = escape(&inv.id));
-    let s = escape(session);
-    html.push_str(&format!(
-        "<section class=\"card result\"><div class=\"result__head\"><div><h2>{title}</h2>\
-<p class=\"muted\">Заполнена {when}</p></div><div class=\"result__pdf\">\
-<form method=\"post\" action=\"{pdf}\" target=\"_blank\"><input type=\"hidden\" name=\"s\" value=\"{s}\">\
-<button type=\"submit\" class=\"btn btn--light\">Открыть PDF</button></form>\
-<form method=\"post\" action=\"{pdf}\"><input type=\"hidden\" name=\"s\" value=\"{s}\">\
-<input type=\"hidden\" name=\"download\" value=\"1\">\
-<button type=\"submit\" class=\"btn btn--light\">Скачать PDF</button></form></div></div>",
-        title = escape(&q.title),
-        when = escape(&when),
-    ));
-    if !flags.is_empty() {
-        html.push_str("<div class=\"flagged\"><h2>Обратите внимание</h2><dl class=\"answers\">");
-        for f in &flags {
-            html.push_str(&format!(
-                "<div class=\"is-flagged\"><dt>{label}</dt><dd>{answer}</dd></div>",
-                label = escape(&f.label),
-                answer = escape(&f.answer),
-            ));
-        }
-        html.push_str("</dl></div>");
+    TabResult {
+        title: q.title.clone(),
+        when: inv.completed_at.map(moscow).unwrap_or_default(),
+        pdf_action: format!("/b24/tab/report/{}", inv.id),
+        flagged: flags
+            .iter()
+            .map(|f| (f.label.clone(), f.answer.clone()))
+            .collect(),
+        sections: sections_for_display(q, answers)
+            .into_iter()
+            .map(|(title, items)| AnswerSection {
+                title,
+                answers: items
+                    .into_iter()
+                    .map(|(question, answer)| AnswerRow {
+                        flagged: flagged_titles.contains(&question.as_str()),
+                        question,
+                        answer,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
-    for (title, items) in sections_for_display(&q, &answers) {
-        html.push_str(&format!(
-            "<h3 class=\"section-title\">{}</h3><dl class=\"answers\">",
-            escape(&title)
-        ));
-        for (question, answer) in items {
-            let class = if flagged_titles.contains(&question.as_str()) {
-                " class=\"is-flagged\""
-            } else {
-                ""
-            };
-            html.push_str(&format!(
-                "<div{class}><dt>{q}</dt><dd>{a}</dd></div>",
-                q = escape(&question),
-                a = escape(&answer),
-            ));
-        }
-        html.push_str("</dl>");
-    }
-    html.push_str("</section>");
-    Ok(html)
 }
 
 fn when(at: Option<DateTime<Utc>>) -> String {
     at.map(moscow).unwrap_or_else(|| "—".to_owned())
 }
 
-fn invitations_table(rows: &[invitation::Model], now: DateTime<Utc>) -> String {
-    let mut html = String::from(
-        "<section class=\"card\"><h2>Отправленные анкеты</h2><div class=\"table-wrap\"><table>\
-<thead><tr><th>Отправлена</th><th>Статус</th><th class=\"optional\">Открыта</th>\
-<th>Заполнена</th><th class=\"optional\">Действует до</th></tr></thead><tbody>",
-    );
-    for row in rows {
-        let status = status_of(row, now);
-        html.push_str(&format!(
-            "<tr><td>{created}</td><td><span class=\"badge badge--{status}\">{label}</span></td>\
-<td class=\"optional\">{opened}</td><td>{completed}</td><td class=\"optional\">{expires}</td></tr>",
-            created = escape(&moscow(row.created_at)),
-            label = status_label(status),
-            opened = escape(&when(row.opened_at)),
-            completed = escape(&when(row.completed_at)),
-            expires = escape(&moscow(row.expires_at)),
-        ));
+fn invitation_row(row: &invitation::Model, now: DateTime<Utc>) -> InvitationRow {
+    let status = status_of(row, now);
+    InvitationRow {
+        created: moscow(row.created_at),
+        status,
+        label: status_label(status),
+        opened: when(row.opened_at),
+        completed: when(row.completed_at),
+        expires: moscow(row.expires_at),
     }
-    html.push_str("</tbody></table></div></section>");
-    html
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use scraper::{Html, Selector};
+    use serde_json::json;
+
+    use super::*;
+    use crate::invitations::patient::PLACEHOLDER;
+    use crate::invitations::{Channel, SENT, Status};
+    use crate::survey::Catalog;
+
+    fn row(id: &str, name: &str, status: Status, created: DateTime<Utc>) -> invitation::Model {
+        invitation::Model {
+            id: id.to_owned(),
+            portal_id: Some(1),
+            channel: Channel::App,
+            entity_type: EntityType::Deal,
+            entity_id: 42,
+            patient_name: name.to_owned(),
+            questionnaire_code: "pre_visit".to_owned(),
+            questionnaire_version: 1,
+            status,
+            dedupe_key: None,
+            created_at: created,
+            opened_at: (status == COMPLETED).then_some(created),
+            completed_at: (status == COMPLETED).then_some(created),
+            expires_at: created + Duration::days(30),
+        }
+    }
+
+    fn texts(html: &str, css: &str) -> Vec<String> {
+        let doc = Html::parse_document(html);
+        let selector = Selector::parse(css).expect("selector");
+        doc.select(&selector)
+            .map(|e| e.text().collect::<String>())
+            .collect()
+    }
+
+    #[test]
+    fn the_view_shows_what_was_loaded_and_nothing_else() {
+        let now = Utc::now();
+        let q = Catalog::load(None).0.latest("pre_visit").expect("built-in");
+        let answers: Answers = serde_json::from_value(json!({
+            "allergies": "yes",
+            "allergy_details": "пенициллин",
+            "complaints": "кашель"
+        }))
+        .expect("answers");
+        let done = row("b", "Иванова Анна", COMPLETED, now - Duration::days(2));
+        let data = TabData {
+            entity: EntityRef {
+                kind: EntityType::Deal,
+                id: 42,
+            },
+            rows: vec![row("a", PLACEHOLDER, SENT, now), done.clone()],
+            completed: Some((done, q, answers)),
+        };
+        let page = view(&data, "1.2.session", Some("https://x/s/t"), now);
+        assert_eq!(page.patient.as_deref(), Some("Иванова Анна"));
+        assert_eq!(page.what, "Сделка");
+        let labels: Vec<&str> = page.invitations.iter().map(|r| r.label).collect();
+        assert_eq!(labels, ["отправлена", "заполнена"]);
+
+        let html = views::render(&page);
+        assert_eq!(
+            texts(&html, ".tab-head .muted"),
+            ["Сделка № 42 · Иванова Анна"]
+        );
+        assert!(
+            texts(&html, ".flagged dd")
+                .iter()
+                .any(|a| a == "пенициллин")
+        );
+        assert_eq!(texts(&html, ".card.empty").len(), 0);
+        // Every form carries the session; the PDF's URL carries only the id.
+        let doc = Html::parse_document(&html);
+        let forms = Selector::parse("form").expect("selector");
+        let session = Selector::parse("input[name=s]").expect("selector");
+        let mut count = 0;
+        for form in doc.select(&forms) {
+            let field = form.select(&session).next().expect("session field");
+            assert_eq!(field.value().attr("value"), Some("1.2.session"));
+            count += 1;
+        }
+        assert_eq!(count, 3, "new link, open PDF, download PDF");
+        let pdf = Selector::parse("form[action='/b24/tab/report/b']").expect("selector");
+        assert_eq!(doc.select(&pdf).count(), 2);
+
+        // A lead with nothing completed.
+        let data = TabData {
+            entity: EntityRef {
+                kind: EntityType::Lead,
+                id: 7,
+            },
+            rows: Vec::new(),
+            completed: None,
+        };
+        let html = views::render(&view(&data, "s", None, now));
+        assert_eq!(texts(&html, ".tab-head .muted"), ["Лид № 7"]);
+        assert_eq!(
+            texts(&html, ".card.empty h2"),
+            ["Пациент ещё не заполнил анкету"]
+        );
+        assert!(texts(&html, "table").is_empty());
+        assert!(texts(&html, "#new-link").is_empty());
+    }
 }

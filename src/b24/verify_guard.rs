@@ -60,7 +60,7 @@ const MAX_TRACKED: usize = 10_000;
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 /// The stable code of a refusal.
-pub const REFUSED_CODE: &str = "too_many_attempts";
+pub const REFUSED_CODE: &str = crate::error::ErrorCode::TooManyAttempts.as_str();
 const REFUSED_MESSAGE: &str =
     "Слишком много попыток входа за короткое время. Подождите немного и откройте страницу снова.";
 
@@ -76,7 +76,7 @@ impl Refused {
     }
 
     /// 429 as a page inside the portal's frame.
-    pub fn page(&self) -> Response {
+    pub fn error_page(&self) -> Response {
         let mut response = super::page::error(StatusCode::TOO_MANY_REQUESTS, REFUSED_MESSAGE);
         self.mark(&mut response);
         response

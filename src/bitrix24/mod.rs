@@ -4,6 +4,7 @@
 
 mod batch;
 pub mod body;
+pub mod callback;
 mod client;
 mod error;
 pub mod form;
@@ -18,7 +19,7 @@ pub use error::{B24Error, StoreError, remote_text};
 pub use oauth::{Vouched, is_bitrix_oauth_server, rest_endpoint, token_url};
 pub use rate_limit::{RateLimit, RateLimitParseError, SharedBucket};
 pub use types::{
-    B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, RefreshLock, Target,
-    TimeInfo, TokenStore, unshared_refresh,
+    B24Response, BatchCommand, BatchOutcome, ClientConfig, PortalAuth, Profile, RefreshLock,
+    Target, TimeInfo, TokenStore, field, truthy, unshared_refresh,
 };
 pub use webhook_url::{WebhookUrl, WebhookUrlError};

@@ -209,3 +209,61 @@ pub struct BatchOutcome {
     pub name: String,
     pub result: Result<Value, B24Error>,
 }
+
+/// A field of a Bitrix24 record regardless of key case (lists come lower-case from
+/// some methods, upper-case from others).
+pub fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// A Bitrix24 yes/no flag: `true`, `"Y"`, `"true"`, `"1"` or `1` (`ADMIN`, `user.admin`).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.as_str(), "true" | "Y" | "1"),
+        Value::Number(n) => n.as_i64() == Some(1),
+        _ => false,
+    }
+}
+
+/// The `profile` method's answer: who the token belongs to (protocol §11, fixture
+/// `profile.json`). An inactive user gets an empty answer, which reads as nobody.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Profile {
+    #[serde(rename = "ID", default, deserialize_with = "super::form::text")]
+    pub id: Option<String>,
+    /// Equals `user.admin` (§11); absent on some portals.
+    #[serde(rename = "ADMIN", default)]
+    pub admin: Option<Value>,
+    #[serde(rename = "NAME", default, deserialize_with = "super::form::text")]
+    pub name: Option<String>,
+    #[serde(rename = "LAST_NAME", default, deserialize_with = "super::form::text")]
+    pub last_name: Option<String>,
+}
+
+impl Profile {
+    /// Reads an answer; anything but an object of these fields is nobody's profile.
+    pub fn from_answer(answer: &Value) -> Self {
+        serde_json::from_value(answer.clone()).unwrap_or_default()
+    }
+
+    /// The user's id, if a positive number.
+    pub fn user_id(&self) -> Option<i64> {
+        self.id
+            .as_deref()
+            .and_then(|id| id.parse::<i64>().ok())
+            .filter(|id| *id > 0)
+    }
+
+    /// «Игорь Воронцов».
+    pub fn full_name(&self) -> String {
+        [self.name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}

@@ -57,6 +57,17 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
+/// A random id of 12 characters from an unambiguous alphabet (~70 bits): invitation
+/// ids, outbox leases, a worker's identity when it has no `host:port`.
+pub fn random_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
+    let mut rng = rand::thread_rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 /// Database reachable: a trivial query, for `/healthz`.
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())

@@ -11,7 +11,7 @@
 
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Statement, Value};
 
-use super::entities::invitation;
+use super::entities::{invitation, portal};
 
 /// What a robot call needs of its portal: the application-token check's inputs and
 /// the administrator's settings, in one round trip.
@@ -19,7 +19,7 @@ use super::entities::invitation;
 pub struct PortalCaller {
     pub id: i64,
     pub domain: String,
-    pub status: String,
+    pub status: portal::Status,
     pub application_token: Option<String>,
     /// `portal:<id>:link_days` and `portal:<id>:reuse_active` as stored, if set.
     pub link_days: Option<String>,
@@ -31,7 +31,7 @@ const PORTAL_CALLER: &str = "SELECT p.id, p.domain, p.status, p.application_toke
      (SELECT s.value FROM setting s WHERE s.key = 'portal:' || p.id || ':reuse_active') \
      FROM portal p WHERE p.member_id = $1";
 
-/// The portal `member_id` names, with its settings (see `b24::portal_settings`).
+/// The portal `member_id` names, with its settings (see `invitations::portal_settings`).
 pub async fn portal_caller<C: ConnectionTrait>(
     db: &C,
     member_id: &str,
@@ -69,13 +69,13 @@ pub async fn insert_invitation<C: ConnectionTrait>(
     let values: [Value; 14] = [
         row.id.clone().into(),
         row.portal_id.into(),
-        row.channel.clone().into(),
-        row.entity_type.clone().into(),
+        row.channel.into(),
+        row.entity_type.into(),
         row.entity_id.into(),
         row.patient_name.clone().into(),
         row.questionnaire_code.clone().into(),
         row.questionnaire_version.into(),
-        row.status.clone().into(),
+        row.status.into(),
         row.dedupe_key.clone().into(),
         row.created_at.into(),
         row.opened_at.into(),

@@ -1,13 +1,14 @@
-//! Issuing a link outside the robot (webhook robot, events, a doctor's «Отправить
-//! новую ссылку»): the invitation plus, in the same transaction, the name lookup and
-//! the link field update.
+//! Issuing a link, the one entry for every caller (the robot, the webhook robot, the
+//! CRM events, a doctor's «Отправить новую ссылку»): the invitation plus, in the same
+//! transaction, the name lookup, the link field update and, for the robot, the
+//! values it waits for.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 
-use super::{Channel, EntityRef, NewInvitation, Outcome, create_or_reuse, patient};
+use super::{Channel, EntityRef, Issued, NewInvitation, create_or_reuse, patient};
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
@@ -17,7 +18,7 @@ use crate::state::AppState;
 pub async fn lifetime_for(state: &AppState, portal_id: Option<i64>) -> Result<u32, ApiError> {
     Ok(match portal_id {
         Some(id) => {
-            crate::b24::portal_settings::load(&state.db, id, state.config.link_days)
+            super::portal_settings::load(&state.db, id, state.config.link_days)
                 .await?
                 .link_days
         }
@@ -46,6 +47,8 @@ pub async fn create_for_new_entity(
             reuse_active: false,
             lifetime_days,
             dedupe_key: Some(dedupe_key.to_owned()),
+            questionnaire: None,
+            robot_event: None,
         },
     )
     .await
@@ -64,6 +67,12 @@ pub struct Request {
     pub reuse_active: bool,
     pub lifetime_days: u32,
     pub dedupe_key: Option<String>,
+    /// Code and version of the questionnaire; `None` takes the catalog's default.
+    pub questionnaire: Option<(String, u32)>,
+    /// The robot's `event_token`: `survey_url`/`survey_id` go back to the waiting
+    /// business process, on a repeat or a reused link too, and every job is keyed
+    /// by `dedupe_key` (one robot run, one set of jobs).
+    pub robot_event: Option<String>,
 }
 
 /// Creates (or reuses) an invitation and queues the name lookup and the link field
@@ -80,14 +89,19 @@ pub async fn issue(
         reuse_active,
         lifetime_days,
         dedupe_key,
+        questionnaire,
+        robot_event,
     } = request;
-    let (code, version) = {
-        let catalog = state.catalog();
-        let code = catalog.default_code().to_owned();
-        let q = catalog
-            .latest(&code)
-            .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?;
-        (q.code.clone(), q.version)
+    let (code, version) = match questionnaire {
+        Some(chosen) => chosen,
+        None => {
+            let catalog = state.catalog();
+            let code = catalog.default_code().to_owned();
+            let q = catalog
+                .latest(&code)
+                .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?;
+            (q.code.clone(), q.version)
+        }
     };
     let now = Utc::now();
     let delivers = portal_id.is_some() || state.config.webhook_url.is_some();
@@ -102,11 +116,14 @@ pub async fn issue(
         questionnaire_version: version,
         lifetime_days,
         reuse_active,
-        dedupe_key,
+        dedupe_key: dedupe_key.clone(),
     };
     let name_known = given_name.is_some();
-    let outcome = store(state, new, now, move |outcome: &Outcome| {
+    let outcome = store(state, new, now, move |outcome: &Issued| {
         let inv = &outcome.invitation.id;
+        if let (Some(event_token), Some(key)) = (&robot_event, &dedupe_key) {
+            return robot_jobs(inv, event_token, key, name_known);
+        }
         if outcome.existing || !delivers {
             return Vec::new();
         }
@@ -126,14 +143,14 @@ pub async fn issue(
 /// Creates (or reuses) an invitation and queues the jobs `jobs` names for the
 /// outcome, in one transaction shared with concurrent callers
 /// (`AppState::group_write`), then wakes the outbox.
-pub async fn store<J>(
+async fn store<J>(
     state: &AppState,
     new: NewInvitation,
     now: DateTime<Utc>,
     jobs: J,
-) -> Result<Outcome, DbErr>
+) -> Result<Issued, DbErr>
 where
-    J: Fn(&Outcome) -> Vec<(Job, String)> + Send + Sync + 'static,
+    J: Fn(&Issued) -> Vec<(Job, String)> + Send + Sync + 'static,
 {
     let jobs = Arc::new(jobs);
     let outcome = state
@@ -152,26 +169,40 @@ where
 
 /// The name lookup (unless the caller knew the name) and the link field update for
 /// a new invitation; `key` makes a repeat of the same request a no-op.
-pub fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
     let mut jobs = Vec::with_capacity(2);
     if !name_known {
         jobs.push((
             Job::ResolvePatient {
-                invitation: invitation.to_owned(),
+                invitation: invitation.to_owned().into(),
             },
             format!("{key}:name"),
         ));
     }
     jobs.push((
         Job::WriteLinkField {
-            invitation: invitation.to_owned(),
+            invitation: invitation.to_owned().into(),
         },
         format!("{key}:field"),
     ));
     jobs
 }
 
-pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
+/// The robot's jobs: its values back to the business process, then the link jobs,
+/// all keyed by the robot run so a repeated call queues nothing new.
+fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+    let mut jobs = vec![(
+        Job::ReturnRobotValues {
+            invitation: inv.to_owned().into(),
+            event_token: event_token.to_owned(),
+        },
+        format!("{key}:return"),
+    )];
+    jobs.extend(link_jobs(inv, key, name_known));
+    jobs
+}
+
+fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
     // The link's token is never logged, and signing one only to mask it cost a
     // robot call more than its whole JSON answer (issue 19's profile).
     tracing::info!(
@@ -184,7 +215,5 @@ pub fn log_link(state: &AppState, inv: &invitation::Model, existing: bool) {
 }
 
 pub fn link_of(state: &AppState, inv: &invitation::Model) -> String {
-    state
-        .config
-        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
+    super::links::survey_url(&state.config, &state.links, inv)
 }

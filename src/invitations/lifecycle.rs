@@ -11,46 +11,58 @@ use sea_orm::{
 
 use super::links::LinkError;
 use super::{COMPLETED, OPENED, SENT};
+use crate::crm::InvitationId;
 use crate::db::entities::{invitation, response};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::outbox::{self, Job};
+use crate::report::RenderedReport;
 use crate::state::AppState;
-use crate::survey::{Answers, Questionnaire};
+use crate::survey::{Answers, Questionnaire, decode_answers};
 
 /// Drafts are partial answers; this bounds what one patient can make us store.
 pub const MAX_DRAFT_BYTES: usize = 64 * 1024;
 
-#[derive(Debug)]
+/// Why a patient's step did not go through. `Internal` keeps its cause (a database
+/// error stays a `DbErr` in the chain) for the one log line `ApiError::internal` writes.
+#[derive(Debug, thiserror::Error)]
 pub enum FlowError {
+    #[error("link not found")]
     NotFound,
+    #[error("link expired")]
     Expired,
+    #[error("survey already completed")]
     Completed,
+    #[error("answers invalid")]
     Invalid(BTreeMap<String, String>),
+    #[error("answers too large")]
     TooLarge,
-    Internal(String),
+    #[error(transparent)]
+    Internal(anyhow::Error),
 }
 
 impl From<sea_orm::DbErr> for FlowError {
     fn from(e: sea_orm::DbErr) -> Self {
-        FlowError::Internal(e.to_string())
+        FlowError::Internal(e.into())
     }
 }
 
 impl From<FlowError> for ApiError {
     fn from(e: FlowError) -> Self {
         match e {
-            FlowError::NotFound => ApiError::not_found("survey_not_found", "Ссылка не найдена"),
+            FlowError::NotFound => {
+                ApiError::not_found(ErrorCode::SurveyNotFound, "Ссылка не найдена")
+            }
             FlowError::Expired => ApiError::gone(
-                "survey_expired",
+                ErrorCode::SurveyExpired,
                 "Срок действия ссылки истёк — обратитесь в клинику",
             ),
             FlowError::Completed => ApiError::conflict(
-                "survey_completed",
+                ErrorCode::SurveyCompleted,
                 "Ответы по этой ссылке уже получены. Спасибо!",
             ),
             FlowError::Invalid(errors) => ApiError::validation(errors),
             FlowError::TooLarge => ApiError::too_large("Слишком много данных в ответах"),
-            FlowError::Internal(e) => ApiError::internal(e),
+            FlowError::Internal(e) => ApiError::internal(format!("{e:#}")),
         }
     }
 }
@@ -63,7 +75,7 @@ pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model
         Ok(id) => id,
         Err(LinkError::Expired { invitation }) => {
             // Only a link we know of is "expired"; a deleted one is simply unknown.
-            return match invitation::Entity::find_by_id(invitation)
+            return match invitation::Entity::find_by_id(invitation.into_string())
                 .one(&state.db)
                 .await?
             {
@@ -73,7 +85,7 @@ pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model
         }
         Err(LinkError::Invalid) => return Err(FlowError::NotFound),
     };
-    let inv = invitation::Entity::find_by_id(id)
+    let inv = invitation::Entity::find_by_id(id.into_string())
         .one(&state.db)
         .await?
         .ok_or(FlowError::NotFound)?;
@@ -91,9 +103,10 @@ pub fn questionnaire_of(
         .catalog()
         .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
         .ok_or_else(|| {
-            FlowError::Internal(format!(
+            FlowError::Internal(anyhow::anyhow!(
                 "questionnaire {} v{} missing",
-                inv.questionnaire_code, inv.questionnaire_version
+                inv.questionnaire_code,
+                inv.questionnaire_version
             ))
         })
 }
@@ -111,7 +124,7 @@ pub async fn mark_opened(state: &AppState, inv: &mut invitation::Model) -> Resul
         .filter(invitation::Column::Status.eq(SENT))
         .exec(&state.db)
         .await?;
-    inv.status = OPENED.to_owned();
+    inv.status = OPENED;
     inv.opened_at = Some(now);
     Ok(())
 }
@@ -147,9 +160,10 @@ pub async fn answers_to_show(
             r.draft
         }
     });
-    Ok(value
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default())
+    match value {
+        Some(v) => decode_answers(&inv.id, v).map_err(|e| FlowError::Internal(e.into())),
+        None => Ok(Answers::default()),
+    }
 }
 
 async fn upsert_draft<C: ConnectionTrait>(
@@ -158,7 +172,8 @@ async fn upsert_draft<C: ConnectionTrait>(
     draft: &Answers,
     now: DateTime<Utc>,
 ) -> Result<(), FlowError> {
-    let value = serde_json::to_value(draft).map_err(|e| FlowError::Internal(e.to_string()))?;
+    let value = serde_json::to_value(draft)
+        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
     response::Entity::insert(response::ActiveModel {
         invitation_id: Set(id.to_owned()),
         draft: Set(Some(value)),
@@ -210,7 +225,7 @@ pub async fn save_draft(
 /// What a submit stores with its claim.
 #[derive(Clone)]
 struct Claim {
-    invitation: String,
+    invitation: InvitationId,
     portal_id: Option<i64>,
     answers: serde_json::Value,
     sha256: String,
@@ -219,14 +234,152 @@ struct Claim {
     job_key: Option<String>,
 }
 
+pub struct Receipt {
+    pub completed_at: DateTime<Utc>,
+    pub report_sha256: String,
+}
+
+/// Validates against the questionnaire version the link was sent with, stores the
+/// answers and the report's checksum, and queues the timeline comment — once: a
+/// second submit gets `Completed`, even when two arrive together. Where results are
+/// delivered, the comment job renders the PDF; otherwise it is rendered here.
+pub async fn submit(
+    state: &AppState,
+    inv: &invitation::Model,
+    answers: Answers,
+) -> Result<Receipt, FlowError> {
+    if inv.status == COMPLETED {
+        return Err(FlowError::Completed);
+    }
+    if serde_json::to_vec(&answers)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX)
+        > MAX_DRAFT_BYTES
+    {
+        return Err(FlowError::TooLarge);
+    }
+    let q = questionnaire_of(state, inv)?;
+    let now = Utc::now();
+    let today = now.with_timezone(&crate::completion::MSK).date_naive();
+    let valid = match crate::survey::validate_submit(&q, &answers, today) {
+        Ok(v) => v,
+        Err(errors) => {
+            keep_valid_part(state, inv, &q, &answers, now).await;
+            return Err(FlowError::Invalid(errors.0));
+        }
+    };
+    // The report's checksum is that of its content, known before any PDF exists.
+    let input = report_input(state, inv, &q, &valid, now).await;
+    let sha256 = crate::report::content_sha256(&input);
+    let job_key = format!("invitation:{}:completion", inv.id);
+    let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
+    claim_completion(
+        state,
+        inv,
+        &valid,
+        &sha256,
+        now,
+        delivers.then_some(job_key),
+    )
+    .await?;
+    if delivers {
+        // The comment job renders the PDF (`completion::stored_or_rendered_pdf`) and
+        // the patient does not wait for it (issue 19: 50 patients at once waited
+        // 450 ms at p99 behind each other's PDFs).
+        state.nudge_outbox();
+    } else {
+        // Nothing delivers the results: the PDF is built here, for the deal tab and
+        // the API.
+        let report = render_pdf(inv, input).await;
+        release_completion(state, inv, report.as_ref()).await?;
+    }
+    tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
+    Ok(Receipt {
+        completed_at: now,
+        report_sha256: sha256,
+    })
+}
+
+/// A refused submit keeps what the patient typed: the draft gains the valid part of
+/// this attempt. A draft that no longer decodes is replaced by it.
+async fn keep_valid_part(
+    state: &AppState,
+    inv: &invitation::Model,
+    q: &Questionnaire,
+    answers: &Answers,
+    now: DateTime<Utc>,
+) {
+    let mut draft = match draft_of(state, inv).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(survey_id = %inv.id, error = %format!("{e:#}"), "Сохранённый черновик не читается; он будет заменён");
+            Answers::default()
+        }
+    };
+    draft.extend(crate::survey::normalise_draft(q, answers));
+    let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
+}
+
+/// The report of the answers as the invitation will read once completed.
+async fn report_input(
+    state: &AppState,
+    inv: &invitation::Model,
+    q: &Questionnaire,
+    valid: &Answers,
+    now: DateTime<Utc>,
+) -> crate::report::ReportInput {
+    let mut stored = inv.clone();
+    stored.status = COMPLETED;
+    stored.completed_at = Some(now);
+    let clinic = crate::completion::clinic_name(state, inv).await;
+    crate::completion::report_input(&clinic, q, &stored, valid, now)
+}
+
+/// Claim first: of concurrent submits only the one that flips the status goes on;
+/// the others are answered `Completed` at once. The answers, the checksum and the
+/// comment job (`job_key`, where results are delivered) are stored with the claim,
+/// so nothing is lost if the process stops. With concurrent submits and robot calls,
+/// in one transaction (`group_write`): 50 patients at once otherwise queue for a
+/// commit each.
+async fn claim_completion(
+    state: &AppState,
+    inv: &invitation::Model,
+    valid: &Answers,
+    sha256: &str,
+    now: DateTime<Utc>,
+    job_key: Option<String>,
+) -> Result<(), FlowError> {
+    let answers = serde_json::to_value(valid)
+        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
+    let claim = Claim {
+        invitation: InvitationId::of(inv),
+        portal_id: inv.portal_id,
+        answers,
+        sha256: sha256.to_owned(),
+        at: now,
+        job_key,
+    };
+    let claimed = state
+        .group_write(move |txn| {
+            let claim = claim.clone();
+            Box::pin(async move { store_claim(txn, &claim).await })
+        })
+        .await?;
+    if !claimed {
+        return Err(FlowError::Completed);
+    }
+    Ok(())
+}
+
 /// Flips the invitation to completed unless it already is (false: someone else's
 /// submit won) and stores the answers, the checksum and the comment job with it.
 /// Safe to run again after a rollback, as `group_write` may.
 async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea_orm::DbErr> {
+    let id = c.invitation.as_str().to_owned();
     let claimed = invitation::Entity::update_many()
         .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
         .col_expr(invitation::Column::CompletedAt, Expr::value(c.at))
-        .filter(invitation::Column::Id.eq(c.invitation.clone()))
+        .filter(invitation::Column::Id.eq(id.clone()))
         .filter(invitation::Column::Status.ne(COMPLETED))
         .exec(txn)
         .await?;
@@ -234,7 +387,7 @@ async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea
         return Ok(false);
     }
     response::Entity::insert(response::ActiveModel {
-        invitation_id: Set(c.invitation.clone()),
+        invitation_id: Set(id),
         draft: Set(None),
         draft_saved_at: Set(None),
         answers: Set(Some(c.answers.clone())),
@@ -270,93 +423,14 @@ async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea
     Ok(true)
 }
 
-pub struct Submitted {
-    pub completed_at: DateTime<Utc>,
-    pub report_sha256: String,
-}
-
-/// Validates against the questionnaire version the link was sent with, stores the
-/// answers and the PDF, and queues the timeline comment — once: a second submit gets
-/// `Completed`, even when two arrive together.
-pub async fn submit(
-    state: &AppState,
+/// The PDF of the claimed answers. The answers are stored: a PDF that does not build
+/// is no reason to refuse the patient; the deal tab tries again
+/// (`completion::stored_or_rendered_pdf`).
+async fn render_pdf(
     inv: &invitation::Model,
-    answers: Answers,
-) -> Result<Submitted, FlowError> {
-    if inv.status == COMPLETED {
-        return Err(FlowError::Completed);
-    }
-    if serde_json::to_vec(&answers)
-        .map(|b| b.len())
-        .unwrap_or(usize::MAX)
-        > MAX_DRAFT_BYTES
-    {
-        return Err(FlowError::TooLarge);
-    }
-    let q = questionnaire_of(state, inv)?;
-    let now = Utc::now();
-    let today = now.with_timezone(&crate::completion::MSK).date_naive();
-    let valid = match crate::survey::validate_submit(&q, &answers, today) {
-        Ok(v) => v,
-        Err(errors) => {
-            // Keep what the patient typed: the draft gains the valid part of this attempt.
-            let mut draft = draft_of(state, inv).await.unwrap_or_default();
-            draft.extend(crate::survey::normalise_draft(&q, &answers));
-            let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
-            return Err(FlowError::Invalid(errors.0));
-        }
-    };
-
-    // The report's checksum is that of its content, known before any PDF exists.
-    let mut stored = inv.clone();
-    stored.status = COMPLETED.to_owned();
-    stored.completed_at = Some(now);
-    let clinic = crate::outbox::run::clinic_name(state, inv).await;
-    let input = crate::completion::report_input(&clinic, &q, &stored, &valid, now);
-    let sha256 = crate::report::content_sha256(&input);
-
-    // Claim first: of concurrent submits only the one that flips the status goes on;
-    // the others are answered `Completed` at once. The answers, the checksum and the
-    // comment job are stored with the claim. Where results are delivered, the job
-    // renders the PDF (`outbox::run`) and the patient does not wait for it (issue 19:
-    // 50 patients at once waited 450 ms at p99 behind each other's PDFs); nothing is
-    // lost if the process stops, the job is committed with the answers.
-    let job_key = format!("invitation:{}:completion", inv.id);
-    let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
-    let answers_json =
-        serde_json::to_value(&valid).map_err(|e| FlowError::Internal(e.to_string()))?;
-    // With concurrent submits and robot calls, in one transaction (`group_write`):
-    // 50 patients at once otherwise queue for a commit each.
-    let claim = Claim {
-        invitation: inv.id.clone(),
-        portal_id: inv.portal_id,
-        answers: answers_json,
-        sha256: sha256.clone(),
-        at: now,
-        job_key: delivers.then_some(job_key),
-    };
-    let claimed = state
-        .group_write(move |txn| {
-            let claim = claim.clone();
-            Box::pin(async move { store_claim(txn, &claim).await })
-        })
-        .await?;
-    if !claimed {
-        return Err(FlowError::Completed);
-    }
-    if delivers {
-        state.nudge_outbox();
-        tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
-        return Ok(Submitted {
-            completed_at: now,
-            report_sha256: sha256,
-        });
-    }
-
-    // Nothing delivers the results: the PDF is built here, for the deal tab and the
-    // API. The answers are stored: a PDF that does not build is no reason to refuse
-    // the patient.
-    let report = match crate::completion::render_report(input).await {
+    input: crate::report::ReportInput,
+) -> Option<RenderedReport> {
+    match crate::completion::render_report(input).await {
         Ok(report) => {
             tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
             Some(report)
@@ -365,24 +439,28 @@ pub async fn submit(
             tracing::error!(survey_id = %inv.id, error = %e, "Отчёт PDF не построен");
             None
         }
-    };
-
-    let (_turn, txn) = state.begin_write().await?;
-    if let Some(report) = &report {
-        response::Entity::update_many()
-            .col_expr(
-                response::Column::ReportSha256,
-                Expr::value(report.sha256.clone()),
-            )
-            .col_expr(response::Column::ReportPdf, Expr::value(report.pdf.clone()))
-            .filter(response::Column::InvitationId.eq(inv.id.clone()))
-            .exec(&txn)
-            .await?;
     }
+}
+
+/// Stores the PDF, if one was built.
+async fn release_completion(
+    state: &AppState,
+    inv: &invitation::Model,
+    report: Option<&RenderedReport>,
+) -> Result<(), FlowError> {
+    let Some(report) = report else {
+        return Ok(());
+    };
+    let (_turn, txn) = state.begin_write().await?;
+    response::Entity::update_many()
+        .col_expr(
+            response::Column::ReportSha256,
+            Expr::value(report.sha256.clone()),
+        )
+        .col_expr(response::Column::ReportPdf, Expr::value(report.pdf.clone()))
+        .filter(response::Column::InvitationId.eq(inv.id.clone()))
+        .exec(&txn)
+        .await?;
     txn.commit().await?;
-    tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
-    Ok(Submitted {
-        completed_at: now,
-        report_sha256: sha256,
-    })
+    Ok(())
 }

@@ -5,6 +5,9 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
+use crate::crm::InvitationId;
+use crate::db::entities::invitation;
 use crate::secret::Secret;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,7 +21,7 @@ struct Claims {
 pub enum LinkError {
     /// Signature valid, time is up: the patient gets «срок истёк».
     #[error("link expired")]
-    Expired { invitation: String },
+    Expired { invitation: InvitationId },
     /// Anything else: tampered, truncated, signed with another key. No hint why.
     #[error("link invalid")]
     Invalid,
@@ -59,7 +62,7 @@ impl LinkSigner {
     }
 
     /// The invitation id behind a token, or why it is refused.
-    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<String, LinkError> {
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<InvitationId, LinkError> {
         if token.len() > 512 {
             return Err(LinkError::Invalid);
         }
@@ -73,21 +76,28 @@ impl LinkSigner {
             .map_err(|_| LinkError::Invalid)?;
         if data.claims.exp <= now.timestamp() {
             return Err(LinkError::Expired {
-                invitation: data.claims.i,
+                invitation: data.claims.i.into(),
             });
         }
-        Ok(data.claims.i)
+        Ok(data.claims.i.into())
     }
 }
 
-/// A random id of 12 characters from an unambiguous alphabet (~70 bits).
-pub fn new_invitation_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
-    let mut rng = rand::thread_rng();
-    (0..12)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+/// The patient's link `{PUBLIC_URL}/s/{token}` for an invitation: the one place it
+/// is built (the robot's answer, the link field, the doctor's «Отправить новую
+/// ссылку», the webhook robot's answer all come through here).
+pub fn survey_url(config: &Config, signer: &LinkSigner, inv: &invitation::Model) -> String {
+    config.public(&survey_path(&signer.sign(&inv.id, inv.expires_at)))
+}
+
+fn survey_path(token: &str) -> String {
+    format!("/s/{token}")
+}
+
+/// A new invitation's id: [`crate::db::random_id`] (~70 bits, unambiguous letters,
+/// short enough for the link and the timeline marker).
+pub fn new_invitation_id() -> InvitationId {
+    InvitationId::random()
 }
 
 /// A random secret for signing links when none is configured.
@@ -112,7 +122,7 @@ mod tests {
         let s = signer("k1");
         let now = Utc::now();
         let id = new_invitation_id();
-        let token = s.sign(&id, now + Duration::days(7));
+        let token = s.sign(id.as_str(), now + Duration::days(7));
         assert!(token.len() < 130, "{} chars", token.len());
         assert_eq!(s.verify(&token, now).unwrap(), id);
     }
@@ -125,7 +135,7 @@ mod tests {
         assert_eq!(
             s.verify(&token, now),
             Err(LinkError::Expired {
-                invitation: "abc".into()
+                invitation: "abc".to_owned().into()
             })
         );
         let other = signer("k2").sign("abc", now + Duration::days(1));

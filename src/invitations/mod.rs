@@ -4,89 +4,29 @@
 pub mod issue;
 pub mod lifecycle;
 pub mod links;
-pub mod patient;
+pub mod portal_settings;
+
+pub use crate::crm::{Channel, EntityRef, EntityType, patient};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::db::entities::invitation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// Installed local application: results go through the portal's OAuth tokens.
-    App,
-    /// Single-portal setups (webhook robot, outgoing webhook): results go through
-    /// `BITRIX24_WEBHOOK_URL`.
-    Webhook,
+pub use crate::db::entities::invitation::Status;
+
+pub const SENT: Status = Status::Sent;
+pub const OPENED: Status = Status::Opened;
+pub const COMPLETED: Status = Status::Completed;
+
+/// The statuses a person sees (the patient API, the deal tab): the stored ones and
+/// `expired`, which is derived from `expires_at`, never stored.
+pub mod shown {
+    pub const SENT: &str = "sent";
+    pub const OPENED: &str = "opened";
+    pub const COMPLETED: &str = "completed";
+    pub const EXPIRED: &str = "expired";
 }
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::App => "app",
-            Channel::Webhook => "webhook",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntityType {
-    Deal,
-    Lead,
-}
-
-impl EntityType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityType::Deal => "DEAL",
-            EntityType::Lead => "LEAD",
-        }
-    }
-
-    /// Lower-case name used by `crm.timeline.comment.add` (protocol §12.4).
-    pub fn timeline_name(self) -> &'static str {
-        match self {
-            EntityType::Deal => "deal",
-            EntityType::Lead => "lead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "DEAL" | "CCRMDOCUMENTDEAL" => Some(EntityType::Deal),
-            "LEAD" | "CCRMDOCUMENTLEAD" => Some(EntityType::Lead),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EntityRef {
-    pub kind: EntityType,
-    pub id: i64,
-}
-
-impl EntityRef {
-    /// `DEAL_4217` / `LEAD_12` from a business-process `document_id[2]` (protocol §4.3).
-    pub fn from_document_id(doc: &str) -> Option<Self> {
-        let (kind, id) = doc.rsplit_once('_')?;
-        let kind = EntityType::parse(kind)?;
-        let id: i64 = id.parse().ok().filter(|n| *n > 0)?;
-        Some(EntityRef { kind, id })
-    }
-
-    pub fn from_row(row: &invitation::Model) -> Self {
-        EntityRef {
-            kind: EntityType::parse(&row.entity_type).unwrap_or(EntityType::Deal),
-            id: row.entity_id,
-        }
-    }
-}
-
-pub const SENT: &str = "sent";
-pub const OPENED: &str = "opened";
-pub const COMPLETED: &str = "completed";
-pub const EXPIRED: &str = "expired";
 
 /// What a caller asks for; `dedupe_key` makes a repeated request (the same robot
 /// `event_token`, the same outgoing event) return the invitation it created first.
@@ -104,7 +44,7 @@ pub struct NewInvitation {
 }
 
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Issued {
     pub invitation: invitation::Model,
     /// True when an existing invitation was returned (repeat or active reuse).
     pub existing: bool,
@@ -116,9 +56,9 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     db: &C,
     new: &NewInvitation,
     now: DateTime<Utc>,
-) -> Result<Outcome, DbErr> {
+) -> Result<Issued, DbErr> {
     let existing = |invitation| {
-        Ok(Outcome {
+        Ok(Issued {
             invitation,
             existing: true,
         })
@@ -138,15 +78,15 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     // Times as the database keeps them (microseconds), so the returned row equals
     // the stored one.
     let row = invitation::Model {
-        id: links::new_invitation_id(),
+        id: links::new_invitation_id().into_string(),
         portal_id: new.portal_id,
-        channel: new.channel.as_str().to_owned(),
-        entity_type: new.entity.kind.as_str().to_owned(),
+        channel: new.channel,
+        entity_type: new.entity.kind,
         entity_id: new.entity.id,
         patient_name: new.patient_name.chars().take(255).collect(),
         questionnaire_code: new.questionnaire_code.clone(),
         questionnaire_version: new.questionnaire_version as i32,
-        status: SENT.to_owned(),
+        status: SENT,
         dedupe_key: new.dedupe_key.clone(),
         created_at: now.trunc_subsecs(6),
         opened_at: None,
@@ -156,7 +96,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     // A repeated request (same key) inserts nothing instead of failing, which on
     // PostgreSQL would also abort the caller's transaction.
     if crate::db::prepared::insert_invitation(db, &row).await? {
-        return Ok(Outcome {
+        return Ok(Issued {
             invitation: row,
             existing: false,
         });
@@ -183,7 +123,7 @@ async fn find_active<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Option<invitation::Model>, DbErr> {
     let mut q = invitation::Entity::find()
-        .filter(invitation::Column::EntityType.eq(entity.kind.as_str()))
+        .filter(invitation::Column::EntityType.eq(entity.kind))
         .filter(invitation::Column::EntityId.eq(entity.id))
         .filter(invitation::Column::QuestionnaireCode.eq(code))
         .filter(invitation::Column::Status.ne(COMPLETED))
@@ -206,7 +146,7 @@ pub async fn of_entity<C: ConnectionTrait>(
     entity: EntityRef,
 ) -> Result<Vec<invitation::Model>, DbErr> {
     let mut q = invitation::Entity::find()
-        .filter(invitation::Column::EntityType.eq(entity.kind.as_str()))
+        .filter(invitation::Column::EntityType.eq(entity.kind))
         .filter(invitation::Column::EntityId.eq(entity.id))
         .order_by_desc(invitation::Column::CreatedAt);
     q = match portal_id {
@@ -218,28 +158,21 @@ pub async fn of_entity<C: ConnectionTrait>(
 
 /// The status a person sees: `expired` is derived, never stored.
 pub fn status_of(row: &invitation::Model, now: DateTime<Utc>) -> &'static str {
-    match row.status.as_str() {
-        COMPLETED => COMPLETED,
-        _ if row.expires_at <= now => EXPIRED,
-        OPENED => OPENED,
-        _ => SENT,
+    match row.status {
+        Status::Completed => shown::COMPLETED,
+        _ if row.expires_at <= now => shown::EXPIRED,
+        Status::Opened => shown::OPENED,
+        Status::Sent => shown::SENT,
     }
 }
 
 pub fn status_label(status: &str) -> &'static str {
     match status {
-        COMPLETED => "заполнена",
-        EXPIRED => "истекла",
-        OPENED => "открыта",
+        shown::COMPLETED => "заполнена",
+        shown::EXPIRED => "истекла",
+        shown::OPENED => "открыта",
         _ => "отправлена",
     }
-}
-
-pub fn is_unique_violation(e: &DbErr) -> bool {
-    matches!(
-        e.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::b24::inbound::{DocumentId, EventData, rejected};
+use crate::bitrix24::callback::{DocumentId, EventData, EventFields, rejected};
 use crate::bitrix24::form::{self, FormError};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// `auth[...]` of an outgoing-webhook event (protocol §8): only its token matters.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,10 +61,12 @@ impl Fields {
         Fields {
             event: self.event.or(other.event),
             data: EventData {
-                fields: crate::b24::inbound::EventFields {
+                fields: EventFields {
                     id: self.data.fields.id.or(other.data.fields.id),
                 },
                 clean: self.data.clean.or(other.data.clean),
+                // The guides' webhooks never carry timeline actions.
+                timeline_action: Default::default(),
             },
             auth: WebhookAuth {
                 application_token: self.auth.application_token.or(other.auth.application_token),
@@ -97,15 +99,16 @@ pub enum InputError {
 /// The request's fields from its query string and body, or a 400 saying what was
 /// expected.
 pub async fn from_request(req: &poem::Request, body: poem::Body) -> Result<Fields, ApiError> {
-    let bytes = body
-        .into_bytes()
-        .await
-        .map_err(|_| ApiError::bad_request("bad_body", "Не удалось прочитать тело запроса"))?;
+    let bytes = body.into_bytes().await.map_err(|_| {
+        ApiError::bad_request(ErrorCode::BadBody, "Не удалось прочитать тело запроса")
+    })?;
     read(req.uri().query(), req.content_type(), &bytes)
         .await
         .map_err(|e| match e {
             InputError::Form(e) => rejected(&e),
-            InputError::Unparsable(message) => ApiError::bad_request("unparsable_body", message),
+            InputError::Unparsable(message) => {
+                ApiError::bad_request(ErrorCode::UnparsableBody, message)
+            }
         })
 }
 

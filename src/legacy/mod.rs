@@ -9,7 +9,7 @@ pub mod webhook_robot;
 use serde_json::{Value, json};
 
 use crate::bitrix24::Target;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{EntityRef, EntityType};
 use crate::state::AppState;
 
@@ -33,7 +33,7 @@ pub async fn check_pipeline(
         None => {
             let Some(url) = state.config.webhook_url.clone() else {
                 return Err(ApiError::bad_request(
-                    "category_unknown",
+                    ErrorCode::CategoryUnknown,
                     "Не удалось проверить воронку: передайте category_id или задайте BITRIX24_WEBHOOK_URL",
                 ));
             };
@@ -48,7 +48,7 @@ pub async fn check_pipeline(
                 .map_err(|e| {
                     tracing::warn!(error = %e, "Не удалось прочитать сделку для проверки воронки");
                     ApiError::unavailable(
-                        "portal_unavailable",
+                        ErrorCode::PortalUnavailable,
                         format!(
                             "Не удалось прочитать сделку в Битрикс24: {}",
                             e.admin_message()
@@ -71,7 +71,7 @@ pub async fn check_pipeline(
             "Сделка из другой воронки пропущена"
         );
         return Err(ApiError::forbidden(
-            "category_not_processed",
+            ErrorCode::CategoryNotProcessed,
             "Эта воронка не обрабатывается",
         ));
     }

@@ -10,7 +10,7 @@ use poem::{Body, Request, handler};
 use serde_json::{Value, json};
 
 use super::input::{self, Fields};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{Channel, EntityRef, EntityType};
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -39,7 +39,7 @@ pub async fn outgoing(
             describe(find_token(&fields, req.headers()).as_ref(), None)
         );
         return Err(ApiError::unavailable(
-            "not_configured",
+            ErrorCode::NotConfigured,
             "Интеграция не настроена: задайте BITRIX24_OUTGOING_WEBHOOK_TOKEN",
         ));
     };
@@ -54,7 +54,7 @@ pub async fn outgoing(
                 describe(found.as_ref(), Some(&expected))
             );
             return Err(ApiError::unauthorized(
-                "bad_application_token",
+                ErrorCode::BadApplicationToken,
                 "Неверный токен исходящего вебхука: сравните application_token в Битрикс24 и BITRIX24_OUTGOING_WEBHOOK_TOKEN",
             ));
         }
@@ -80,7 +80,9 @@ pub async fn outgoing(
         .as_deref()
         .and_then(|s| s.parse().ok())
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request("id_missing", "В событии нет data[FIELDS][ID]"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::IdMissing, "В событии нет data[FIELDS][ID]")
+        })?;
     let entity = EntityRef { kind, id };
     super::check_pipeline(state, entity, None).await?;
     let inv = crate::invitations::issue::create_for_new_entity(

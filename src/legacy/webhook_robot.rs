@@ -9,7 +9,7 @@ use poem::{Body, Request, handler};
 use serde_json::{Value, json};
 
 use super::input;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{Channel, EntityRef, EntityType, patient};
 use crate::state::AppState;
 
@@ -22,7 +22,7 @@ pub async fn webhook_robot(
     let Some(expected) = state.config.incoming_token.clone() else {
         tracing::warn!("Получен вебхук от Битрикс24, но BITRIX24_INCOMING_TOKEN не задан");
         return Err(ApiError::unavailable(
-            "not_configured",
+            ErrorCode::NotConfigured,
             "Интеграция не настроена: задайте BITRIX24_INCOMING_TOKEN",
         ));
     };
@@ -66,6 +66,8 @@ pub async fn webhook_robot(
             reuse_active: !force,
             lifetime_days: state.config.link_days,
             dedupe_key: None,
+            questionnaire: None,
+            robot_event: None,
         },
     )
     .await?;
@@ -79,7 +81,7 @@ pub async fn webhook_robot(
 
 fn unauthorized() -> ApiError {
     ApiError::unauthorized(
-        "bad_token",
+        ErrorCode::BadToken,
         "Неверный токен: проверьте auth_token (или token) в настройках робота и BITRIX24_INCOMING_TOKEN",
     )
 }
@@ -92,7 +94,7 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
         .map(|t| {
             EntityType::parse(t).ok_or_else(|| {
                 ApiError::bad_request(
-                    "entity_type_unsupported",
+                    ErrorCode::EntityTypeUnsupported,
                     format!("entity_type должен быть DEAL или LEAD, получено «{t}»"),
                 )
             })
@@ -101,7 +103,7 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
     if let Some(raw) = fields.lead_id.clone().or_else(|| fields.deal_id.clone()) {
         if raw.contains("{{") || raw.contains("{=") {
             return Err(ApiError::bad_request(
-                "lead_id_template",
+                ErrorCode::LeadIdTemplate,
                 format!(
                     "lead_id не подставился («{raw}»): проверьте переменную {{{{ID}}}} в настройках робота"
                 ),
@@ -112,7 +114,7 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
         }
         let id = raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
             ApiError::bad_request(
-                "lead_id_invalid",
+                ErrorCode::LeadIdInvalid,
                 format!("lead_id должен быть номером сделки, получено «{raw}»"),
             )
         })?;
@@ -124,13 +126,13 @@ fn entity_of(fields: &input::Fields) -> Result<EntityRef, ApiError> {
     if let Some(doc) = fields.document_id.document() {
         return EntityRef::from_document_id(doc).ok_or_else(|| {
             ApiError::bad_request(
-                "document_unsupported",
+                ErrorCode::DocumentUnsupported,
                 format!("Поддерживаются сделки и лиды, получено «{doc}»"),
             )
         });
     }
     Err(ApiError::bad_request(
-        "lead_id_missing",
+        ErrorCode::LeadIdMissing,
         "Не указана сделка: передайте lead_id (например ?lead_id={{ID}}) или вызовите из робота сделки",
     ))
 }

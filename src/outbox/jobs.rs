@@ -81,7 +81,7 @@ pub async fn claim<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let lease = crate::invitations::links::new_invitation_id();
+    let lease = crate::db::random_id();
     // The due condition is repeated in the UPDATE: between the SELECT and here another
     // worker may have claimed some of these rows, and only this check is atomic.
     outbox_job::Entity::update_many()
@@ -301,7 +301,7 @@ fn reschedule_waiting(
 
 /// What happened to one job.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum JobOutcome {
     Done(serde_json::Value),
     RetryAt(DateTime<Utc>, String),
     /// The portal pushed back (see `B24Error::is_backpressure`): try again at this
@@ -318,31 +318,31 @@ pub enum Outcome {
 pub async fn finish<C: ConnectionTrait>(
     db: &C,
     job: &outbox_job::Model,
-    outcome: Outcome,
+    outcome: JobOutcome,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     let mut update = unlock();
     update = match outcome {
-        Outcome::Lost => return Ok(()),
-        Outcome::Deferred(..) => update,
+        JobOutcome::Lost => return Ok(()),
+        JobOutcome::Deferred(..) => update,
         _ => update.col_expr(outbox_job::Column::Paused, Expr::value(false)),
     };
     update = match outcome {
-        Outcome::Lost => return Ok(()),
-        Outcome::Done(result) => update
+        JobOutcome::Lost => return Ok(()),
+        JobOutcome::Done(result) => update
             .col_expr(outbox_job::Column::DoneAt, Expr::value(now))
             .col_expr(outbox_job::Column::Result, Expr::value(result))
             .col_expr(
                 outbox_job::Column::LastError,
                 Expr::value(Option::<String>::None),
             ),
-        Outcome::RetryAt(at, error) => update
+        JobOutcome::RetryAt(at, error) => update
             .col_expr(
                 outbox_job::Column::RunAt,
                 Expr::value(at.timestamp_millis()),
             )
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
-        Outcome::Deferred(at, error) => update
+        JobOutcome::Deferred(at, error) => update
             .col_expr(
                 outbox_job::Column::RunAt,
                 Expr::value(at.timestamp_millis()),
@@ -353,7 +353,7 @@ pub async fn finish<C: ConnectionTrait>(
                 Expr::col(outbox_job::Column::Deferrals).add(1),
             )
             .col_expr(outbox_job::Column::Paused, Expr::value(true)),
-        Outcome::Dead(error) => update
+        JobOutcome::Dead(error) => update
             .col_expr(outbox_job::Column::DeadAt, Expr::value(now))
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
     };

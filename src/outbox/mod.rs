@@ -4,11 +4,13 @@
 //! Guarantees: a job is never lost (it stays until done or dead); a repeated request
 //! cannot enqueue it twice (unique idempotency key); a job cut off mid-way runs again
 //! when its lease lapses (seconds: leases are renewed while a job runs), and each job
-//! kind is made harmless to repeat (see `run`). A portal that pushes back pauses its
+//! kind is made harmless to repeat (see `run`, `post_completion`). A portal that pushes back pauses its
 //! own queue only (`backpressure`).
 
 pub mod backpressure;
 pub mod jobs;
+pub mod link_field;
+pub mod post_completion;
 pub mod run;
 pub mod uninstall;
 pub mod worker;
@@ -16,6 +18,7 @@ pub mod worker;
 use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Deserialize, Serialize};
 
+use crate::crm::InvitationId;
 use crate::db::prepared::NewJob;
 
 /// A side effect to carry out. The payload names rows, not their content, so a job
@@ -24,16 +27,16 @@ use crate::db::prepared::NewJob;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {
     /// Read the deal/lead and its contact and store «Фамилия Имя Отчество».
-    ResolvePatient { invitation: String },
+    ResolvePatient { invitation: InvitationId },
     /// `bizproc.event.send` with `survey_url`/`survey_id` for the waiting robot.
     ReturnRobotValues {
-        invitation: String,
+        invitation: InvitationId,
         event_token: String,
     },
     /// Write the link into the deal's/lead's link field.
-    WriteLinkField { invitation: String },
+    WriteLinkField { invitation: InvitationId },
     /// Timeline comment «Пациент завершил опрос …» with the PDF attached.
-    PostCompletion { invitation: String },
+    PostCompletion { invitation: InvitationId },
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
@@ -51,7 +54,7 @@ impl Job {
     }
 
     /// The invitation the job works on; `None` for portal-wide jobs.
-    pub fn invitation(&self) -> Option<&str> {
+    pub fn invitation(&self) -> Option<&InvitationId> {
         match self {
             Job::ResolvePatient { invitation }
             | Job::ReturnRobotValues { invitation, .. }
@@ -100,3 +103,22 @@ pub async fn enqueue_all<C: ConnectionTrait>(
 }
 
 pub use worker::Outbox;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_keep_their_stored_shape() {
+        // Rows queued before the invitation id had a type of its own read the same.
+        let stored = serde_json::json!({"kind": "return_robot_values", "invitation": "a2B3c4D5e6F7", "event_token": "t|1"});
+        let job: Job = serde_json::from_value(stored.clone()).expect("reads");
+        assert_eq!(
+            job.invitation().map(InvitationId::as_str),
+            Some("a2B3c4D5e6F7")
+        );
+        assert_eq!(serde_json::to_value(&job).expect("writes"), stored);
+        let portal_wide = Job::ConfirmUninstall { clean: true };
+        assert_eq!(portal_wide.invitation(), None);
+    }
+}

@@ -1,23 +1,24 @@
-//! Carrying out claimed jobs of one portal (or of the webhook setup).
+//! Carrying out claimed jobs of one portal (or of the webhook setup): planning them
+//! into batches and reading each job's outcome back.
 //!
 //! Jobs that are plain REST calls are coalesced into `batch` requests (up to 50
 //! commands, a job's commands never split across two), so a morning's burst of robot
 //! runs costs a few requests instead of hundreds. The timeline comment carries a file
-//! and goes alone: the batch method refuses file uploads (protocol §12.4).
+//! and goes alone (`post_completion`): the batch method refuses file uploads
+//! (protocol §12.4).
 
 use std::collections::HashMap;
 
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use super::Job;
-use super::jobs::{MAX_ATTEMPTS, Outcome, failures};
+use super::jobs::{JobOutcome, MAX_ATTEMPTS, failures};
 use crate::bitrix24::{B24Error, BatchCommand, Target};
-use crate::db::entities::{invitation, outbox_job, response};
-use crate::invitations::{EntityRef, EntityType, patient};
+use crate::crm::{EntityRef, EntityType, patient};
+use crate::db::entities::{invitation, outbox_job};
 use crate::state::AppState;
 
 const MAX_COMMANDS: usize = 50;
@@ -42,7 +43,7 @@ pub async fn run_group(
     target: Result<Target, Unreachable>,
     claimed: Vec<Claimed>,
     now: DateTime<Utc>,
-) -> Vec<(outbox_job::Model, Outcome)> {
+) -> Vec<(outbox_job::Model, JobOutcome)> {
     let target = match target {
         Ok(t) => t,
         Err(why) => {
@@ -54,7 +55,7 @@ pub async fn run_group(
                     (Unreachable::Gone(_), Job::ConfirmUninstall { clean }) => {
                         super::uninstall::after_uninstall(state, &c.row, *clean, now).await
                     }
-                    (Unreachable::Gone(reason), _) => Outcome::Dead(reason.clone()),
+                    (Unreachable::Gone(reason), _) => JobOutcome::Dead(reason.clone()),
                     (Unreachable::Transient(reason), _) => {
                         retry(failures(&c.row), None, reason.clone(), now)
                     }
@@ -74,13 +75,13 @@ pub async fn run_group(
             Job::ConfirmUninstall { clean } => {
                 super::uninstall::confirm(state, &target, &c.row, *clean, now).await
             }
-            _ => Outcome::Dead("not a portal-wide job".into()),
+            _ => JobOutcome::Dead("not a portal-wide job".into()),
         };
         outcomes.push((c.row, outcome));
     }
     let ids: Vec<String> = claimed
         .iter()
-        .filter_map(|c| c.job.invitation().map(str::to_owned))
+        .filter_map(|c| c.job.invitation().map(|id| id.as_str().to_owned()))
         .collect();
     let invitations: HashMap<String, invitation::Model> = match invitation::Entity::find()
         .filter(invitation::Column::Id.is_in(ids))
@@ -103,19 +104,23 @@ pub async fn run_group(
     // again now would only add to its load.
     let mut pushback: Option<String> = None;
     for c in claimed {
-        match c.job.invitation().and_then(|id| invitations.get(id)) {
+        match c
+            .job
+            .invitation()
+            .and_then(|id| invitations.get(id.as_str()))
+        {
             // Deleted with the portal's data (uninstall with CLEAN): nothing to deliver.
             None => outcomes.push((
                 c.row,
-                Outcome::Done(json!({"skipped": "invitation deleted"})),
+                JobOutcome::Done(json!({"skipped": "invitation deleted"})),
             )),
             Some(inv) => match &c.job {
                 Job::PostCompletion { .. } => {
                     let outcome = match &pushback {
-                        Some(error) => Outcome::Deferred(now, error.clone()),
-                        None => post_completion(state, &target, &c.row, inv, now).await,
+                        Some(error) => JobOutcome::Deferred(now, error.clone()),
+                        None => super::post_completion::run(state, &target, &c.row, inv, now).await,
                     };
-                    if let Outcome::Deferred(_, error) = &outcome {
+                    if let JobOutcome::Deferred(_, error) = &outcome {
                         pushback = Some(error.clone());
                     }
                     outcomes.push((c.row, outcome));
@@ -157,13 +162,13 @@ pub async fn run_group(
             outcomes.extend(
                 chunk
                     .into_iter()
-                    .map(|(c, _, _)| (c.row, Outcome::Deferred(now, error.clone()))),
+                    .map(|(c, _, _)| (c.row, JobOutcome::Deferred(now, error.clone()))),
             );
             continue;
         }
         let done = run_chunk(state, &target, chunk, now).await;
         pushback = done.iter().find_map(|(_, o)| match o {
-            Outcome::Deferred(_, error) => Some(error.clone()),
+            JobOutcome::Deferred(_, error) => Some(error.clone()),
             _ => None,
         });
         outcomes.extend(done);
@@ -178,7 +183,7 @@ async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityTyp
     if state.link_field_checked(entity) {
         return;
     }
-    match crate::b24::registration::ensure_link_field(state, target, entity).await {
+    match super::link_field::ensure(state, target, entity).await {
         Ok(()) => state.mark_link_field_checked(entity),
         Err(e) => tracing::warn!(error = %e, entity, "Не удалось проверить поле для ссылки"),
     }
@@ -189,12 +194,6 @@ fn entity_method(kind: EntityType, verb: &str) -> String {
         EntityType::Deal => format!("crm.deal.{verb}"),
         EntityType::Lead => format!("crm.lead.{verb}"),
     }
-}
-
-fn survey_url(state: &AppState, inv: &invitation::Model) -> String {
-    state
-        .config
-        .public(&format!("/s/{}", state.links.sign(&inv.id, inv.expires_at)))
 }
 
 fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<BatchCommand> {
@@ -218,7 +217,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             cmds
         }
         Job::ReturnRobotValues { event_token, .. } => {
-            let url = survey_url(state, inv);
+            let url = state.survey_url(inv);
             vec![BatchCommand {
                 name: format!("e{id}"),
                 method: "bizproc.event.send".into(),
@@ -233,7 +232,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             let mut fields = serde_json::Map::new();
             fields.insert(
                 state.config.link_field.clone(),
-                json!(survey_url(state, inv)),
+                json!(state.survey_url(inv)),
             );
             vec![BatchCommand {
                 name: format!("f{id}"),
@@ -255,7 +254,7 @@ fn is_single_use(method: &str) -> bool {
 /// may be there already: the job was claimed before (`attempts` counts this claim
 /// too; a worker that died mid-call left no outcome), or an admin put it back after
 /// failures («Повторить» starts the count again; the last error stays).
-fn tried_before(row: &outbox_job::Model) -> bool {
+pub(super) fn tried_before(row: &outbox_job::Model) -> bool {
     row.attempts > 1 || row.last_error.is_some()
 }
 
@@ -274,7 +273,7 @@ async fn run_chunk(
     target: &Target,
     chunk: Vec<(Claimed, invitation::Model, Vec<BatchCommand>)>,
     now: DateTime<Utc>,
-) -> Vec<(outbox_job::Model, Outcome)> {
+) -> Vec<(outbox_job::Model, JobOutcome)> {
     let commands: Vec<BatchCommand> = chunk.iter().flat_map(|(_, _, c)| c.clone()).collect();
     // A robot's event token is single-use: a batch carrying it is not sent again by
     // the client after an answer that may hide a batch carried out; the job's next
@@ -327,20 +326,20 @@ async fn run_chunk(
                 }
             }
             Job::ReturnRobotValues { .. } => match take(format!("e{id}")) {
-                Ok(v) => Outcome::Done(json!({"result": v})),
+                Ok(v) => JobOutcome::Done(json!({"result": v})),
                 // protocol §4.4: a used event token answers ACCESS_DENIED. On a repeat
                 // that means an earlier attempt landed before its answer was lost.
-                Err(e) if e.is_access_denied() && tried_before(&c.row) => Outcome::Done(
+                Err(e) if e.is_access_denied() && tried_before(&c.row) => JobOutcome::Done(
                     json!({"note": "event token already used: an earlier attempt was delivered"}),
                 ),
                 Err(e) => classify(&e, &c.row, now),
             },
             Job::WriteLinkField { .. } => match take(format!("f{id}")) {
-                Ok(v) => Outcome::Done(json!({"result": v})),
+                Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
             Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
-                Outcome::Dead("not a batch job".into())
+                JobOutcome::Dead("not a batch job".into())
             }
         };
         out.push((c.row, outcome));
@@ -399,156 +398,17 @@ async fn store_name(
     inv: &invitation::Model,
     name: String,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     if name == inv.patient_name
         || (name == patient::PLACEHOLDER && inv.patient_name != patient::PLACEHOLDER)
     {
-        return Outcome::Done(json!({"name": "unchanged"}));
+        return JobOutcome::Done(json!({"name": "unchanged"}));
     }
     let mut row: invitation::ActiveModel = inv.clone().into();
     row.patient_name = Set(name);
     match row.update(&state.db).await {
-        Ok(_) => Outcome::Done(json!({"name": "resolved"})),
+        Ok(_) => JobOutcome::Done(json!({"name": "resolved"})),
         Err(e) => retry(1, None, format!("база данных: {e}"), now),
-    }
-}
-
-async fn post_completion(
-    state: &AppState,
-    target: &Target,
-    row: &outbox_job::Model,
-    inv: &invitation::Model,
-    now: DateTime<Utc>,
-) -> Outcome {
-    let entity = EntityRef::from_row(inv);
-    let resp = match response::Entity::find_by_id(inv.id.clone())
-        .one(&state.db)
-        .await
-    {
-        Ok(Some(r)) => r,
-        Ok(None) => return Outcome::Dead("ответы не найдены".into()),
-        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
-    };
-    let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
-        return Outcome::Dead("опрос не завершён".into());
-    };
-    let answers: crate::survey::Answers = serde_json::from_value(answers).unwrap_or_default();
-    let Some(q) = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
-    else {
-        return Outcome::Dead(format!(
-            "анкета {} версии {} не найдена",
-            inv.questionnaire_code, inv.questionnaire_version
-        ));
-    };
-
-    // A repeat after an answer that never came back: the comment may already be there.
-    if tried_before(row) {
-        match find_posted_comment(state, target, entity, &inv.id).await {
-            Ok(Some(id)) => {
-                return Outcome::Done(json!({"comment_id": id, "note": "found on retry"}));
-            }
-            Ok(None) => {}
-            // An app not allowed to list comments: posting again risks a duplicate,
-            // not posting loses the result; the doctor must get it.
-            Err(e) if e.is_access_denied() || matches!(e, B24Error::InsufficientScope) => {
-                tracing::warn!(
-                error = %e,
-                    "Не удалось проверить, был ли комментарий отправлен ранее; отправляем"
-                )
-            }
-            Err(e) => return classify(&e, row, now),
-        }
-    }
-
-    // Rendered here when the submit left it to this job (`completion`).
-    let pdf = crate::completion::stored_or_rendered_pdf(state, inv, &resp).await;
-    // The portal cannot tell a second comment from a first: post only while the job
-    // is still ours, not after another worker took it over from a stalled one.
-    match super::jobs::holds(&state.db, row).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Lost,
-        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
-    }
-    let mut fields = serde_json::Map::new();
-    fields.insert("ENTITY_ID".into(), json!(entity.id));
-    fields.insert("ENTITY_TYPE".into(), json!(entity.kind.timeline_name()));
-    if let Some(pdf) = pdf {
-        let comment = crate::completion::timeline_comment(&q, inv, &answers, completed_at);
-        let file = crate::completion::pdf_file_name(inv, completed_at);
-        fields.insert("COMMENT".into(), json!(comment));
-        fields.insert(
-            "FILES".into(),
-            json!([[file, base64::engine::general_purpose::STANDARD.encode(&pdf)]]),
-        );
-    } else {
-        let comment =
-            crate::completion::timeline_comment_without_pdf(&q, inv, &answers, completed_at);
-        fields.insert("COMMENT".into(), json!(comment));
-    }
-    // Not repeated by the client after an answer that may hide a comment posted:
-    // the next try of this job looks for the marker first.
-    match state
-        .b24
-        .call_once(
-            target,
-            "crm.timeline.comment.add",
-            json!({ "fields": fields }),
-        )
-        .await
-    {
-        Ok(id) => Outcome::Done(json!({"comment_id": id})),
-        Err(e) => classify(&e, row, now),
-    }
-}
-
-async fn find_posted_comment(
-    state: &AppState,
-    target: &Target,
-    entity: EntityRef,
-    invitation_id: &str,
-) -> Result<Option<Value>, B24Error> {
-    let list = state
-        .b24
-        .list_all(
-            target,
-            "crm.timeline.comment.list",
-            json!({
-                "filter": {"ENTITY_ID": entity.id, "ENTITY_TYPE": entity.kind.timeline_name()},
-                "select": ["ID", "COMMENT"],
-            }),
-        )
-        .await?;
-    Ok(list
-        .into_iter()
-        .find(|c| {
-            c.get("COMMENT")
-                .and_then(Value::as_str)
-                .is_some_and(|t| crate::completion::carries_marker(t, invitation_id))
-        })
-        .and_then(|c| c.get("ID").cloned()))
-}
-
-/// Clinic name for the PDF header: `CLINIC_NAME`, else the portal's domain.
-pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
-    if let Some(name) = &state.config.clinic_name {
-        return name.clone();
-    }
-    match inv.portal_id {
-        Some(pid) => crate::db::entities::portal::Entity::find_by_id(pid)
-            .one(&state.db)
-            .await
-            .ok()
-            .flatten()
-            .map(|p| p.domain)
-            .unwrap_or_default(),
-        None => state
-            .config
-            .webhook_url
-            .as_ref()
-            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
-            .unwrap_or_default(),
     }
 }
 
@@ -557,18 +417,18 @@ pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
 const FIRST_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Wait for the portal, retry, or give up, as the error says.
-pub fn classify(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> Outcome {
+pub fn classify(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> JobOutcome {
     if e.is_backpressure() {
         let after = e
             .retry_after()
             .unwrap_or(FIRST_PROBE)
             .min(super::backpressure::PROBE_CAP);
         let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::seconds(1));
-        Outcome::Deferred(now + after, e.admin_message())
+        JobOutcome::Deferred(now + after, e.admin_message())
     } else if e.is_retryable() {
         retry(failures(row), e.retry_after(), e.admin_message(), now)
     } else {
-        Outcome::Dead(e.admin_message())
+        JobOutcome::Dead(e.admin_message())
     }
 }
 
@@ -578,9 +438,9 @@ pub fn retry(
     after: Option<std::time::Duration>,
     error: String,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     if attempts >= MAX_ATTEMPTS {
-        return Outcome::Dead(format!("{error} (попыток: {attempts})"));
+        return JobOutcome::Dead(format!("{error} (попыток: {attempts})"));
     }
     let base_ms = 2_000i64.saturating_mul(1i64 << attempts.clamp(0, 20).saturating_sub(1));
     let capped = base_ms.min(600_000);
@@ -589,5 +449,5 @@ pub fn retry(
     if let Some(after) = after {
         delay_ms = delay_ms.max(after.as_millis() as i64);
     }
-    Outcome::RetryAt(now + chrono::Duration::milliseconds(delay_ms), error)
+    JobOutcome::RetryAt(now + chrono::Duration::milliseconds(delay_ms), error)
 }

@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 
 use super::Job;
-use super::jobs::{MAX_ATTEMPTS, Outcome, failures};
+use super::jobs::{JobOutcome, MAX_ATTEMPTS, failures};
 use super::run::{classify, retry};
 use crate::bitrix24::{B24Error, Target};
 use crate::db::entities::{invitation, outbox_job, portal, response};
@@ -63,7 +63,7 @@ async fn ask(state: &AppState, target: &Target) -> Result<(), B24Error> {
 
 /// Asked again later, however often it failed: a pushback waits on the portal's
 /// short schedule, anything else on the capped backoff, never dead.
-fn ask_again(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> Outcome {
+fn ask_again(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> JobOutcome {
     if e.is_backpressure() {
         return classify(e, row, now);
     }
@@ -71,7 +71,7 @@ fn ask_again(e: &B24Error, row: &outbox_job::Model, now: DateTime<Utc>) -> Outco
     retry(failures, e.retry_after(), e.admin_message(), now)
 }
 
-fn db_retry(e: &sea_orm::DbErr, row: &outbox_job::Model, now: DateTime<Utc>) -> Outcome {
+fn db_retry(e: &sea_orm::DbErr, row: &outbox_job::Model, now: DateTime<Utc>) -> JobOutcome {
     let failures = Ord::min(failures(row), MAX_ATTEMPTS - 1);
     retry(failures, None, format!("база данных: {e}"), now)
 }
@@ -84,9 +84,9 @@ pub async fn confirm(
     row: &outbox_job::Model,
     clean: bool,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     let Some(portal_id) = row.portal_id else {
-        return Outcome::Dead("задание без портала".into());
+        return JobOutcome::Dead("задание без портала".into());
     };
     match ask(state, target).await {
         Ok(()) => {
@@ -97,7 +97,7 @@ pub async fn confirm(
             if let Err(e) = audit(state, portal_id, "uninstall_refused").await {
                 return db_retry(&e, row, now);
             }
-            Outcome::Done(json!({"confirmed": false}))
+            JobOutcome::Done(json!({"confirmed": false}))
         }
         Err(e) if revoked(&e) => purged(state, portal_id, row, clean, now).await,
         Err(e) => {
@@ -114,10 +114,10 @@ pub async fn after_uninstall(
     row: &outbox_job::Model,
     clean: bool,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     match row.portal_id {
         Some(portal_id) => purged(state, portal_id, row, clean, now).await,
-        None => Outcome::Dead("задание без портала".into()),
+        None => JobOutcome::Dead("задание без портала".into()),
     }
 }
 
@@ -127,11 +127,11 @@ async fn purged(
     row: &outbox_job::Model,
     clean: bool,
     now: DateTime<Utc>,
-) -> Outcome {
+) -> JobOutcome {
     match purge(state, portal_id, row.id, clean).await {
         Ok((clean, deleted)) => {
             tracing::info!(portal_id, clean, deleted, "Приложение удалено с портала");
-            Outcome::Done(json!({"confirmed": true, "clean": clean, "deleted": deleted}))
+            JobOutcome::Done(json!({"confirmed": true, "clean": clean, "deleted": deleted}))
         }
         Err(e) => db_retry(&e, row, now),
     }
@@ -181,7 +181,7 @@ async fn purge(
             });
     let domain = p.domain.clone();
     let mut row: portal::ActiveModel = p.into();
-    row.status = Set(portal::UNINSTALLED.to_owned());
+    row.status = Set(portal::UNINSTALLED);
     row.access_token = Set(None);
     row.refresh_token = Set(None);
     row.expires_at = Set(None);

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Job;
 use super::backpressure::Probes;
-use super::jobs::{self, HEARTBEAT_MS, Outcome};
+use super::jobs::{self, HEARTBEAT_MS, JobOutcome};
 use super::run::{Claimed, Unreachable, run_group};
 use crate::bitrix24::Target;
 use crate::db::entities::{outbox_job, portal};
@@ -49,11 +49,7 @@ pub struct Outbox {
 impl Outbox {
     /// A worker with an identity of its own (tests, benches, one-off runs).
     pub fn new(state: AppState) -> Self {
-        let instance = format!(
-            "{}:{}",
-            host_name(),
-            crate::invitations::links::new_invitation_id()
-        );
+        let instance = format!("{}:{}", host_name(), crate::db::random_id());
         Self::for_instance(state, instance)
     }
 
@@ -179,7 +175,7 @@ impl Outbox {
                     .or_default()
                     .push(Claimed { row, job }),
                 Err(e) => {
-                    unreadable.push((row, Outcome::Dead(format!("неизвестное задание: {e}"))))
+                    unreadable.push((row, JobOutcome::Dead(format!("неизвестное задание: {e}"))))
                 }
             }
         }
@@ -206,7 +202,7 @@ impl Outbox {
         let hint = finished
             .iter()
             .filter_map(|(_, o)| match o {
-                Outcome::Deferred(at, _) => Some(*at),
+                JobOutcome::Deferred(at, _) => Some(*at),
                 _ => None,
             })
             .max();
@@ -214,7 +210,7 @@ impl Outbox {
             Some(hint) => {
                 let probe = self.probes.next(portal_id, hint, done_at);
                 for (_, outcome) in &mut finished {
-                    if let Outcome::Deferred(at, _) = outcome {
+                    if let JobOutcome::Deferred(at, _) = outcome {
                         *at = probe;
                     }
                 }
@@ -222,7 +218,10 @@ impl Outbox {
                 Some((portal_id, probe))
             }
             None => {
-                if finished.iter().any(|(_, o)| matches!(o, Outcome::Done(_))) {
+                if finished
+                    .iter()
+                    .any(|(_, o)| matches!(o, JobOutcome::Done(_)))
+                {
                     self.probes.clear(portal_id);
                 }
                 None
@@ -239,7 +238,7 @@ impl Outbox {
     /// it fails, the leases lapse and the jobs run again; every job is safe to repeat.
     async fn record(
         &self,
-        finished: Vec<(outbox_job::Model, Outcome)>,
+        finished: Vec<(outbox_job::Model, JobOutcome)>,
         pause: Option<(PortalKey, DateTime<Utc>)>,
         at: DateTime<Utc>,
     ) {
@@ -330,12 +329,12 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-fn log_outcome(row: &outbox_job::Model, outcome: &Outcome) {
+fn log_outcome(row: &outbox_job::Model, outcome: &JobOutcome) {
     match outcome {
-        Outcome::Done(_) => {
+        JobOutcome::Done(_) => {
             tracing::info!(job = row.id, kind = %row.kind, attempt = row.attempts, "Задание выполнено")
         }
-        Outcome::RetryAt(at, error) => tracing::warn!(
+        JobOutcome::RetryAt(at, error) => tracing::warn!(
             job = row.id,
             kind = %row.kind,
             attempt = row.attempts,
@@ -343,21 +342,21 @@ fn log_outcome(row: &outbox_job::Model, outcome: &Outcome) {
             error = %error,
             "Задание будет повторено"
         ),
-        Outcome::Deferred(at, error) => tracing::info!(
+        JobOutcome::Deferred(at, error) => tracing::info!(
             job = row.id,
             kind = %row.kind,
             probe_at = %at,
             error = %error,
             "Задание ждёт, пока портал примет запросы"
         ),
-        Outcome::Dead(error) => tracing::error!(
+        JobOutcome::Dead(error) => tracing::error!(
             job = row.id,
             kind = %row.kind,
             attempt = row.attempts,
             error = %error,
             "Задание не выполнено, нужна помощь администратора"
         ),
-        Outcome::Lost => tracing::warn!(
+        JobOutcome::Lost => tracing::warn!(
             job = row.id,
             kind = %row.kind,
             "Задание перешло к другому обработчику: результат не записан"

@@ -6,6 +6,7 @@
 
 mod fonts;
 mod layout;
+#[cfg(any(test, feature = "testing"))]
 pub mod sample;
 mod wrap;
 

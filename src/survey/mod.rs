@@ -16,3 +16,24 @@ pub use validate::{
     Answers, ValidationErrors, answer_matches, fmt_num, normalise, normalise_draft, parse_date,
     parse_number, range_message, required_message, validate_submit, visible,
 };
+
+/// Stored answers or a draft that no longer decode: reported, never shown as an
+/// empty survey. serde's message is left out, since it may quote what the patient
+/// typed.
+#[derive(Debug, thiserror::Error)]
+#[error("stored answers of survey {survey_id} do not decode ({category:?} error)")]
+pub struct CorruptAnswers {
+    pub survey_id: String,
+    pub category: serde_json::error::Category,
+}
+
+/// Decodes stored answers (or a draft) of `survey_id`.
+pub fn decode_answers(
+    survey_id: &str,
+    value: serde_json::Value,
+) -> Result<Answers, CorruptAnswers> {
+    serde_json::from_value(value).map_err(|e| CorruptAnswers {
+        survey_id: survey_id.to_owned(),
+        category: e.classify(),
+    })
+}

@@ -6,6 +6,7 @@ mod answers;
 mod databases;
 mod evil_server;
 pub mod fake_portal;
+pub mod form_tree;
 mod log_capture;
 mod memory_store;
 pub mod recovery;

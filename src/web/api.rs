@@ -1,16 +1,19 @@
 //! The patient page's JSON API (`/api/v1/surveys/{token}`) and `/healthz`, described
 //! in the OpenAPI document.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{Object, OpenApi, Tags};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::invitations::{self, lifecycle};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire};
@@ -73,7 +76,7 @@ pub struct SurveyView {
     pub questions: Vec<QuestionView>,
     /// Saved partial answers; empty once the survey is completed (the answers are
     /// for the clinic's deal tab, not for whoever holds the link).
-    pub draft: BTreeMap<String, Value>,
+    pub draft: BTreeMap<String, AnswerValue>,
 }
 
 #[derive(Debug, Object)]
@@ -81,7 +84,121 @@ pub struct DraftSaved {
     pub ok: bool,
     pub saved_at: DateTime<Utc>,
     /// The draft as stored: invalid values and unknown questions are left out.
-    pub draft: BTreeMap<String, Value>,
+    pub draft: BTreeMap<String, AnswerValue>,
+}
+
+/// One answer as it travels: a string (`text`, `single`, `date`, `yes_no`), a number
+/// (`number`, `scale`), a list of strings (`multi`) or a boolean (`consent`). Carried
+/// as the JSON it came as: what fits the question is `survey::validate`'s to say, with
+/// a 422 per question, not a parser's 400.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerValue(pub Value);
+
+impl Type for AnswerValue {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Value;
+    type RawElementValueType = Value;
+
+    fn name() -> Cow<'static, str> {
+        "AnswerValue".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Reference(Self::name().into_owned())
+    }
+
+    fn register(registry: &mut Registry) {
+        registry.create_schema::<Self, _>(Self::name().into_owned(), |_| {
+            let inline = |ty| MetaSchemaRef::Inline(Box::new(MetaSchema::new(ty)));
+            let mut list = MetaSchema::new("array");
+            list.items = Some(Box::new(inline("string")));
+            MetaSchema {
+                description: Some("Ответ: строка, число, список строк или да/нет"),
+                one_of: vec![
+                    inline("string"),
+                    inline("number"),
+                    MetaSchemaRef::Inline(Box::new(list)),
+                    inline("boolean"),
+                ],
+                ..MetaSchema::ANY
+            }
+        });
+    }
+
+    fn as_raw_value(&self) -> Option<&Value> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ToJSON for AnswerValue {
+    fn to_json(&self) -> Option<Value> {
+        Some(self.0.clone())
+    }
+}
+
+impl ParseFromJSON for AnswerValue {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        Ok(Self(value.unwrap_or_default()))
+    }
+}
+
+fn answer_map(answers: Answers) -> BTreeMap<String, AnswerValue> {
+    answers
+        .into_iter()
+        .map(|(id, value)| (id, AnswerValue(value)))
+        .collect()
+}
+
+/// A draft's or a submit's body: `{"answers": {"<question id>": answer}}`.
+#[derive(Debug, Object)]
+#[oai(rename = "AnswersBody")]
+struct AnswersShape {
+    /// Answers by question id; what does not fit a question gets 422 with, per
+    /// question, what is wrong.
+    answers: BTreeMap<String, AnswerValue>,
+}
+
+/// A draft's or a submit's body: `{"answers": {"<question id>": answer}}` (a bare map
+/// of answers is taken too). Read leniently by [`answers_from_body`], whose refusals
+/// keep their own codes (`body_not_object`, `answers_not_object`) and reach the
+/// caller from the handler.
+#[derive(Debug)]
+pub struct AnswersBody(Result<Answers, ApiError>);
+
+impl Type for AnswersBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        AnswersShape::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        AnswersShape::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        AnswersShape::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for AnswersBody {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        Ok(Self(answers_from_body(value.unwrap_or_default())))
+    }
 }
 
 #[derive(Debug, Object)]
@@ -145,7 +262,7 @@ pub fn answers_from_body(body: Value) -> Result<Answers, ApiError> {
             Some(Value::Null) => Default::default(),
             Some(_) => {
                 return Err(ApiError::bad_request(
-                    "answers_not_object",
+                    ErrorCode::AnswersNotObject,
                     "Поле answers должно быть объектом {\"<id вопроса>\": ответ}",
                 ));
             }
@@ -153,7 +270,7 @@ pub fn answers_from_body(body: Value) -> Result<Answers, ApiError> {
         },
         _ => {
             return Err(ApiError::bad_request(
-                "body_not_object",
+                ErrorCode::BodyNotObject,
                 "Ожидается JSON-объект {\"answers\": {\"<id вопроса>\": ответ}}",
             ));
         }
@@ -187,7 +304,7 @@ impl SurveyApi {
             status: invitations::status_of(&inv, Utc::now()).to_owned(),
             expires_at: inv.expires_at,
             questions: questions_of(&q),
-            draft: draft.into_iter().collect(),
+            draft: answer_map(draft),
         }))
     }
 
@@ -201,15 +318,15 @@ impl SurveyApi {
         &self,
         state: Data<&AppState>,
         token: Path<String>,
-        body: Json<Value>,
+        body: Json<AnswersBody>,
     ) -> Result<Json<DraftSaved>, ApiError> {
         let inv = lifecycle::by_token(&state, &token).await?;
-        let answers = answers_from_body(body.0)?;
+        let answers = body.0.0?;
         let (saved_at, draft) = lifecycle::save_draft(&state, &inv, answers).await?;
         Ok(Json(DraftSaved {
             ok: true,
             saved_at,
-            draft: draft.into_iter().collect(),
+            draft: answer_map(draft),
         }))
     }
 
@@ -224,15 +341,15 @@ impl SurveyApi {
         &self,
         state: Data<&AppState>,
         token: Path<String>,
-        body: Json<Value>,
+        body: Json<AnswersBody>,
     ) -> Result<Json<Submitted>, ApiError> {
         let inv = lifecycle::by_token(&state, &token).await?;
-        let answers = answers_from_body(body.0)?;
+        let answers = body.0.0?;
         let done = lifecycle::submit(&state, &inv, answers).await?;
         Ok(Json(Submitted {
             ok: true,
             survey_id: inv.id,
-            status: invitations::COMPLETED.to_owned(),
+            status: invitations::shown::COMPLETED.to_owned(),
             completed_at: done.completed_at,
             report_sha256: done.report_sha256,
         }))
@@ -243,7 +360,7 @@ impl SurveyApi {
     async fn healthz(&self, state: Data<&AppState>) -> Result<Json<Health>, ApiError> {
         crate::db::ping(&state.db).await.map_err(|e| {
             tracing::error!(error = %e, "База данных недоступна");
-            ApiError::unavailable("database_unavailable", "База данных недоступна")
+            ApiError::unavailable(ErrorCode::DatabaseUnavailable, "База данных недоступна")
         })?;
         Ok(Json(Health {
             status: "ok".into(),

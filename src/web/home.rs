@@ -10,9 +10,9 @@ use poem::web::Data;
 use poem::{IntoResponse, Response, handler};
 
 use super::html;
-use super::page::{escape, layout};
 use crate::config::Config;
 use crate::state::AppState;
+use crate::views::{self, home::HomePage, home::StateRow, patient::Chrome};
 
 /// The embedded README, served at `/README.md` so the page's link works on any
 /// installation, with or without access to the source.
@@ -96,136 +96,61 @@ fn configured(yes: bool) -> &'static str {
     }
 }
 
-/// One line of the state list: what, and a word that says whether it is in order.
-fn state_row(what: &str, ok: bool, word: &str) -> String {
-    format!(
-        "<li class=\"state state--{cls}\"><span class=\"state__what\">{what}</span> \
-         <strong class=\"state__word\">{word}</strong></li>\n",
-        cls = if ok { "ok" } else { "off" },
-        what = escape(what),
-        word = escape(word),
-    )
-}
-
-/// A labelled address to copy into a Bitrix24 form.
-fn address(label: &str, url: &str) -> String {
-    format!(
-        "<dt>{}</dt><dd><code>{}</code></dd>\n",
-        escape(label),
-        escape(url)
-    )
-}
-
-pub fn render(view: &Home) -> String {
-    let mut body = String::with_capacity(8 * 1024);
-    body.push_str(
-        "<header class=\"top\">\n<p class=\"clinic\">opros</p>\n\
-         <h1>Анкета пациента для Битрикс24</h1>\n\
-         <p>opros — сервис, который клиника подключает к своему порталу Битрикс24. Робот сделки \
-         отправляет пациенту ссылку на анкету, пациент заполняет её с телефона, а врач видит \
-         ответы — важные первыми — и PDF прямо в карточке сделки.</p>\n\
-         <p class=\"meta\">Эта страница — для того, кто настраивает сервис. Пациенты получают \
-         свои ссылки от клиники.</p>\n</header>\n",
-    );
-
-    body.push_str("<section class=\"section\" aria-labelledby=\"h-state\">\n<h2 id=\"h-state\">Состояние</h2>\n<ul class=\"states\">\n");
-    body.push_str(&state_row(
-        &format!("Сервис, версия {}", env!("CARGO_PKG_VERSION")),
-        true,
-        "работает",
-    ));
-    body.push_str(&state_row(
-        "База данных",
-        view.database_ok,
-        if view.database_ok {
-            "доступна"
-        } else {
-            "недоступна"
-        },
-    ));
+/// The page's view model.
+pub fn view(info: &Home) -> HomePage {
+    let row = |what: String, ok: bool, word: &'static str| StateRow { what, ok, word };
+    let mut states = vec![
+        row(
+            format!("Сервис, версия {}", env!("CARGO_PKG_VERSION")),
+            true,
+            "работает",
+        ),
+        row(
+            "База данных".to_owned(),
+            info.database_ok,
+            if info.database_ok {
+                "доступна"
+            } else {
+                "недоступна"
+            },
+        ),
+    ];
     for (what, ok) in [
         (
             "Локальное приложение (B24_CLIENT_ID, B24_CLIENT_SECRET)",
-            view.local_app,
+            info.local_app,
         ),
         (
             "Токен робота «Вебхук» (BITRIX24_INCOMING_TOKEN)",
-            view.robot_token,
+            info.robot_token,
         ),
         (
             "Входящий вебхук портала (BITRIX24_WEBHOOK_URL)",
-            view.portal_webhook,
+            info.portal_webhook,
         ),
         (
             "Токен исходящего вебхука (BITRIX24_OUTGOING_WEBHOOK_TOKEN)",
-            view.outgoing_token,
+            info.outgoing_token,
         ),
     ] {
-        body.push_str(&state_row(what, ok, configured(ok)));
+        states.push(row(what.to_owned(), ok, configured(ok)));
     }
-    body.push_str(
-        "</ul>\n<p class=\"meta\">Для мониторинга: <a href=\"/healthz\">/healthz</a> \
-         (200 — сервис и база в порядке).</p>\n</section>\n",
-    );
-
-    body.push_str(
-        "<section class=\"section\" aria-labelledby=\"h-setup\">\n\
-         <h2 id=\"h-setup\">Адреса для Битрикс24</h2>\n",
-    );
-    if view.loopback {
-        body.push_str(
-            "<p class=\"notice\">Адрес сервиса указывает на этот компьютер — портал Битрикс24 \
-             не сможет до него достучаться. Задайте внешний адрес в переменной PUBLIC_URL.</p>\n",
-        );
-    }
-    body.push_str(&format!(
-        "<p class=\"meta\">Адреса построены из PUBLIC_URL: <code>{}</code></p>\n",
-        escape(&view.public_url)
-    ));
-    body.push_str(
-        "<h3>1. Локальное приложение (рекомендуется)</h3>\n\
-         <p>Приложения → Разработчикам → Другое → Локальное приложение, серверное, с \
-         интерфейсом. Права: crm, bizproc, placement, user_brief, im. Код и ключ приложения — \
-         в B24_CLIENT_ID и B24_CLIENT_SECRET.</p>\n<dl class=\"addresses\">\n",
-    );
-    body.push_str(&address("Путь вашего обработчика", &view.url("/b24/app")));
-    body.push_str(&address(
-        "Путь для первоначальной установки",
-        &view.url("/b24/install"),
-    ));
-    body.push_str(
-        "</dl>\n<h3>2. Робот «Вебхук» и входящий вебхук</h3>\n\
-         <p>Адрес для встроенного робота «Вебхук». Вместо ВАШ_ТОКЕН подставьте значение \
-         BITRIX24_INCOMING_TOKEN; BITRIX24_WEBHOOK_URL — входящий вебхук портала с правами \
-         crm.</p>\n<dl class=\"addresses\">\n",
-    );
-    body.push_str(&address(
-        "Адрес робота",
-        &view.url(
+    HomePage {
+        chrome: Chrome::new("opros — анкета пациента для Битрикс24", false),
+        states,
+        loopback: info.loopback,
+        public_url: info.public_url.clone(),
+        app_url: info.url("/b24/app"),
+        install_url: info.url("/b24/install"),
+        robot_url: info.url(
             "/api/v1/bitrix/webhook?token=ВАШ_ТОКЕН&lead_id={{ID}}&category_id={{CATEGORY_ID}}",
         ),
-    ));
-    body.push_str(
-        "</dl>\n<h3>3. Исходящий вебхук</h3>\n\
-         <p>Разработчикам → Другое → Исходящий вебхук, событие «Создание сделки» \
-         (ONCRMDEALADD). Токен из формы — в BITRIX24_OUTGOING_WEBHOOK_TOKEN.</p>\n\
-         <dl class=\"addresses\">\n",
-    );
-    body.push_str(&address(
-        "Адрес обработчика",
-        &view.url("/api/bitrix/webhook"),
-    ));
-    body.push_str("</dl>\n</section>\n");
+        outgoing_url: info.url("/api/bitrix/webhook"),
+    }
+}
 
-    body.push_str(
-        "<section class=\"section\" aria-labelledby=\"h-docs\">\n<h2 id=\"h-docs\">Документация</h2>\n\
-         <ul class=\"links\">\n\
-         <li><a href=\"/README.md\">README</a> — настройка, три способа подключения, \
-         если что-то не работает</li>\n\
-         <li><a href=\"/docs\">/docs</a> — описание API (OpenAPI: \
-         <a href=\"/openapi.json\">/openapi.json</a>)</li>\n</ul>\n</section>\n",
-    );
-    layout("opros — анкета пациента для Битрикс24", &body, false)
+pub fn render(info: &Home) -> String {
+    views::render(&view(info))
 }
 
 #[cfg(test)]
@@ -244,23 +169,34 @@ mod tests {
         }
     }
 
+    fn texts(html: &str, css: &str) -> Vec<String> {
+        let doc = scraper::Html::parse_document(html);
+        let selector = scraper::Selector::parse(css).expect("selector");
+        doc.select(&selector)
+            .map(|e| e.text().collect::<String>())
+            .collect()
+    }
+
     #[test]
     fn addresses_are_built_from_the_public_url() {
         let html = render(&view(true));
-        for url in [
-            "https://opros.clinic.ru/b24/app",
-            "https://opros.clinic.ru/b24/install",
-            "https://opros.clinic.ru/api/v1/bitrix/webhook?token=ВАШ_ТОКЕН&amp;lead_id={{ID}}",
-            "https://opros.clinic.ru/api/bitrix/webhook",
-        ] {
-            assert!(html.contains(url), "{url} not in the page");
-        }
-        assert!(!html.contains("не сможет до него достучаться"));
+        let codes = texts(&html, "dl.addresses code");
+        assert_eq!(
+            codes,
+            [
+                "https://opros.clinic.ru/b24/app",
+                "https://opros.clinic.ru/b24/install",
+                "https://opros.clinic.ru/api/v1/bitrix/webhook?token=ВАШ_ТОКЕН&lead_id={{ID}}&category_id={{CATEGORY_ID}}",
+                "https://opros.clinic.ru/api/bitrix/webhook",
+            ]
+        );
+        assert!(texts(&html, "p.notice").is_empty());
     }
 
     #[test]
     fn a_database_outage_is_named() {
-        assert!(render(&view(false)).contains("недоступна"));
-        assert!(!render(&view(true)).contains("недоступна"));
+        let word = |ok| texts(&render(&view(ok)), "li.state:nth-child(2) .state__word");
+        assert_eq!(word(false), ["недоступна"]);
+        assert_eq!(word(true), ["доступна"]);
     }
 }

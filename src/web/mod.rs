@@ -4,6 +4,7 @@
 pub mod api;
 pub mod home;
 pub mod page;
+pub mod route_docs;
 
 use std::collections::BTreeMap;
 
@@ -47,10 +48,7 @@ fn flow_page(state: &AppState, e: FlowError, title: &str) -> Response {
             let err: crate::error::ApiError = e.into();
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "<!doctype html><meta charset=utf-8><p>{}</p>",
-                    page::escape(&err.body().message)
-                ),
+                page::render_failure(&err.body().message),
             )
         }
     }
@@ -65,7 +63,7 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
         return flow_page(
             state,
-            FlowError::Internal("questionnaire missing".into()),
+            FlowError::Internal(anyhow::anyhow!("questionnaire missing")),
             "",
         );
     };
@@ -76,7 +74,10 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     if let Err(e) = lifecycle::mark_opened(state, &mut inv).await {
         return flow_page(state, e, &q.title);
     }
-    let answers = lifecycle::draft_of(state, &inv).await.unwrap_or_default();
+    let answers = match lifecycle::draft_of(state, &inv).await {
+        Ok(a) => a,
+        Err(e) => return flow_page(state, e, &q.title),
+    };
     render(
         state,
         &token,
@@ -127,7 +128,7 @@ pub async fn survey_form_submit(
     let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
         return flow_page(
             state,
-            FlowError::Internal("questionnaire missing".into()),
+            FlowError::Internal(anyhow::anyhow!("questionnaire missing")),
             "",
         );
     };
@@ -154,24 +155,15 @@ pub async fn survey_form_submit(
     }
 }
 
-/// Static assets, embedded in the binary; the page references them with a version
-/// query, so they can be cached for long.
+/// Static assets, embedded in the binary (`crate::assets`); pages reference them
+/// with a content-hash version, so they can be cached for long.
 #[handler]
 pub fn asset(Path(name): Path<String>) -> Response {
-    let (body, kind): (&'static str, &str) = match name.as_str() {
-        "app.css" => (page::APP_CSS, "text/css; charset=utf-8"),
-        "app.js" => (page::APP_JS, "text/javascript; charset=utf-8"),
-        "b24-frame.css" => (crate::b24::page::FRAME_CSS, "text/css; charset=utf-8"),
-        "b24-frame.js" => (crate::b24::page::FRAME_JS, "text/javascript; charset=utf-8"),
-        "deal-tab.css" => (crate::b24::tab_view::TAB_CSS, "text/css; charset=utf-8"),
-        "deal-tab.js" => (
-            crate::b24::tab_view::TAB_JS,
-            "text/javascript; charset=utf-8",
-        ),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let Some(asset) = crate::assets::served(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    body.with_header("content-type", kind)
+    asset
+        .response()
         .with_header("cache-control", "public, max-age=86400")
-        .with_header("x-content-type-options", "nosniff")
         .into_response()
 }

@@ -1,9 +1,8 @@
-//! The patient's pages, rendered on the server as plain HTML.
-//!
-//! The questionnaire works without JavaScript (an ordinary form POST to
-//! `/s/{token}`); `app.js` adds live conditions, progress, autosave and submission
-//! through the JSON API. Pages are served under a strict CSP, so nothing inline:
-//! no `<script>` bodies, no `style=` attributes, no `on…=` handlers.
+//! The patient's pages: the view models of the questionnaire and the message pages,
+//! built from the questionnaire and the answers and rendered by the templates of
+//! `views::patient`. The questionnaire works without JavaScript (an ordinary form
+//! POST to `/s/{token}`); `app.js` adds live conditions, progress, autosave and
+//! submission through the JSON API.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,52 +12,11 @@ use crate::survey::{
     Answers, Question, QuestionType, Questionnaire, SCALE_MAX, normalise, parse_date, parse_number,
     range_message, required_message, visible,
 };
-
-/// The stylesheet, served by `web::asset` at `/assets/app.css`.
-pub const APP_CSS: &str = include_str!("assets/app.css");
-/// The script, served by `web::asset` at `/assets/app.js`.
-pub const APP_JS: &str = include_str!("assets/app.js");
-
-/// Content hashes, so a new build never meets a stale cached asset.
-const CSS_HASH: u32 = fnv1a(APP_CSS.as_bytes());
-const JS_HASH: u32 = fnv1a(APP_JS.as_bytes());
-
-pub(crate) const fn fnv1a(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
-        i += 1;
-    }
-    hash
-}
-
-/// `/assets/app.css?v=<hash>`: the URL pages use for the stylesheet.
-pub fn css_url() -> String {
-    format!("/assets/app.css?v={CSS_HASH:08x}")
-}
-
-/// `/assets/app.js?v=<hash>`: the URL pages use for the script.
-pub fn js_url() -> String {
-    format!("/assets/app.js?v={JS_HASH:08x}")
-}
-
-/// Escapes text for HTML element content and double- or single-quoted attributes.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+use crate::views::patient::{
+    Choice, Chrome, Control, Hint, Message, MessagePage, Progress, QuestionView, SectionView,
+    ShowIf, SummaryItem,
+};
+use crate::views::{self, patient};
 
 /// Percent-encodes a path segment; signed links are URL-safe already, this keeps a
 /// forged one from breaking out of the `action` URL.
@@ -89,55 +47,30 @@ pub struct SurveyPage<'a> {
     pub expires_at: Option<&'a str>,
 }
 
-/// The one page frame every patient page (and the operator page) shares.
-pub(super) fn layout(title: &str, body: &str, with_script: bool) -> String {
-    let script = if with_script {
-        format!("<script src=\"{}\" defer></script>\n", js_url())
-    } else {
-        String::new()
-    };
-    format!(
-        "<!doctype html>\n<html lang=\"ru\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <meta name=\"robots\" content=\"noindex, nofollow\">\n\
-         <meta name=\"referrer\" content=\"no-referrer\">\n\
-         <title>{}</title>\n<link rel=\"icon\" href=\"data:,\">\n\
-         <link rel=\"stylesheet\" href=\"{}\">\n{script}</head>\n<body>\n\
-         <main class=\"page\" id=\"main\">\n{body}</main>\n</body>\n</html>\n",
-        escape(title),
-        css_url(),
-    )
-}
-
-/// A message page body: a heading and paragraphs.
-fn message_body(kind: &str, heading: &str, paragraphs: &[String]) -> String {
-    let mut out = format!(
-        "<div class=\"message message-{kind}\">\n<h1 tabindex=\"-1\">{}</h1>\n",
-        escape(heading)
-    );
-    for p in paragraphs {
-        out.push_str(&format!("<p>{}</p>\n", escape(p)));
+fn message(kind: &'static str, heading: &str, paragraphs: Vec<String>) -> Message {
+    Message {
+        kind,
+        heading: heading.to_owned(),
+        paragraphs,
     }
-    out.push_str("</div>\n");
-    out
 }
 
-fn thank_you_body(clinic: &str, title: &str) -> String {
-    message_body(
+fn thank_you(clinic: &str, title: &str) -> Message {
+    message(
         "done",
         "Спасибо! Ваши ответы получены",
-        &[
+        vec![
             format!("Анкета «{title}» передана в {}.", clinic_or_default(clinic)),
             "Врач ознакомится с ответами перед приёмом. Эту страницу можно закрыть.".into(),
         ],
     )
 }
 
-fn already_completed_body(clinic: &str, title: &str) -> String {
-    message_body(
+fn already_completed(clinic: &str, title: &str) -> Message {
+    message(
         "done",
         "Ответы уже получены",
-        &[
+        vec![
             format!(
                 "Анкета «{title}» уже заполнена и передана в {}. Повторно заполнять её не нужно.",
                 clinic_or_default(clinic)
@@ -147,19 +80,19 @@ fn already_completed_body(clinic: &str, title: &str) -> String {
     )
 }
 
-fn expired_body() -> String {
-    message_body(
+fn expired() -> Message {
+    message(
         "expired",
         "Срок действия ссылки истёк",
-        &["Срок действия ссылки истёк — обратитесь в клинику, чтобы получить новую.".into()],
+        vec!["Срок действия ссылки истёк — обратитесь в клинику, чтобы получить новую.".into()],
     )
 }
 
-fn not_found_body() -> String {
-    message_body(
+fn not_found() -> Message {
+    message(
         "not-found",
         "Страница не найдена",
-        &["Проверьте ссылку или обратитесь в клинику.".into()],
+        vec!["Проверьте ссылку или обратитесь в клинику.".into()],
     )
 }
 
@@ -172,28 +105,39 @@ fn clinic_or_default(clinic: &str) -> String {
     }
 }
 
+fn message_page(title: &str, message: Message) -> String {
+    views::render(&MessagePage {
+        chrome: Chrome::new(title, false),
+        message,
+    })
+}
+
 /// The page after a successful submission.
 pub fn render_thank_you(clinic: &str, title: &str) -> String {
-    layout("Ответы получены", &thank_you_body(clinic, title), false)
+    message_page("Ответы получены", thank_you(clinic, title))
 }
 
 /// The page (409) for a link whose answers were already received.
 pub fn render_already_completed(clinic: &str, title: &str) -> String {
-    layout(
-        "Ответы уже получены",
-        &already_completed_body(clinic, title),
-        false,
-    )
+    message_page("Ответы уже получены", already_completed(clinic, title))
 }
 
 /// The page (410) for an expired link.
 pub fn render_expired() -> String {
-    layout("Срок действия ссылки истёк", &expired_body(), false)
+    message_page("Срок действия ссылки истёк", expired())
 }
 
 /// The page (404) for an unknown or forged link; deliberately says nothing of why.
 pub fn render_not_found() -> String {
-    layout("Страница не найдена", &not_found_body(), false)
+    message_page("Страница не найдена", not_found())
+}
+
+/// The page (500) for a failure on our side; `message` is the error's Russian text.
+pub fn render_failure(message: &str) -> String {
+    message_page(
+        "Не получилось",
+        self::message("error", "Не получилось", vec![message.to_owned()]),
+    )
 }
 
 /// The questionnaire page.
@@ -203,88 +147,54 @@ pub fn render_survey(ctx: &SurveyPage) -> String {
         .into_iter()
         .map(|question| question.id.as_str())
         .collect();
-    let mut body = String::with_capacity(32 * 1024);
-
-    body.push_str("<header class=\"top\">\n");
-    if !ctx.clinic.trim().is_empty() {
-        body.push_str(&format!("<p class=\"clinic\">{}</p>\n", escape(ctx.clinic)));
-    }
-    body.push_str(&format!("<h1>{}</h1>\n", escape(&q.title)));
-    if !ctx.patient_name.trim().is_empty() {
-        body.push_str(&format!(
-            "<p class=\"meta\">Анкета для: <strong>{}</strong></p>\n",
-            escape(ctx.patient_name)
-        ));
-    }
-    if let Some(expires) = ctx.expires_at {
-        body.push_str(&format!(
-            "<p class=\"meta\">Ссылка действует до {}</p>\n",
-            escape(expires)
-        ));
-    }
-    if let Some(description) = &q.description {
-        body.push_str(&format!("<p>{}</p>\n", escape(description)));
-    }
-    body.push_str(
-        "<p class=\"meta\">Вопросы, отмеченные <span class=\"req\">*</span>, обязательны.</p>\n</header>\n",
-    );
-
-    push_progress(&mut body, q, ctx.answers, &shown);
-    push_error_summary(&mut body, q, ctx.errors);
-
-    body.push_str(&format!(
-        "<form class=\"survey\" id=\"survey\" method=\"post\" action=\"/s/{}\" data-token=\"{}\">\n",
-        path_segment(ctx.token),
-        escape(ctx.token)
-    ));
-    for section in &q.sections {
-        body.push_str(&format!(
-            "<section class=\"section\" aria-labelledby=\"s-{id}\">\n<h2 id=\"s-{id}\">{}</h2>\n",
-            escape(&section.title),
-            id = escape(&section.id),
-        ));
-        for question in &section.questions {
-            push_question(
-                &mut body,
-                question,
-                ctx.answers.get(&question.id),
-                ctx.errors.get(&question.id).map(String::as_str),
-                shown.contains(question.id.as_str()),
-            );
-        }
-        body.push_str("</section>\n");
-    }
-    body.push_str(
-        "<div class=\"submit\">\n\
-         <div class=\"notice\" id=\"submit-notice\" role=\"alert\" hidden></div>\n\
-         <button type=\"submit\" class=\"btn\">Отправить анкету</button>\n\
-         <p class=\"status\" id=\"save-status\" role=\"status\" aria-live=\"polite\"></p>\n\
-         </div>\n</form>\n",
-    );
-
-    // What the script shows after a JSON submission, rendered here so the words
-    // live in one place.
-    for (id, content) in [
-        ("tpl-done", thank_you_body(ctx.clinic, &q.title)),
-        (
-            "tpl-completed",
-            already_completed_body(ctx.clinic, &q.title),
-        ),
-        ("tpl-expired", expired_body()),
-        ("tpl-not-found", not_found_body()),
-    ] {
-        body.push_str(&format!("<template id=\"{id}\">{content}</template>\n"));
-    }
-
+    let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.to_owned());
+    let sections = q
+        .sections
+        .iter()
+        .map(|section| SectionView {
+            id: section.id.clone(),
+            title: section.title.clone(),
+            questions: section
+                .questions
+                .iter()
+                .map(|question| {
+                    question_view(
+                        question,
+                        ctx.answers.get(&question.id),
+                        ctx.errors.get(&question.id).cloned(),
+                        shown.contains(question.id.as_str()),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
     let title = if ctx.errors.is_empty() {
         q.title.clone()
     } else {
         format!("Ошибка: {}", q.title)
     };
-    layout(&title, &body, true)
+    views::render(&patient::QuestionnairePage {
+        chrome: Chrome::new(title, true),
+        clinic: non_empty(ctx.clinic),
+        heading: q.title.clone(),
+        patient_name: non_empty(ctx.patient_name),
+        expires_at: ctx.expires_at.map(str::to_owned),
+        description: q.description.clone(),
+        progress: progress(q, ctx.answers, &shown),
+        summary: error_summary(q, ctx.errors),
+        action: format!("/s/{}", path_segment(ctx.token)),
+        token: ctx.token.to_owned(),
+        sections,
+        messages: vec![
+            ("tpl-done", thank_you(ctx.clinic, &q.title)),
+            ("tpl-completed", already_completed(ctx.clinic, &q.title)),
+            ("tpl-expired", expired()),
+            ("tpl-not-found", not_found()),
+        ],
+    })
 }
 
-fn push_progress(out: &mut String, q: &Questionnaire, answers: &Answers, shown: &BTreeSet<&str>) {
+fn progress(q: &Questionnaire, answers: &Answers, shown: &BTreeSet<&str>) -> Progress {
     let required: Vec<&Question> = q
         .questions()
         .filter(|question| question.required && shown.contains(question.id.as_str()))
@@ -297,44 +207,29 @@ fn push_progress(out: &mut String, q: &Questionnaire, answers: &Answers, shown: 
                 .is_some_and(|v| matches!(normalise(question, v, None), Ok(Some(_))))
         })
         .count();
-    out.push_str(&format!(
-        "<div class=\"progress\">\n<p class=\"progress-label\" id=\"progress-label\">\
-         Обязательные вопросы: <span id=\"progress-text\">{done} из {total}</span></p>\n\
-         <progress id=\"progress\" max=\"{max}\" value=\"{done}\" aria-labelledby=\"progress-label\">\
-         {done} из {total}</progress>\n</div>\n",
-        total = required.len(),
-        max = required.len().max(1),
-    ));
+    Progress {
+        done,
+        total: required.len(),
+        max: required.len().max(1),
+    }
 }
 
-fn push_error_summary(out: &mut String, q: &Questionnaire, errors: &BTreeMap<String, String>) {
-    if errors.is_empty() {
-        out.push_str(
-            "<div class=\"summary\" id=\"error-summary\" role=\"alert\" tabindex=\"-1\" hidden></div>\n",
-        );
-        return;
-    }
-    out.push_str(
-        "<div class=\"summary\" id=\"error-summary\" role=\"alert\" tabindex=\"-1\">\n\
-         <h2>Проверьте ответы</h2>\n<ul>\n",
-    );
+fn error_summary(q: &Questionnaire, errors: &BTreeMap<String, String>) -> Vec<SummaryItem> {
     // Questionnaire order, so the list reads like the form.
-    for question in q.questions() {
-        if let Some(message) = errors.get(&question.id) {
-            out.push_str(&format!(
-                "<li><a href=\"#{}\">{} — {}</a></li>\n",
-                first_input_id(question),
-                escape(&question.title),
-                escape(message)
-            ));
-        }
-    }
-    for (id, message) in errors {
-        if q.question(id).is_none() {
-            out.push_str(&format!("<li>{}</li>\n", escape(message)));
-        }
-    }
-    out.push_str("</ul>\n</div>\n");
+    let known = q.questions().filter_map(|question| {
+        errors.get(&question.id).map(|message| SummaryItem {
+            href: Some(format!("#{}", first_input_id(question))),
+            text: format!("{} — {message}", question.title),
+        })
+    });
+    let unknown = errors
+        .iter()
+        .filter(|(id, _)| q.question(id).is_none())
+        .map(|(_, message)| SummaryItem {
+            href: None,
+            text: message.clone(),
+        });
+    known.chain(unknown).collect()
 }
 
 fn is_group(kind: QuestionType) -> bool {
@@ -351,135 +246,81 @@ fn is_group(kind: QuestionType) -> bool {
 /// Where a link to the question should put the focus.
 fn first_input_id(q: &Question) -> String {
     if is_group(q.kind) {
-        format!("f-{}-0", escape(&q.id))
+        format!("f-{}-0", q.id)
     } else {
-        format!("f-{}", escape(&q.id))
+        format!("f-{}", q.id)
     }
 }
 
-/// Attributes every input of a question shares.
-fn common_attrs(q: &Question, describedby: &str, error: bool, shown: bool) -> String {
-    let mut attrs = format!(
-        " name=\"{}\" aria-describedby=\"{describedby}\"",
-        escape(&q.id)
-    );
-    if error {
-        attrs.push_str(" aria-invalid=\"true\"");
-    }
-    // Hidden inputs are disabled so the browser neither submits nor validates them.
-    if !shown {
-        attrs.push_str(" disabled");
-    }
-    attrs
-}
-
-fn push_question(
-    out: &mut String,
+fn question_view(
     q: &Question,
     value: Option<&Value>,
-    error: Option<&str>,
+    error: Option<String>,
     shown: bool,
-) {
-    let id = &escape(&q.id);
-    let mut wrapper = format!(
-        "<div class=\"q{}\" id=\"q-{id}\" data-q=\"{id}\" data-type=\"{}\"",
-        if error.is_some() { " q-error" } else { "" },
-        q.kind.as_str()
-    );
-    if q.required {
-        wrapper.push_str(&format!(
-            " data-required-msg=\"{}\"",
-            escape(required_message(q.kind))
-        ));
-    }
-    if q.kind == QuestionType::Number {
-        wrapper.push_str(&format!(
-            " data-range-msg=\"{}\"",
-            escape(&range_message(q))
-        ));
-    }
-    if let Some(cond) = &q.show_if {
-        wrapper.push_str(&format!(
-            " data-show-if-question=\"{}\" data-show-if-equals=\"{}\"",
-            escape(&cond.question),
-            escape(&cond.equals)
-        ));
-    }
-    if !shown {
-        wrapper.push_str(" hidden");
-    }
-    wrapper.push_str(">\n");
-    out.push_str(&wrapper);
-
-    let title = format!(
-        "<span class=\"q-text\">{}</span>{}",
-        escape(&q.title),
-        if q.required {
-            "<span class=\"req\" aria-hidden=\"true\"> *</span>"
-        } else {
-            ""
-        }
-    );
-    let hint_html = q.hint.as_deref().map(|hint| {
-        let class = if q.kind == QuestionType::Consent {
+) -> QuestionView {
+    let hint = q.hint.as_deref().map(|hint| Hint {
+        class: if q.kind == QuestionType::Consent {
             "hint consent-text"
         } else {
             "hint"
-        };
-        format!(
-            "<div class=\"{class}\" id=\"h-{id}\">{}</div>\n",
-            paragraphs(hint)
-        )
+        },
+        // Blank lines separate paragraphs.
+        paragraphs: hint
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
     });
-    let describedby = if hint_html.is_some() {
-        format!("h-{id} e-{id}")
+    let describedby = if hint.is_some() {
+        format!("h-{id} e-{id}", id = q.id)
     } else {
-        format!("e-{id}")
+        format!("e-{}", q.id)
     };
-    let error_html = format!(
-        "<p class=\"err\" id=\"e-{id}\"{}>{}</p>\n",
-        if error.is_none() { " hidden" } else { "" },
-        escape(error.unwrap_or_default())
-    );
-    let attrs = common_attrs(q, &describedby, error.is_some(), shown);
-
-    if is_group(q.kind) {
-        out.push_str(&format!(
-            "<fieldset>\n<legend class=\"q-title\">{title}</legend>\n"
-        ));
-        out.push_str(hint_html.as_deref().unwrap_or_default());
-        out.push_str(&error_html);
-        push_choices(out, q, value, &attrs, shown);
-        out.push_str("</fieldset>\n");
-    } else {
-        out.push_str(&format!(
-            "<label class=\"q-title\" for=\"f-{id}\">{title}</label>\n"
-        ));
-        out.push_str(hint_html.as_deref().unwrap_or_default());
-        out.push_str(&error_html);
-        push_field(out, q, value, &attrs, shown);
+    let group = is_group(q.kind);
+    QuestionView {
+        id: q.id.clone(),
+        kind: q.kind.as_str(),
+        title: q.title.clone(),
+        required: q.required,
+        required_attr: q.required && shown && q.kind != QuestionType::Multi,
+        required_msg: q.required.then(|| required_message(q.kind).to_owned()),
+        range_msg: (q.kind == QuestionType::Number).then(|| range_message(q)),
+        show_if: q.show_if.as_ref().map(|cond| ShowIf {
+            question: cond.question.clone(),
+            equals: cond.equals.clone(),
+        }),
+        shown,
+        group,
+        hint,
+        describedby,
+        error,
+        text: if group {
+            String::new()
+        } else {
+            value.map(|v| field_text(q, v)).unwrap_or_default()
+        },
+        control: control(q, value),
     }
-    out.push_str("</div>\n");
 }
 
-/// Hint text as paragraphs (blank lines separate them), escaped.
-fn paragraphs(text: &str) -> String {
-    text.split("\n\n")
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| format!("<p>{}</p>", escape(p)))
-        .collect()
-}
-
-fn push_choices(out: &mut String, q: &Question, value: Option<&Value>, attrs: &str, shown: bool) {
+fn control(q: &Question, value: Option<&Value>) -> Control {
     let chosen = chosen_values(q, value);
-    let required = if q.required && shown && q.kind != QuestionType::Multi {
-        " required"
-    } else {
-        ""
+    let choices = |input_type, class, options: Vec<(String, String, bool)>| Control::Choices {
+        input_type,
+        class,
+        options: options
+            .into_iter()
+            .map(|(value, label, exclusive)| Choice {
+                checked: chosen.contains(&value),
+                value,
+                label,
+                exclusive,
+            })
+            .collect(),
     };
-    let (input_type, class, options): (&str, &str, Vec<(String, String, bool)>) = match q.kind {
-        QuestionType::YesNo => (
+    match q.kind {
+        QuestionType::YesNo => choices(
             "radio",
             "choices pair",
             vec![
@@ -487,14 +328,14 @@ fn push_choices(out: &mut String, q: &Question, value: Option<&Value>, attrs: &s
                 ("no".into(), "Нет".into(), false),
             ],
         ),
-        QuestionType::Scale => (
+        QuestionType::Scale => choices(
             "radio",
             "choices scale",
             (0..=SCALE_MAX)
                 .map(|n| (n.to_string(), n.to_string(), false))
                 .collect(),
         ),
-        QuestionType::Consent => (
+        QuestionType::Consent => choices(
             "checkbox",
             "choices",
             vec![(
@@ -504,7 +345,7 @@ fn push_choices(out: &mut String, q: &Question, value: Option<&Value>, attrs: &s
                 false,
             )],
         ),
-        QuestionType::Multi => (
+        QuestionType::Multi => choices(
             "checkbox",
             "choices",
             q.options
@@ -512,7 +353,7 @@ fn push_choices(out: &mut String, q: &Question, value: Option<&Value>, attrs: &s
                 .map(|o| (o.value.clone(), o.label.clone(), o.exclusive))
                 .collect(),
         ),
-        _ => (
+        QuestionType::Single => choices(
             "radio",
             "choices",
             q.options
@@ -520,56 +361,20 @@ fn push_choices(out: &mut String, q: &Question, value: Option<&Value>, attrs: &s
                 .map(|o| (o.value.clone(), o.label.clone(), false))
                 .collect(),
         ),
-    };
-    out.push_str(&format!("<div class=\"{class}\">\n"));
-    for (i, (value, label, exclusive)) in options.iter().enumerate() {
-        out.push_str(&format!(
-            "<label class=\"choice\"><input type=\"{input_type}\" id=\"f-{}-{i}\"{attrs} value=\"{}\"{}{}{required}><span>{}</span></label>\n",
-            escape(&q.id),
-            escape(value),
-            if chosen.contains(value) { " checked" } else { "" },
-            if *exclusive { " data-exclusive" } else { "" },
-            escape(label),
-        ));
-    }
-    out.push_str("</div>\n");
-}
-
-fn push_field(out: &mut String, q: &Question, value: Option<&Value>, attrs: &str, shown: bool) {
-    let id = &escape(&q.id);
-    let text = value.map(|v| field_text(q, v)).unwrap_or_default();
-    let required = if q.required && shown { " required" } else { "" };
-    match q.kind {
-        QuestionType::Textarea => out.push_str(&format!(
-            "<textarea id=\"f-{id}\"{attrs} rows=\"4\" maxlength=\"{}\"{required}>{}</textarea>\n",
-            q.text_limit(),
-            escape(&text)
-        )),
-        QuestionType::Number => {
-            let bound = |name: &str, v: Option<f64>| {
-                v.map(|v| format!(" {name}=\"{v}\"")).unwrap_or_default()
-            };
-            out.push_str(&format!(
-                "<div class=\"num\"><input type=\"number\" inputmode=\"decimal\" id=\"f-{id}\"{attrs}{}{} step=\"any\" value=\"{}\"{required}>{}</div>\n",
-                bound("min", q.min),
-                bound("max", q.max),
-                escape(&text),
-                q.unit
-                    .as_deref()
-                    .map(|u| format!("<span class=\"unit\">{}</span>", escape(u)))
-                    .unwrap_or_default(),
-            ));
-        }
-        QuestionType::Date => out.push_str(&format!(
-            "<input type=\"date\" id=\"f-{id}\"{attrs} value=\"{}\"{}{required}>\n",
-            escape(&text),
-            if q.not_future { " data-not-future" } else { "" },
-        )),
-        _ => out.push_str(&format!(
-            "<input type=\"text\" id=\"f-{id}\"{attrs} maxlength=\"{}\" value=\"{}\"{required}>\n",
-            q.text_limit(),
-            escape(&text)
-        )),
+        QuestionType::Textarea => Control::Textarea {
+            maxlength: q.text_limit(),
+        },
+        QuestionType::Number => Control::Number {
+            min: q.min,
+            max: q.max,
+            unit: q.unit.clone(),
+        },
+        QuestionType::Date => Control::Date {
+            not_future: q.not_future,
+        },
+        QuestionType::Text => Control::Text {
+            maxlength: q.text_limit(),
+        },
     }
 }
 
@@ -649,6 +454,8 @@ mod tests {
     use chrono::NaiveDate;
     use serde_json::json;
 
+    use scraper::{Html, Selector};
+
     use super::*;
     use crate::survey::{Catalog, validate_submit};
 
@@ -703,80 +510,69 @@ mod tests {
         })
     }
 
-    fn unescape(s: &str) -> String {
-        s.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&amp;", "&")
+    fn doc(html: &str) -> Html {
+        Html::parse_document(html)
     }
 
-    /// The attributes of one tag body (`type="radio" name="x" checked`).
-    fn attributes(tag: &str) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let mut rest = tag.trim();
-        while !rest.is_empty() {
-            let end = rest
-                .find(|c: char| c == '=' || c.is_whitespace())
-                .unwrap_or(rest.len());
-            let name = rest[..end].to_string();
-            rest = &rest[end..];
-            if let Some(after) = rest.strip_prefix("=\"") {
-                let close = after.find('"').expect("closing quote");
-                out.insert(name, unescape(&after[..close]));
-                rest = after[close + 1..].trim_start();
-            } else {
-                out.insert(name, String::new());
-                rest = rest.trim_start();
-            }
-        }
-        out
+    fn sel(css: &str) -> Selector {
+        Selector::parse(css).expect("selector")
+    }
+
+    fn one<'a>(d: &'a Html, css: &str) -> scraper::ElementRef<'a> {
+        d.select(&sel(css))
+            .next()
+            .unwrap_or_else(|| panic!("no {css}"))
+    }
+
+    fn text(d: &Html, css: &str) -> String {
+        one(d, css).text().collect()
+    }
+
+    fn attr(d: &Html, css: &str, name: &str) -> Option<String> {
+        one(d, css).value().attr(name).map(str::to_owned)
     }
 
     /// What a browser would post for this form: enabled fields, checked boxes.
     fn form_pairs(html: &str) -> Vec<(String, String)> {
-        let mut pairs = Vec::new();
-        let mut rest = html;
-        while let Some(start) = rest.find('<') {
-            rest = &rest[start + 1..];
-            let end = rest.find('>').expect("tag end");
-            let tag = &rest[..end];
-            let (name, attrs) = tag.split_once(' ').unwrap_or((tag, ""));
-            if name != "input" && name != "textarea" {
-                continue;
-            }
-            let attrs = attributes(attrs);
-            if attrs.contains_key("disabled") {
-                continue;
-            }
-            let Some(field) = attrs.get("name") else {
-                continue;
-            };
-            let value = if name == "textarea" {
-                let body = &rest[end + 1..];
-                unescape(&body[..body.find("</textarea>").expect("textarea end")])
-            } else {
-                let checkable = matches!(
-                    attrs.get("type").map(String::as_str),
-                    Some("radio" | "checkbox")
-                );
-                if checkable && !attrs.contains_key("checked") {
-                    continue;
+        let d = doc(html);
+        d.select(&sel("#survey input, #survey textarea"))
+            .filter_map(|field| {
+                let e = field.value();
+                let name = e.attr("name")?;
+                if e.attr("disabled").is_some() {
+                    return None;
                 }
-                attrs.get("value").cloned().unwrap_or_default()
-            };
-            pairs.push((field.clone(), value));
-        }
-        pairs
+                let value = if e.name() == "textarea" {
+                    field.text().collect()
+                } else {
+                    if matches!(e.attr("type"), Some("radio" | "checkbox"))
+                        && e.attr("checked").is_none()
+                    {
+                        return None;
+                    }
+                    e.attr("value").unwrap_or_default().to_owned()
+                };
+                Some((name.to_owned(), value))
+            })
+            .collect()
     }
 
     #[test]
-    fn escape_covers_markup_and_quotes() {
+    fn markup_in_answers_stays_text_and_attributes_stay_closed() {
+        let q = builtin();
+        let hostile = r#""'><img src=x onerror=alert(1)><script>alert(2)</script>"#;
+        let a =
+            answers(json!({"complaints": hostile, "chronic_other": hostile, "allergies": "yes"}));
+        let html = render(&q, hostile, &a, &BTreeMap::new());
+        let d = doc(&html);
+        assert_eq!(d.select(&sel("img")).count(), 0, "{html}");
+        assert_eq!(d.select(&sel("script:not([src])")).count(), 0);
+        assert_eq!(text(&d, "#f-complaints"), hostile);
         assert_eq!(
-            escape(r#"<script>alert('x') & "y"</script>"#),
-            "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
+            attr(&d, "#f-chronic_other", "value").as_deref(),
+            Some(hostile)
         );
-        assert_eq!(escape("Иванов"), "Иванов");
+        assert_eq!(text(&d, ".meta strong"), hostile);
     }
 
     #[test]
@@ -830,11 +626,18 @@ mod tests {
             &answers(json!({"allergies": "no"})),
             &BTreeMap::new(),
         );
-        assert!(html.contains(
-            "id=\"q-allergy_details\" data-q=\"allergy_details\" data-type=\"textarea\" \
-             data-required-msg=\"Заполните это поле\" data-show-if-question=\"allergies\" \
-             data-show-if-equals=\"yes\" hidden>"
-        ));
+        let d = doc(&html);
+        let wrapper = one(&d, "#q-allergy_details").value();
+        assert_eq!(wrapper.attr("data-q"), Some("allergy_details"));
+        assert_eq!(wrapper.attr("data-type"), Some("textarea"));
+        assert_eq!(
+            wrapper.attr("data-required-msg"),
+            Some("Заполните это поле")
+        );
+        assert_eq!(wrapper.attr("data-show-if-question"), Some("allergies"));
+        assert_eq!(wrapper.attr("data-show-if-equals"), Some("yes"));
+        assert!(wrapper.attr("hidden").is_some());
+        assert!(attr(&d, "#f-allergy_details", "disabled").is_some());
         assert!(
             !form_pairs(&html)
                 .iter()
@@ -846,12 +649,11 @@ mod tests {
             &answers(json!({"allergies": true})),
             &BTreeMap::new(),
         );
-        assert!(html.contains("data-show-if-equals=\"yes\">"));
-        assert!(
-            html.contains(
-                "name=\"allergies\" aria-describedby=\"e-allergies\" value=\"yes\" checked"
-            )
-        );
+        let d = doc(&html);
+        assert!(attr(&d, "#q-allergy_details", "hidden").is_none());
+        let yes = one(&d, "input[name=allergies][value=yes]").value();
+        assert_eq!(yes.attr("aria-describedby"), Some("e-allergies"));
+        assert!(yes.attr("checked").is_some());
     }
 
     #[test]
@@ -862,16 +664,27 @@ mod tests {
             .expect_err("incomplete")
             .0;
         let html = render(&q, "Пациент", &a, &errors);
-        assert!(html.contains("<title>Ошибка: "));
-        assert!(html.contains("id=\"error-summary\" role=\"alert\" tabindex=\"-1\">"));
-        assert!(html.contains("<a href=\"#f-height\">Рост — Введите число от 50 до 250</a>"));
-        assert!(html.contains("<a href=\"#f-pregnancy-0\">"));
-        assert!(html.contains(
-            "id=\"f-height\" name=\"height\" aria-describedby=\"e-height\" aria-invalid=\"true\""
-        ));
-        assert!(html.contains("<p class=\"err\" id=\"e-height\">Введите число от 50 до 250</p>"));
+        let d = doc(&html);
+        assert!(text(&d, "title").starts_with("Ошибка: "));
+        assert!(attr(&d, "#error-summary", "hidden").is_none());
+        assert_eq!(attr(&d, "#error-summary", "role").as_deref(), Some("alert"));
+        assert_eq!(
+            text(&d, "#error-summary a[href='#f-height']"),
+            "Рост — Введите число от 50 до 250"
+        );
+        assert_eq!(
+            d.select(&sel("#error-summary a[href='#f-pregnancy-0']"))
+                .count(),
+            1
+        );
+        let height = one(&d, "#f-height").value();
+        assert_eq!(height.attr("name"), Some("height"));
+        assert_eq!(height.attr("aria-describedby"), Some("e-height"));
+        assert_eq!(height.attr("aria-invalid"), Some("true"));
         // The patient's wrong value is kept for correction.
-        assert!(html.contains("value=\"300\""));
+        assert_eq!(height.attr("value"), Some("300"));
+        assert_eq!(text(&d, "p.err#e-height"), "Введите число от 50 до 250");
+        assert!(attr(&d, "#e-height", "hidden").is_none());
     }
 
     #[test]
@@ -883,34 +696,37 @@ mod tests {
             &full_answers(),
             &BTreeMap::new(),
         );
-        assert!(!html.contains("<script>alert(1)"));
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-        assert!(html.contains("Головная боль &lt;по утрам&gt; &amp; «тяжесть»"));
-        assert!(!html.contains("style="));
-        for (i, _) in html.match_indices("<script") {
-            let tag = &html[i..i + html[i..].find('>').expect("tag end")];
-            assert!(
-                tag.contains(" src=\"/assets/app.js?v="),
-                "inline script: {tag}"
-            );
+        let d = doc(&html);
+        assert_eq!(text(&d, ".meta strong"), "<script>alert(1)</script>");
+        assert_eq!(
+            text(&d, "#f-complaints"),
+            "Головная боль <по утрам> & «тяжесть»"
+        );
+        let scripts: Vec<_> = d
+            .select(&sel("script"))
+            .map(|s| s.value().attr("src").unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            scripts,
+            [crate::assets::APP_JS.url()],
+            "only the page's script"
+        );
+        for element in d.select(&sel("*")) {
+            for (name, _) in element.value().attrs() {
+                assert!(name != "style", "inline style on {:?}", element.value());
+                assert!(!name.starts_with("on"), "inline handler {name}");
+            }
         }
-        for word in html.split(|c: char| c.is_whitespace() || c == '<') {
-            let lower = word.to_lowercase();
-            assert!(
-                !(lower.starts_with("on") && lower.contains('=')),
-                "inline handler: {word}"
-            );
-        }
-        assert!(html.contains("<html lang=\"ru\">"));
-        assert!(html.contains("Анкета для: <strong>"));
-        assert!(html.contains("Ссылка действует до 31.05.2026"));
-        assert!(html.contains("152-ФЗ"));
-        let weight = html.len() + APP_CSS.len() + APP_JS.len();
+        assert_eq!(attr(&d, "html", "lang").as_deref(), Some("ru"));
+        assert!(text(&d, "header.top").contains("Ссылка действует до 31.05.2026"));
+        assert!(text(&d, "#survey").contains("152-ФЗ"));
+        let (css, js) = (crate::assets::APP_CSS.body, crate::assets::APP_JS.body);
+        let weight = html.len() + css.len() + js.len();
         println!(
             "page weight: html {} + css {} + js {} = {weight} bytes",
             html.len(),
-            APP_CSS.len(),
-            APP_JS.len()
+            css.len(),
+            js.len()
         );
         assert!(weight < 60 * 1024, "page weight {weight} bytes");
     }
@@ -922,15 +738,28 @@ mod tests {
             render_already_completed("Клиника", "Анкета"),
             render_expired(),
             render_not_found(),
+            render_failure("Внутренняя ошибка <b>"),
         ] {
-            assert!(page.starts_with("<!doctype html>\n<html lang=\"ru\">"));
-            assert!(page.contains(&css_url()));
-            assert!(!page.contains("<script"));
-            assert!(!page.contains("<b>"));
+            let d = doc(&page);
+            assert!(page.starts_with("<!doctype html>"));
+            assert_eq!(attr(&d, "html", "lang").as_deref(), Some("ru"));
+            assert_eq!(
+                attr(&d, "link[rel=stylesheet]", "href"),
+                Some(crate::assets::APP_CSS.url())
+            );
+            assert_eq!(d.select(&sel("script")).count(), 0);
+            assert_eq!(d.select(&sel("b")).count(), 0);
+            assert_eq!(d.select(&sel("main#main h1")).count(), 1);
         }
-        assert!(render_thank_you("К", "А").contains("Спасибо! Ваши ответы получены"));
-        assert!(render_expired().contains("Срок действия ссылки истёк — обратитесь в клинику"));
-        assert!(!render_not_found().contains("истёк"));
+        let d = doc(&render_thank_you("Клиника <b>", "А"));
+        assert_eq!(text(&d, "h1"), "Спасибо! Ваши ответы получены");
+        assert!(text(&d, "p").contains("клинику «Клиника <b>»"));
+        let d = doc(&render_expired());
+        assert_eq!(
+            text(&d, "p"),
+            "Срок действия ссылки истёк — обратитесь в клинику, чтобы получить новую."
+        );
+        assert!(!text(&doc(&render_not_found()), "main").contains("истёк"));
     }
 
     /// Writes pages a person can open in a browser, styled by the real asset files.
@@ -962,11 +791,11 @@ mod tests {
         ] {
             let html = render(&q, "Иванова Анна Сергеевна", &draft, &errors)
                 .replace(
-                    &css_url(),
+                    &crate::assets::APP_CSS.url(),
                     &format!("file://{}", assets.join("app.css").display()),
                 )
                 .replace(
-                    &js_url(),
+                    &crate::assets::APP_JS.url(),
                     &format!("file://{}", assets.join("app.js").display()),
                 );
             std::fs::write(dir.join(name), html).expect("write artefact");
@@ -974,7 +803,7 @@ mod tests {
         std::fs::write(
             dir.join("thank-you.html"),
             render_thank_you("Клиника «Здоровье»", &q.title).replace(
-                &css_url(),
+                &crate::assets::APP_CSS.url(),
                 &format!("file://{}", assets.join("app.css").display()),
             ),
         )

@@ -3,7 +3,9 @@
 
 use opros::testing::Fault;
 
-use crate::support::portal::{installed, patient_deal};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::html::Doc;
+use crate::support::portal::{installed_on, patient_deal};
 
 async fn page(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
@@ -11,13 +13,14 @@ async fn page(r: reqwest::Response) -> (u16, String) {
 }
 
 fn session_of(body: &str) -> String {
-    let start = body.find("name=\"s\" value=\"").expect("session field") + 16;
-    body[start..].split('"').next().expect("value").to_owned()
+    Doc::parse(body)
+        .attr("input[name=s]", "value")
+        .expect("session field")
 }
 
-#[tokio::test]
-async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
-    let (fake, app) = installed().await;
+on_both_databases!(admin_sees_status_and_can_reinstall_change_settings_and_retry);
+async fn admin_sees_status_and_can_reinstall_change_settings_and_retry(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     let (status, body) = page(fake.open_app(1).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
@@ -30,7 +33,10 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
         "Анкета пациента перед приёмом",
         "Очередь пуста",
     ] {
-        assert!(body.contains(expected), "«{expected}» missing: {body}");
+        assert!(
+            Doc::parse(&body).text().contains(expected),
+            "«{expected}» missing: {body}"
+        );
     }
     let session = session_of(&body);
 
@@ -46,7 +52,10 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
         .unwrap();
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Регистрации проверены"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("Регистрации проверены"),
+        "{body}"
+    );
     assert!(!fake.placements().is_empty());
     assert!(!fake.robots().is_empty());
 
@@ -64,9 +73,16 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
         .unwrap();
     let (status, body) = page(r).await;
     assert_eq!(status, 200);
-    assert!(body.contains("Настройки сохранены"), "{body}");
-    assert!(body.contains("value=\"14\""));
-    assert!(!body.contains("name=\"reuse_active\" value=\"Y\" checked"));
+    assert!(
+        Doc::parse(&body).text().contains("Настройки сохранены"),
+        "{body}"
+    );
+    let doc = Doc::parse(&body);
+    assert_eq!(
+        doc.attr("input[name=link_days]", "value").as_deref(),
+        Some("14")
+    );
+    assert_eq!(doc.count("input[name=reuse_active][checked]"), 0);
     let r = app
         .http
         .post(app.url("/b24/app/action"))
@@ -79,8 +95,14 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
         .await
         .unwrap();
     let (_, body) = page(r).await;
-    assert!(body.contains("от 1 до 365"), "{body}");
-    assert!(body.contains("value=\"14\""), "a bad value changes nothing");
+    assert!(Doc::parse(&body).text().contains("от 1 до 365"), "{body}");
+    assert_eq!(
+        Doc::parse(&body)
+            .attr("input[name=link_days]", "value")
+            .as_deref(),
+        Some("14"),
+        "a bad value changes nothing"
+    );
 
     // Jobs the portal refused for good are listed with «Повторить», which re-queues them.
     let deal = patient_deal(&fake);
@@ -100,12 +122,8 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
     app.run_outbox().await;
     assert!(fake.event_sends().is_empty());
     let (_, body) = page(fake.open_app(1).await.unwrap()).await;
-    assert!(body.contains("не удалось"), "{body}");
-    let jobs: Vec<String> = body
-        .split("name=\"job\" value=\"")
-        .skip(1)
-        .map(|rest| rest.split('"').next().unwrap().to_owned())
-        .collect();
+    assert!(Doc::parse(&body).text().contains("не удалось"), "{body}");
+    let jobs: Vec<String> = Doc::parse(&body).attrs("input[name=job]", "value");
     assert!(!jobs.is_empty(), "{body}");
     let session = session_of(&body);
     for job in &jobs {
@@ -121,27 +139,34 @@ async fn admin_sees_status_and_can_reinstall_change_settings_and_retry() {
             .await
             .unwrap();
         let (_, body) = page(r).await;
-        assert!(body.contains("поставлено в очередь повторно"), "{body}");
+        assert!(
+            Doc::parse(&body)
+                .text()
+                .contains("поставлено в очередь повторно"),
+            "{body}"
+        );
     }
     app.run_outbox().await;
     assert_eq!(fake.event_sends().len(), 1);
     let (_, body) = page(fake.open_app(1).await.unwrap()).await;
-    assert!(body.contains("Очередь пуста"), "{body}");
+    assert!(Doc::parse(&body).text().contains("Очередь пуста"), "{body}");
 }
 
-#[tokio::test]
-async fn non_admins_and_foreign_sessions_are_refused() {
-    let (fake, app) = installed().await;
+on_both_databases!(non_admins_and_foreign_sessions_are_refused);
+async fn non_admins_and_foreign_sessions_are_refused(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     fake.add_user(7, "Игорь", "Воронцов", false);
     let (status, body) = page(fake.open_app(7).await.unwrap()).await;
     assert_eq!(status, 403);
+    let doc = Doc::parse(&body);
     assert!(
-        body.contains("Доступно только администратору портала"),
+        doc.text()
+            .contains("Доступно только администратору портала"),
         "{body}"
     );
-    assert!(!body.contains("Переустановить"));
-    assert!(!body.contains("name=\"s\""), "no session for a non-admin");
+    assert!(!doc.text().contains("Переустановить"));
+    assert_eq!(doc.count("input[name=s]"), 0, "no session for a non-admin");
 
     // A forged token.
     let member = fake.member_id();
@@ -172,12 +197,12 @@ async fn non_admins_and_foreign_sessions_are_refused() {
     assert_eq!(fake.calls_of("bizproc.robot.update").len(), robots_before);
 }
 
-#[tokio::test]
-async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() {
+on_both_databases!(a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once);
+async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once(db: TestDb) {
     use opros::db::entities::outbox_job;
     use sea_orm::EntityTrait;
 
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     fake.set_app_url(&app.url("/b24/app"));
     // The portal answers QUERY_LIMIT_EXCEEDED to the batch the robot run's jobs go in.
     fake.fail_next("batch", Fault::QueryLimit, 10_000);
@@ -194,9 +219,15 @@ async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() 
         "Превышен лимит запросов к Битрикс24",
         "Повторить сейчас",
     ] {
-        assert!(body.contains(expected), "«{expected}» missing: {body}");
+        assert!(
+            Doc::parse(&body).text().contains(expected),
+            "«{expected}» missing: {body}"
+        );
     }
-    assert!(body.contains("повторяется: 3"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("повторяется: 3"),
+        "{body}"
+    );
     let session = session_of(&body);
 
     // A deal tab's session or a forged one cannot drive «Повторить сейчас».
@@ -233,7 +264,9 @@ async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() 
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.contains("Заданий отправляется сейчас") || body.contains("Ожидающих заданий нет"),
+        ["Заданий отправляется сейчас", "Ожидающих заданий нет"]
+            .iter()
+            .any(|notice| Doc::parse(&body).text().contains(notice)),
         "{body}"
     );
     crate::support::eventually(
@@ -245,5 +278,5 @@ async fn a_portal_over_its_limit_shows_as_waiting_and_retry_now_sends_at_once() 
     )
     .await;
     let (_, body) = page(fake.open_app(1).await.unwrap()).await;
-    assert!(body.contains("Очередь пуста"), "{body}");
+    assert!(Doc::parse(&body).text().contains("Очередь пуста"), "{body}");
 }

@@ -7,20 +7,13 @@
 use opros::db::entities::{invitation, outbox_job};
 use opros::testing::fake_portal::{FakePortal, Fault};
 use reqwest::StatusCode;
+use sea_orm::ActiveEnum;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::support::db::{TestDb, on_both_databases};
-use crate::support::portal::{app_for_db, fake, install, installed, patient_deal, robot_link};
-use crate::support::{TestApp, logs, spawn_app};
-
-/// A fake portal and a service on this database with the app installed.
-async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
-    let fake = fake().await;
-    let app = app_for_db(&fake, db_url, &[]).await;
-    install(&fake, &app).await;
-    (fake, app)
-}
+use crate::support::portal::{installed_on, patient_deal, robot_link};
+use crate::support::{TestApp, logs, spawn_app_on};
 
 const LINK_FIELD: &str = "UF_CRM_OPROS_LINK";
 const BB_ANSWER: &str = "[URL=https://evil.example]Результаты готовы[/URL] [USER=1]";
@@ -38,6 +31,7 @@ async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
         .expect("portal read")
         .expect("portal row")
         .status
+        .to_value()
 }
 
 /// What a tab user can send: the event with the application token from their own
@@ -147,9 +141,9 @@ async fn genuine_uninstall_on(db_url: &str) {
     assert!(r.status().is_client_error(), "{}", r.status());
 }
 
-#[tokio::test]
-async fn forged_deal_add_for_an_old_deal_leaves_its_link_alone() {
-    let (fake, app) = installed().await;
+on_both_databases!(forged_deal_add_for_an_old_deal_leaves_its_link_alone);
+async fn forged_deal_add_for_an_old_deal_leaves_its_link_alone(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (deal, _) = robot_link(&fake, &app).await;
     let link = fake.deal(deal).expect("deal")[LINK_FIELD].clone();
     assert!(link.as_str().is_some_and(|l| l.contains("/s/")), "{link}");
@@ -191,9 +185,9 @@ async fn forged_deal_add_for_an_old_deal_leaves_its_link_alone() {
     assert_eq!(status, 409);
 }
 
-#[tokio::test]
-async fn deal_add_for_a_new_deal_still_writes_its_link() {
-    let (fake, app) = installed().await;
+on_both_databases!(deal_add_for_a_new_deal_still_writes_its_link);
+async fn deal_add_for_a_new_deal_still_writes_its_link(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     let (status, body) = forged_event(
         &app,
@@ -214,9 +208,9 @@ fn nested(depth: usize) -> String {
     format!("a{}=1", "[a]".repeat(depth))
 }
 
-#[tokio::test]
-async fn deep_nesting_is_refused_on_every_callback_and_the_process_lives() {
-    let (fake, _) = installed().await;
+on_both_databases!(deep_nesting_is_refused_on_every_callback_and_the_process_lives);
+async fn deep_nesting_is_refused_on_every_callback_and_the_process_lives(db: TestDb) {
+    let (fake, _) = installed_on(&db.url).await;
     let app = crate::support::portal::app_for(
         &fake,
         &[
@@ -291,9 +285,9 @@ async fn deep_nesting_is_refused_on_every_callback_and_the_process_lives() {
     assert_alive(&app).await;
 }
 
-#[tokio::test]
-async fn too_many_keys_and_non_utf8_bodies_are_refused() {
-    let app = spawn_app(&[]).await;
+on_both_databases!(too_many_keys_and_non_utf8_bodies_are_refused);
+async fn too_many_keys_and_non_utf8_bodies_are_refused(db: TestDb) {
+    let app = spawn_app_on(&db.url, &[]).await;
     let many: Vec<String> = (0..5_000).map(|i| format!("k{i}=v")).collect();
     for path in [
         "/b24/events",
@@ -345,9 +339,9 @@ async fn submit_with(app: &TestApp, token: &str, overrides: Value) -> (u16, Valu
     (status, body, id)
 }
 
-#[tokio::test]
-async fn bb_code_typed_by_a_patient_is_inert_in_the_timeline_comment() {
-    let (fake, app) = installed().await;
+on_both_databases!(bb_code_typed_by_a_patient_is_inert_in_the_timeline_comment);
+async fn bb_code_typed_by_a_patient_is_inert_in_the_timeline_comment(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (status, body, _) = submit_with(
         &app,
@@ -370,9 +364,9 @@ async fn bb_code_typed_by_a_patient_is_inert_in_the_timeline_comment() {
     }
 }
 
-#[tokio::test]
-async fn a_patient_typing_the_marker_cannot_suppress_another_comment() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_patient_typing_the_marker_cannot_suppress_another_comment);
+async fn a_patient_typing_the_marker_cannot_suppress_another_comment(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (deal, first) = robot_link(&fake, &app).await;
     // A second link for the same deal; its id is what the first patient will type.
     let (_, r) = fake
@@ -431,9 +425,9 @@ async fn a_patient_typing_the_marker_cannot_suppress_another_comment() {
     );
 }
 
-#[tokio::test]
-async fn after_submit_the_link_shows_no_answers() {
-    let (fake, app) = installed().await;
+on_both_databases!(after_submit_the_link_shows_no_answers);
+async fn after_submit_the_link_shows_no_answers(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let secret = "Аллергия на пенициллин, отёк Квинке";
     let (status, _) = app
@@ -467,7 +461,10 @@ async fn after_submit_the_link_shows_no_answers() {
         .text()
         .await
         .expect("page text");
-    assert!(page.contains("Спасибо"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Спасибо"),
+        "{page}"
+    );
     assert!(!page.contains(secret));
     assert!(!page.contains("пенициллин"));
 }
@@ -510,10 +507,10 @@ async fn concurrent_submits_on(db_url: &str) {
     assert_eq!(rendered, 1, "one PDF for one survey");
 }
 
-#[tokio::test]
-async fn a_submit_that_stopped_after_its_claim_still_reaches_the_deal() {
+on_both_databases!(a_submit_that_stopped_after_its_claim_still_reaches_the_deal);
+async fn a_submit_that_stopped_after_its_claim_still_reaches_the_deal(db: TestDb) {
     use opros::db::entities::response;
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (status, body, id) = submit_with(&app, &token, json!({})).await;
     assert_eq!(status, 200, "{body}");

@@ -6,9 +6,11 @@
 use opros::b24::portals;
 use opros::db::entities::portal;
 use opros::testing::{EVIL_MEMBER_ID, EvilServer, FakePortal, Fault};
+use sea_orm::ActiveEnum;
 use serde_json::Value;
 
-use crate::support::portal::{app_for, fake, install, installed, patient_deal};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::portal::{app_for, app_for_db, fake, install, installed_on, patient_deal};
 use crate::support::{TestApp, logs};
 
 pub(crate) async fn evil() -> EvilServer {
@@ -59,7 +61,7 @@ pub(crate) fn identity(p: &portal::Model) -> Vec<Option<String>> {
         p.access_token.clone(),
         p.refresh_token.clone(),
         p.application_token.clone(),
-        Some(p.status.clone()),
+        Some(p.status.to_value()),
     ]
 }
 
@@ -120,9 +122,9 @@ pub(crate) fn doctor_tokens(fake: &FakePortal) -> (String, String) {
     fake.issue_user_token(17)
 }
 
-#[tokio::test]
-async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker() {
-    let (fake, app) = installed().await;
+on_both_databases!(tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker);
+async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let before = stored(&app, &fake.member_id()).await.expect("installed");
     doctor_tokens(&fake);
@@ -187,7 +189,10 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
     )
     .await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
 
     let after = stored(&app, &member).await.expect("still installed");
     assert_eq!(identity(&before), identity(&after));
@@ -208,10 +213,10 @@ async fn tab_user_forging_onappinstall_changes_nothing_and_reaches_no_attacker()
     untouched(&evil);
 }
 
-#[tokio::test]
-async fn install_naming_an_attackers_host_sends_it_nothing() {
+on_both_databases!(install_naming_an_attackers_host_sends_it_nothing);
+async fn install_naming_an_attackers_host_sends_it_nothing(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let evil = evil().await;
     let endpoint = evil.rest_endpoint();
 
@@ -224,7 +229,7 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     .await;
     assert_eq!(status, 403, "{page}");
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
 
@@ -239,7 +244,10 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     )
     .await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("не совпадают"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("не совпадают"),
+        "{page}"
+    );
 
     untouched(&evil);
     assert!(!evil.saw(&fake.client_secret()));
@@ -248,10 +256,10 @@ async fn install_naming_an_attackers_host_sends_it_nothing() {
     assert!(fake.robots().is_empty());
 }
 
-#[tokio::test]
-async fn install_page_cannot_scan_ports() {
+on_both_databases!(install_page_cannot_scan_ports);
+async fn install_page_cannot_scan_ports(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let open = evil().await;
     open.answer_with(
         400,
@@ -291,7 +299,11 @@ async fn install_page_cannot_scan_ports() {
         .await;
         assert_eq!(fake.refresh_count(), refreshes + 1, "vouched for");
         assert_eq!(answer.0, 403, "{}", answer.1);
-        assert!(answer.1.contains("не совпадают"), "{}", answer.1);
+        assert!(
+            crate::support::html::text_of(&answer.1).contains("не совпадают"),
+            "{}",
+            answer.1
+        );
         assert!(!answer.1.contains("REMOTE"), "{}", answer.1);
         answers.push(answer);
     }
@@ -299,11 +311,11 @@ async fn install_page_cannot_scan_ports() {
     untouched(&open);
 }
 
-#[tokio::test]
-async fn remote_error_text_reaches_neither_page_nor_log_raw() {
+on_both_databases!(remote_error_text_reaches_neither_page_nor_log_raw);
+async fn remote_error_text_reaches_neither_page_nor_log_raw(db: TestDb) {
     let log = logs::capture();
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
 
     fake.fail_next(
         "oauth.token",
@@ -317,7 +329,7 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
     assert!(
@@ -336,7 +348,10 @@ async fn remote_error_text_reaches_neither_page_nor_log_raw() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("Портал не подтвердил установку"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Портал не подтвердил установку"),
+        "{page}"
+    );
     assert!(
         !page.contains("INJECTED") && !page.contains("Denied"),
         "{page}"
@@ -364,7 +379,10 @@ async fn allowed_domains_refuse_every_other_portal() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("B24_ALLOWED_DOMAINS"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("B24_ALLOWED_DOMAINS"),
+        "{page}"
+    );
     // Refused before any call: the OAuth server was not even asked.
     assert_eq!(fake.refresh_count(), refreshes);
     assert!(stored(&app, &fake.member_id()).await.is_none());
@@ -376,10 +394,10 @@ async fn allowed_domains_refuse_every_other_portal() {
     assert!(stored(&app, &fake.member_id()).await.is_some());
 }
 
-#[tokio::test]
-async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
+on_both_databases!(a_member_id_cannot_be_squatted_before_the_genuine_install);
+async fn a_member_id_cannot_be_squatted_before_the_genuine_install(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let evil = evil().await;
     let member = fake.member_id();
     let endpoint = evil.rest_endpoint();
@@ -393,7 +411,7 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     .await;
     assert_eq!(status, 403);
     assert!(
-        page.contains("Сервер авторизации Битрикс24 не подтвердил"),
+        crate::support::html::text_of(&page).contains("Сервер авторизации Битрикс24 не подтвердил"),
         "{page}"
     );
     let (status, body) = post(
@@ -421,7 +439,10 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("не совпадают"), "{body}");
+    assert!(
+        crate::support::html::text_of(&body).contains("не совпадают"),
+        "{body}"
+    );
     assert!(stored(&app, &member).await.is_none());
     assert!(stored(&app, squatted).await.is_none());
     untouched(&evil);
@@ -438,9 +459,9 @@ async fn a_member_id_cannot_be_squatted_before_the_genuine_install() {
     assert_eq!(fake.robots().len(), 1);
 }
 
-#[tokio::test]
-async fn a_domain_moves_only_when_the_oauth_server_says_so() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_domain_moves_only_when_the_oauth_server_says_so);
+async fn a_domain_moves_only_when_the_oauth_server_says_so(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let port = fake.base_url().port().expect("port");
     let new_host = format!("localhost:{port}");
@@ -478,9 +499,9 @@ async fn a_domain_moves_only_when_the_oauth_server_says_so() {
     assert_eq!(r.status(), 200);
 }
 
-#[tokio::test]
-async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_new_application_token_replaces_the_installation_only_once_it_is_dead);
+async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let before = stored(&app, &member).await.expect("installed");
 
@@ -523,10 +544,10 @@ async fn a_new_application_token_replaces_the_installation_only_once_it_is_dead(
     assert_eq!(fake.robots().len(), 1, "registered again");
 }
 
-#[tokio::test]
-async fn a_token_of_another_application_is_refused() {
+on_both_databases!(a_token_of_another_application_is_refused);
+async fn a_token_of_another_application_is_refused(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     fake.set_app_code("local.0000000000aaaa.11111111");
     let r = fake
         .post_install(&app.url("/b24/install"))
@@ -534,14 +555,17 @@ async fn a_token_of_another_application_is_refused() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("другому приложению"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("другому приложению"),
+        "{page}"
+    );
     assert!(stored(&app, &fake.member_id()).await.is_none());
     assert!(fake.robots().is_empty());
 }
 
-#[tokio::test]
-async fn a_tab_post_is_checked_only_with_the_stored_endpoint() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_tab_post_is_checked_only_with_the_stored_endpoint);
+async fn a_tab_post_is_checked_only_with_the_stored_endpoint(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let deal = patient_deal(&fake);
     let (access, refresh) = fake.issue_user_token(1);
@@ -568,7 +592,10 @@ async fn a_tab_post_is_checked_only_with_the_stored_endpoint() {
         .expect("delivered");
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap_or_default();
-    assert!(page.contains("портал не узнал пользователя"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("портал не узнал пользователя"),
+        "{page}"
+    );
     // The right DOMAIN but the attacker's SERVER_ENDPOINT: checked with the stored
     // endpoint, which knows the token.
     let url = app.url(&format!(

@@ -5,7 +5,8 @@ use opros::db::entities::outbox_job;
 use opros::testing::fake_portal::Fault;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 
-use crate::support::portal::{app_for_db, complete_survey, installed};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::portal::{app_for_db, complete_survey, installed, installed_on};
 use crate::support::{TestApp, skip};
 
 /// Makes every pending job due now, as time passing would.
@@ -46,9 +47,9 @@ fn pdf_text(pdf: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-#[tokio::test]
-async fn submit_posts_comment_with_pdf_to_the_deal() {
-    let (fake, app) = installed().await;
+on_both_databases!(submit_posts_comment_with_pdf_to_the_deal);
+async fn submit_posts_comment_with_pdf_to_the_deal(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = complete_survey(&fake, &app).await;
     app.run_outbox().await;
     let comments = fake.timeline_comments();
@@ -92,9 +93,9 @@ async fn the_comment_pdf_reads_as_the_patient_s_answers() {
     }
 }
 
-#[tokio::test]
-async fn portal_outage_and_restart_deliver_the_comment_once() {
-    let (fake, app) = installed().await;
+on_both_databases!(portal_outage_and_restart_deliver_the_comment_once);
+async fn portal_outage_and_restart_deliver_the_comment_once(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     complete_survey(&fake, &app).await;
     // The portal is down for longer than the client's own retries.
     fake.fail_next("crm.timeline.comment.add", Fault::Status(503), 20);
@@ -138,9 +139,9 @@ async fn lose_the_comment_answer(app: &TestApp) {
     row.update(&app.state.db).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_lost_answer_does_not_post_twice() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_lost_answer_does_not_post_twice);
+async fn a_lost_answer_does_not_post_twice(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     complete_survey(&fake, &app).await;
     app.run_outbox().await;
     assert_eq!(fake.timeline_comments().len(), 1);
@@ -156,9 +157,9 @@ async fn a_lost_answer_does_not_post_twice() {
     assert!(job.done_at.is_some());
 }
 
-#[tokio::test]
-async fn an_unverifiable_repeat_posts_only_when_listing_is_forbidden() {
-    let (fake, app) = installed().await;
+on_both_databases!(an_unverifiable_repeat_posts_only_when_listing_is_forbidden);
+async fn an_unverifiable_repeat_posts_only_when_listing_is_forbidden(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     complete_survey(&fake, &app).await;
     app.run_outbox().await;
     // A portal that refuses us altogether: nothing is posted blindly.
@@ -182,13 +183,13 @@ async fn an_unverifiable_repeat_posts_only_when_listing_is_forbidden() {
     assert_eq!(fake.timeline_comments().len(), 2);
 }
 
+on_both_databases!(the_submit_answers_before_the_pdf_and_the_pdf_bears_the_checksum_answered);
 /// The submit answers before its PDF exists (the comment job renders it): the
 /// checksum it answers is the one stored and the one printed in the PDF the job
 /// builds from the committed answers.
-#[tokio::test]
-async fn the_submit_answers_before_the_pdf_and_the_pdf_bears_the_checksum_answered() {
+async fn the_submit_answers_before_the_pdf_and_the_pdf_bears_the_checksum_answered(db: TestDb) {
     use opros::db::entities::response;
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = crate::support::portal::robot_link(&fake, &app).await;
     let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert_eq!(status, 200);

@@ -109,3 +109,50 @@ fn check_config_names_the_token_url_and_allowed_portals() {
     assert!(err.trim().starts_with("B24_ALLOWED_DOMAINS: "), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn broken_env_file_stops_start_with_its_line_but_no_value() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "SURVEY_LINK_DAYS=12\nB24_CLIENT_SECRET='s3cr3t-value\n",
+    )
+    .unwrap();
+    let out = opros()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(".env: "), "{err}");
+    assert!(err.contains("B24_CLIENT_SECRET"), "{err}");
+    assert!(!err.contains("s3cr3t"), "the value leaked: {err}");
+}
+
+#[test]
+fn missing_env_file_is_fine_and_a_good_one_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = opros()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join(".env"), "SURVEY_LINK_DAYS=12\n").unwrap();
+    let out = opros()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("SURVEY_LINK_DAYS") && l.ends_with(" 12"))
+    );
+}

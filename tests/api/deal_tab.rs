@@ -6,7 +6,9 @@ use opros::testing::FakePortal;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::support::portal::{self, installed, patient_deal};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::html::Doc;
+use crate::support::portal::{self, installed_on, patient_deal};
 use crate::support::{TestApp, full_answers};
 
 /// What the patient wrote (support::full_answers) and who they are: none of it may
@@ -57,19 +59,17 @@ fn assert_private_absent(body: &str) {
 
 /// The value of `name="s"` in the page (the tab session).
 fn session_of(body: &str) -> String {
-    let start = body.find("name=\"s\" value=\"").expect("session field") + 16;
-    body[start..]
-        .split('"')
-        .next()
-        .expect("session value")
-        .to_owned()
+    Doc::parse(body)
+        .attr("input[name=s]", "value")
+        .expect("session field")
 }
 
 /// Where the completed survey's PDF form posts: `/b24/tab/report/<id>`. The session
 /// goes in the form (`s`), never in the URL.
 fn report_link(body: &str) -> String {
-    let start = body.find("/b24/tab/report/").expect("PDF form");
-    let link = body[start..].split('"').next().expect("link").to_owned();
+    let link = Doc::parse(body)
+        .attr("form[action^='/b24/tab/report/']", "action")
+        .expect("PDF form");
     assert!(
         !link.contains('?'),
         "nothing in the PDF's URL but its id: {link}"
@@ -94,14 +94,17 @@ fn tab_fields<'a>(auth: &'a str, member_id: &'a str, options: &'a str) -> Vec<(&
     ]
 }
 
-#[tokio::test]
-async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
-    let (fake, app) = installed().await;
+on_both_databases!(genuine_opening_shows_answers_flagged_first_and_the_pdf);
+async fn genuine_opening_shows_answers_flagged_first_and_the_pdf(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
 
     let (status, empty) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
     assert_eq!(status, 200, "{empty}");
-    assert!(empty.contains("Пациент ещё не заполнил анкету"));
+    assert_eq!(
+        Doc::parse(&empty).select_text(".card.empty h2"),
+        "Пациент ещё не заполнил анкету"
+    );
 
     completed_survey(&fake, &app, deal).await;
     let r = fake.open_deal_tab(1, deal).await.unwrap();
@@ -114,18 +117,25 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Смирнова Анна Петровна"));
-    assert!(body.contains("заполнена"));
-    assert!(!body.contains("Пациент ещё не заполнил анкету"));
-    assert!(!body.contains("<script>"), "no inline scripts");
+    let doc = Doc::parse(&body);
+    assert!(
+        doc.select_text(".tab-head")
+            .contains("Смирнова Анна Петровна")
+    );
+    assert!(
+        doc.texts(".badge").iter().any(|b| b.contains("заполнена")),
+        "{body}"
+    );
+    assert_eq!(doc.count(".card.empty"), 0);
+    assert_eq!(doc.count("script:not([src])"), 0, "no inline scripts");
     // Flagged answers (allergy «Да» and its details) come before every section.
-    let flagged = body.find("Обратите внимание").expect("flagged block");
-    let first_section = body.find("class=\"section-title\"").expect("sections");
-    assert!(flagged < first_section);
-    let allergy_in_flagged = body[flagged..first_section].contains("пенициллин");
+    assert_eq!(doc.select_text(".flagged h2"), "Обратите внимание");
+    assert!(doc.count(".flagged ~ h3.section-title") > 0, "{body}");
+    assert_eq!(doc.count("h3.section-title ~ .flagged"), 0, "{body}");
+    let allergy_in_flagged = doc.select_text(".flagged").contains("пенициллин");
     assert!(allergy_in_flagged, "allergy details are flagged");
     assert!(
-        body[first_section..].contains("is-flagged"),
+        doc.count("h3.section-title + dl .is-flagged") > 0,
         "highlighted in place too"
     );
 
@@ -160,9 +170,9 @@ async fn genuine_opening_shows_answers_flagged_first_and_the_pdf() {
     assert!(disposition.starts_with("attachment") && disposition.contains(".pdf"));
 }
 
-#[tokio::test]
-async fn forged_or_foreign_tokens_show_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(forged_or_foreign_tokens_show_nothing);
+async fn forged_or_foreign_tokens_show_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let member = fake.member_id();
@@ -179,7 +189,12 @@ async fn forged_or_foreign_tokens_show_nothing() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(body.contains("Не удалось подтвердить вход"), "{body}");
+    assert!(
+        Doc::parse(&body)
+            .text()
+            .contains("Не удалось подтвердить вход"),
+        "{body}"
+    );
     assert_private_absent(&body);
 
     // A genuine token of another portal, with this portal's member_id, sent either to
@@ -210,7 +225,10 @@ async fn forged_or_foreign_tokens_show_nothing() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(body.contains("не установлено"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("не установлено"),
+        "{body}"
+    );
     assert_private_absent(&body);
     // The other portal never saw this portal's token; ours was asked only by us.
     assert!(
@@ -223,16 +241,19 @@ async fn forged_or_foreign_tokens_show_nothing() {
     fake.deny_deal_for_user(7, deal);
     let (status, body) = page(fake.open_deal_tab(7, deal).await.unwrap()).await;
     assert_eq!(status, 403);
-    assert!(body.contains("Нет доступа к сделке"), "{body}");
+    assert!(
+        Doc::parse(&body).text().contains("Нет доступа к сделке"),
+        "{body}"
+    );
     assert_private_absent(&body);
     // The deal was read with the doctor's own token.
     let reads = fake.calls_of("crm.deal.get");
     assert!(reads.iter().any(|c| c.error.is_some()), "{reads:?}");
 }
 
-#[tokio::test]
-async fn uninstalled_portal_shows_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(uninstalled_portal_shows_nothing);
+async fn uninstalled_portal_shows_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let r = fake.uninstall(false).await.unwrap();
@@ -254,9 +275,9 @@ async fn uninstalled_portal_shows_nothing() {
     assert_private_absent(&body);
 }
 
-#[tokio::test]
-async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
-    let (fake, app) = installed().await;
+on_both_databases!(pdf_and_new_link_need_the_session_of_the_same_deal);
+async fn pdf_and_new_link_need_the_session_of_the_same_deal(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     completed_survey(&fake, &app, deal).await;
     let other_deal = patient_deal(&fake);
@@ -323,17 +344,92 @@ async fn pdf_and_new_link_need_the_session_of_the_same_deal() {
         .unwrap();
     let (status, body) = page(r).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Новая ссылка создана"));
-    let start = body.find(&app.url("/s/")).expect("new link shown");
-    let new_url = body[start..].split('"').next().unwrap();
+    let doc = Doc::parse(&body);
+    assert_eq!(doc.select_text(".notice h2"), "Новая ссылка создана");
+    let new_url = doc.attr("input#new-link", "value").expect("new link shown");
+    assert!(new_url.starts_with(&app.url("/s/")), "{new_url}");
     let token = new_url.rsplit('/').next().unwrap();
     let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert_eq!(status, 200, "{survey}");
     assert_eq!(survey["status"], Value::from("opened"));
     // Both invitations are listed, the new one «отправлена» (now «открыта»).
     let (_, again) = page(fake.open_deal_tab(1, deal).await.unwrap()).await;
-    assert_eq!(again.matches("<tr><td>").count(), 2, "{again}");
+    assert_eq!(Doc::parse(&again).count("tbody tr"), 2, "{again}");
     // The other deal still has none.
     let (_, other_again) = page(fake.open_deal_tab(1, other_deal).await.unwrap()).await;
-    assert!(other_again.contains("Пациент ещё не заполнил анкету"));
+    assert_eq!(Doc::parse(&other_again).count(".card.empty"), 1);
+}
+
+// The frame POST is decoded once into its type: a body the bounded decoder refuses is
+// a 400 page framed only for the claimed portal, before any portal is asked; a genuine
+// doctor's POST whose `PLACEMENT_OPTIONS` names no record (a list, a negative id, not
+// JSON) shows nothing and reads no deal.
+on_both_databases!(frame_posts_that_name_no_record_ask_nothing_and_show_nothing);
+async fn frame_posts_that_name_no_record_ask_nothing_and_show_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let deal = patient_deal(&fake);
+    completed_survey(&fake, &app, deal).await;
+    let member = fake.member_id();
+    let profiles_before = fake.calls_of("profile").len();
+
+    let deep = format!("{}=1", "a".to_owned() + &"%5Ba%5D".repeat(12));
+    let r = app
+        .http
+        .post(forged_tab_url(&app, &fake.domain()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("AUTH_ID=x&member_id={member}&{deep}"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (status, body) = page(r).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        Doc::parse(&body)
+            .text()
+            .contains("Не удалось прочитать запрос"),
+        "{body}"
+    );
+    assert!(
+        csp.contains(&format!("frame-ancestors http://{}", fake.domain())),
+        "{csp}"
+    );
+    assert_eq!(
+        fake.calls_of("profile").len(),
+        profiles_before,
+        "nobody asked"
+    );
+
+    let (token, _) = fake.issue_user_token(1);
+    let reads_before = fake.calls_of("crm.deal.get").len();
+    let list = format!("[{deal}]");
+    for options in [list.as_str(), r#"{"ID":"-3"}"#, "not json", ""] {
+        let (status, body) = page(
+            fake.open_placement_forged(
+                &forged_tab_url(&app, &fake.domain()),
+                &tab_fields(&token, &member, options),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{options}: {body}");
+        assert!(
+            Doc::parse(&body).text().contains("не передал номер сделки"),
+            "{options}: {body}"
+        );
+        assert_private_absent(&body);
+    }
+    assert_eq!(
+        fake.calls_of("crm.deal.get").len(),
+        reads_before,
+        "no deal is read for a POST that names none"
+    );
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
 }

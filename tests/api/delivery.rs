@@ -5,19 +5,13 @@
 
 use opros::db::entities::{invitation, outbox_job, response};
 use opros::testing::fake_portal::{FakePortal, Fault, UninstalledAnswer};
+use sea_orm::ActiveEnum;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
-use crate::support::portal::{app_for_db, fake, install, installed, patient_deal, robot_link};
-
-async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
-    let fake = fake().await;
-    let app = app_for_db(&fake, db_url, &[]).await;
-    install(&fake, &app).await;
-    (fake, app)
-}
+use crate::support::portal::{installed_on, patient_deal, robot_link};
 
 async fn jobs_of(app: &TestApp, kind: &str) -> Vec<outbox_job::Model> {
     outbox_job::Entity::find()
@@ -41,6 +35,7 @@ async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
         .expect("portal read")
         .expect("portal row")
         .status
+        .to_value()
 }
 
 /// Makes every pending job due now, as time passing would.
@@ -139,8 +134,8 @@ async fn a_robot_answer_sent_then_answered_502_is_done_not_dead(db: TestDb) {
 }
 
 /// A genuine uninstall after which the portal answers our tokens with `answer`.
-async fn uninstall_answered(answer: UninstalledAnswer) -> (FakePortal, TestApp) {
-    let (fake, app) = installed().await;
+async fn uninstall_answered(db_url: &str, answer: UninstalledAnswer) -> (FakePortal, TestApp) {
+    let (fake, app) = installed_on(db_url).await;
     let _ = robot_link(&fake, &app).await;
     fake.answer_after_uninstall(answer);
     let r = fake.uninstall(true).await.expect("event delivered");
@@ -156,7 +151,8 @@ async fn a_genuine_uninstall_is_confirmed_by_each_refusal_of_a_deleted_app() {
         UninstalledAnswer::NoAuthFound,
         UninstalledAnswer::PortalDeleted,
     ] {
-        let (fake, app) = uninstall_answered(answer).await;
+        let db_url = crate::support::db::sqlite_for_process();
+        let (fake, app) = uninstall_answered(&db_url, answer).await;
         assert_eq!(invitations(&app).await, 0, "{answer:?}: purged");
         assert_eq!(
             portal_status(&app, &fake).await,
@@ -171,9 +167,9 @@ async fn a_genuine_uninstall_is_confirmed_by_each_refusal_of_a_deleted_app() {
     }
 }
 
-#[tokio::test]
-async fn invalid_client_never_confirms_and_the_confirmation_never_dies() {
-    let (fake, app) = uninstall_answered(UninstalledAnswer::InvalidClient).await;
+on_both_databases!(invalid_client_never_confirms_and_the_confirmation_never_dies);
+async fn invalid_client_never_confirms_and_the_confirmation_never_dies(db: TestDb) {
+    let (fake, app) = uninstall_answered(&db.url, UninstalledAnswer::InvalidClient).await;
     // More tries than make any other job dead.
     for _ in 0..12 {
         make_due(&app).await;
@@ -245,9 +241,9 @@ async fn clean_1_after_the_portal_was_purged_without_it_still_purges(db: TestDb)
     assert!(jobs.iter().all(|j| j.dead_at.is_none()), "{jobs:?}");
 }
 
-#[tokio::test]
-async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered() {
-    let (fake, app) = installed().await;
+on_both_databases!(free_text_built_to_overflow_the_pdf_is_accepted_and_delivered);
+async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     // Within each answer's length limit, but one PDF row per line: ~6 000 rows.
     let long = format!("x{}x", "\n".repeat(1_998));
@@ -270,9 +266,9 @@ async fn free_text_built_to_overflow_the_pdf_is_accepted_and_delivered() {
     assert_eq!(comments[0].files.len(), 1, "with its PDF");
 }
 
-#[tokio::test]
-async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_result_whose_pdf_cannot_be_built_still_reaches_the_deal);
+async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (status, body) = submit_with(&app, &token, json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -321,9 +317,13 @@ async fn a_result_whose_pdf_cannot_be_built_still_reaches_the_deal() {
     assert!(job.done_at.is_some(), "{:?}", job.last_error);
 }
 
-#[tokio::test]
-async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name() {
-    let (fake, app) = installed().await;
+on_both_databases!(
+    a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name
+);
+async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forgets_the_name(
+    db: TestDb,
+) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
     assert!(
@@ -363,9 +363,9 @@ async fn a_draft_racing_a_submit_stays_off_the_completed_row_and_the_link_forget
     assert!(!survey.to_string().contains("Смирнова"), "{survey}");
 }
 
-#[tokio::test]
-async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_comment_job_put_back_by_the_admin_looks_for_its_comment_first);
+async fn a_comment_job_put_back_by_the_admin_looks_for_its_comment_first(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (_, token) = robot_link(&fake, &app).await;
     // Posted, but every answer was lost until the job went dead.
     fake.fail_next("crm.timeline.comment.add", Fault::ProcessThenStatus(502), 1);

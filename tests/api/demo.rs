@@ -2,6 +2,7 @@
 
 use opros::demo::{Demo, DemoOptions};
 
+use crate::support::html::Doc;
 use crate::support::{db, full_answers};
 
 /// Submits the hidden frame form of a demo card page the way its script does and
@@ -15,26 +16,22 @@ async fn open_frame(http: &reqwest::Client, demo: &Demo, card: &str) -> (u16, St
         .to_owned();
     assert!(!csp.contains("unsafe-inline"));
     let html = page.text().await.unwrap();
-    assert!(html.contains("demo-card.js"), "the script is a served file");
-    assert!(!html.contains("<script>"));
-    let unescape = |s: &str| s.replace("&quot;", "\"").replace("&amp;", "&");
-    let start = html
-        .find("<form method=\"post\" action=\"")
-        .expect("frame form")
-        + 28;
-    let action = unescape(html[start..].split('"').next().unwrap());
-    let mut fields = Vec::new();
-    for part in html.split("<input type=\"hidden\" name=\"").skip(1) {
-        let name = part.split('"').next().unwrap().to_owned();
-        let value = part
-            .split("value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        fields.push((name, unescape(value)));
-    }
+    let doc = Doc::parse(&html);
+    assert!(
+        doc.attrs("script", "src")
+            .iter()
+            .any(|src| src.starts_with("/demo/assets/demo-card.js?v=")),
+        "the script is a served file"
+    );
+    assert_eq!(doc.count("script:not([src])"), 0);
+    let action = doc
+        .attr("form[data-autosubmit]", "action")
+        .expect("frame form");
+    let fields: Vec<(String, String)> = doc
+        .attrs("form[data-autosubmit] input[type=hidden]", "name")
+        .into_iter()
+        .zip(doc.attrs("form[data-autosubmit] input[type=hidden]", "value"))
+        .collect();
     let r = http
         .post(demo.url(&action))
         .form(&fields)
@@ -63,8 +60,12 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
 
     let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
     assert_eq!(status, 200, "{tab}");
-    assert!(tab.contains("Пациент ещё не заполнил анкету"));
-    assert!(tab.contains("Смирнова Анна Петровна"));
+    let doc = Doc::parse(&tab);
+    assert_eq!(doc.count(".card.empty"), 1, "{tab}");
+    assert!(
+        doc.select_text(".tab-head")
+            .contains("Смирнова Анна Петровна")
+    );
 
     let token = demo.survey_url.rsplit('/').next().unwrap();
     let base = demo.url("");
@@ -74,13 +75,14 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
 
     let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
     assert_eq!(status, 200);
-    assert!(tab.contains("Обратите внимание"), "{tab}");
-    let start = tab.find("/b24/tab/report/").expect("PDF form");
-    let link = tab[start..].split('"').next().unwrap();
-    let session_at = tab.find("name=\"s\" value=\"").expect("tab session") + 16;
-    let session = tab[session_at..].split('"').next().unwrap();
+    let doc = Doc::parse(&tab);
+    assert_eq!(doc.select_text(".flagged h2"), "Обратите внимание", "{tab}");
+    let link = doc
+        .attr("form[action^='/b24/tab/report/']", "action")
+        .expect("PDF form");
+    let session = doc.attr("input[name=s]", "value").expect("tab session");
     let pdf = http
-        .post(demo.url(link))
+        .post(demo.url(&link))
         .form(&[("s", session)])
         .send()
         .await
@@ -90,7 +92,11 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
 
     let (status, admin) = open_frame(&http, &demo, &demo.admin_url()).await;
     assert_eq!(status, 200, "{admin}");
-    assert!(admin.contains("Приложение установлено и работает"));
+    assert!(
+        Doc::parse(&admin)
+            .text()
+            .contains("Приложение установлено и работает")
+    );
     demo.stop().await;
 }
 

@@ -12,8 +12,9 @@ use serde_json::Value;
 use crate::attacks_identity::{
     code_of, doctor_tokens, evil, identity, install_form, install_path, post, stored, untouched,
 };
-use crate::support::portal::{app_for, fake, install, installed, patient_deal, robot_link};
-use crate::support::spawn_app;
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::portal::{app_for_db, fake, install, installed_on, patient_deal, robot_link};
+use crate::support::spawn_app_on;
 
 fn tokens(p: &portal::Model) -> (Option<String>, Option<String>) {
     (p.access_token.clone(), p.refresh_token.clone())
@@ -28,10 +29,10 @@ async fn json_of(r: reqwest::Response) -> (u16, Value) {
     )
 }
 
-#[tokio::test]
-async fn onappinstall_carrying_the_pair_the_install_page_exchanged_is_accepted() {
+on_both_databases!(onappinstall_carrying_the_pair_the_install_page_exchanged_is_accepted);
+async fn onappinstall_carrying_the_pair_the_install_page_exchanged_is_accepted(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     // protocol §3.3: ONAPPINSTALL carries the install's own tokens.
     fake.reuse_frame_tokens(true);
     let r = fake
@@ -53,10 +54,10 @@ async fn onappinstall_carrying_the_pair_the_install_page_exchanged_is_accepted()
     assert_eq!(identity(&after_page), identity(&after_event));
 }
 
-#[tokio::test]
-async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
+on_both_databases!(an_admin_reopening_the_install_page_within_the_hour_repairs);
+async fn an_admin_reopening_the_install_page_within_the_hour_repairs(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     fake.reuse_frame_tokens(true);
     install(&fake, &app).await;
     let before = stored(&app, &fake.member_id()).await.expect("installed");
@@ -65,7 +66,10 @@ async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
     fake.app_update();
     assert!(fake.robots().is_empty());
     let page = install(&fake, &app).await;
-    assert!(page.contains("Робот «Отправить опрос»"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Робот «Отправить опрос»"),
+        "{page}"
+    );
     assert_eq!(fake.robots().len(), 1, "registered with the stored tokens");
     let after = stored(&app, &fake.member_id()).await.expect("installed");
     assert_eq!(tokens(&before), tokens(&after), "tokens unchanged");
@@ -80,11 +84,17 @@ async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
     let form = install_form(&access, &refresh, &member, &server, &app_token);
     let (status, page) = post(&app, &install_path(&domain), &form).await;
     assert_eq!(status, 403, "{page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
     let robots = fake.robots().len();
     let (status, page) = post(&app, &install_path(&domain), &form).await;
     assert_eq!(status, 403, "the exchanged pair: {page}");
-    assert!(page.contains("только администратор"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("только администратор"),
+        "{page}"
+    );
     assert_eq!(
         fake.robots().len(),
         robots,
@@ -94,10 +104,10 @@ async fn an_admin_reopening_the_install_page_within_the_hour_repairs() {
     assert_eq!(identity(&after), identity(&kept));
 }
 
-#[tokio::test]
-async fn a_retry_after_a_transient_failure_past_vouching_succeeds() {
+on_both_databases!(a_retry_after_a_transient_failure_past_vouching_succeeds);
+async fn a_retry_after_a_transient_failure_past_vouching_succeeds(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     install(&fake, &app).await;
     fake.reuse_frame_tokens(true);
     // A new hour: the frame gets a new pair, which the first attempt exchanges
@@ -113,13 +123,16 @@ async fn a_retry_after_a_transient_failure_past_vouching_succeeds() {
     fake.app_update();
     // The retry carries the same, now exchanged, pair.
     let page = install(&fake, &app).await;
-    assert!(page.contains("Робот «Отправить опрос»"), "{page}");
+    assert!(
+        crate::support::html::text_of(&page).contains("Робот «Отправить опрос»"),
+        "{page}"
+    );
     assert_eq!(fake.robots().len(), 1);
 }
 
-#[tokio::test]
-async fn a_row_from_before_vouching_is_revouched_before_a_tab_login() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_row_from_before_vouching_is_revouched_before_a_tab_login);
+async fn a_row_from_before_vouching_is_revouched_before_a_tab_login(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let member = fake.member_id();
     // What the migration does to every stored row…
@@ -153,9 +166,9 @@ async fn a_row_from_before_vouching_is_revouched_before_a_tab_login() {
     assert!(fixed.expires_at.expect("expiry") > Utc::now());
 }
 
-#[tokio::test]
-async fn a_reinstall_by_a_confirmed_admin_replaces_an_install_whose_client_is_gone() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_reinstall_by_a_confirmed_admin_replaces_an_install_whose_client_is_gone);
+async fn a_reinstall_by_a_confirmed_admin_replaces_an_install_whose_client_is_gone(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     // The local app was deleted and created again: the old installation's refresh
     // token now gets invalid_client. The new vouch (first) goes through, the
@@ -178,9 +191,9 @@ async fn a_reinstall_by_a_confirmed_admin_replaces_an_install_whose_client_is_go
     );
 }
 
-#[tokio::test]
-async fn app_update_with_a_new_application_token_keeps_robots_working() {
-    let (fake, app) = installed().await;
+on_both_databases!(app_update_with_a_new_application_token_keeps_robots_working);
+async fn app_update_with_a_new_application_token_keeps_robots_working(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let before = fake.application_token();
     let r = fake
         .update_app(true)
@@ -212,9 +225,9 @@ async fn app_update_with_a_new_application_token_keeps_robots_working() {
     assert_eq!(body["changed"], false, "{body}");
 }
 
-#[tokio::test]
-async fn a_forged_app_update_changes_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_forged_app_update_changes_nothing);
+async fn a_forged_app_update_changes_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let before = stored(&app, &member).await.expect("installed");
     let (access, _) = doctor_tokens(&fake);
@@ -271,10 +284,10 @@ async fn a_forged_app_update_changes_nothing() {
     robot_link(&fake, &app).await;
 }
 
-#[tokio::test]
-async fn a_move_outside_the_allowed_domains_keeps_the_old_address() {
+on_both_databases!(a_move_outside_the_allowed_domains_keeps_the_old_address);
+async fn a_move_outside_the_allowed_domains_keeps_the_old_address(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[("B24_ALLOWED_DOMAINS", &fake.domain())]).await;
+    let app = app_for_db(&fake, &db.url, &[("B24_ALLOWED_DOMAINS", &fake.domain())]).await;
     install(&fake, &app).await;
     let member = fake.member_id();
     let port = fake.base_url().port().expect("port");
@@ -292,9 +305,9 @@ async fn a_move_outside_the_allowed_domains_keeps_the_old_address() {
     assert_eq!(p.client_endpoint, format!("http://127.0.0.1:{port}/rest/"));
 }
 
-#[tokio::test]
-async fn onappinstall_without_oauth_configured_is_a_client_error() {
-    let app = spawn_app(&[]).await;
+on_both_databases!(onappinstall_without_oauth_configured_is_a_client_error);
+async fn onappinstall_without_oauth_configured_is_a_client_error(db: TestDb) {
+    let app = spawn_app_on(&db.url, &[]).await;
     let (status, body) = post(
         &app,
         "/b24/events",
@@ -311,9 +324,9 @@ async fn onappinstall_without_oauth_configured_is_a_client_error() {
     assert_eq!(code_of(&body), "oauth_not_configured", "{body}");
 }
 
-#[tokio::test]
-async fn tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard() {
-    let (fake, app) = installed().await;
+on_both_databases!(tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard);
+async fn tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let member = fake.member_id();
     let row = stored(&app, &member).await.expect("installed");
     let mut row: portal::ActiveModel = row.into();
@@ -335,12 +348,12 @@ async fn tab_posts_for_a_portal_whose_refresh_is_dead_stop_at_the_guard() {
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
 }
 
+on_both_databases!(an_app_update_revouches_a_stale_row_before_confirming_its_sender);
 /// An update arriving for a row whose endpoint no OAuth server has named since the
 /// upgrade: the admin's event token goes to the endpoint the renewal names, never
 /// to the stored one.
-#[tokio::test]
-async fn an_app_update_revouches_a_stale_row_before_confirming_its_sender() {
-    let (fake, app) = installed().await;
+async fn an_app_update_revouches_a_stale_row_before_confirming_its_sender(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let evil = evil().await;
     let member = fake.member_id();
     let row = stored(&app, &member).await.expect("installed");
@@ -366,12 +379,12 @@ async fn an_app_update_revouches_a_stale_row_before_confirming_its_sender() {
     );
 }
 
+on_both_databases!(a_refused_move_does_not_keep_an_endpoint_on_another_host);
 /// A move the operator's list refuses keeps the stored domain; a stored endpoint on
 /// another host (a row from before vouching) is not kept with it.
-#[tokio::test]
-async fn a_refused_move_does_not_keep_an_endpoint_on_another_host() {
+async fn a_refused_move_does_not_keep_an_endpoint_on_another_host(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[("B24_ALLOWED_DOMAINS", &fake.domain())]).await;
+    let app = app_for_db(&fake, &db.url, &[("B24_ALLOWED_DOMAINS", &fake.domain())]).await;
     install(&fake, &app).await;
     let member = fake.member_id();
     let port = fake.base_url().port().expect("port");

@@ -1,20 +1,30 @@
 //! Installing the local application: verified with the portal, registrations exactly
 //! once, repairs after an app update, uninstall with and without CLEAN.
 
+use sea_orm::ActiveEnum;
 use serde_json::Value;
 
-use crate::support::portal::{app_for, fake, install, installed, robot_link};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::html::Doc;
+use crate::support::portal::{app_for_db, fake, install, installed_on, robot_link};
 
-#[tokio::test]
-async fn install_registers_everything_once_even_twice() {
+on_both_databases!(install_registers_everything_once_even_twice);
+async fn install_registers_everything_once_even_twice(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let page = install(&fake, &app).await;
-    assert!(
-        page.contains("installFinish") || page.contains("data-install-finish=\"yes\""),
+    let doc = Doc::parse(&page);
+    assert_eq!(
+        doc.attr("body", "data-install-finish").as_deref(),
+        Some("yes"),
         "{page}"
     );
-    assert!(page.contains("Робот «Отправить опрос»"));
+    assert!(
+        doc.texts(".step--ok .step__what")
+            .iter()
+            .any(|s| s == "Робот «Отправить опрос»"),
+        "{page}"
+    );
 
     // A second install (or a new version) updates, never duplicates.
     install(&fake, &app).await;
@@ -68,10 +78,10 @@ async fn install_registers_everything_once_even_twice() {
     assert!(fake.is_installed());
 }
 
-#[tokio::test]
-async fn forged_install_plants_nothing() {
+on_both_databases!(forged_install_plants_nothing);
+async fn forged_install_plants_nothing(db: TestDb) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     // The browser-side POST with a token the portal never issued.
     let url = format!(
         "{}?DOMAIN={}&PROTOCOL=0&LANG=ru",
@@ -101,9 +111,9 @@ async fn forged_install_plants_nothing() {
     );
 }
 
-#[tokio::test]
-async fn app_update_wiping_registrations_is_repaired_on_reinstall() {
-    let (fake, app) = installed().await;
+on_both_databases!(app_update_wiping_registrations_is_repaired_on_reinstall);
+async fn app_update_wiping_registrations_is_repaired_on_reinstall(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.app_update();
     assert!(fake.robots().is_empty());
     install(&fake, &app).await;
@@ -117,9 +127,9 @@ async fn app_update_wiping_registrations_is_repaired_on_reinstall() {
     );
 }
 
-#[tokio::test]
-async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
-    let (fake, app) = installed().await;
+on_both_databases!(uninstall_with_clean_deletes_patients_data_and_rejects_the_robot);
+async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let (deal, _) = robot_link(&fake, &app).await;
     use sea_orm::EntityTrait;
     let before = opros::db::entities::invitation::Entity::find()
@@ -141,7 +151,7 @@ async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(portal.status, "uninstalled");
+    assert_eq!(portal.status.to_value(), "uninstalled");
     assert!(portal.access_token.is_none() && portal.refresh_token.is_none());
 
     // A later robot call for it is rejected and nothing is queued.
@@ -152,9 +162,9 @@ async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot() {
     assert!(r.status().is_client_error(), "{}", r.status());
 }
 
-#[tokio::test]
-async fn uninstall_needs_the_application_token() {
-    let (fake, app) = installed().await;
+on_both_databases!(uninstall_needs_the_application_token);
+async fn uninstall_needs_the_application_token(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let r = app
         .http
         .post(app.url("/b24/events"))
@@ -172,14 +182,14 @@ async fn uninstall_needs_the_application_token() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(portal.status, "installed");
+    assert_eq!(portal.status.to_value(), "installed");
 }
 
-#[tokio::test]
-async fn onappinstall_event_alone_installs_and_registers() {
+on_both_databases!(onappinstall_event_alone_installs_and_registers);
+async fn onappinstall_event_alone_installs_and_registers(db: TestDb) {
     // The install page never reached us; the event did (protocol §3.3).
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, &db.url, &[]).await;
     let (access, refresh) = fake.issue_user_token(1);
     let r = app
         .http
@@ -237,15 +247,15 @@ async fn onappinstall_event_alone_installs_and_registers() {
     assert_eq!(kept.application_token, portal.application_token);
 }
 
-#[tokio::test]
-async fn portals_idle_for_a_week_get_their_tokens_renewed() {
+on_both_databases!(portals_idle_for_a_week_get_their_tokens_renewed);
+async fn portals_idle_for_a_week_get_their_tokens_renewed(db: TestDb) {
     use chrono::{TimeDelta, Utc};
     use opros::b24::token_upkeep::renew_stale;
     use opros::db::entities::portal;
     use opros::testing::Fault;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let db = &app.state.db;
     let row = portal::Entity::find()

@@ -3,13 +3,14 @@
 use opros::testing::fake_portal::{AuthKind, FakePortal};
 use serde_json::{Value, json};
 
+use crate::support::db::{TestDb, on_both_databases};
 use crate::support::portal::{fake, patient_deal};
-use crate::support::{TestApp, full_answers, logs, spawn_app};
+use crate::support::{TestApp, full_answers, logs, spawn_app, spawn_app_on};
 
 const TOKEN: &str = "mySecretToken2026SuperSecure";
 const OUTGOING: &str = "ssmtodolnza09g2rnm1ucbyzumejtr39";
 
-async fn webhook_app(fake: &FakePortal, extra: &[(&str, &str)]) -> TestApp {
+async fn webhook_app(fake: &FakePortal, db_url: &str, extra: &[(&str, &str)]) -> TestApp {
     let hook = fake.webhook_url();
     let mut vars: Vec<(&str, &str)> = vec![
         ("BITRIX24_WEBHOOK_URL", &hook),
@@ -17,7 +18,7 @@ async fn webhook_app(fake: &FakePortal, extra: &[(&str, &str)]) -> TestApp {
         ("BITRIX24_OUTGOING_WEBHOOK_TOKEN", OUTGOING),
     ];
     vars.extend_from_slice(extra);
-    spawn_app(&vars).await
+    spawn_app_on(db_url, &vars).await
 }
 
 async fn json_of(r: reqwest::Response) -> (u16, Value) {
@@ -25,11 +26,11 @@ async fn json_of(r: reqwest::Response) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn builtin_webhook_robot_with_query_string() {
+on_both_databases!(builtin_webhook_robot_with_query_string);
+async fn builtin_webhook_robot_with_query_string(db: TestDb) {
     let log = logs::capture();
     let fake = fake().await;
-    let app = webhook_app(&fake, &[]).await;
+    let app = webhook_app(&fake, &db.url, &[]).await;
     let deal = patient_deal(&fake);
     // The robot «Вебхук» posts only document_id[*]; the rest is in the URL, with the
     // name variables left unrendered, as a misconfigured robot sends them.
@@ -80,10 +81,10 @@ async fn builtin_webhook_robot_with_query_string() {
     );
 }
 
-#[tokio::test]
-async fn every_body_format_is_understood() {
+on_both_databases!(every_body_format_is_understood);
+async fn every_body_format_is_understood(db: TestDb) {
     let fake = fake().await;
-    let app = webhook_app(&fake, &[]).await;
+    let app = webhook_app(&fake, &db.url, &[]).await;
     let endpoint = app.url("/api/v1/bitrix/webhook");
     let d1 = patient_deal(&fake);
     let r = app
@@ -147,10 +148,10 @@ async fn every_body_format_is_understood() {
     assert!(body["message"].as_str().unwrap().contains("JSON"), "{body}");
 }
 
-#[tokio::test]
-async fn token_errors() {
+on_both_databases!(token_errors);
+async fn token_errors(db: TestDb) {
     let fake = fake().await;
-    let app = webhook_app(&fake, &[]).await;
+    let app = webhook_app(&fake, &db.url, &[]).await;
     let endpoint = app.url("/api/v1/bitrix/webhook");
     let r = app
         .http
@@ -182,10 +183,10 @@ async fn token_errors() {
     );
 }
 
-#[tokio::test]
-async fn pipeline_filter_asks_the_portal_when_not_told() {
+on_both_databases!(pipeline_filter_asks_the_portal_when_not_told);
+async fn pipeline_filter_asks_the_portal_when_not_told(db: TestDb) {
     let fake = fake().await;
-    let app = webhook_app(&fake, &[("BITRIX24_CATEGORY_ID", "5")]).await;
+    let app = webhook_app(&fake, &db.url, &[("BITRIX24_CATEGORY_ID", "5")]).await;
     let deal = patient_deal(&fake); // pipeline 3
     let endpoint = app.url("/api/v1/bitrix/webhook");
     let r = app
@@ -214,10 +215,10 @@ async fn pipeline_filter_asks_the_portal_when_not_told() {
     assert_eq!(r.status(), 200, "the request's own category is believed");
 }
 
-#[tokio::test]
-async fn completion_goes_through_the_webhook_url() {
+on_both_databases!(completion_goes_through_the_webhook_url);
+async fn completion_goes_through_the_webhook_url(db: TestDb) {
     let fake = fake().await;
-    let app = webhook_app(&fake, &[]).await;
+    let app = webhook_app(&fake, &db.url, &[]).await;
     let deal = patient_deal(&fake);
     let r = app
         .http
@@ -251,11 +252,11 @@ async fn completion_goes_through_the_webhook_url() {
     assert_eq!(comments[0].files.len(), 1);
 }
 
-#[tokio::test]
-async fn outgoing_webhook_token_and_events() {
+on_both_databases!(outgoing_webhook_token_and_events);
+async fn outgoing_webhook_token_and_events(db: TestDb) {
     let log = logs::capture();
     let fake = fake().await;
-    let app = webhook_app(&fake, &[]).await;
+    let app = webhook_app(&fake, &db.url, &[]).await;
     let endpoint = app.url("/api/bitrix/webhook");
     let deal = patient_deal(&fake);
 

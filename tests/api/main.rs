@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_page;
+mod assets;
 mod attacks_events;
 mod attacks_identity;
 mod attacks_resources;
@@ -13,12 +14,18 @@ mod config_cli;
 mod deal_tab;
 mod delivery;
 mod demo;
+mod fake_automation;
 mod home;
 mod identity_repairs;
 mod install;
 mod instances;
 mod legacy;
+mod log_scope;
+mod module_graph;
+mod openapi_routes;
+mod pages_xss;
 mod recovery;
 mod robot;
 mod storage;
+mod stored_state;
 mod survey_flow;

@@ -13,12 +13,12 @@ use opros::testing::fake_portal::FakePortal;
 use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::logs;
-use crate::support::portal::{app_for_db, install, installed, patient_deal, robot_link};
+use crate::support::portal::{app_for_db, installed_on, patient_deal, robot_link};
 
-#[tokio::test]
-async fn robot_returns_link_writes_field_and_resolves_name() {
+on_both_databases!(robot_returns_link_writes_field_and_resolves_name);
+async fn robot_returns_link_writes_field_and_resolves_name(db: TestDb) {
     let log = logs::capture();
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     let (event_token, r) = fake
         .run_robot("opros_send_survey", deal, &[])
@@ -85,9 +85,9 @@ async fn robot_returns_link_writes_field_and_resolves_name() {
     );
 }
 
-#[tokio::test]
-async fn wrong_application_token_sends_nothing() {
-    let (fake, app) = installed().await;
+on_both_databases!(wrong_application_token_sends_nothing);
+async fn wrong_application_token_sends_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     let r = app
         .http
@@ -109,11 +109,11 @@ async fn wrong_application_token_sends_nothing() {
     assert!(fake.calls_of("crm.deal.update").is_empty());
 }
 
-#[tokio::test]
-async fn a_burst_on_a_2_10_portal_is_coalesced_into_at_most_10_requests() {
-    use crate::support::portal::{app_for, fake as fake_portal, install};
+on_both_databases!(a_burst_on_a_2_10_portal_is_coalesced_into_at_most_10_requests);
+async fn a_burst_on_a_2_10_portal_is_coalesced_into_at_most_10_requests(db: TestDb) {
+    use crate::support::portal::{fake as fake_portal, install};
     let fake = fake_portal().await;
-    let app = app_for(&fake, &[("B24_RATE_LIMIT", "2/10")]).await;
+    let app = app_for_db(&fake, &db.url, &[("B24_RATE_LIMIT", "2/10")]).await;
     install(&fake, &app).await;
     let deal_ids: Vec<u64> = (0..50).map(|_| patient_deal(&fake)).collect();
     // The portal's real limit from now on; 50 runs queue 200 commands.
@@ -139,10 +139,10 @@ async fn a_burst_on_a_2_10_portal_is_coalesced_into_at_most_10_requests() {
     assert_eq!(limited, 0);
 }
 
-#[tokio::test]
-async fn fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once() {
+on_both_databases!(fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once);
+async fn fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once(db: TestDb) {
     let log = logs::capture();
-    let (fake, app) = installed().await;
+    let (fake, app) = installed_on(&db.url).await;
     let deal_ids: Vec<u64> = (0..50).map(|_| patient_deal(&fake)).collect();
     fake.expire_access_tokens();
     let before = fake.refresh_count();
@@ -174,9 +174,9 @@ async fn fifty_concurrent_robot_runs_across_a_token_expiry_refresh_once() {
     assert!(batches <= 12, "{batches} batch requests for 200 commands");
 }
 
-#[tokio::test]
-async fn worker_killed_midway_runs_every_job_once_after_restart() {
-    let (fake, app) = installed().await;
+on_both_databases!(worker_killed_midway_runs_every_job_once_after_restart);
+async fn worker_killed_midway_runs_every_job_once_after_restart(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     let deal = patient_deal(&fake);
     // The portal hangs: the worker is stopped mid-call, its lease still held.
     fake.fail_next(
@@ -184,13 +184,19 @@ async fn worker_killed_midway_runs_every_job_once_after_restart() {
         opros::testing::fake_portal::Fault::Delay(std::time::Duration::from_secs(3)),
         1,
     );
+    let before = fake.http_request_count();
     let (_, r) = fake
         .run_robot("opros_send_survey", deal, &[])
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let db_url = app.db_url.clone();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Stopped once the worker's batch is at the portal (counted on arrival, recorded
+    // as a call only when answered).
+    crate::support::eventually("the worker's batch reached the portal", || async {
+        fake.http_request_count() > before
+    })
+    .await;
     app.stop().await;
 
     // Restart on the same database; expire the lease as time would.
@@ -204,7 +210,11 @@ async fn worker_killed_midway_runs_every_job_once_after_restart() {
             row.update(&app.state.db).await.unwrap();
         }
     }
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The first worker's call runs at the portal after its delay, whoever waits for it.
+    crate::support::eventually("the delayed batch answered", || async {
+        !fake.calls_of("batch").is_empty()
+    })
+    .await;
     app.run_outbox().await;
     let sends = fake.event_sends();
     assert_eq!(sends.len(), 1, "delivered exactly once: {sends:?}");
@@ -212,9 +222,9 @@ async fn worker_killed_midway_runs_every_job_once_after_restart() {
     assert!(jobs.iter().all(|j| j.done_at.is_some()), "{jobs:?}");
 }
 
-#[tokio::test]
-async fn a_portal_refusing_batch_still_gets_every_call() {
-    let (fake, app) = installed().await;
+on_both_databases!(a_portal_refusing_batch_still_gets_every_call);
+async fn a_portal_refusing_batch_still_gets_every_call(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
     fake.fail_next(
         "batch",
         opros::testing::fake_portal::Fault::error(
@@ -237,13 +247,6 @@ async fn a_portal_refusing_batch_still_gets_every_call() {
         survey["patient_name"], "Смирнова Анна Петровна",
         "the $result reference was resolved"
     );
-}
-
-async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
-    let fake = crate::support::portal::fake().await;
-    let app = app_for_db(&fake, db_url, &[]).await;
-    install(&fake, &app).await;
-    (fake, app)
 }
 
 /// The robot's own call (protocol §4.3) with `token` as `auth[application_token]`.
@@ -373,7 +376,7 @@ async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call
     let queued = accepted;
 
     let mut row: portal::ActiveModel = portal.into();
-    row.status = Set(portal::UNINSTALLED.to_owned());
+    row.status = Set(portal::UNINSTALLED);
     row.update(&app.state.db).await.expect("uninstalled");
     let (status, body) = robot_call(&app, &fake, deal, "rotated-application-token").await;
     assert_eq!(status, 403, "{body}");

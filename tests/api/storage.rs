@@ -49,7 +49,7 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
             &conn,
             None,
             &Job::WriteLinkField {
-                invitation: a.invitation.id.clone(),
+                invitation: a.invitation.id.clone().into(),
             },
             "job-1",
         )
@@ -61,7 +61,7 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
             &conn,
             None,
             &Job::WriteLinkField {
-                invitation: a.invitation.id.clone(),
+                invitation: a.invitation.id.clone().into(),
             },
             &format!("job-n{i}"),
         )
@@ -212,7 +212,7 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         let conn = db::connect(&test_db.url).await.unwrap();
         db::migrate(&conn).await.unwrap();
         let job = Job::WriteLinkField {
-            invitation: "inv".into(),
+            invitation: "inv".to_owned().into(),
         };
         outbox::enqueue(&conn, None, &job, "fenced").await.unwrap();
         let now = Utc::now();
@@ -254,15 +254,15 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         jobs::finish(
             &conn,
             &owner,
-            jobs::Outcome::Done(serde_json::json!({"by": "owner"})),
+            jobs::JobOutcome::Done(serde_json::json!({"by": "owner"})),
             later,
         )
         .await
         .unwrap();
         for late in [
-            jobs::Outcome::Dead("late".into()),
-            jobs::Outcome::RetryAt(later, "late".into()),
-            jobs::Outcome::Done(serde_json::json!({"by": "stalled"})),
+            jobs::JobOutcome::Dead("late".into()),
+            jobs::JobOutcome::RetryAt(later, "late".into()),
+            jobs::JobOutcome::Done(serde_json::json!({"by": "stalled"})),
         ] {
             jobs::finish(&conn, &stalled, late, later).await.unwrap();
         }
@@ -285,7 +285,7 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         jobs::finish(
             &conn,
             &claimed[0],
-            jobs::Outcome::Deferred(probe, "limit".into()),
+            jobs::JobOutcome::Deferred(probe, "limit".into()),
             later,
         )
         .await

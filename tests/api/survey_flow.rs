@@ -3,12 +3,14 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, full_answers, spawn_app};
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::html::Doc;
+use crate::support::{TestApp, full_answers, spawn_app, spawn_app_on};
 
 const TOKEN: &str = "mySecretToken2026SuperSecure";
 
-async fn app() -> TestApp {
-    spawn_app(&[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await
+async fn app(db: &TestDb) -> TestApp {
+    spawn_app_on(&db.url, &[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await
 }
 
 /// A link made through the webhook robot endpoint (no portal configured, so nothing
@@ -29,9 +31,9 @@ async fn new_link(app: &TestApp, deal: u32) -> (String, String) {
     (url, token)
 }
 
-#[tokio::test]
-async fn questionnaire_json_draft_and_submit() {
-    let app = app().await;
+on_both_databases!(questionnaire_json_draft_and_submit);
+async fn questionnaire_json_draft_and_submit(db: TestDb) {
+    let app = app(&db).await;
     let (url, token) = new_link(&app, 4217).await;
     assert!(url.starts_with(&app.base), "{url}");
     assert!(url.len() < 200, "link too long for an SMS: {}", url.len());
@@ -109,9 +111,9 @@ async fn questionnaire_json_draft_and_submit() {
     assert_eq!(after["status"], "completed");
 }
 
-#[tokio::test]
-async fn tampered_unknown_and_expired_links() {
-    let app = app().await;
+on_both_databases!(tampered_unknown_and_expired_links);
+async fn tampered_unknown_and_expired_links(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 5).await;
     let mut tampered = token.clone();
     let at = tampered.len() - 12;
@@ -125,10 +127,10 @@ async fn tampered_unknown_and_expired_links() {
 
     // A genuine link whose time is up.
     let id = app.state.links.verify(&token, chrono::Utc::now()).unwrap();
-    let expired = app
-        .state
-        .links
-        .sign(&id, chrono::Utc::now() - chrono::Duration::minutes(1));
+    let expired = app.state.links.sign(
+        id.as_str(),
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+    );
     let (status, body) = app.get_json(&format!("/api/v1/surveys/{expired}")).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(
@@ -142,17 +144,15 @@ async fn tampered_unknown_and_expired_links() {
         .await
         .unwrap();
     assert_eq!(page.status(), 410);
-    assert!(
-        page.text()
-            .await
-            .unwrap()
-            .contains("Срок действия ссылки истёк")
+    assert_eq!(
+        Doc::parse(&page.text().await.unwrap()).select_text("h1"),
+        "Срок действия ссылки истёк"
     );
 }
 
-#[tokio::test]
-async fn patient_page_without_javascript() {
-    let app = app().await;
+on_both_databases!(patient_page_without_javascript);
+async fn patient_page_without_javascript(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 6).await;
     let page = app
         .http
@@ -167,8 +167,12 @@ async fn patient_page_without_javascript() {
         .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let html = page.text().await.unwrap();
-    assert!(html.contains("Смирнова Анна"));
-    assert!(html.contains(&format!("action=\"/s/{token}\"")));
+    let doc = Doc::parse(&html);
+    assert!(doc.select_text(".meta strong").contains("Смирнова Анна"));
+    assert_eq!(
+        doc.attr("form#survey", "action"),
+        Some(format!("/s/{token}"))
+    );
 
     // A form post with a missing required answer re-renders with messages (422).
     let r = app
@@ -181,7 +185,12 @@ async fn patient_page_without_javascript() {
         .unwrap();
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
-    assert!(html.contains("role=\"alert\""), "error summary missing");
+    let doc = Doc::parse(&html);
+    assert_eq!(
+        doc.count("#error-summary[role=alert]:not([hidden])"),
+        1,
+        "error summary missing"
+    );
 
     let css = app
         .http
@@ -199,9 +208,9 @@ async fn patient_page_without_javascript() {
     assert_eq!(js.status(), 200);
 }
 
-#[tokio::test]
-async fn bad_bodies_are_4xx_never_5xx() {
-    let app = app().await;
+on_both_databases!(bad_bodies_are_4xx_never_5xx);
+async fn bad_bodies_are_4xx_never_5xx(db: TestDb) {
+    let app = app(&db).await;
     let (_, token) = new_link(&app, 7).await;
     for body in ["[1,2]", "\"x\"", "{\"answers\": 5}", "{not json"] {
         let r = app
@@ -238,7 +247,7 @@ async fn bad_bodies_are_4xx_never_5xx() {
 
 #[tokio::test]
 async fn the_spec_and_its_ui_refuse_writes_with_405_and_allow() {
-    let app = app().await;
+    let app = spawn_app(&[("BITRIX24_INCOMING_TOKEN", TOKEN)]).await;
     for path in ["/docs", "/docs/", "/openapi.json"] {
         for method in [Method::POST, Method::PUT, Method::DELETE] {
             let r = app

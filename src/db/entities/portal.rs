@@ -18,8 +18,7 @@ pub struct Model {
     pub application_token: Option<String>,
     pub scope: Option<String>,
     pub installed_by: Option<i64>,
-    /// `installed` or `uninstalled`.
-    pub status: String,
+    pub status: Status,
     /// The last registration check (robot, tab, events, field) as JSON.
     pub registration: Option<Json>,
     pub created_at: DateTimeUtc,
@@ -31,5 +30,16 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-pub const INSTALLED: &str = "installed";
-pub const UNINSTALLED: &str = "uninstalled";
+/// Whether the application is in the portal. Any other stored value fails the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum Status {
+    #[sea_orm(string_value = "installed")]
+    Installed,
+    /// `ONAPPUNINSTALL` confirmed: the tokens are gone (and, with `CLEAN`, the data).
+    #[sea_orm(string_value = "uninstalled")]
+    Uninstalled,
+}
+
+pub const INSTALLED: Status = Status::Installed;
+pub const UNINSTALLED: Status = Status::Uninstalled;

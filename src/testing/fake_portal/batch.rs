@@ -38,7 +38,7 @@ pub(crate) fn run(
             .into_iter()
             .map(|(k, v)| (k, substitute(&v, &results)))
             .collect();
-        let params = form::pairs_to_tree(&pairs).to_json();
+        let params = crate::testing::form_tree::pairs_to_tree(&pairs).to_json();
         let outcome = dispatch(state, auth, &method, &params, true);
         state.calls.push(RecordedCall::new(
             &method,

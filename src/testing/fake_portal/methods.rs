@@ -154,6 +154,7 @@ pub(crate) fn dispatch(
         "crm.lead.userfield.list" => userfield_list(state, "lead", params),
         "crm.timeline.comment.add" => comment_add(state, auth, params, in_batch),
         "crm.timeline.comment.list" => comment_list(state, params),
+        m if super::automation::handles(m) => super::automation::dispatch(state, auth, m, params),
         // §13: no nested batch.
         "batch" if in_batch => Err(ApiError::new(
             405,
@@ -373,7 +374,8 @@ fn placement_bind(state: &mut State, auth: &AuthKind, params: &Value) -> Outcome
         return Err(ApiError::new(200, "ERROR_ARGUMENT", "Argument is required"));
     };
     let placement = placement.to_ascii_uppercase();
-    if !PLACEMENTS.contains(&placement.as_str()) {
+    let smart_tab = super::automation::smart_process_tab(state, &placement);
+    if !PLACEMENTS.contains(&placement.as_str()) && !smart_tab {
         return Err(ApiError::new(
             400,
             "ERROR_PLACEMENT_NOT_FOUND",

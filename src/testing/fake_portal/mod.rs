@@ -4,6 +4,7 @@
 //! (`/oauth/token/`) on one port, keeps CRM data and registrations, records every
 //! call, takes injected faults, and sends what Bitrix24 sends to the service.
 
+mod automation;
 mod batch;
 mod methods;
 mod outbound;
@@ -21,6 +22,7 @@ use url::Url;
 
 use crate::bitrix24::PortalAuth;
 use crate::secret::Secret;
+pub use automation::{Activity, Document, Notification, OWNER_DEAL, OWNER_LEAD};
 pub use state::AuthKind;
 use state::{State, iso_now};
 
@@ -686,7 +688,7 @@ impl FakePortal {
             push("access_token", access);
             push("expires", (state::unix_now() + ttl).to_string());
             push("expires_in", ttl.to_string());
-            push("scope", state::SCOPE.to_owned());
+            push("scope", state.scope());
             push("domain", domain.clone());
             push("server_endpoint", server.clone());
             push("status", "L".to_owned());

@@ -4,7 +4,8 @@
 use serde_json::Value;
 use url::Url;
 
-use super::state::{random_hex, unix_now};
+use super::automation::Document;
+use super::state::{State, random_hex, unix_now};
 use super::{FakePortal, FakePortalError};
 use crate::bitrix24::form;
 
@@ -14,6 +15,21 @@ fn pairs(items: &[(&str, String)]) -> Vec<(String, String)> {
     items
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// Handlers bound to an event (upper-case name) with their ids (§7.1).
+fn bound_handlers(state: &State, event: &str) -> Vec<(String, String)> {
+    state
+        .events
+        .iter()
+        .filter(|e| e.get("event").and_then(Value::as_str) == Some(event))
+        .filter_map(|e| {
+            Some((
+                e.get("handler")?.as_str()?.to_owned(),
+                e.get("id")?.as_str()?.to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -99,7 +115,7 @@ impl FakePortal {
             // §3.2: the OAuth server's REST base (this server serves both).
             ("SERVER_ENDPOINT", self.server_endpoint()),
             ("APPLICATION_TOKEN", state.application_token.clone()),
-            ("APPLICATION_SCOPE", super::state::SCOPE.to_owned()),
+            ("APPLICATION_SCOPE", state.scope()),
             ("member_id", state.cfg.member_id.clone()),
             ("status", "L".to_owned()),
             ("PLACEMENT", placement.to_owned()),
@@ -179,6 +195,18 @@ impl FakePortal {
         deal_id: u64,
         properties: &[(&str, &str)],
     ) -> Result<(String, reqwest::Response), FakePortalError> {
+        self.run_robot_on(code, Document::Deal(deal_id), properties)
+            .await
+    }
+
+    /// A robot on any CRM document (§A4 `DOCUMENT_TYPE`, §A7): a deal, a lead or a
+    /// smart-process item.
+    pub async fn run_robot_on(
+        &self,
+        code: &str,
+        document: Document,
+        properties: &[(&str, &str)],
+    ) -> Result<(String, reqwest::Response), FakePortalError> {
         let (handler, token, body) = {
             let mut state = self.state();
             let robot = state
@@ -220,17 +248,18 @@ impl FakePortal {
                 .and_then(Value::as_str)
                 .unwrap_or("Y")
                 .to_owned();
-            let mut body = pairs(&[
-                ("workflow_id", workflow),
-                ("code", code.to_owned()),
-                ("document_id[0]", "crm".into()),
-                ("document_id[1]", "CCrmDocumentDeal".into()),
-                ("document_id[2]", format!("DEAL_{deal_id}")),
-                ("document_type[0]", "crm".into()),
-                ("document_type[1]", "CCrmDocumentDeal".into()),
-                ("document_type[2]", "DEAL".into()),
+            let mut body = pairs(&[("workflow_id", workflow), ("code", code.to_owned())]);
+            let [module, class, id] = document.document_id();
+            let [_, _, kind] = document.document_type();
+            body.extend(pairs(&[
+                ("document_id[0]", module.clone()),
+                ("document_id[1]", class.clone()),
+                ("document_id[2]", id),
+                ("document_type[0]", module),
+                ("document_type[1]", class),
+                ("document_type[2]", kind),
                 ("event_token", token.clone()),
-            ]);
+            ]));
             for (k, v) in properties {
                 body.push((format!("properties[{k}]"), (*v).to_owned()));
             }
@@ -329,18 +358,7 @@ impl FakePortal {
             if !state.installed {
                 return Vec::new();
             }
-            let bound: Vec<(String, String)> = state
-                .events
-                .iter()
-                .filter(|e| e.get("event").and_then(Value::as_str) == Some(event.as_str()))
-                .filter_map(|e| {
-                    Some((
-                        e.get("handler")?.as_str()?.to_owned(),
-                        e.get("id")?.as_str()?.to_owned(),
-                    ))
-                })
-                .collect();
-            bound
+            bound_handlers(&state, &event)
                 .into_iter()
                 .map(|(handler, id)| {
                     let mut body = pairs(&[
@@ -352,7 +370,7 @@ impl FakePortal {
                     let user = with_user_tokens.then_some((1, false));
                     let mut auth = Self::auth_block(&mut state, &self.shared, user);
                     if !with_user_tokens {
-                        auth.insert(0, ("auth[scope]".into(), super::state::SCOPE.into()));
+                        auth.insert(0, ("auth[scope]".into(), state.scope()));
                         auth.insert(1, ("auth[status]".into(), "L".into()));
                     }
                     body.extend(auth);
@@ -365,6 +383,59 @@ impl FakePortal {
             out.push(self.post_form_str(&handler, &body).await);
         }
         out
+    }
+
+    /// A user presses a `restEvent` button of a configurable activity (§A2,
+    /// configurable/structure/action.md): `ONCRMTIMELINEITEMACTION` goes only to the
+    /// app that created the activity, with `id, entityTypeId, entityId, activityId,
+    /// userId` plus the action's `actionParams`, and the pressing user's tokens. The
+    /// product's `ConfigurableRestApp\EventHandler` passes the signed parameters on
+    /// unchanged.
+    pub async fn press_activity_button(
+        &self,
+        activity_id: u64,
+        user_id: u32,
+        action_id: &str,
+        action_params: &[(&str, &str)],
+    ) -> Result<Vec<Delivery>, FakePortalError> {
+        let deliveries: Vec<(String, Vec<(String, String)>)> = {
+            let mut state = self.state();
+            let activity = state
+                .automation
+                .activities
+                .get(&activity_id)
+                .cloned()
+                .ok_or_else(|| FakePortalError::NotBound(format!("no activity {activity_id}")))?;
+            bound_handlers(&state, "ONCRMTIMELINEITEMACTION")
+                .into_iter()
+                .map(|(handler, id)| {
+                    let mut body = pairs(&[
+                        ("event", "ONCRMTIMELINEITEMACTION".to_owned()),
+                        ("event_handler_id", id),
+                        ("data[id]", action_id.to_owned()),
+                        ("data[entityTypeId]", activity.owner_type_id.to_string()),
+                        ("data[entityId]", activity.owner_id.to_string()),
+                        ("data[activityId]", activity_id.to_string()),
+                        ("data[userId]", user_id.to_string()),
+                    ]);
+                    for (k, v) in action_params {
+                        body.push((format!("data[{k}]"), (*v).to_owned()));
+                    }
+                    body.push(("ts".into(), unix_now().to_string()));
+                    body.extend(Self::auth_block(
+                        &mut state,
+                        &self.shared,
+                        Some((user_id, false)),
+                    ));
+                    (handler, body)
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (handler, body) in deliveries {
+            out.push(self.post_form_str(&handler, &body).await);
+        }
+        Ok(out)
     }
 
     /// The portal's outgoing webhook (§8, fixture outgoing-oncrmdealadd): its own

@@ -45,13 +45,13 @@ fn parse_params(query: &str, content_type: &str, body: &[u8]) -> (Value, Vec<(St
         // Form bodies with percent-encoded bracket keys (§"Conventions").
         pairs.extend(form::decode_pairs(body));
     }
-    let tree = form::pairs_to_tree(&pairs);
+    let tree = crate::testing::form_tree::pairs_to_tree(&pairs);
     let mut commands: Vec<(String, String)> = match tree.get("cmd") {
-        Some(form::FormNode::Branch(items)) => items
+        Some(crate::testing::form_tree::FormNode::Branch(items)) => items
             .iter()
             .filter_map(|(k, v)| match v {
-                form::FormNode::Leaf(s) => Some((k.clone(), s.clone())),
-                form::FormNode::Branch(_) => None,
+                crate::testing::form_tree::FormNode::Leaf(s) => Some((k.clone(), s.clone())),
+                crate::testing::form_tree::FormNode::Branch(_) => None,
             })
             .collect(),
         _ => Vec::new(),
@@ -449,7 +449,7 @@ async fn oauth(shared: &Shared, query: &str, content_type: &str, body: &[u8]) ->
             "access_token": access,
             "expires": unix_now() + ttl,
             "expires_in": ttl,
-            "scope": super::state::SCOPE,
+            "scope": state.scope(),
             "domain": shared.domain,
             "server_endpoint": shared.server_endpoint(),
             "status": "L",

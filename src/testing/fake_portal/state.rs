@@ -151,6 +151,8 @@ pub(crate) struct State {
     pub app_url: Option<String>,
     /// Who the request being served runs as (for the call record).
     pub last_auth: AuthKind,
+    /// Triggers, activities, notifications, smart processes (`automation`).
+    pub automation: super::automation::Automation,
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {
@@ -232,7 +234,18 @@ impl State {
             app_code: None,
             app_url: None,
             last_auth: AuthKind::None,
+            automation: super::automation::Automation::default(),
         }
+    }
+
+    /// The granted scopes, comma-separated (§2.2), without those revoked by
+    /// `FakePortal::revoke_scope`.
+    pub fn scope(&self) -> String {
+        SCOPE
+            .split(',')
+            .filter(|s| !self.automation.revoked_scopes.contains(*s))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A new access/refresh pair for a user (§2.1: opaque ~70 hex chars).
@@ -379,7 +392,8 @@ pub(crate) fn php_array(entries: Vec<(String, Value)>) -> Value {
     }
 }
 
-pub(crate) const SCOPE: &str = "crm,bizproc,placement,user_brief";
+/// The scopes opros asks for (CONTRACT.md, Automation).
+pub(crate) const SCOPE: &str = "crm,bizproc,placement,user_brief,im";
 
 /// Delay of [`Fault::Delay`] as used by the server.
 pub(crate) fn delay_of(fault: &Fault) -> Option<Duration> {

@@ -2,6 +2,7 @@
 //! built in code, driven over real HTTP.
 
 pub mod db;
+pub mod html;
 pub mod logs;
 pub mod portal;
 
@@ -161,12 +162,21 @@ pub async fn spawn_app_tuned(
 }
 
 /// Polls until `ok` holds, failing after 10 s. No fixed sleeps in tests.
-pub async fn eventually<F, Fut>(what: &str, mut ok: F)
+pub async fn eventually<F, Fut>(what: &str, ok: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    eventually_within(Duration::from_secs(10), what, ok).await;
+}
+
+/// [`eventually`] with a deadline of its own, for what waits on a refilling budget.
+pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     while !ok().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

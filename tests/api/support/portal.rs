@@ -52,8 +52,13 @@ pub async fn install(fake: &FakePortal, app: &TestApp) -> String {
 
 /// A fake portal and a service with the app installed into it.
 pub async fn installed() -> (FakePortal, TestApp) {
+    installed_on(&super::db::sqlite_for_process()).await
+}
+
+/// [`installed`] on the given database (see `db::on_both_databases`).
+pub async fn installed_on(db_url: &str) -> (FakePortal, TestApp) {
     let fake = fake().await;
-    let app = app_for(&fake, &[]).await;
+    let app = app_for_db(&fake, db_url, &[]).await;
     install(&fake, &app).await;
     (fake, app)
 }
