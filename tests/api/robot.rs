@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use sea_orm::EntityTrait;
 use serde_json::Value;
 
-use opros::b24::portal_settings::PortalSettings;
 use opros::db::entities::{invitation, portal};
+use opros::local_app::portal_settings::PortalSettings;
 use opros::testing::fake_portal::FakePortal;
 
 use crate::support::TestApp;
@@ -62,7 +62,7 @@ async fn robot_returns_link_writes_field_and_resolves_name(db: TestDb) {
         "application token logged"
     );
     // The tokens the service holds and used for these calls.
-    let stored = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let stored = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -279,11 +279,11 @@ async fn invitations(app: &TestApp) -> Vec<invitation::Model> {
 }
 
 async fn set_settings(app: &TestApp, fake: &FakePortal, link_days: u32, reuse_active: bool) {
-    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .expect("portal read")
         .expect("portal installed");
-    opros::b24::portal_settings::save(
+    opros::local_app::portal_settings::save(
         &app.state.db,
         portal.id,
         PortalSettings {
@@ -357,7 +357,7 @@ async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call
     };
     let queued = jobs().await;
 
-    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .expect("portal read")
         .expect("portal installed");
