@@ -80,9 +80,12 @@ pub struct SectionView {
     pub questions: Vec<QuestionView>,
 }
 
-pub struct ShowIf {
-    pub question: String,
-    pub equals: String,
+/// A question's `show_if` for the page's script: the one-test form as two
+/// attributes, any other form as its JSON (an attribute value, escaped by the
+/// template like any other).
+pub enum ShowIf {
+    Equals { question: String, equals: String },
+    Rule(String),
 }
 
 pub struct Hint {

@@ -53,6 +53,10 @@ pub struct QuestionView {
     pub options: Vec<OptionView>,
     #[oai(skip_serializing_if_is_none)]
     pub show_if: Option<ShowIfView>,
+    /// Any other form of the condition (`all`, `any`, `not_equals`, `in`, `gte`,
+    /// `lte`, `answered`), as the questionnaire writes it.
+    #[oai(skip_serializing_if_is_none)]
+    pub show_if_rule: Option<Value>,
     /// Title of the section the question belongs to.
     pub section: String,
     #[oai(skip_serializing_if_is_none)]
@@ -241,10 +245,19 @@ fn questions_of(q: &Questionnaire) -> Vec<QuestionView> {
                         label: o.label.clone(),
                     })
                     .collect(),
-                show_if: question.show_if.as_ref().map(|s| ShowIfView {
-                    question: s.question.clone(),
-                    equals: s.equals.clone(),
-                }),
+                show_if: question
+                    .show_if
+                    .as_ref()
+                    .and_then(|c| c.as_simple_equals())
+                    .map(|(question, equals)| ShowIfView {
+                        question: question.to_owned(),
+                        equals,
+                    }),
+                show_if_rule: question
+                    .show_if
+                    .as_ref()
+                    .filter(|c| c.as_simple_equals().is_none())
+                    .and_then(|c| serde_json::to_value(c).ok()),
                 section: s.title.clone(),
                 min: question.min,
                 max: question.max,

@@ -286,10 +286,16 @@ fn question_view(
         required_attr: q.required && shown && q.kind != QuestionType::Multi,
         required_msg: q.required.then(|| required_message(q.kind).to_owned()),
         range_msg: (q.kind == QuestionType::Number).then(|| range_message(q)),
-        show_if: q.show_if.as_ref().map(|cond| ShowIf {
-            question: cond.question.clone(),
-            equals: cond.equals.clone(),
-        }),
+        show_if: q
+            .show_if
+            .as_ref()
+            .map(|cond| match cond.as_simple_equals() {
+                Some((question, equals)) => ShowIf::Equals {
+                    question: question.to_owned(),
+                    equals,
+                },
+                None => ShowIf::Rule(serde_json::to_string(cond).unwrap_or_default()),
+            }),
         shown,
         group,
         hint,
