@@ -624,3 +624,126 @@ fn band_problems(bands: &[Band], lo: f64, hi: f64, place: &str, out: &mut Proble
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn problems_of(v: serde_json::Value) -> Vec<DefinitionProblem> {
+        let q: Questionnaire = serde_json::from_value(v).expect("reads");
+        q.check()
+    }
+
+    fn has(problems: &[DefinitionProblem], code: &str, reason: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.code == code && p.reason.contains(reason))
+    }
+
+    fn scored(id: &str) -> serde_json::Value {
+        json!({"id": id, "type": "single", "title": id, "options": [
+            {"value": "a", "label": "A", "score": 0},
+            {"value": "b", "label": "B", "score": 3}
+        ]})
+    }
+
+    fn questionnaire(questions: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+        let mut q = json!({"code": "t", "version": 1, "title": "Т",
+            "sections": [{"id": "s", "title": "Р", "questions": questions}]});
+        if let (Some(q), Some(extra)) = (q.as_object_mut(), extra.as_object()) {
+            q.extend(extra.clone());
+        }
+        q
+    }
+
+    #[test]
+    fn a_good_definition_has_no_problems() {
+        let p = problems_of(questionnaire(
+            json!([scored("x"), scored("y"),
+                {"id": "z", "type": "text", "title": "Z", "format": "phone",
+                 "show_if": {"all": [{"question": "x", "equals": "b"},
+                                     {"any": [{"question": "y", "gte": 3}, {"question": "y", "answered": false}]}]}}]),
+            json!({"scores": [{"id": "sum", "title": "Сумма", "questions": "all", "bands": [
+                    {"from": 0, "to": 2, "label": "мало"}, {"from": 3, "to": 6, "label": "много", "flag": true}]}],
+                   "messages": [{"when": {"question": "x", "in": ["b"]}, "text": "Позвоните врачу"}]}),
+        ));
+        // gte on a scored single is not for the page: the patient's page knows no scores.
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].code, "impossible_condition");
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_code() {
+        let p = problems_of(questionnaire(
+            json!([
+                scored("x"),
+                scored("x"),
+                {"id": "c", "type": "single", "title": "C", "options": []},
+                {"id": "d", "type": "multi", "title": "D", "options": [
+                    {"value": "v", "label": "V"}, {"value": "v", "label": "W"}]},
+                {"id": "e", "type": "yes_no", "title": "E", "show_if": {"question": "f", "equals": "yes"}},
+                {"id": "f", "type": "yes_no", "title": "F", "show_if": {"question": "e", "equals": "yes"}},
+                {"id": "g", "type": "text", "title": "G", "show_if": {"question": "nope", "equals": "1"},
+                 "flag_if": {"gte": 1}},
+                {"id": "h", "type": "scale", "title": "H", "flag_if": {"gte": 11}},
+                {"id": "i", "type": "yes_no", "title": "I", "flag_if": {"equals": "maybe"}},
+                {"id": "j", "type": "date", "title": "J", "min_date": "-1x", "max_date": "-1d"},
+                {"id": "k", "type": "number", "title": "K", "format": "email", "min_date": "today"},
+                {"id": "l", "type": "text", "title": "L", "max_length": 0}
+            ]),
+            json!({"scores": [
+                {"id": "s1", "title": "S1", "questions": ["x", "ghost", "e"], "bands": [
+                    {"from": 0, "to": 2, "label": "a"}, {"from": 2, "to": 3, "label": "b"}]},
+                {"id": "s1", "title": "S2", "questions": "all", "bands": [
+                    {"from": 1, "to": 1, "label": "a"}, {"from": 3, "to": 4, "label": "b"}]},
+                {"id": "s3", "title": "S3", "questions": "some", "bands": []}
+            ], "messages": [{"when": {"question": "ghost", "answered": true}, "text": " "}]}),
+        ));
+        let text = format!("{p:#?}");
+        for (code, reason) in [
+            ("duplicate_id", "уже встречался"),
+            ("empty_options", "нужны варианты"),
+            ("duplicate_option", "«v» повторяется"),
+            ("show_if_cycle", "цикл"),
+            ("unknown_question", "«nope»"),
+            ("flag_never_holds", "не число"),
+            ("flag_never_holds", "gte 11"),
+            ("flag_never_holds", "«maybe»"),
+            ("bad_date_limit", "-1x"),
+            ("date_limit_not_allowed", "только у вопросов date"),
+            ("format_not_allowed", "только у вопросов text"),
+            ("bad_max_length", "больше нуля"),
+            ("unknown_question", "«ghost»"),
+            ("unscored_question", "«e»"),
+            ("band_overlap", "пересекаются"),
+            ("duplicate_id", "id балла «s1»"),
+            ("band_gap", "пропущены значения 2–2"),
+            ("band_not_covering", "от 0 до 6"),
+            ("bad_score_questions", "«some»"),
+            ("empty_message", "нет текста"),
+        ] {
+            assert!(has(&p, code, reason), "{code} / {reason} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn a_forward_reference_is_named_and_the_page_gets_no_score_tests() {
+        let p = problems_of(questionnaire(
+            json!([
+                {"id": "a", "type": "yes_no", "title": "A", "show_if": {"question": "b", "not_equals": "no"}},
+                {"id": "b", "type": "yes_no", "title": "B"},
+                scored("c"),
+                {"id": "d", "type": "text", "title": "D", "show_if": {"question": "c", "lte": 1}}
+            ]),
+            json!({}),
+        ));
+        assert!(has(&p, "show_if_forward", "ниже"), "{p:?}");
+        assert!(
+            has(&p, "impossible_condition", "только number и scale"),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+}
