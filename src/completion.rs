@@ -9,7 +9,34 @@ use sea_orm::EntityTrait;
 use crate::db::entities::{invitation, portal};
 use crate::report::{RenderedReport, ReportInput, ReportItem, ReportSection};
 use crate::state::AppState;
-use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
+use crate::survey::{
+    Answers, Questionnaire, ScoreResult, flagged, score_summary, scores, sections_for_display,
+};
+
+/// Said after a score whose band is marked as a red flag.
+const SCORE_FLAG_NOTE: &str = "требует внимания";
+
+/// A score's value and band for a doctor: «17 — умеренно тяжёлая (требует внимания)».
+pub fn score_answer(s: &ScoreResult) -> String {
+    let text = s.text();
+    let value = text
+        .strip_prefix(&format!("{}: ", s.title))
+        .unwrap_or(&text)
+        .to_owned();
+    if s.flag {
+        format!("{value} ({SCORE_FLAG_NOTE})")
+    } else {
+        value
+    }
+}
+
+/// The scores of a completed survey in one line, «PHQ-9: 12 — умеренная; GAD-7: 4 —
+/// минимальная», or `None` when the questionnaire has none: what the await robot's
+/// `score` returns. Holds no answer, only totals and band names.
+pub fn score_line(q: &Questionnaire, answers: &Answers) -> Option<String> {
+    let results = scores(q, answers);
+    (!results.is_empty()).then(|| score_summary(&results))
+}
 
 /// Clinics using this service work in Moscow time (UTC+3, no daylight saving since 2014);
 /// the PDF and the comment state it, so a reader elsewhere is not misled.
@@ -68,12 +95,20 @@ pub fn report_input(
                 .collect(),
         })
         .collect();
+    let scores = scores(q, answers)
+        .iter()
+        .map(|s| ReportItem {
+            question: s.title.clone(),
+            answer: score_answer(s),
+        })
+        .collect();
     ReportInput {
         clinic: clinic.to_owned(),
         title: q.title.clone(),
         patient: inv.patient_name.clone(),
         completed_at: moscow(completed_at),
         flagged,
+        scores,
         sections,
     }
 }
@@ -130,6 +165,10 @@ fn comment_with(
             .map(|f| format!("{}: {}", neutralise(&f.label), neutralise(&f.answer)))
             .collect();
         text.push_str(&format!("\nОбратите внимание: {}.", items.join("; ")));
+    }
+    // Totals and band names come from the questionnaire, not from patient text.
+    if let Some(line) = score_line(q, answers) {
+        text.push_str(&format!("\nБаллы: {}.", neutralise(&line)));
     }
     if let Some(note) = note {
         text.push_str(&format!("\n{note}"));

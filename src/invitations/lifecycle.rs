@@ -247,6 +247,9 @@ async fn set_job_due<C: ConnectionTrait>(
 pub struct Receipt {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
+    /// The questionnaire's messages for the patient that the answers call for (the
+    /// crisis message of PHQ-9): for the "done" page only, never sent anywhere.
+    pub patient_messages: Vec<String>,
 }
 
 /// Validates against the questionnaire version the link was sent with, stores the
@@ -286,6 +289,7 @@ pub async fn submit(
     Ok(Receipt {
         completed_at: now,
         report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
+        patient_messages: crate::survey::patient_messages(&q, &valid),
     })
 }
 

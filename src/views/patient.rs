@@ -29,6 +29,9 @@ pub struct Message {
     pub kind: &'static str,
     pub heading: String,
     pub paragraphs: Vec<String>,
+    /// What the questionnaire asks to tell the patient after these answers, set
+    /// apart from the rest.
+    pub notes: Vec<String>,
 }
 
 /// A page that only says something.

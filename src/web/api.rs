@@ -213,6 +213,10 @@ pub struct Submitted {
     pub completed_at: DateTime<Utc>,
     /// SHA-256 printed in the PDF report's footer.
     pub report_sha256: String,
+    /// Texts the questionnaire shows the patient on the "done" page for these
+    /// answers (e.g. where to get help at once); absent when there are none.
+    #[oai(skip_serializing_if_is_empty)]
+    pub patient_messages: Vec<String>,
 }
 
 #[derive(Debug, Object)]
@@ -365,6 +369,7 @@ impl SurveyApi {
             status: invitations::shown::COMPLETED.to_owned(),
             completed_at: done.completed_at,
             report_sha256: done.report_sha256,
+            patient_messages: done.patient_messages,
         }))
     }
 

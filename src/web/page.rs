@@ -52,6 +52,7 @@ fn message(kind: &'static str, heading: &str, paragraphs: Vec<String>) -> Messag
         kind,
         heading: heading.to_owned(),
         paragraphs,
+        notes: Vec::new(),
     }
 }
 
@@ -112,9 +113,12 @@ fn message_page(title: &str, message: Message) -> String {
     })
 }
 
-/// The page after a successful submission.
-pub fn render_thank_you(clinic: &str, title: &str) -> String {
-    message_page("Ответы получены", thank_you(clinic, title))
+/// The page after a successful submission, with the questionnaire's messages for
+/// these answers.
+pub fn render_thank_you(clinic: &str, title: &str, notes: &[String]) -> String {
+    let mut message = thank_you(clinic, title);
+    message.notes = notes.to_vec();
+    message_page("Ответы получены", message)
 }
 
 /// The page (409) for a link whose answers were already received.
@@ -740,7 +744,7 @@ mod tests {
     #[test]
     fn message_pages_share_the_layout() {
         for page in [
-            render_thank_you("Клиника <b>", "Анкета"),
+            render_thank_you("Клиника <b>", "Анкета", &[]),
             render_already_completed("Клиника", "Анкета"),
             render_expired(),
             render_not_found(),
@@ -757,7 +761,7 @@ mod tests {
             assert_eq!(d.select(&sel("b")).count(), 0);
             assert_eq!(d.select(&sel("main#main h1")).count(), 1);
         }
-        let d = doc(&render_thank_you("Клиника <b>", "А"));
+        let d = doc(&render_thank_you("Клиника <b>", "А", &[]));
         assert_eq!(text(&d, "h1"), "Спасибо! Ваши ответы получены");
         assert!(text(&d, "p").contains("клинику «Клиника <b>»"));
         let d = doc(&render_expired());
@@ -808,7 +812,7 @@ mod tests {
         }
         std::fs::write(
             dir.join("thank-you.html"),
-            render_thank_you("Клиника «Здоровье»", &q.title).replace(
+            render_thank_you("Клиника «Здоровье»", &q.title, &[]).replace(
                 &crate::assets::APP_CSS.url(),
                 &format!("file://{}", assets.join("app.css").display()),
             ),
