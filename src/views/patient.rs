@@ -142,8 +142,15 @@ pub enum Control {
     },
     Date {
         not_future: bool,
+        /// The question's limits resolved for today, `YYYY-MM-DD`.
+        min: Option<String>,
+        max: Option<String>,
     },
     Text {
         maxlength: usize,
+        /// `tel` or `email` for a text with a format, else `text`.
+        input_type: &'static str,
+        /// `phone` or `email`: the page's script checks the format.
+        format: Option<&'static str>,
     },
 }

@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::NaiveDate;
 use serde_json::Value;
 
 use crate::survey::{
-    Answers, Question, QuestionType, Questionnaire, SCALE_MAX, normalise, parse_date, parse_number,
-    range_message, required_message, visible,
+    Answers, Question, QuestionType, Questionnaire, SCALE_MAX, TextFormat, date_range_message,
+    normalise, parse_date, parse_number, range_message, relative_date, required_message, visible,
 };
 use crate::views::patient::{
     Choice, Chrome, Control, Hint, Message, MessagePage, Progress, QuestionView, SectionView,
@@ -289,7 +290,7 @@ fn question_view(
         required: q.required,
         required_attr: q.required && shown && q.kind != QuestionType::Multi,
         required_msg: q.required.then(|| required_message(q.kind).to_owned()),
-        range_msg: (q.kind == QuestionType::Number).then(|| range_message(q)),
+        range_msg: range_msg(q),
         show_if: q
             .show_if
             .as_ref()
@@ -311,6 +312,27 @@ fn question_view(
             value.map(|v| field_text(q, v)).unwrap_or_default()
         },
         control: control(q, value),
+    }
+}
+
+/// A date question's limits for today in Moscow, the day the server checks against.
+fn date_limits(q: &Question) -> (Option<NaiveDate>, Option<NaiveDate>) {
+    let today = chrono::Utc::now()
+        .with_timezone(&crate::completion::MSK)
+        .date_naive();
+    let limit = |spec: &Option<String>| spec.as_deref().and_then(|s| relative_date(s, today));
+    (limit(&q.min_date), limit(&q.max_date))
+}
+
+/// The message the page shows for an answer outside the question's limits.
+fn range_msg(q: &Question) -> Option<String> {
+    match q.kind {
+        QuestionType::Number => Some(range_message(q)),
+        QuestionType::Date if q.min_date.is_some() || q.max_date.is_some() => {
+            let (min, max) = date_limits(q);
+            Some(date_range_message(min, max))
+        }
+        _ => None,
     }
 }
 
@@ -379,11 +401,26 @@ fn control(q: &Question, value: Option<&Value>) -> Control {
             max: q.max,
             unit: q.unit.clone(),
         },
-        QuestionType::Date => Control::Date {
-            not_future: q.not_future,
-        },
+        QuestionType::Date => {
+            let (min, max) = date_limits(q);
+            let iso = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+            Control::Date {
+                not_future: q.not_future,
+                min: iso(min),
+                max: iso(max),
+            }
+        }
         QuestionType::Text => Control::Text {
             maxlength: q.text_limit(),
+            input_type: match q.format {
+                Some(TextFormat::Phone) => "tel",
+                Some(TextFormat::Email) => "email",
+                None => "text",
+            },
+            format: q.format.map(|f| match f {
+                TextFormat::Phone => "phone",
+                TextFormat::Email => "email",
+            }),
         },
     }
 }

@@ -125,6 +125,24 @@
     barText.textContent = done + ' из ' + required.length;
   }
 
+  // The server's rules (survey::validate::normal_phone, is_email), kept in step.
+  function isPhone(v) {
+    if (typeof v !== 'string' || /[^0-9 ()+-]/.test(v)) return false;
+    const plus = (v.match(/\+/g) || []).length;
+    if (plus > 1 || (plus === 1 && v[0] !== '+')) return false;
+    const digits = v.replace(/\D/g, '');
+    if (digits.length === 11) return digits[0] === '7' || (digits[0] === '8' && v[0] !== '+');
+    return digits.length === 10 && v[0] !== '+';
+  }
+
+  function isEmail(v) {
+    if (typeof v !== 'string' || /\s/.test(v) || v.length > 254) return false;
+    const at = v.indexOf('@');
+    if (at < 1 || v.indexOf('@', at + 1) !== -1) return false;
+    const domain = v.slice(at + 1);
+    return domain.includes('.') && !domain.startsWith('.') && !domain.endsWith('.') && !domain.includes('..');
+  }
+
   // The message for one visible question, or '' when it is fine.
   function check(q) {
     const v = valueOf(q);
@@ -137,6 +155,13 @@
       const max = el.max === '' ? Infinity : Number(el.max);
       if (v < min || v > max) return q.dataset.rangeMsg || 'Введите число';
     }
+    // ISO dates compare as text; the server checks the same limits.
+    if (q.dataset.type === 'date' && q.dataset.rangeMsg && ((el.min && v < el.min) || (el.max && v > el.max))) {
+      return q.dataset.rangeMsg;
+    }
+    const format = el && el.dataset.format;
+    if (format === 'phone' && !isPhone(v)) return 'Введите номер телефона, например +7 912 345-67-89';
+    if (format === 'email' && !isEmail(v)) return 'Введите адрес электронной почты, например name@example.ru';
     return '';
   }
 
