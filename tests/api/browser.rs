@@ -726,3 +726,84 @@ async fn tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium() {
     let _ = b.client.clone().close().await;
     demo.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn phq9_page_at_phone_width_shows_its_rules_and_the_crisis_message() {
+    const TEST: &str = "browser::phq9_page_at_phone_width_shows_its_rules_and_the_crisis_message";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let fake = crate::support::portal::fake().await;
+    let app = crate::support::portal::app_for(&fake, &[]).await;
+    crate::support::portal::install(&fake, &app).await;
+    let deal = crate::support::portal::patient_deal(&fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[("survey_code", "phq9")])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let link = fake
+        .event_sends()
+        .last()
+        .map(|s| s.1["SURVEY_URL"].clone())
+        .expect("survey_url");
+
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client
+        .goto(&app.url(&format!("/s/{}", token_of(&link))))
+        .await
+        .expect("PHQ-9 page");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#survey"))
+        .await
+        .expect("questionnaire shown");
+    b.audit("PHQ-9: open").await;
+    b.shot("phq9-390.png").await;
+
+    // The difficulty item follows an `any` rule of `not_equals` tests, in the page.
+    let difficulty = b
+        .client
+        .find(Locator::Css("#q-difficulty"))
+        .await
+        .expect("difficulty item");
+    assert!(!difficulty.is_displayed().await.unwrap(), "hidden at first");
+    for i in 1..=8 {
+        b.js(&format!(
+            "document.querySelector('#q-q{i} input[value=\"not_at_all\"]').click()"
+        ))
+        .await;
+    }
+    assert!(
+        !difficulty.is_displayed().await.unwrap(),
+        "no problem marked"
+    );
+    b.js("document.querySelector('#q-q9 input[value=\"several_days\"]').click()")
+        .await;
+    assert!(
+        difficulty.is_displayed().await.unwrap(),
+        "shown after item 9"
+    );
+
+    b.client
+        .find(Locator::Css("#survey button[type=submit]"))
+        .await
+        .expect("submit button")
+        .click()
+        .await
+        .expect("submit");
+    eventually("the done page with the crisis message", || async {
+        b.text().await.contains("8-800-2000-122")
+    })
+    .await;
+    let note = b
+        .js("return document.querySelector('.message-note').textContent")
+        .await;
+    assert!(note.as_str().unwrap_or_default().contains("112"), "{note}");
+    b.audit("PHQ-9: done with the crisis message").await;
+    b.shot("phq9-done-390.png").await;
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+}
