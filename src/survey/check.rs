@@ -659,6 +659,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_questionnaire() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```json\n{\n  \"code\": \"mood_check\"")
+            .expect("the example in README");
+        let body = &readme[start + "```json\n".len()..];
+        let end = body.find("```").expect("end of the example");
+        let q: Questionnaire = serde_json::from_str(&body[..end]).expect("the example reads");
+        assert_eq!(q.check(), Vec::new());
+        assert_eq!(q.scores.len(), 1);
+        assert_eq!(q.messages.len(), 1);
+    }
+
+    #[test]
     fn a_good_definition_has_no_problems() {
         let p = problems_of(questionnaire(
             json!([scored("x"), scored("y"),

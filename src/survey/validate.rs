@@ -679,6 +679,71 @@ sections:
     }
 
     #[test]
+    fn phones_emails_and_relative_dates() {
+        for (typed, normal) in [
+            ("+7 912 345-67-89", "+79123456789"),
+            ("8 (912) 345-67-89", "+79123456789"),
+            ("9123456789", "+79123456789"),
+        ] {
+            assert_eq!(normal_phone(typed).as_deref(), Some(normal), "{typed}");
+        }
+        for bad in [
+            "12345",
+            "+8 912 345 67 89",
+            "7+9123456789",
+            "+7 912 345 67 89 0",
+            "тел",
+        ] {
+            assert_eq!(normal_phone(bad), None, "{bad}");
+        }
+        assert!(is_email("anna@example.ru"));
+        for bad in [
+            "anna",
+            "@example.ru",
+            "anna@",
+            "anna@ru",
+            "a b@example.ru",
+            "a@b@c.ru",
+            "a@.ru",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        let t = today();
+        let d = |y, m, d| NaiveDate::from_ymd_opt(y, m, d);
+        assert_eq!(relative_date("today", t), Some(t));
+        assert_eq!(relative_date("-1d", t), d(2026, 5, 19));
+        assert_eq!(relative_date("+30d", t), d(2026, 6, 19));
+        assert_eq!(relative_date("-6m", t), d(2025, 11, 20));
+        assert_eq!(relative_date("-120y", t), d(1906, 5, 20));
+        for bad in ["", "yesterday", "1d", "-d", "-1w", "-999999999y"] {
+            assert_eq!(relative_date(bad, t), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_limits_and_formats_are_checked_at_submit() {
+        let q: Questionnaire = serde_json::from_value(json!({
+            "code": "t", "version": 1, "title": "T", "sections": [{"id": "s", "title": "S", "questions": [
+                {"id": "birth", "type": "date", "title": "B", "min_date": "-120y", "max_date": "-1d"},
+                {"id": "phone", "type": "text", "title": "P", "format": "phone"}
+            ]}]
+        }))
+        .expect("reads");
+        let check = |a: Value| validate_submit(&q, &answers(a), today());
+        let err = check(json!({"birth": "2026-05-20", "phone": "1"}))
+            .expect_err("bad")
+            .0;
+        assert_eq!(err["birth"], "Укажите дату с 20.05.1906 по 19.05.2026");
+        assert!(err["phone"].contains("номер телефона"));
+        assert!(
+            check(json!({"birth": "1906-05-19"})).is_err(),
+            "older than 120"
+        );
+        let ok = check(json!({"birth": "1906-05-20", "phone": "8 912 345 67 89"})).expect("ok");
+        assert_eq!(ok["phone"], json!("+79123456789"));
+    }
+
+    #[test]
     fn drafts_keep_what_is_valid() {
         let q = builtin();
         let draft = answers(json!({
