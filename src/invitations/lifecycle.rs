@@ -182,6 +182,7 @@ async fn upsert_draft<C: ConnectionTrait>(
         submitted_at: Set(None),
         report_sha256: Set(None),
         report_pdf: Set(None),
+        outcome: Set(None),
     })
     .on_conflict(
         OnConflict::column(response::Column::InvitationId)
@@ -282,14 +283,19 @@ pub async fn submit(
     };
     let job_key = format!("invitation:{}:completion", inv.id);
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
-    claim_completion(state, inv, &valid, now, &job_key, delivers).await?;
+    let patient_messages = crate::survey::patient_messages(&q, &valid);
+    let outcome = serde_json::json!({
+        "scores": crate::survey::scores(&q, &valid),
+        "patient_messages": patient_messages,
+    });
+    claim_completion(state, inv, &valid, now, &job_key, delivers, &outcome).await?;
     let report = render_pdf(state, inv, &q, &valid, now).await;
     release_completion(state, inv, report.as_ref(), &job_key, delivers).await?;
     tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
     Ok(Receipt {
         completed_at: now,
         report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
-        patient_messages: crate::survey::patient_messages(&q, &valid),
+        patient_messages,
     })
 }
 
@@ -325,6 +331,7 @@ async fn claim_completion(
     now: DateTime<Utc>,
     job_key: &str,
     delivers: bool,
+    outcome: &serde_json::Value,
 ) -> Result<(), FlowError> {
     let answers_json = serde_json::to_value(valid)
         .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
@@ -348,6 +355,7 @@ async fn claim_completion(
             submitted_at: Set(Some(now)),
             report_sha256: Set(None),
             report_pdf: Set(None),
+            outcome: Set(Some(outcome.clone())),
         })
         .on_conflict(
             OnConflict::column(response::Column::InvitationId)
@@ -358,6 +366,7 @@ async fn claim_completion(
                     response::Column::SubmittedAt,
                     response::Column::ReportSha256,
                     response::Column::ReportPdf,
+                    response::Column::Outcome,
                 ])
                 .to_owned(),
         )

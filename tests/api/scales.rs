@@ -4,6 +4,7 @@
 //! the server (422 per question) and described to the page.
 
 use reqwest::Method;
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 use crate::support::html::Doc;
@@ -112,6 +113,17 @@ async fn phq9_score_reaches_the_doctor_and_the_crisis_message_only_the_patient()
         assert!(message.contains(words), "{message}");
     }
     app.run_outbox().await;
+
+    // Stored with the response: the scores and what the patient was shown.
+    let stored = opros::db::entities::response::Entity::find()
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .and_then(|r| r.outcome)
+        .expect("outcome stored");
+    assert_eq!(stored["scores"][0]["total"], json!(17.0), "{stored}");
+    assert_eq!(stored["scores"][0]["band"], "умеренно тяжёлая");
+    assert_eq!(stored["patient_messages"][0], json!(message));
 
     let comments = fake.timeline_comments();
     assert_eq!(comments.len(), 1, "{comments:?}");
