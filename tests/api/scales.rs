@@ -409,3 +409,129 @@ fn a_surveys_dir_file_with_problems_stops_the_start_naming_them() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+const HOSTILE: &str = r#"<script>alert(1)</script>"'><img src=x onerror=alert(2)>"#;
+
+/// Markup in a message, a score's title and band, and a rule's value (in the page's
+/// `data-show-if` attribute) stays text on every page that shows it.
+#[tokio::test]
+async fn markup_in_messages_scores_and_rules_is_shown_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = json!({
+        "code": "hostile", "version": 1, "title": "Анкета",
+        "sections": [{"id": "s", "title": "Раздел", "questions": [
+            {"id": "note", "type": "text", "title": "Заметка"},
+            {"id": "pick", "type": "single", "title": "Выбор", "required": true,
+             "options": [{"value": "a", "label": "А", "score": 1},
+                         {"value": "b", "label": "Б", "score": 0}]},
+            {"id": "more", "type": "text", "title": "Ещё",
+             "show_if": {"all": [{"question": "note", "not_equals": HOSTILE},
+                                 {"question": "pick", "in": ["a"]}]}}
+        ]}],
+        "scores": [{"id": "x", "title": format!("Шкала {HOSTILE}"), "questions": "all",
+                    "bands": [{"from": 0, "to": 0, "label": "ноль"},
+                              {"from": 1, "to": 1, "label": format!("один {HOSTILE}"), "flag": true}]}],
+        "messages": [{"when": {"question": "pick", "equals": "a"}, "text": format!("Совет {HOSTILE}")}]
+    });
+    std::fs::write(dir.path().join("hostile.json"), q.to_string()).unwrap();
+    let dir_path = dir.path().display().to_string();
+    let fake = fake().await;
+    let app = app_for(&fake, &[("SURVEYS_DIR", &dir_path)]).await;
+    install(&fake, &app).await;
+    let (deal, token) = link_for(&fake, &app, "hostile").await;
+
+    let page = app
+        .http
+        .get(app.url(&format!("/s/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let doc = Doc::parse(&page);
+    doc.assert_no_injected_markup();
+    let rule: Value = serde_json::from_str(&doc.attr("#q-more", "data-show-if").expect("rule"))
+        .expect("the attribute is the rule's JSON");
+    assert_eq!(rule["all"][0]["not_equals"], HOSTILE);
+    assert!(!page.contains("Совет") && !page.contains("Шкала"), "{page}");
+
+    let r = app
+        .http
+        .post(app.url(&format!("/s/{token}")))
+        .form(&[("pick", "a"), ("note", HOSTILE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = Doc::parse(&r.text().await.unwrap());
+    done.assert_no_injected_markup();
+    assert_eq!(
+        done.select_text(".message-note"),
+        format!("Совет {HOSTILE}")
+    );
+
+    app.run_outbox().await;
+    let tab = fake
+        .open_deal_tab(1, deal)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let doc = Doc::parse(&tab);
+    doc.assert_no_injected_markup();
+    assert_eq!(doc.select_text(".scores dt"), format!("Шкала {HOSTILE}"));
+    assert_eq!(
+        doc.select_text(".scores dd"),
+        format!("1 — один {HOSTILE} (требует внимания)")
+    );
+    let comment = &fake.timeline_comments()[0].comment;
+    assert!(!comment.contains("Совет"), "{comment}");
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+/// A patient cannot make the service show or store a message by sending it, nor by
+/// an answer outside the options: the crisis message follows only from valid answers.
+#[tokio::test]
+async fn a_forged_submit_brings_no_message() {
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    install(&fake, &app).await;
+    let (_, token) = link_for(&fake, &app, "phq9").await;
+    let mut answers: serde_json::Map<String, Value> = (1..=8)
+        .map(|i| (format!("q{i}"), json!("not_at_all")))
+        .collect();
+    answers.insert("q9".into(), json!("3"));
+    let (status, body) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": answers, "patient_messages": ["Фальшивка"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "a score is not an answer: {body}");
+    assert_eq!(
+        body["errors"]["q9"],
+        "Выберите один из предложенных вариантов"
+    );
+    answers.insert("q9".into(), json!("not_at_all"));
+    answers.insert("patient_messages".into(), json!(["Фальшивка"]));
+    let (status, body) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": answers}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("patient_messages").is_none(), "{body}");
+    let stored = opros::db::entities::response::Entity::find()
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .and_then(|r| r.outcome)
+        .expect("outcome stored");
+    assert_eq!(stored["patient_messages"], json!([]), "{stored}");
+}
