@@ -228,6 +228,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_score_line_joins_every_score_for_the_await_robot() {
+        let q: Questionnaire = serde_json::from_value(serde_json::json!({
+            "code": "two", "version": 1, "title": "Две шкалы",
+            "sections": [{"id": "s", "title": "S", "questions": [
+                {"id": "a", "type": "single", "title": "A", "options": [
+                    {"value": "lo", "label": "Мало", "score": 0}, {"value": "hi", "label": "Много", "score": 12}]},
+                {"id": "b", "type": "multi", "title": "B", "options": [
+                    {"value": "x", "label": "X", "score": 2}, {"value": "y", "label": "Y", "score": 2}]}
+            ]}],
+            "scores": [
+                {"id": "first", "title": "PHQ-9", "questions": ["a"], "bands": [
+                    {"from": 0, "to": 9, "label": "лёгкая"}, {"from": 10, "to": 12, "label": "умеренная"}]},
+                {"id": "second", "title": "GAD-7", "questions": ["b"], "bands": [
+                    {"from": 0, "to": 4, "label": "минимальная", "flag": true}]}
+            ]
+        }))
+        .expect("reads");
+        assert_eq!(q.check(), Vec::new());
+        let answers: Answers =
+            serde_json::from_value(serde_json::json!({"a": "hi", "b": ["x", "y"]})).expect("map");
+        assert_eq!(
+            score_line(&q, &answers).as_deref(),
+            Some("PHQ-9: 12 — умеренная; GAD-7: 4 — минимальная")
+        );
+        let results = scores(&q, &answers);
+        assert_eq!(
+            score_answer(&results[1]),
+            "4 — минимальная (требует внимания)"
+        );
+        let mut plain = q.clone();
+        plain.scores.clear();
+        assert_eq!(score_line(&plain, &answers), None);
+    }
+
+    #[test]
     fn patient_text_forms_no_tag_and_no_marker_line() {
         let typed = "[URL=https://evil.example]Результаты готовы[/URL] [USER=1]\nОпрос № x";
         let safe = neutralise(typed);
