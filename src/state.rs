@@ -53,6 +53,10 @@ pub enum StartError {
     Database(#[from] DbErr),
     #[error("HTTP-клиент не создан: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// A questionnaire file with problems stops the start: a clinic would otherwise
+    /// send links to a questionnaire that silently is not there.
+    #[error("анкеты содержат ошибки, исправьте их и запустите сервис снова:\n{}", crate::survey::join_load_problems(.0))]
+    Surveys(Vec<crate::survey::LoadProblem>),
 }
 
 impl AppState {
@@ -73,8 +77,8 @@ impl AppState {
             ),
         };
         let (catalog, problems) = crate::survey::Catalog::load(config.surveys_dir.as_deref());
-        for problem in &problems {
-            tracing::warn!("Анкета не загружена: {problem}");
+        if !problems.is_empty() {
+            return Err(StartError::Surveys(problems));
         }
         tracing::info!(count = catalog.list().len(), "Анкеты загружены");
         let shared_bucket = crate::db::rate_bucket::DbRateBucket::for_shared_db(&db)

@@ -182,6 +182,7 @@ async fn upsert_draft<C: ConnectionTrait>(
         submitted_at: Set(None),
         report_sha256: Set(None),
         report_pdf: Set(None),
+        outcome: Set(None),
     })
     .on_conflict(
         OnConflict::column(response::Column::InvitationId)
@@ -232,11 +233,16 @@ struct Claim {
     at: DateTime<Utc>,
     /// The comment job's key, where results are delivered.
     job_key: Option<String>,
+    /// Scores and the patient's messages (`response.outcome`).
+    outcome: serde_json::Value,
 }
 
 pub struct Receipt {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
+    /// The questionnaire's messages for the patient that the answers call for (the
+    /// crisis message of PHQ-9): for the "done" page only, never sent anywhere.
+    pub patient_messages: Vec<String>,
 }
 
 /// Validates against the questionnaire version the link was sent with, stores the
@@ -273,6 +279,11 @@ pub async fn submit(
     let sha256 = crate::report::content_sha256(&input);
     let job_key = format!("invitation:{}:completion", inv.id);
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
+    let patient_messages = crate::survey::patient_messages(&q, &valid);
+    let outcome = serde_json::json!({
+        "scores": crate::survey::scores(&q, &valid),
+        "patient_messages": patient_messages,
+    });
     claim_completion(
         state,
         inv,
@@ -280,6 +291,7 @@ pub async fn submit(
         &sha256,
         now,
         delivers.then_some(job_key),
+        outcome,
     )
     .await?;
     if delivers {
@@ -297,6 +309,7 @@ pub async fn submit(
     Ok(Receipt {
         completed_at: now,
         report_sha256: sha256,
+        patient_messages,
     })
 }
 
@@ -348,6 +361,7 @@ async fn claim_completion(
     sha256: &str,
     now: DateTime<Utc>,
     job_key: Option<String>,
+    outcome: serde_json::Value,
 ) -> Result<(), FlowError> {
     let answers = serde_json::to_value(valid)
         .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
@@ -358,6 +372,7 @@ async fn claim_completion(
         sha256: sha256.to_owned(),
         at: now,
         job_key,
+        outcome,
     };
     let claimed = state
         .group_write(move |txn| {
@@ -394,6 +409,7 @@ async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea
         submitted_at: Set(Some(c.at)),
         report_sha256: Set(Some(c.sha256.clone())),
         report_pdf: Set(None),
+        outcome: Set(Some(c.outcome.clone())),
     })
     .on_conflict(
         OnConflict::column(response::Column::InvitationId)
@@ -404,6 +420,7 @@ async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea
                 response::Column::SubmittedAt,
                 response::Column::ReportSha256,
                 response::Column::ReportPdf,
+                response::Column::Outcome,
             ])
             .to_owned(),
     )

@@ -79,6 +79,8 @@ pub struct TabResult {
     pub pdf_action: String,
     /// (question, answer) worth the doctor's attention, shown first.
     pub flagged: Vec<(String, String)>,
+    /// Scores: (title, «12 — умеренная», whether its band is a red flag).
+    pub scores: Vec<(String, String, bool)>,
     pub sections: Vec<AnswerSection>,
 }
 

@@ -26,6 +26,7 @@ mod openapi_routes;
 mod pages_xss;
 mod recovery;
 mod robot;
+mod scales;
 mod storage;
 mod stored_state;
 mod survey_flow;
