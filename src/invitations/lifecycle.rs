@@ -371,6 +371,16 @@ async fn claim_completion(
             .await?;
             // Held back while this request renders the PDF; released after.
             set_job_due(&txn, job_key, now + RENDER_GRACE).await?;
+            // The clinic's automation (triggers, red-flag activity, notification).
+            outbox::enqueue(
+                &txn,
+                inv.portal_id,
+                &Job::Automate {
+                    invitation: InvitationId::of(inv),
+                },
+                &format!("invitation:{}:automate", inv.id),
+            )
+            .await?;
         }
         txn.commit().await?;
     }

@@ -125,6 +125,16 @@ pub async fn run_group(
                     }
                     outcomes.push((c.row, outcome));
                 }
+                Job::Automate { .. } => {
+                    let outcome = match &pushback {
+                        Some(error) => JobOutcome::Deferred(now, error.clone()),
+                        None => super::automation::run(state, &target, &c.row, inv, now).await,
+                    };
+                    if let JobOutcome::Deferred(_, error) = &outcome {
+                        pushback = Some(error.clone());
+                    }
+                    outcomes.push((c.row, outcome));
+                }
                 _ => batchable.push((c, inv.clone())),
             },
         }
@@ -240,7 +250,9 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => Vec::new(),
+        Job::PostCompletion { .. } | Job::Automate { .. } | Job::ConfirmUninstall { .. } => {
+            Vec::new()
+        }
     }
 }
 
@@ -338,7 +350,7 @@ async fn run_chunk(
                 Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
+            Job::PostCompletion { .. } | Job::Automate { .. } | Job::ConfirmUninstall { .. } => {
                 JobOutcome::Dead("not a batch job".into())
             }
         };

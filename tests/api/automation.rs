@@ -1,0 +1,271 @@
+//! The survey result in the clinic's automation (issue #16, points 1, 3, 4, 6): app
+//! triggers and the badge registered on install, triggers executed once per
+//! completion, the red-flag activity, the responsible's notification without any
+//! answer, the webhook setup's to-do, and a missing `im` scope degrading cleanly.
+
+use opros::db::entities::{outbox_job, portal};
+use opros::outbox::automation::{BADGE_CODE, TRIGGER_COMPLETED, TRIGGER_RED_FLAGS};
+use opros::testing::fake_portal::{FakePortal, OWNER_DEAL};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::Value;
+
+use crate::support::TestApp;
+use crate::support::db::{TestDb, on_both_databases};
+use crate::support::portal::{app_for, app_for_db, complete_survey, fake, install, installed_on};
+
+/// Words of the distinctive free-text answer `full_answers` types.
+const ANSWER_WORDS: [&str; 3] = ["пенициллин", "крапивница", "Головная боль"];
+
+async fn registration(app: &TestApp) -> Vec<Value> {
+    let row = portal::Entity::find()
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    row.registration.unwrap()["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn step<'a>(steps: &'a [Value], what: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["what"].as_str().is_some_and(|w| w.contains(what)))
+        .unwrap_or_else(|| panic!("no step {what}: {steps:?}"))
+}
+
+async fn automate_job(app: &TestApp) -> outbox_job::Model {
+    outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("automate"))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .expect("an automation job per completed survey")
+}
+
+fn runs_for(fake: &FakePortal, deal: u64) -> Vec<String> {
+    fake.trigger_runs()
+        .into_iter()
+        .filter(|(_, t, id)| *t == OWNER_DEAL && *id == deal)
+        .map(|(code, _, _)| code)
+        .collect()
+}
+
+on_both_databases!(install_registers_triggers_badge_and_the_seen_event_once);
+async fn install_registers_triggers_badge_and_the_seen_event_once(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    // A reinstall registers again: nothing doubles.
+    install(&fake, &app).await;
+    let triggers = fake.triggers();
+    assert_eq!(
+        triggers,
+        vec![
+            (TRIGGER_COMPLETED.to_owned(), "Анкета заполнена".to_owned()),
+            (
+                TRIGGER_RED_FLAGS.to_owned(),
+                "Анкета: есть отметки для врача".to_owned()
+            ),
+        ]
+    );
+    let badges = fake.badges();
+    assert_eq!(badges.len(), 1, "{badges:?}");
+    assert_eq!(badges[0]["code"], BADGE_CODE);
+    assert_eq!(badges[0]["type"], "failure");
+    let seen: Vec<Value> = fake
+        .event_bindings()
+        .into_iter()
+        .filter(|e| {
+            e["event"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("ONCRMTIMELINEITEMACTION"))
+        })
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0]["handler"]
+            .as_str()
+            .is_some_and(|h| h.ends_with("/b24/events")),
+        "{seen:?}"
+    );
+    let steps = registration(&app).await;
+    for what in [
+        "Анкета заполнена»",
+        "есть отметки для врача»",
+        "Красный значок",
+        "ONCRMTIMELINEITEMACTION",
+    ] {
+        assert_eq!(step(&steps, what)["ok"], true, "{what}: {steps:?}");
+    }
+}
+
+on_both_databases!(a_flagged_completion_fires_both_triggers_once_and_moves_the_stage);
+async fn a_flagged_completion_fires_both_triggers_once_and_moves_the_stage(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    fake.place_trigger(OWNER_DEAL, TRIGGER_COMPLETED, "C3:PREPARATION");
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    assert_eq!(
+        runs_for(&fake, deal),
+        vec![TRIGGER_COMPLETED.to_owned(), TRIGGER_RED_FLAGS.to_owned()]
+    );
+    assert_eq!(fake.deal(deal).unwrap()["STAGE_ID"], "C3:PREPARATION");
+    // With the installer's token: an administrator in application context (§A1).
+    assert!(
+        fake.calls_of("crm.automation.trigger.execute")
+            .iter()
+            .all(|c| c.status == 200)
+    );
+
+    // The job runs again as if its worker died before recording Done: nothing fires
+    // twice, no second activity.
+    let job = automate_job(&app).await;
+    assert!(job.done_at.is_some(), "{job:?}");
+    let mut row: outbox_job::ActiveModel = job.into();
+    row.done_at = Set(None);
+    row.run_at = Set(0);
+    row.attempts = Set(1);
+    row.update(&app.state.db).await.unwrap();
+    let db_url = app.stop().await;
+    let app = app_for_db(&fake, &db_url, &[]).await;
+    app.run_outbox().await;
+    assert!(automate_job(&app).await.done_at.is_some());
+    assert_eq!(runs_for(&fake, deal).len(), 2, "{:?}", fake.trigger_runs());
+    assert_eq!(fake.activities().len(), 1);
+}
+
+on_both_databases!(the_red_flag_activity_names_titles_only_and_carries_the_badge);
+async fn the_red_flag_activity_names_titles_only_and_carries_the_badge(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    let activities = fake.activities();
+    assert_eq!(activities.len(), 1, "{activities:?}");
+    let a = &activities[0];
+    assert_eq!(
+        (a.owner_type_id, a.owner_id, a.completed),
+        (OWNER_DEAL, deal, false)
+    );
+    assert_eq!(a.fields["badgeCode"], BADGE_CODE);
+    // Sent form-encoded: numbers arrive as text.
+    assert_eq!(a.fields["responsibleId"], "1", "the deal's ASSIGNED_BY_ID");
+    let job = automate_job(&app).await;
+    let invitation = job.payload["invitation"].as_str().unwrap().to_owned();
+    assert_eq!(a.fields["originId"], invitation.as_str());
+    let header = a.layout["header"]["title"].as_str().unwrap();
+    assert!(
+        header.starts_with("Анкета: ") && header.ends_with(" для врача"),
+        "{header}"
+    );
+    let tags = a.layout["header"]["tags"].as_object().unwrap();
+    assert!(tags.values().any(|t| t["type"] == "failure"), "{tags:?}");
+    let buttons = a.layout["footer"]["buttons"].as_object().unwrap();
+    assert_eq!(buttons["seen"]["action"]["type"], "restEvent");
+    assert_eq!(buttons["open"]["action"]["type"], "openRestApp");
+    let blocks = a.layout["body"]["blocks"].as_object().unwrap();
+    assert!(
+        blocks
+            .values()
+            .any(|b| b["type"] == "link" && b["properties"]["action"]["type"] == "redirect"),
+        "a link for the mobile app: {blocks:?}"
+    );
+    let layout = a.layout.to_string();
+    for word in ANSWER_WORDS {
+        assert!(
+            !layout.contains(word),
+            "an answer in the activity: {layout}"
+        );
+    }
+    assert_eq!(job.result.unwrap()["activity_id"], a.id);
+}
+
+on_both_databases!(the_notification_names_the_deal_and_the_count_but_no_answer);
+async fn the_notification_names_the_deal_and_the_count_but_no_answer(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    let notes = fake.notifications();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let n = &notes[0];
+    assert_eq!(n.user_id, 1, "the deal's ASSIGNED_BY_ID");
+    let member = portal::Entity::find()
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .member_id;
+    assert_eq!(
+        n.tag.as_deref(),
+        Some(format!("opros|{member}|DEAL_{deal}").as_str())
+    );
+    assert!(
+        n.message
+            .starts_with("Анкета пациента по сделке «Приём терапевта 14.01»: "),
+        "{}",
+        n.message
+    );
+    assert!(n.message.contains("внимания"), "{}", n.message);
+    assert!(
+        n.message
+            .contains(&format!("[URL=/crm/deal/details/{deal}/]")),
+        "{}",
+        n.message
+    );
+    // No answer leaves the service but in the comment and its PDF.
+    for call in fake.calls() {
+        if call.method == "crm.timeline.comment.add" {
+            continue;
+        }
+        let sent = call.params.to_string();
+        for word in ANSWER_WORDS {
+            assert!(
+                !sent.contains(word),
+                "{} carries an answer: {sent}",
+                call.method
+            );
+        }
+    }
+}
+
+on_both_databases!(without_im_the_rest_is_delivered_and_the_reason_is_listed);
+async fn without_im_the_rest_is_delivered_and_the_reason_is_listed(db: TestDb) {
+    let fake = fake().await;
+    fake.revoke_scope("im");
+    let app = app_for_db(&fake, &db.url, &[]).await;
+    install(&fake, &app).await;
+    let steps = registration(&app).await;
+    let im = step(&steps, "Уведомления врачу");
+    assert_eq!(im["ok"], false);
+    assert_eq!(
+        im["detail"],
+        "нет права im — уведомления врачу не отправляются"
+    );
+
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    assert!(fake.notifications().is_empty());
+    assert_eq!(runs_for(&fake, deal).len(), 2);
+    assert_eq!(fake.activities().len(), 1);
+    assert_eq!(fake.timeline_comments().len(), 1);
+    let job = automate_job(&app).await;
+    assert!(job.done_at.is_some() && job.dead_at.is_none(), "{job:?}");
+    let result = job.result.unwrap();
+    let steps = result["steps"].as_array().unwrap();
+    let note = step(steps, "Уведомление ответственному");
+    assert_eq!(note["ok"], false);
+    assert_eq!(
+        note["detail"],
+        "нет права im — уведомления врачу не отправляются"
+    );
+}
+
+#[tokio::test]
+async fn a_service_without_completions_fires_nothing() {
+    let fake = fake().await;
+    let app = app_for(&fake, &[]).await;
+    install(&fake, &app).await;
+    app.run_outbox().await;
+    assert!(fake.trigger_runs().is_empty());
+    assert!(fake.activities().is_empty());
+    assert!(fake.notifications().is_empty());
+}
