@@ -325,6 +325,32 @@ pub async fn run(
     JobOutcome::Done(result)
 }
 
+/// Completes the red-flag activity after «Просмотрено» (§A2: a completed activity
+/// drops its kanban badge). Setting `completed` again changes nothing, so the client
+/// may repeat it.
+pub async fn complete(
+    state: &AppState,
+    target: &Target,
+    row: &outbox_job::Model,
+    activity_id: i64,
+    now: DateTime<Utc>,
+) -> JobOutcome {
+    match state
+        .b24
+        .call(
+            target,
+            "crm.activity.configurable.update",
+            json!({"id": activity_id, "fields": {"completed": true}}),
+        )
+        .await
+    {
+        Ok(_) => JobOutcome::Done(json!({"completed": activity_id})),
+        // Deleted by a user meanwhile: nothing left to complete.
+        Err(e) if e.is_not_found() => JobOutcome::Done(json!({"note": "activity not found"})),
+        Err(e) => classify(&e, row, now),
+    }
+}
+
 /// The flagged answers of the stored result; the job's outcome when they cannot be read.
 async fn flagged_of(
     state: &AppState,

@@ -42,6 +42,12 @@ pub enum Job {
     /// red-flag activity (or the webhook setup's to-do) and the responsible's
     /// notification (`automation`).
     Automate { invitation: InvitationId },
+    /// «Просмотрено» was pressed by a confirmed user: complete the red-flag activity,
+    /// which clears its kanban badge.
+    CompleteActivity {
+        invitation: InvitationId,
+        activity_id: i64,
+    },
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
@@ -55,6 +61,7 @@ impl Job {
             Job::WriteLinkField { .. } => "write_link_field",
             Job::PostCompletion { .. } => "post_completion",
             Job::Automate { .. } => "automate",
+            Job::CompleteActivity { .. } => "complete_activity",
             Job::ConfirmUninstall { .. } => "confirm_uninstall",
         }
     }
@@ -66,7 +73,8 @@ impl Job {
             | Job::ReturnRobotValues { invitation, .. }
             | Job::WriteLinkField { invitation }
             | Job::PostCompletion { invitation }
-            | Job::Automate { invitation } => Some(invitation),
+            | Job::Automate { invitation }
+            | Job::CompleteActivity { invitation, .. } => Some(invitation),
             Job::ConfirmUninstall { .. } => None,
         }
     }

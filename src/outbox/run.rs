@@ -125,10 +125,14 @@ pub async fn run_group(
                     }
                     outcomes.push((c.row, outcome));
                 }
-                Job::Automate { .. } => {
-                    let outcome = match &pushback {
-                        Some(error) => JobOutcome::Deferred(now, error.clone()),
-                        None => super::automation::run(state, &target, &c.row, inv, now).await,
+                Job::Automate { .. } | Job::CompleteActivity { .. } => {
+                    let outcome = match (&pushback, &c.job) {
+                        (Some(error), _) => JobOutcome::Deferred(now, error.clone()),
+                        (None, Job::CompleteActivity { activity_id, .. }) => {
+                            super::automation::complete(state, &target, &c.row, *activity_id, now)
+                                .await
+                        }
+                        (None, _) => super::automation::run(state, &target, &c.row, inv, now).await,
                     };
                     if let JobOutcome::Deferred(_, error) = &outcome {
                         pushback = Some(error.clone());
@@ -250,9 +254,10 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } | Job::Automate { .. } | Job::ConfirmUninstall { .. } => {
-            Vec::new()
-        }
+        Job::PostCompletion { .. }
+        | Job::Automate { .. }
+        | Job::CompleteActivity { .. }
+        | Job::ConfirmUninstall { .. } => Vec::new(),
     }
 }
 
@@ -350,9 +355,10 @@ async fn run_chunk(
                 Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } | Job::Automate { .. } | Job::ConfirmUninstall { .. } => {
-                JobOutcome::Dead("not a batch job".into())
-            }
+            Job::PostCompletion { .. }
+            | Job::Automate { .. }
+            | Job::CompleteActivity { .. }
+            | Job::ConfirmUninstall { .. } => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
     }

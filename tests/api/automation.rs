@@ -269,3 +269,135 @@ async fn a_service_without_completions_fires_nothing() {
     assert!(fake.activities().is_empty());
     assert!(fake.notifications().is_empty());
 }
+
+/// What a tab user can send: `ONCRMTIMELINEITEMACTION` with the application token
+/// from their own tab POST and whatever else they like.
+async fn forged_seen(app: &TestApp, fake: &FakePortal, fields: &[(&str, String)]) -> (u16, Value) {
+    let mut form: Vec<(String, String)> = vec![
+        ("event".into(), "ONCRMTIMELINEITEMACTION".into()),
+        ("data[id]".into(), "seen".into()),
+        ("auth[member_id]".into(), fake.member_id()),
+        ("auth[domain]".into(), fake.domain()),
+        ("auth[application_token]".into(), fake.application_token()),
+    ];
+    form.extend(fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let r = app
+        .http
+        .post(app.url("/b24/events"))
+        .form(&form)
+        .send()
+        .await
+        .expect("event delivered");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn seen_jobs(fake: &FakePortal) -> usize {
+    fake.calls_of("crm.activity.configurable.update").len()
+}
+
+on_both_databases!(seen_by_a_confirmed_doctor_completes_the_activity);
+async fn seen_by_a_confirmed_doctor_completes_the_activity(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    let activity = fake.activities()[0].id;
+    fake.add_user(7, "Игорь", "Воронцов", false);
+    let delivered = fake
+        .press_activity_button(activity, 7, "seen", &[])
+        .await
+        .expect("the event is bound");
+    assert_eq!(delivered.len(), 1);
+    let r = delivered.into_iter().next().unwrap().expect("delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    assert!(fake.activities()[0].completed, "the badge goes with it");
+    assert_eq!(seen_jobs(&fake), 1);
+}
+
+on_both_databases!(a_forged_seen_changes_nothing);
+async fn a_forged_seen_changes_nothing(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    let activity = fake.activities()[0].id;
+    let other_deal = fake.add_deal("Другая сделка", 0, None);
+    fake.add_user(7, "Игорь", "Воронцов", false);
+    let (user_token, _) = fake.issue_user_token(7);
+    fake.deny_deal_for_user(7, deal);
+
+    let base = |entity: u64, activity: u64, token: &str, user: &str| {
+        vec![
+            ("data[entityTypeId]", "2".to_owned()),
+            ("data[entityId]", entity.to_string()),
+            ("data[activityId]", activity.to_string()),
+            ("data[userId]", user.to_owned()),
+            ("auth[access_token]", token.to_owned()),
+        ]
+    };
+    // A made-up user token.
+    let (status, body) = forged_seen(&app, &fake, &base(deal, activity, "made-up", "7")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("user_not_confirmed"))
+    );
+    // A real user who may not read the deal.
+    let (status, body) = forged_seen(&app, &fake, &base(deal, activity, &user_token, "7")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("user_not_confirmed"))
+    );
+    // Someone else's token under another user's name.
+    let (status, body) = forged_seen(&app, &fake, &base(deal, activity, &user_token, "1")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("user_not_confirmed"))
+    );
+    // Our activity named for another deal; an activity we never created.
+    let (status, body) =
+        forged_seen(&app, &fake, &base(other_deal, activity, &user_token, "7")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("activity_unknown"))
+    );
+    let (status, body) = forged_seen(&app, &fake, &base(deal, 999_999, &user_token, "7")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("activity_unknown"))
+    );
+    // No application token at all.
+    let r = app
+        .http
+        .post(app.url("/b24/events"))
+        .form(&[
+            ("event", "ONCRMTIMELINEITEMACTION"),
+            ("data[id]", "seen"),
+            ("auth[member_id]", &fake.member_id()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    app.run_outbox().await;
+    assert!(!fake.activities()[0].completed);
+    assert_eq!(seen_jobs(&fake), 0, "nothing sent to the portal");
+    let queued = outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq("complete_activity"))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert!(queued.is_empty(), "{queued:?}");
+    // The service is alive and the genuine press still works.
+    let r = fake
+        .press_activity_button(activity, 1, "seen", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    assert!(fake.activities()[0].completed);
+}
