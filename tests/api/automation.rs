@@ -401,3 +401,94 @@ async fn a_forged_seen_changes_nothing(db: TestDb) {
     app.run_outbox().await;
     assert!(fake.activities()[0].completed);
 }
+
+on_both_databases!(the_webhook_setup_gets_a_to_do_and_the_notification_but_no_app_features);
+async fn the_webhook_setup_gets_a_to_do_and_the_notification_but_no_app_features(db: TestDb) {
+    let fake = fake().await;
+    let hook = fake.webhook_url();
+    let app = crate::support::spawn_app_on(
+        &db.url,
+        &[
+            ("BITRIX24_WEBHOOK_URL", &hook),
+            ("BITRIX24_INCOMING_TOKEN", "mySecretToken2026SuperSecure"),
+        ],
+    )
+    .await;
+    let deal = crate::support::portal::patient_deal(&fake);
+    let r = app
+        .http
+        .get(app.url(&format!(
+            "/api/v1/bitrix/webhook?token=mySecretToken2026SuperSecure&lead_id={deal}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let token = body["survey_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    let (status, _) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &serde_json::json!({"answers": crate::support::full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.run_outbox().await;
+
+    let todos = fake.todos();
+    assert_eq!(todos.len(), 1, "{todos:?}");
+    let todo = &todos[0];
+    assert_eq!(todo["title"], "Проверьте анкету пациента");
+    assert_eq!(
+        (todo["ownerTypeId"].as_u64(), todo["ownerId"].as_u64()),
+        (Some(2), Some(deal))
+    );
+    assert_eq!(todo["responsibleId"], 1);
+    assert!(
+        todo["deadline"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("T10:00:00+03:00")),
+        "{todo}"
+    );
+    let notes = fake.notifications();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0]
+            .tag
+            .as_deref()
+            .is_some_and(|t| t.ends_with(&format!("|DEAL_{deal}")))
+    );
+    // App triggers and configurable activities need the local application.
+    assert!(fake.trigger_runs().is_empty());
+    assert!(fake.activities().is_empty());
+    assert!(fake.calls_of("crm.automation.trigger.execute").is_empty());
+    for call in fake.calls() {
+        if call.method == "crm.timeline.comment.add" {
+            continue;
+        }
+        let sent = call.params.to_string();
+        for word in ANSWER_WORDS {
+            assert!(
+                !sent.contains(word),
+                "{} carries an answer: {sent}",
+                call.method
+            );
+        }
+    }
+    // Once: a repeat of the job adds no second to-do.
+    let job = automate_job(&app).await;
+    let mut row: outbox_job::ActiveModel = job.into();
+    row.done_at = Set(None);
+    row.run_at = Set(0);
+    row.update(&app.state.db).await.unwrap();
+    app.run_outbox().await;
+    assert_eq!(fake.todos().len(), 1);
+    assert_eq!(fake.notifications().len(), 1, "the same TAG replaces");
+}
