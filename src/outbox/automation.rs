@@ -4,11 +4,14 @@
 //! timeline, a notification to the document's responsible user and — in the
 //! inbound-webhook setup, which has no triggers or configurable activities — a to-do.
 //!
-//! One job per completed survey. Each step that the portal cannot tell from a repeat
-//! (a trigger execution, the activity, the to-do) is written into the job's row as
-//! "sent" before it is sent, and a repeat skips what the row names: a restart
-//! mid-delivery never fires a trigger twice (the small window between the note and
-//! the call may lose one, never double it). The notification carries a `TAG` per
+//! One job per completed survey. A trigger execution and the webhook setup's to-do
+//! cannot be looked up afterwards, so each is written into the job's row as "sent"
+//! before it is sent, and a repeat skips what the row names: a restart mid-delivery
+//! never fires a trigger twice (the small window between the note and the call may
+//! lose one, never double it; a trigger fired twice would be harmless to the stage,
+//! but the clinic's other robots on that stage are not ours to rerun). The activity
+//! carries `originId` = the invitation id and a repeat looks for it first, so a red
+//! flag is neither lost nor shown twice. The notification carries a `TAG` per
 //! document, so a repeat replaces it rather than stacking (§A5).
 //!
 //! A step the portal refuses for lack of a right (`im`, an administrator, the
@@ -20,7 +23,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
 use super::jobs::{JobOutcome, failures};
-use super::run::{classify, retry};
+use super::run::{classify, retry, tried_before};
 use crate::bitrix24::{B24Error, Target};
 use crate::completion::neutralise;
 use crate::crm::{EntityRef, EntityType};
@@ -243,33 +246,41 @@ pub async fn run(
 
     if app {
         let what = "Дело «Анкета: отметки для врача»";
-        if sent.iter().any(|s| s == "activity") {
-            steps.ok(what, "создано ранее");
-        } else {
-            match note_sent(state, row, &mut sent, &progress, "activity").await {
-                Ok(true) => {}
-                Ok(false) => return JobOutcome::Lost,
-                Err(e) => return retry(failures(row), None, e, now),
-            }
-            let params = activity_params(inv, entity, &flagged, document.responsible);
-            match state
-                .b24
-                .call_once(target, "crm.activity.configurable.add", params)
-                .await
-            {
-                Ok(v) => {
-                    let id = v.get("activity").and_then(|a| a.get("id")).cloned();
-                    if let Some(obj) = progress.as_object_mut() {
-                        obj.insert("activity_id".into(), id.unwrap_or(Value::Null));
-                    }
-                    steps.ok(what, "создано");
-                }
+        // A repeat looks for the activity by its `originId` first (a red flag must
+        // not be lost, nor shown twice).
+        let found = if tried_before(row) {
+            match find_activity(state, target, entity, &inv.id).await {
+                Ok(found) => found,
                 Err(e) => match refusal(&e) {
-                    Some(reason) => steps.refused(what, reason),
-                    None if e.may_have_run() => steps.refused(what, e.admin_message()),
+                    Some(_) => None,
                     None => return classify(&e, row, now),
                 },
             }
+        } else {
+            None
+        };
+        let created = match found {
+            Some(id) => Ok(Some(id)),
+            None => {
+                let params = activity_params(inv, entity, &flagged, document.responsible);
+                state
+                    .b24
+                    .call_once(target, "crm.activity.configurable.add", params)
+                    .await
+                    .map(|v| v.get("activity").and_then(|a| a.get("id")).cloned())
+            }
+        };
+        match created {
+            Ok(id) => {
+                if let Some(obj) = progress.as_object_mut() {
+                    obj.insert("activity_id".into(), id.unwrap_or(Value::Null));
+                }
+                steps.ok(what, "создано");
+            }
+            Err(e) => match refusal(&e) {
+                Some(reason) => steps.refused(what, reason),
+                None => return classify(&e, row, now),
+            },
         }
     } else {
         let what = "Дело «Проверьте анкету пациента»";
@@ -349,6 +360,39 @@ pub async fn complete(
         Err(e) if e.is_not_found() => JobOutcome::Done(json!({"note": "activity not found"})),
         Err(e) => classify(&e, row, now),
     }
+}
+
+/// Our red-flag activity on this document, by the `originId` it was created with.
+async fn find_activity(
+    state: &AppState,
+    target: &Target,
+    entity: EntityRef,
+    invitation_id: &str,
+) -> Result<Option<Value>, B24Error> {
+    let list = state
+        .b24
+        .call(
+            target,
+            "crm.activity.list",
+            json!({
+                "filter": {
+                    "OWNER_TYPE_ID": owner_type_id(entity.kind),
+                    "OWNER_ID": entity.id,
+                    "ORIGIN_ID": invitation_id,
+                },
+                "select": ["ID"],
+            }),
+        )
+        .await?;
+    Ok(list
+        .as_array()
+        .and_then(|rows| rows.first())
+        .and_then(|row| crate::bitrix24::field(row, "ID"))
+        .and_then(|id| match id {
+            Value::String(s) => s.parse::<i64>().ok().map(Value::from),
+            Value::Number(_) => Some(id.clone()),
+            _ => None,
+        }))
 }
 
 /// The flagged answers of the stored result; the job's outcome when they cannot be read.

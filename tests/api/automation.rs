@@ -5,7 +5,7 @@
 
 use opros::db::entities::{outbox_job, portal};
 use opros::outbox::automation::{BADGE_CODE, TRIGGER_COMPLETED, TRIGGER_RED_FLAGS};
-use opros::testing::fake_portal::{FakePortal, OWNER_DEAL};
+use opros::testing::fake_portal::{FakePortal, Fault, OWNER_DEAL};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
@@ -491,4 +491,90 @@ async fn the_webhook_setup_gets_a_to_do_and_the_notification_but_no_app_features
     app.run_outbox().await;
     assert_eq!(fake.todos().len(), 1);
     assert_eq!(fake.notifications().len(), 1, "the same TAG replaces");
+}
+
+/// A real `opros` process is killed with SIGKILL in the middle of the red-flag
+/// activity's call (after the triggers went out), once while the call hangs before
+/// the portal ran it and once after it ran with its answer lost; started again on
+/// the same database, it delivers each trigger and the activity exactly once.
+async fn killed_mid_automation(fault: Fault) {
+    use opros::testing::recovery::{install, link_tokens, robot_run, submit};
+    use opros::testing::{ServiceProcess, free_port, within};
+    use std::time::Duration;
+
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_opros"));
+    let db = crate::support::db::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let fake = fake().await;
+    fake.place_trigger(OWNER_DEAL, TRIGGER_COMPLETED, "C3:PREPARATION");
+    let mut first = ServiceProcess::start(bin, &db.url, port, &fake, dir.path(), "first")
+        .await
+        .unwrap();
+    install(&fake, &first).await.unwrap();
+    let deal = robot_run(&fake).await.unwrap();
+    within(Duration::from_secs(20), "the robot's link", || async {
+        fake.event_sends().len() == 1
+    })
+    .await
+    .unwrap();
+    let token = link_tokens(&fake).pop().unwrap();
+    fake.fail_next("crm.activity.configurable.add", fault, 1);
+    let reads_before = fake.calls_of("crm.deal.get").len();
+    submit(&reqwest::Client::new(), &first, &token)
+        .await
+        .unwrap();
+    // In flight: the portal has the request (counted on arrival) but has not
+    // answered it (recorded when it answers), after the document was read; or the
+    // portal ran it and holds the answer back.
+    let in_flight = || {
+        let answered = fake.calls().iter().filter(|c| !c.via_batch).count();
+        fake.http_request_count() > answered
+    };
+    within(
+        Duration::from_secs(30),
+        "the activity's call in flight",
+        || async {
+            !fake.calls_of("crm.activity.configurable.add").is_empty()
+                || (runs_for(&fake, deal).len() == 2
+                    && fake.calls_of("crm.deal.get").len() > reads_before
+                    && in_flight())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", first.log_tail()));
+    first.kill();
+    fake.clear_faults("crm.activity.configurable.add");
+
+    let second = ServiceProcess::start(bin, &db.url, port, &fake, dir.path(), "second")
+        .await
+        .unwrap();
+    within(
+        Duration::from_secs(30),
+        "the activity after the restart",
+        || async { fake.notifications().len() == 1 },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_tail()));
+    assert_eq!(
+        runs_for(&fake, deal),
+        vec![TRIGGER_COMPLETED.to_owned(), TRIGGER_RED_FLAGS.to_owned()],
+        "each trigger once"
+    );
+    assert_eq!(
+        fake.activities().len(),
+        1,
+        "one activity, not lost, not doubled"
+    );
+    assert_eq!(fake.deal(deal).unwrap()["STAGE_ID"], "C3:PREPARATION");
+}
+
+#[tokio::test]
+async fn killed_while_the_activity_call_hangs_unsent_delivers_it_once_after_restart() {
+    killed_mid_automation(Fault::Delay(opros::testing::recovery::HANG)).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_portal_made_the_activity_delivers_it_once_after_restart() {
+    killed_mid_automation(Fault::ProcessThenHang(opros::testing::recovery::HANG)).await;
 }
