@@ -336,6 +336,47 @@ pub async fn run(
     JobOutcome::Done(result)
 }
 
+/// How many recent automation jobs the admin page looks at.
+const RECENT: u64 = 50;
+
+/// Steps of the portal's recent automation jobs that the portal refused, each
+/// (what, why) once, for the admin page.
+pub async fn refused_lately<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    portal_id: i64,
+) -> Result<Vec<(String, String)>, sea_orm::DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let jobs = outbox_job::Entity::find()
+        .filter(outbox_job::Column::PortalId.eq(portal_id))
+        .filter(outbox_job::Column::Kind.eq("automate"))
+        .filter(outbox_job::Column::DoneAt.is_not_null())
+        .order_by_desc(outbox_job::Column::Id)
+        .limit(RECENT)
+        .all(db)
+        .await?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    let steps = jobs
+        .iter()
+        .filter_map(|j| j.result.as_ref()?.get("steps")?.as_array().cloned())
+        .flatten();
+    for step in steps {
+        if step.get("ok").and_then(Value::as_bool) != Some(false) {
+            continue;
+        }
+        let field = |name: &str| {
+            step.get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let item = (field("what"), field("detail"));
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
 /// Completes the red-flag activity after «Просмотрено» (§A2: a completed activity
 /// drops its kanban badge). Setting `completed` again changes nothing, so the client
 /// may repeat it.
@@ -533,6 +574,8 @@ fn activity_params(
             "icon": {"code": "attention"},
             "header": {
                 "title": header,
+                // At most two tags (§A2): the second is kept for the questionnaire's
+                // score once questionnaires carry one (issue #17).
                 "tags": {"flags": {"title": marks(flagged.len()), "type": "failure"}},
             },
             "body": {"blocks": blocks},

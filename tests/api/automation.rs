@@ -241,6 +241,17 @@ async fn without_im_the_rest_is_delivered_and_the_reason_is_listed(db: TestDb) {
         "нет права im — уведомления врачу не отправляются"
     );
 
+    // The admin page names the step and why.
+    fake.set_app_url(&app.url("/b24/app"));
+    let r = fake.open_app(1).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = crate::support::html::Doc::parse(&r.text().await.unwrap()).text();
+    assert!(
+        text.contains("нет права im — уведомления врачу не отправляются"),
+        "{text}"
+    );
+    assert!(text.contains("Приложение установлено и работает"), "{text}");
+
     let deal = complete_survey(&fake, &app).await;
     app.run_outbox().await;
     assert!(fake.notifications().is_empty());
@@ -257,6 +268,11 @@ async fn without_im_the_rest_is_delivered_and_the_reason_is_listed(db: TestDb) {
         note["detail"],
         "нет права im — уведомления врачу не отправляются"
     );
+    // … and the admin page lists the delivery step that was not done.
+    let r = fake.open_app(1).await.unwrap();
+    let text = crate::support::html::Doc::parse(&r.text().await.unwrap()).text();
+    assert!(text.contains("Автоматизация: что не выполнено"), "{text}");
+    assert!(text.contains("Уведомление ответственному"), "{text}");
 }
 
 #[tokio::test]
