@@ -557,8 +557,9 @@ fn activity_params(
         }}),
     );
     let header = format!("Анкета: {} для врача", marks(flagged.len()));
+    // No `typeId`: the reference names it without saying which values a portal
+    // accepts, and the default type is a configurable activity.
     let mut fields = json!({
-        "typeId": "opros_flags",
         "completed": false,
         "badgeCode": BADGE_CODE,
         "originId": inv.id,
