@@ -121,6 +121,31 @@ async fn note_sent(
     step: &str,
 ) -> Result<bool, String> {
     sent.push(step.to_owned());
+    write_sent(state, row, sent, extra).await
+}
+
+/// Takes `step` off the row's list after an answer that proves it did not run (a
+/// refused token, a pushback), so the next try sends it. Should the write fail, the
+/// step stays noted and is not sent again: lost rather than doubled.
+async fn unnote(
+    state: &AppState,
+    row: &outbox_job::Model,
+    sent: &mut Vec<String>,
+    extra: &Value,
+    step: &str,
+) {
+    sent.retain(|s| s != step);
+    if let Err(e) = write_sent(state, row, sent, extra).await {
+        tracing::warn!(error = %e, step, "Не удалось снять отметку об отправке шага");
+    }
+}
+
+async fn write_sent(
+    state: &AppState,
+    row: &outbox_job::Model,
+    sent: &[String],
+    extra: &Value,
+) -> Result<bool, String> {
     let noted = outbox_job::Entity::update_many()
         .col_expr(
             outbox_job::Column::Result,
@@ -222,7 +247,7 @@ pub async fn run(
                     // Sent and maybe run: not repeated (see the module's notes).
                     None if e.may_have_run() => steps.refused(&what, e.admin_message()),
                     None => {
-                        sent.retain(|s| s != code);
+                        unnote(state, row, &mut sent, &progress, code).await;
                         return classify(&e, row, now);
                     }
                 },
@@ -302,7 +327,10 @@ pub async fn run(
                 Err(e) => match refusal(&e) {
                     Some(reason) => steps.refused(what, reason),
                     None if e.may_have_run() => steps.refused(what, e.admin_message()),
-                    None => return classify(&e, row, now),
+                    None => {
+                        unnote(state, row, &mut sent, &progress, "todo").await;
+                        return classify(&e, row, now);
+                    }
                 },
             }
         }

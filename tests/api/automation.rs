@@ -594,3 +594,27 @@ async fn killed_while_the_activity_call_hangs_unsent_delivers_it_once_after_rest
 async fn killed_after_the_portal_made_the_activity_delivers_it_once_after_restart() {
     killed_mid_automation(Fault::ProcessThenHang(opros::testing::recovery::HANG)).await;
 }
+
+on_both_databases!(a_trigger_the_portal_pushed_back_is_sent_on_the_next_try);
+async fn a_trigger_the_portal_pushed_back_is_sent_on_the_next_try(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    // QUERY_LIMIT_EXCEEDED proves the call did not run: longer than the client's
+    // own retries, so the job itself must try again.
+    fake.fail_next("crm.automation.trigger.execute", Fault::QueryLimit, 20);
+    let deal = complete_survey(&fake, &app).await;
+    app.run_outbox().await;
+    assert!(runs_for(&fake, deal).is_empty());
+    let job = automate_job(&app).await;
+    assert!(job.done_at.is_none(), "{job:?}");
+    fake.clear_faults("crm.automation.trigger.execute");
+    let mut row: outbox_job::ActiveModel = job.into();
+    row.run_at = Set(0);
+    row.locked_until = Set(None);
+    row.update(&app.state.db).await.unwrap();
+    app.run_outbox().await;
+    assert_eq!(
+        runs_for(&fake, deal),
+        vec![TRIGGER_COMPLETED.to_owned(), TRIGGER_RED_FLAGS.to_owned()]
+    );
+    assert!(automate_job(&app).await.done_at.is_some());
+}
