@@ -6,7 +6,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use sea_orm::EntityTrait;
 
-use crate::db::entities::{invitation, portal};
+use crate::db::entities::{invitation, portal, response};
 use crate::report::{RenderedReport, ReportInput, ReportItem, ReportSection};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
@@ -83,6 +83,55 @@ pub async fn render_report(input: ReportInput) -> Result<RenderedReport, String>
     tokio::task::spawn_blocking(move || crate::report::render(&input).map_err(|e| e.to_string()))
         .await
         .map_err(|e| e.to_string())?
+}
+
+/// The PDF of a submitted survey: the stored one, else rendered from the stored
+/// answers now and stored (a submit that delivers leaves it to the comment job, and
+/// the doctor may open the tab first). `None` before a submit, or should a PDF not
+/// build: the answers are there all the same.
+pub async fn stored_or_rendered_pdf(
+    state: &AppState,
+    inv: &invitation::Model,
+    resp: &response::Model,
+) -> Option<Vec<u8>> {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    if let Some(pdf) = &resp.report_pdf {
+        return Some(pdf.clone());
+    }
+    let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
+        return None;
+    };
+    // Answers that no longer decode make no PDF; the caller says so in its own way.
+    let answers = match crate::survey::decode_answers(&inv.id, answers) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Сохранённые ответы не читаются");
+            return None;
+        }
+    };
+    let q = state
+        .catalog()
+        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)?;
+    let clinic = clinic_name(state, inv).await;
+    let input = report_input(&clinic, &q, inv, &answers, completed_at);
+    match render_report(input).await {
+        Ok(r) => {
+            tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
+            let mut row: response::ActiveModel = resp.clone().into();
+            row.report_sha256 = Set(Some(r.sha256.clone()));
+            row.report_pdf = Set(Some(r.pdf.clone()));
+            if let Err(e) = row.update(&state.db).await {
+                tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
+            }
+            Some(r.pdf)
+        }
+        // Patient input is bounded, but should a PDF still not build, the doctor
+        // gets the answers (and the comment) without it rather than nothing at all.
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен");
+            None
+        }
+    }
 }
 
 /// «Пациент завершил опрос «…» 14.01.2026 10:15 (МСК).» plus the flagged answers in

@@ -208,7 +208,11 @@ impl Demo {
         let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
         self.deal_id = fake.add_deal("Консультация терапевта", 0, Some(contact));
         let (_, answer) = fake
-            .run_robot(crate::b24::registration::ROBOT_CODE, self.deal_id, &[])
+            .run_robot(
+                crate::local_app::registration::ROBOT_CODE,
+                self.deal_id,
+                &[],
+            )
             .await?;
         if !answer.status().is_success() {
             return Err(DemoError::Setup(format!(

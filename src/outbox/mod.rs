@@ -16,11 +16,11 @@ pub mod run;
 pub mod uninstall;
 pub mod worker;
 
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
+use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::crm::InvitationId;
-use crate::db::entities::outbox_job;
+use crate::db::prepared::NewJob;
 
 /// A side effect to carry out. The payload names rows, not their content, so a job
 /// always works with the current data (e.g. a name resolved after the job was queued).
@@ -104,36 +104,17 @@ pub async fn enqueue_all<C: ConnectionTrait>(
     let mut rows = Vec::with_capacity(jobs.len());
     for (job, key) in jobs {
         let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
-        rows.push(outbox_job::ActiveModel {
-            portal_id: Set(portal_id),
-            kind: Set(job.kind().to_owned()),
-            payload: Set(payload),
-            idempotency_key: Set(key.chars().take(255).collect()),
-            attempts: Set(0),
-            run_at: Set(now.timestamp_millis()),
-            locked_until: Set(None),
-            lease: Set(None),
-            last_error: Set(None),
-            result: Set(None),
-            done_at: Set(None),
-            dead_at: Set(None),
-            created_at: Set(now),
-            ..Default::default()
+        rows.push(NewJob {
+            portal_id,
+            kind: job.kind(),
+            payload,
+            idempotency_key: key.chars().take(255).collect(),
+            run_at: now.timestamp_millis(),
+            created_at: now,
         });
     }
-    let inserted = outbox_job::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(outbox_job::Column::IdempotencyKey)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await;
-    match inserted {
-        // Every key already queued.
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
+    // A key already queued keeps its job (ON CONFLICT DO NOTHING).
+    crate::db::prepared::insert_jobs(db, rows).await
 }
 
 pub use worker::Outbox;

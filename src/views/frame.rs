@@ -1,6 +1,6 @@
 //! Pages shown inside Bitrix24 frames: errors, the install result, the deal tab and
 //! the application (admin) page. They look like the portal and load the BX24 library,
-//! which the portal serves. `b24` loads the data and builds these view models.
+//! which the portal serves. `local_app` loads the data and builds these view models.
 
 use askama::Template;
 
