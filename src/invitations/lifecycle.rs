@@ -436,6 +436,16 @@ async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea
             key,
         )
         .await?;
+        // The clinic's automation (triggers, red-flag activity, notification).
+        outbox::enqueue(
+            txn,
+            c.portal_id,
+            &Job::Automate {
+                invitation: c.invitation.clone(),
+            },
+            &format!("invitation:{}:automate", c.invitation.as_str()),
+        )
+        .await?;
     }
     Ok(true)
 }

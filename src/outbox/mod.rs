@@ -7,6 +7,7 @@
 //! kind is made harmless to repeat (see `run`, `post_completion`). A portal that pushes back pauses its
 //! own queue only (`backpressure`).
 
+pub mod automation;
 pub mod backpressure;
 pub mod jobs;
 pub mod link_field;
@@ -37,6 +38,16 @@ pub enum Job {
     WriteLinkField { invitation: InvitationId },
     /// Timeline comment «Пациент завершил опрос …» with the PDF attached.
     PostCompletion { invitation: InvitationId },
+    /// The clinic's automation on a completed survey: app triggers; when flagged, the
+    /// red-flag activity (or the webhook setup's to-do) and the responsible's
+    /// notification (`automation`).
+    Automate { invitation: InvitationId },
+    /// «Просмотрено» was pressed by a confirmed user: complete the red-flag activity,
+    /// which clears its kanban badge.
+    CompleteActivity {
+        invitation: InvitationId,
+        activity_id: i64,
+    },
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
@@ -49,6 +60,8 @@ impl Job {
             Job::ReturnRobotValues { .. } => "return_robot_values",
             Job::WriteLinkField { .. } => "write_link_field",
             Job::PostCompletion { .. } => "post_completion",
+            Job::Automate { .. } => "automate",
+            Job::CompleteActivity { .. } => "complete_activity",
             Job::ConfirmUninstall { .. } => "confirm_uninstall",
         }
     }
@@ -59,7 +72,9 @@ impl Job {
             Job::ResolvePatient { invitation }
             | Job::ReturnRobotValues { invitation, .. }
             | Job::WriteLinkField { invitation }
-            | Job::PostCompletion { invitation } => Some(invitation),
+            | Job::PostCompletion { invitation }
+            | Job::Automate { invitation }
+            | Job::CompleteActivity { invitation, .. } => Some(invitation),
             Job::ConfirmUninstall { .. } => None,
         }
     }

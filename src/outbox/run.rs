@@ -125,6 +125,20 @@ pub async fn run_group(
                     }
                     outcomes.push((c.row, outcome));
                 }
+                Job::Automate { .. } | Job::CompleteActivity { .. } => {
+                    let outcome = match (&pushback, &c.job) {
+                        (Some(error), _) => JobOutcome::Deferred(now, error.clone()),
+                        (None, Job::CompleteActivity { activity_id, .. }) => {
+                            super::automation::complete(state, &target, &c.row, *activity_id, now)
+                                .await
+                        }
+                        (None, _) => super::automation::run(state, &target, &c.row, inv, now).await,
+                    };
+                    if let JobOutcome::Deferred(_, error) = &outcome {
+                        pushback = Some(error.clone());
+                    }
+                    outcomes.push((c.row, outcome));
+                }
                 _ => batchable.push((c, inv.clone())),
             },
         }
@@ -240,7 +254,10 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
-        Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => Vec::new(),
+        Job::PostCompletion { .. }
+        | Job::Automate { .. }
+        | Job::CompleteActivity { .. }
+        | Job::ConfirmUninstall { .. } => Vec::new(),
     }
 }
 
@@ -338,9 +355,10 @@ async fn run_chunk(
                 Ok(v) => JobOutcome::Done(json!({"result": v})),
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } | Job::ConfirmUninstall { .. } => {
-                JobOutcome::Dead("not a batch job".into())
-            }
+            Job::PostCompletion { .. }
+            | Job::Automate { .. }
+            | Job::CompleteActivity { .. }
+            | Job::ConfirmUninstall { .. } => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
     }

@@ -121,6 +121,8 @@ pub struct AdminPage {
     pub urls: Vec<(&'static str, String)>,
     /// `None`: nothing open in the portal's queue.
     pub queue: Option<QueueView>,
+    /// Automation steps the portal refused lately (a missing right, a context).
+    pub automation: Vec<StepRow>,
     pub questionnaires: Vec<QuestionnaireRow>,
 }
 

@@ -7,6 +7,7 @@ mod assets;
 mod attacks_events;
 mod attacks_identity;
 mod attacks_resources;
+mod automation;
 mod bitrix24_client;
 mod browser;
 mod completion;
