@@ -1,76 +1,107 @@
-//! The robot «Отправить опрос» under load. Prints figures; asserts nothing.
+//! The robot «Отправить опрос» and the patient's submit under load, against the
+//! release binary (`opros serve` as a child process, as in production). Prints
+//! figures; asserts nothing. Absolute numbers move with the machine and with whatever
+//! else runs on it; the ratio to the bare handler measured in the same run does not
+//! move as much, and is the figure to compare.
 //!
 //! 1. Burst: 100 robot runs on a portal limited to 2 requests/s with a burst of 10,
-//!    from the first robot call to the last `bizproc.event.send` the portal accepts.
-//!    One request per run would take about a minute; coalescing into `batch` is what
-//!    keeps it short.
-//! 2. Handler: requests/s and p50/p99 of `POST /b24/robot/send-survey` at 50
-//!    connections with `wrk` (Debian's package), next to a bare poem handler measured
-//!    in the same run on the same machine.
+//!    from the first robot call to the last `bizproc.event.send` the portal accepts,
+//!    and how many robot calls were answered 503.
+//! 2. Robot handler, SQLite and (with `OPROS_BENCH_POSTGRES_URL`, a server where
+//!    databases may be created) PostgreSQL: requests/s and p50/p99 of
+//!    `POST /b24/robot/send-survey` at 50 connections with `wrk` (Debian's package),
+//!    every body a distinct robot run on a portal whose limit is lifted, then a bare
+//!    poem handler in this process with the same `wrk`. Also the start-up time (spawn
+//!    to `/healthz`, migrations on a fresh database included) and the resident memory
+//!    of the service idle and after the load.
+//! 3. Submit: rounds of 50 patients submitting the built-in questionnaire at once
+//!    (each on a link of its own), p50/p99 over 500 submits.
+//! 4. The PDF of the built-in questionnaire: size and render time.
+//!
+//! `OPROS_BENCH_PARTS` picks parts (`burst,sqlite,postgres,submit,pdf`, all by
+//! default), `OPROS_BENCH_WRK_SECS` the length of each `wrk` run (10). `OPROS_BENCH_SERVE=1` only starts the service on SQLite, installs it and
+//! writes the `wrk` script, then waits: for a profile of the binary under a load
+//! started by hand (`OPROS_BENCH_BIN` names a wrapper, e.g. one running callgrind).
 
-use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
-use opros::{AppState, Application, Config};
+use opros::testing::recovery::{install, link_tokens};
+use opros::testing::{ServiceProcess, free_port, full_answers, new_postgres_database, within};
 use tokio_util::sync::CancellationToken;
 
-struct Running {
-    base: String,
-    cancel: CancellationToken,
-    _dir: tempfile::TempDir,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const CONNECTIONS: usize = 50;
+const PATIENTS: usize = 50;
+const SUBMITS: usize = 500;
+
+fn bin() -> PathBuf {
+    std::env::var_os("OPROS_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_opros")))
 }
 
-async fn service(fake: &FakePortal, rate: &str) -> Running {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let vars: BTreeMap<String, String> = [
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/opros.db?mode=rwc", dir.path().display()),
-        ),
-        ("PORT", port.to_string()),
-        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("B24_CLIENT_ID", fake.client_id()),
-        ("B24_CLIENT_SECRET", fake.client_secret()),
-        ("B24_OAUTH_URL", fake.token_url()),
-        ("B24_RATE_LIMIT", rate.to_owned()),
-        ("RUST_LOG", "error".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = Config::from_map(&vars).expect("config");
-    let listen = config.listen;
-    let state = AppState::build(config).await.expect("state");
-    let app = Application::with_state(state, listen).await.expect("bind");
-    let base = format!("http://{}", app.addr());
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let _ = app.run_until_stopped(c).await;
-    });
-    fake.post_install(&format!("{base}/b24/install"))
-        .await
-        .expect("install delivered");
-    let _ = fake.finish_install().await;
-    Running {
-        base,
-        cancel,
-        _dir: dir,
-    }
+fn wrk_secs() -> String {
+    std::env::var("OPROS_BENCH_WRK_SECS").unwrap_or_else(|_| "10".to_owned())
 }
 
-async fn burst() {
-    let fake = FakePortal::start(FakePortalConfig::default())
-        .await
-        .expect("fake portal");
-    let running = service(&fake, "2/10").await;
+/// The service on `db_url`, its start-up time (spawn to `/healthz`), installed.
+async fn service(
+    fake: &FakePortal,
+    db_url: &str,
+    dir: &Path,
+    rate: &str,
+) -> Result<(ServiceProcess, Duration), BoxError> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let service = ServiceProcess::start_with(
+        &bin(),
+        db_url,
+        port,
+        fake,
+        dir,
+        "opros",
+        &[("B24_RATE_LIMIT", rate)],
+    )
+    .await?;
+    let ready = started.elapsed();
+    install(fake, &service).await?;
+    Ok((service, ready))
+}
+
+/// Resident memory of a process in MiB (`VmRSS`).
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+async fn burst() -> Result<(), BoxError> {
+    let fake = FakePortal::start(FakePortalConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}/opros.db?mode=rwc", dir.path().display());
+    let (_service, _) = service(&fake, &db, dir.path(), "2/10").await?;
     let deals: Vec<u64> = (0..100)
         .map(|i| {
             let c = fake.add_contact("Анна", "Петровна", &format!("Смирнова{i}"), "+79160000000");
@@ -84,14 +115,20 @@ async fn burst() {
     let runs = deals
         .iter()
         .map(|d| fake.run_robot("opros_send_survey", *d, &[]));
+    let (mut unavailable, mut failed) = (0, 0);
     for r in futures::future::join_all(runs).await {
-        assert!(r.expect("robot call delivered").1.status().is_success());
+        match r {
+            Ok((_, r)) if r.status() == 503 => unavailable += 1,
+            Ok((_, r)) if r.status().is_success() => {}
+            _ => failed += 1,
+        }
     }
     let accepted = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while fake.event_sends().len() < 100 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = within(Duration::from_secs(120), "100 event sends", || {
+        let n = fake.event_sends().len();
+        async move { n >= 100 }
+    })
+    .await;
     let total = started.elapsed();
     let requests = fake.http_request_count() - before;
     let limited = fake
@@ -101,7 +138,7 @@ async fn burst() {
         .count();
     println!("robot burst: 100 runs on a 2/10 portal");
     println!(
-        "  all 100 robot calls answered in {:.2} s",
+        "  all 100 robot calls answered in {:.2} s: 503 × {unavailable}, other failures × {failed}",
         accepted.as_secs_f64()
     );
     println!(
@@ -110,58 +147,65 @@ async fn burst() {
         fake.event_sends().len()
     );
     println!("  HTTP requests to the portal: {requests}, QUERY_LIMIT_EXCEEDED: {limited}");
-    running.cancel.cancel();
+    Ok(())
 }
 
 fn wrk_available() -> bool {
     Command::new("wrk").arg("--version").output().is_ok()
 }
 
-/// `wrk` prints latency percentiles with `--latency`; pull out req/s, p50 and p99.
-fn parse_wrk(out: &str) -> (f64, String, String) {
-    let mut rps = 0.0;
-    let (mut p50, mut p99) = (String::from("?"), String::from("?"));
+/// What `wrk --latency` printed: req/s, p50, p99 and the non-2xx answers.
+struct WrkFigures {
+    rps: f64,
+    p50: String,
+    p99: String,
+    non_2xx: u64,
+}
+
+fn parse_wrk(out: &str) -> WrkFigures {
+    let mut f = WrkFigures {
+        rps: 0.0,
+        p50: "?".to_owned(),
+        p99: "?".to_owned(),
+        non_2xx: 0,
+    };
     for line in out.lines() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().unwrap_or(0.0);
+            f.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = t.strip_prefix("50%") {
-            p50 = v.trim().to_owned();
+            v.trim().clone_into(&mut f.p50);
         } else if let Some(v) = t.strip_prefix("99%") {
-            p99 = v.trim().to_owned();
+            v.trim().clone_into(&mut f.p99);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            f.non_2xx = v.trim().parse().unwrap_or(0);
         }
     }
-    (rps, p50, p99)
+    f
 }
 
-fn run_wrk(url: &str, script: Option<&std::path::Path>) -> String {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c50", "-d10s", "--latency"]);
-    if let Some(s) = script {
-        cmd.arg("-s").arg(s);
-    }
-    let out = cmd.arg(url).output().expect("wrk runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+async fn run_wrk(url: String, script: Option<PathBuf>) -> Result<WrkFigures, BoxError> {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("wrk");
+        cmd.args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{}s", wrk_secs()),
+        ])
+        .arg("--latency");
+        if let Some(s) = &script {
+            cmd.arg("-s").arg(s);
+        }
+        cmd.arg(&url).output()
+    })
+    .await??;
+    Ok(parse_wrk(&String::from_utf8_lossy(&out.stdout)))
 }
 
-#[poem::handler]
-fn bare() -> &'static str {
-    "ok"
-}
-
-async fn handler() {
-    if !wrk_available() {
-        println!("robot handler: SKIP, wrk is not installed (apt-get install wrk)");
-        return;
-    }
-    let fake = FakePortal::start(FakePortalConfig::default())
-        .await
-        .expect("fake portal");
-    let running = service(&fake, "1000/1000").await;
-    let deal = fake.add_deal("Приём", 3, None);
-    // A real robot payload (protocol §4.3) with a fresh event token per request;
-    // every call creates an invitation and queues three jobs.
-    let script = tempfile::NamedTempFile::new().expect("script");
+/// A `wrk` script posting a real robot payload (protocol §4.3) with an event token
+/// of its own per request (thread number and counter: both threads' Lua states would
+/// draw the same random numbers), so every call creates an invitation and its jobs.
+fn robot_script(fake: &FakePortal, deal: u64, path: &Path) -> Result<(), BoxError> {
     let body = format!(
         "code=opros_send_survey&document_id%5B0%5D=crm&document_id%5B1%5D=CCrmDocumentDeal\
          &document_id%5B2%5D=DEAL_{deal}&document_type%5B0%5D=crm&document_type%5B1%5D=CCrmDocumentDeal\
@@ -171,64 +215,261 @@ async fn handler() {
         fake.application_token(),
         fake.domain()
     );
+    let run = format!("{:08x}", rand::random::<u32>());
+    let mut f = std::fs::File::create(path)?;
     writeln!(
-        script.as_file(),
-        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
-         counter = 0\nrequest = function()\n  counter = counter + 1\n  \
-         local body = \"{body}&event_token=\" .. tostring(math.random(1, 1000000000)) .. \"%7C\" .. tostring(counter)\n  \
+        f,
+        "wrk.method = \"POST\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+         local threads = 0\n\
+         function setup(thread)\n  threads = threads + 1\n  thread:set(\"tid\", threads)\nend\n\
+         counter = 0\n\
+         request = function()\n  counter = counter + 1\n  \
+         local body = \"{body}&event_token={run}.\" .. tostring(tid) .. \"%7CA\" .. tostring(counter)\n  \
          return wrk.format(nil, nil, nil, body)\nend"
-    )
-    .expect("write script");
-
-    let bare_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bare_cancel = CancellationToken::new();
-    let stop = bare_cancel.clone();
-    tokio::spawn(async move {
-        let _ = poem::Server::new(poem::listener::TcpListener::bind(format!(
-            "127.0.0.1:{bare_port}"
-        )))
-        .run_with_graceful_shutdown(poem::Route::new().at("/", bare), stop.cancelled(), None)
-        .await;
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let url = format!("{}/b24/robot/send-survey", running.base);
-    let robot = tokio::task::spawn_blocking({
-        let path = script.path().to_owned();
-        move || run_wrk(&url, Some(&path))
-    })
-    .await
-    .expect("wrk robot");
-    let bare_out = tokio::task::spawn_blocking(move || {
-        run_wrk(&format!("http://127.0.0.1:{bare_port}/"), None)
-    })
-    .await
-    .expect("wrk bare");
-    let (r_rps, r50, r99) = parse_wrk(&robot);
-    let (b_rps, b50, b99) = parse_wrk(&bare_out);
-    println!(
-        "robot handler: wrk -t2 -c50 -d10s, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("  POST /b24/robot/send-survey: {r_rps:.0} req/s, p50 {r50}, p99 {r99}");
-    println!("  bare poem handler:           {b_rps:.0} req/s, p50 {b50}, p99 {b99}");
-    if b_rps > 0.0 {
-        println!("  ratio: {:.2} of the bare handler", r_rps / b_rps);
-    }
-    bare_cancel.cancel();
-    running.cancel.cancel();
+    )?;
+    Ok(())
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        burst().await;
-        handler().await;
+#[poem::handler]
+fn bare_handler() -> &'static str {
+    "ok"
+}
+
+/// The bare baseline: poem answering 200 in this process.
+async fn bare_server() -> Result<(u16, CancellationToken), BoxError> {
+    let port = free_port()?;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = poem::Server::new(poem::listener::TcpListener::bind(format!(
+            "127.0.0.1:{port}"
+        )))
+        .run_with_graceful_shutdown(
+            poem::Route::new().at("/", bare_handler),
+            stop.cancelled(),
+            None,
+        )
+        .await;
     });
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/");
+    within(Duration::from_secs(10), "the bare server", || {
+        let r = http.get(&url).send();
+        async move { r.await.is_ok() }
+    })
+    .await?;
+    Ok((port, cancel))
+}
+
+async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
+    let fake = FakePortal::start(FakePortalConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let (service, ready) = service(&fake, db_url, dir.path(), "1000/1000").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_mib(service.id());
+    let deal = fake.add_deal("Приём", 3, None);
+    let script = dir.path().join("robot.lua");
+    robot_script(&fake, deal, &script)?;
+    let robot = run_wrk(service.url("/b24/robot/send-survey"), Some(script)).await?;
+    let after = rss_mib(service.id());
+    let (bare_port, bare_stop) = bare_server().await?;
+    let bare = run_wrk(format!("http://127.0.0.1:{bare_port}/"), None).await?;
+    bare_stop.cancel();
+    println!(
+        "robot handler [{backend}]: wrk -t2 -c{CONNECTIONS} -d{}s, {} cores",
+        wrk_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  POST /b24/robot/send-survey: {:.0} req/s, p50 {}, p99 {}, non-2xx {}",
+        robot.rps, robot.p50, robot.p99, robot.non_2xx
+    );
+    println!(
+        "  bare poem handler:           {:.0} req/s, p50 {}, p99 {}",
+        bare.rps, bare.p50, bare.p99
+    );
+    if bare.rps > 0.0 {
+        println!("  ratio: {:.3} of the bare handler", robot.rps / bare.rps);
+    }
+    println!(
+        "  start-up (spawn → /healthz, fresh database): {:.0} ms; RSS idle {idle:.1} MiB, after the load {after:.1} MiB",
+        ms(ready)
+    );
+    Ok(())
+}
+
+/// `PATIENTS` patients at once submit the built-in questionnaire, each on a link of
+/// its own, `SUBMITS / PATIENTS` times over.
+async fn submit() -> Result<(), BoxError> {
+    let fake = FakePortal::start(FakePortalConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}/opros.db?mode=rwc", dir.path().display());
+    let (service, _) = service(&fake, &db, dir.path(), "1000/1000").await?;
+    let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
+    let deals: Vec<u64> = (0..SUBMITS)
+        .map(|_| fake.add_deal("Приём", 3, Some(contact)))
+        .collect();
+    for chunk in deals.chunks(PATIENTS) {
+        let runs = chunk
+            .iter()
+            .map(|d| fake.run_robot("opros_send_survey", *d, &[]));
+        for r in futures::future::join_all(runs).await {
+            r?;
+        }
+    }
+    within(Duration::from_secs(120), "every link sent back", || {
+        let n = fake.event_sends().len();
+        async move { n >= SUBMITS }
+    })
+    .await?;
+    let tokens = link_tokens(&fake);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(PATIENTS)
+        .build()?;
+    let base = service.url("");
+    let survey: serde_json::Value = http
+        .get(format!("{base}/api/v1/surveys/{}", tokens[0]))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let body = Arc::new(serde_json::json!({"answers": full_answers(&survey)}).to_string());
+    let started = Instant::now();
+    let (mut times, mut failures) = (Vec::new(), 0);
+    // Rounds of `PATIENTS` submits sent at once; the next round starts when the
+    // last of these is answered.
+    for round in tokens.chunks(PATIENTS) {
+        let submits = round.iter().map(|token| {
+            let (http, body) = (http.clone(), body.clone());
+            let url = format!("{base}/api/v1/surveys/{token}/submit");
+            async move {
+                let sent = Instant::now();
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        Some(sent.elapsed())
+                    }
+                    _ => None,
+                }
+            }
+        });
+        for t in futures::future::join_all(submits).await {
+            match t {
+                Some(t) => times.push(t),
+                None => failures += 1,
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    times.sort();
+    println!(
+        "submit [sqlite]: {} submits in rounds of {PATIENTS} patients at once, {:.2} s ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, failures {failures}",
+        times.len(),
+        elapsed.as_secs_f64(),
+        times.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&times, 50)),
+        ms(percentile(&times, 99)),
+        ms(times.last().copied().unwrap_or_default()),
+    );
+    Ok(())
+}
+
+fn pdf() {
+    let input = opros::report::sample::sample_input();
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..50 {
+        let started = Instant::now();
+        match opros::report::render(&input) {
+            Ok(r) => size = r.pdf.len(),
+            Err(e) => {
+                println!("pdf: render failed: {e}");
+                return;
+            }
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "pdf: {:.1} KB, median {:.2} ms, p95 {:.2} ms (the report bench has more)",
+        size as f64 / 1024.0,
+        ms(percentile(&times, 50)),
+        ms(percentile(&times, 95))
+    );
+}
+
+/// For a profile: the service up and installed, the script written; then waits.
+async fn serve() -> Result<(), BoxError> {
+    let fake = FakePortal::start(FakePortalConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}/opros.db?mode=rwc", dir.path().display());
+    let (service, _) = service(&fake, &db, dir.path(), "1000/1000").await?;
+    let deal = fake.add_deal("Приём", 3, None);
+    let script = std::env::temp_dir().join("opros-robot.lua");
+    robot_script(&fake, deal, &script)?;
+    println!(
+        "serving: pid {} wrk -t2 -c{CONNECTIONS} -d10s -s {} {}",
+        service.id(),
+        script.display(),
+        service.url("/b24/robot/send-survey")
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+async fn all() -> Result<(), BoxError> {
+    if std::env::var_os("OPROS_BENCH_SERVE").is_some() {
+        return serve().await;
+    }
+    let parts = std::env::var("OPROS_BENCH_PARTS")
+        .unwrap_or_else(|_| "burst,sqlite,postgres,submit,pdf".to_owned());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
+    if part("burst") {
+        burst().await?;
+    }
+    if part("sqlite") || part("postgres") {
+        if !wrk_available() {
+            println!("robot handler: SKIP, wrk is not installed (apt-get install wrk)");
+        } else {
+            if part("sqlite") {
+                let dir = tempfile::tempdir()?;
+                let db = format!("sqlite://{}/opros.db?mode=rwc", dir.path().display());
+                robot_handler("sqlite", &db).await?;
+            }
+            if part("postgres") {
+                match std::env::var("OPROS_BENCH_POSTGRES_URL") {
+                    Ok(admin) => {
+                        let db = new_postgres_database(&admin, "opros_bench").await?;
+                        robot_handler("postgres", &db).await?;
+                    }
+                    Err(_) => {
+                        println!(
+                            "robot handler [postgres]: skipped (OPROS_BENCH_POSTGRES_URL is not set)"
+                        )
+                    }
+                }
+            }
+        }
+    }
+    if part("submit") {
+        submit().await?;
+    }
+    if part("pdf") {
+        pdf();
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(all())
 }

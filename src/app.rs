@@ -8,7 +8,7 @@ use poem_openapi::OpenApiService;
 
 use crate::state::AppState;
 use crate::telemetry::RequestLog;
-use crate::{b24, legacy, web};
+use crate::{legacy, local_app, web};
 
 /// Bodies larger than this are refused with 413 before they are read.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -81,18 +81,27 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             get(web::survey_page).post(web::survey_form_submit),
         )
         .at("/assets/:name", get(web::asset))
-        .at("/b24/install", post(b24::install::install))
-        .at("/b24/robot/send-survey", post(b24::robot::send_survey))
+        .at("/b24/install", post(local_app::install::install))
+        .at(
+            "/b24/robot/send-survey",
+            post(local_app::robot::send_survey),
+        )
         .at(
             "/b24/robot/await-survey",
-            post(b24::await_robot::await_survey),
+            post(local_app::await_robot::await_survey),
         )
-        .at("/b24/events", post(b24::events::events))
-        .at("/b24/placement/deal-tab", post(b24::placement::deal_tab))
-        .at("/b24/tab/report/:invitation", post(b24::placement::report))
-        .at("/b24/tab/new-link", post(b24::placement::new_link))
-        .at("/b24/app", post(b24::admin::app_page))
-        .at("/b24/app/action", post(b24::admin::action))
+        .at("/b24/events", post(local_app::events::events))
+        .at(
+            "/b24/placement/deal-tab",
+            post(local_app::placement::deal_tab),
+        )
+        .at(
+            "/b24/tab/report/:invitation",
+            post(local_app::placement::report),
+        )
+        .at("/b24/tab/new-link", post(local_app::placement::new_link))
+        .at("/b24/app", post(local_app::admin::app_page))
+        .at("/b24/app/action", post(local_app::admin::action))
         .at(
             "/api/v1/bitrix/webhook",
             post(legacy::webhook_robot::webhook_robot).get(legacy::webhook_robot::webhook_robot),

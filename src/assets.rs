@@ -3,7 +3,7 @@
 //! asset can be cached for long and a new build is never met by a stale copy.
 //!
 //! Pages (`views`) ask for URLs, `web::asset` and the demo serve the bodies; neither
-//! `web` nor `b24` owns another's files.
+//! `web` nor `local_app` owns another's files.
 
 use poem::Response;
 
@@ -69,13 +69,13 @@ pub const APP_JS: Asset = Asset::new(
 pub const FRAME_CSS: Asset = Asset::new(
     "b24-frame.css",
     "/assets/b24-frame.css",
-    include_str!("b24/assets/b24-frame.css"),
+    include_str!("local_app/assets/b24-frame.css"),
     CSS,
 );
 pub const FRAME_JS: Asset = Asset::new(
     "b24-frame.js",
     "/assets/b24-frame.js",
-    include_str!("b24/assets/b24-frame.js"),
+    include_str!("local_app/assets/b24-frame.js"),
     JS,
 );
 /// The deal tab and the admin page, on top of the frame's files.

@@ -6,10 +6,37 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use sea_orm::EntityTrait;
 
-use crate::db::entities::{invitation, portal};
+use crate::db::entities::{invitation, portal, response};
 use crate::report::{RenderedReport, ReportInput, ReportItem, ReportSection};
 use crate::state::AppState;
-use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
+use crate::survey::{
+    Answers, Questionnaire, ScoreResult, flagged, score_summary, scores, sections_for_display,
+};
+
+/// Said after a score whose band is marked as a red flag.
+const SCORE_FLAG_NOTE: &str = "требует внимания";
+
+/// A score's value and band for a doctor: «17 — умеренно тяжёлая (требует внимания)».
+pub fn score_answer(s: &ScoreResult) -> String {
+    let text = s.text();
+    let value = text
+        .strip_prefix(&format!("{}: ", s.title))
+        .unwrap_or(&text)
+        .to_owned();
+    if s.flag {
+        format!("{value} ({SCORE_FLAG_NOTE})")
+    } else {
+        value
+    }
+}
+
+/// The scores of a completed survey in one line, «PHQ-9: 12 — умеренная; GAD-7: 4 —
+/// минимальная», or `None` when the questionnaire has none: what the await robot's
+/// `score` returns. Holds no answer, only totals and band names.
+pub fn score_line(q: &Questionnaire, answers: &Answers) -> Option<String> {
+    let results = scores(q, answers);
+    (!results.is_empty()).then(|| score_summary(&results))
+}
 
 /// Clinics using this service work in Moscow time (UTC+3, no daylight saving since 2014);
 /// the PDF and the comment state it, so a reader elsewhere is not misled.
@@ -68,12 +95,20 @@ pub fn report_input(
                 .collect(),
         })
         .collect();
+    let scores = scores(q, answers)
+        .iter()
+        .map(|s| ReportItem {
+            question: s.title.clone(),
+            answer: score_answer(s),
+        })
+        .collect();
     ReportInput {
         clinic: clinic.to_owned(),
         title: q.title.clone(),
         patient: inv.patient_name.clone(),
         completed_at: moscow(completed_at),
         flagged,
+        scores,
         sections,
     }
 }
@@ -83,6 +118,55 @@ pub async fn render_report(input: ReportInput) -> Result<RenderedReport, String>
     tokio::task::spawn_blocking(move || crate::report::render(&input).map_err(|e| e.to_string()))
         .await
         .map_err(|e| e.to_string())?
+}
+
+/// The PDF of a submitted survey: the stored one, else rendered from the stored
+/// answers now and stored (a submit that delivers leaves it to the comment job, and
+/// the doctor may open the tab first). `None` before a submit, or should a PDF not
+/// build: the answers are there all the same.
+pub async fn stored_or_rendered_pdf(
+    state: &AppState,
+    inv: &invitation::Model,
+    resp: &response::Model,
+) -> Option<Vec<u8>> {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    if let Some(pdf) = &resp.report_pdf {
+        return Some(pdf.clone());
+    }
+    let (Some(answers), Some(completed_at)) = (resp.answers.clone(), resp.submitted_at) else {
+        return None;
+    };
+    // Answers that no longer decode make no PDF; the caller says so in its own way.
+    let answers = match crate::survey::decode_answers(&inv.id, answers) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Сохранённые ответы не читаются");
+            return None;
+        }
+    };
+    let q = state
+        .catalog()
+        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)?;
+    let clinic = clinic_name(state, inv).await;
+    let input = report_input(&clinic, &q, inv, &answers, completed_at);
+    match render_report(input).await {
+        Ok(r) => {
+            tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
+            let mut row: response::ActiveModel = resp.clone().into();
+            row.report_sha256 = Set(Some(r.sha256.clone()));
+            row.report_pdf = Set(Some(r.pdf.clone()));
+            if let Err(e) = row.update(&state.db).await {
+                tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
+            }
+            Some(r.pdf)
+        }
+        // Patient input is bounded, but should a PDF still not build, the doctor
+        // gets the answers (and the comment) without it rather than nothing at all.
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен");
+            None
+        }
+    }
 }
 
 /// «Пациент завершил опрос «…» 14.01.2026 10:15 (МСК).» plus the flagged answers in
@@ -130,6 +214,10 @@ fn comment_with(
             .map(|f| format!("{}: {}", neutralise(&f.label), neutralise(&f.answer)))
             .collect();
         text.push_str(&format!("\nОбратите внимание: {}.", items.join("; ")));
+    }
+    // Totals and band names come from the questionnaire, not from patient text.
+    if let Some(line) = score_line(q, answers) {
+        text.push_str(&format!("\nБаллы: {}.", neutralise(&line)));
     }
     if let Some(note) = note {
         text.push_str(&format!("\n{note}"));
@@ -187,6 +275,41 @@ pub fn pdf_file_name(inv: &invitation::Model, completed_at: DateTime<Utc>) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_score_line_joins_every_score_for_the_await_robot() {
+        let q: Questionnaire = serde_json::from_value(serde_json::json!({
+            "code": "two", "version": 1, "title": "Две шкалы",
+            "sections": [{"id": "s", "title": "S", "questions": [
+                {"id": "a", "type": "single", "title": "A", "options": [
+                    {"value": "lo", "label": "Мало", "score": 0}, {"value": "hi", "label": "Много", "score": 12}]},
+                {"id": "b", "type": "multi", "title": "B", "options": [
+                    {"value": "x", "label": "X", "score": 2}, {"value": "y", "label": "Y", "score": 2}]}
+            ]}],
+            "scores": [
+                {"id": "first", "title": "PHQ-9", "questions": ["a"], "bands": [
+                    {"from": 0, "to": 9, "label": "лёгкая"}, {"from": 10, "to": 12, "label": "умеренная"}]},
+                {"id": "second", "title": "GAD-7", "questions": ["b"], "bands": [
+                    {"from": 0, "to": 4, "label": "минимальная", "flag": true}]}
+            ]
+        }))
+        .expect("reads");
+        assert_eq!(q.check(), Vec::new());
+        let answers: Answers =
+            serde_json::from_value(serde_json::json!({"a": "hi", "b": ["x", "y"]})).expect("map");
+        assert_eq!(
+            score_line(&q, &answers).as_deref(),
+            Some("PHQ-9: 12 — умеренная; GAD-7: 4 — минимальная")
+        );
+        let results = scores(&q, &answers);
+        assert_eq!(
+            score_answer(&results[1]),
+            "4 — минимальная (требует внимания)"
+        );
+        let mut plain = q.clone();
+        plain.scores.clear();
+        assert_eq!(score_line(&plain, &answers), None);
+    }
 
     #[test]
     fn patient_text_forms_no_tag_and_no_marker_line() {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::state::{AppState, StartError};
 use crate::testing::{FakePortal, FakePortalConfig, FakePortalError};
-use crate::views::demo::{AppCard, DealCard, DemoFrame};
+use crate::views::demo::{AppCard, DealCard, DemoActivity, DemoAutomation, DemoFrame};
 
 /// The doctor who opens the deal card (not an administrator).
 pub const DOCTOR_ID: u32 = 7;
@@ -198,11 +198,21 @@ impl Demo {
         if let Some(delivery) = fake.finish_install().await {
             delivery?;
         }
+        // A manager dragged «Анкета заполнена» onto «Анкета получена» (§A1).
+        fake.place_trigger(
+            crate::testing::fake_portal::OWNER_DEAL,
+            crate::outbox::automation::TRIGGER_COMPLETED,
+            "PREPARATION",
+        );
         fake.add_user(DOCTOR_ID, "Игорь", "Воронцов", false);
         let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
         self.deal_id = fake.add_deal("Консультация терапевта", 0, Some(contact));
         let (_, answer) = fake
-            .run_robot(crate::b24::registration::ROBOT_CODE, self.deal_id, &[])
+            .run_robot(
+                crate::local_app::registration::ROBOT_CODE,
+                self.deal_id,
+                &[],
+            )
             .await?;
         if !answer.status().is_success() {
             return Err(DemoError::Setup(format!(
@@ -409,9 +419,88 @@ fn deal_card(Path(id): Path<u64>, Data(data): Data<&DemoData>) -> Response {
         "CRM_DEAL_DETAIL_TAB",
         Some(options),
     );
+    let stage = deal
+        .get("STAGE_ID")
+        .and_then(Value::as_str)
+        .unwrap_or("NEW");
     html(crate::views::render(&DealCard::new(
-        title, patient, id, form,
+        title,
+        patient,
+        id,
+        form,
+        stages(stage),
+        automation_on(fake, id),
     )))
+}
+
+/// The demo pipeline; «Анкета получена» is where the app trigger moves the deal.
+const STAGES: [(&str, &str); 4] = [
+    ("NEW", "Новая"),
+    ("PREPARATION", "Анкета получена"),
+    ("EXECUTING", "Приём"),
+    ("WON", "Сделка завершена"),
+];
+
+fn stages(current: &str) -> Vec<(&'static str, &'static str)> {
+    let at = STAGES
+        .iter()
+        .position(|(id, _)| *id == current)
+        .unwrap_or(0);
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, name))| {
+            let class = match i.cmp(&at) {
+                std::cmp::Ordering::Less => "is-done",
+                std::cmp::Ordering::Equal => "is-current",
+                std::cmp::Ordering::Greater => "",
+            };
+            (*name, class)
+        })
+        .collect()
+}
+
+/// The red-flag activity and the notification the fake portal holds for the deal.
+fn automation_on(fake: &FakePortal, deal: u64) -> DemoAutomation {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let activity = fake
+        .activities()
+        .into_iter()
+        .find(|a| a.owner_type_id == crate::testing::fake_portal::OWNER_DEAL && a.owner_id == deal)
+        .map(|a| {
+            let header = &a.layout["header"];
+            let tag = header["tags"]
+                .as_object()
+                .and_then(|t| t.values().next())
+                .map(|t| text(&t["title"]))
+                .unwrap_or_default();
+            let titles = a.layout["body"]["blocks"]
+                .as_object()
+                .map(|blocks| {
+                    blocks
+                        .values()
+                        .filter(|b| b["type"] == "withTitle")
+                        .map(|b| text(&b["properties"]["block"]["properties"]["value"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            DemoActivity {
+                header: text(&header["title"]),
+                tag,
+                titles,
+                completed: a.completed,
+            }
+        });
+    let suffix = format!("|DEAL_{deal}");
+    let notification = fake
+        .notifications()
+        .into_iter()
+        .find(|n| n.tag.as_deref().is_some_and(|t| t.ends_with(&suffix)))
+        .map(|n| n.message);
+    DemoAutomation {
+        activity,
+        notification,
+    }
 }
 
 #[handler]

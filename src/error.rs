@@ -31,6 +31,7 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    ActivityUnknown = "activity_unknown",
     AnswersNotObject = "answers_not_object",
     AppUpdateRefused = "app_update_refused",
     ApplicationTokenMismatch = "application_token_mismatch",
@@ -81,6 +82,7 @@ error_codes! {
     Unavailable = "unavailable",
     UnparsableBody = "unparsable_body",
     UnsupportedMediaType = "unsupported_media_type",
+    UserNotConfirmed = "user_not_confirmed",
     ValidationFailed = "validation_failed",
 }
 

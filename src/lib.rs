@@ -2,7 +2,6 @@
 
 pub mod app;
 pub mod assets;
-pub mod b24;
 pub mod bitrix24;
 pub mod body_limit;
 pub mod completion;
@@ -13,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod invitations;
 pub mod legacy;
+pub mod local_app;
 pub mod outbox;
 pub mod report;
 pub mod secret;
@@ -87,7 +87,10 @@ impl Application {
         let worker = tokio::spawn(
             outbox::Outbox::for_instance(self.state.clone(), instance).run(cancel.clone()),
         );
-        let upkeep = tokio::spawn(b24::token_upkeep::run(self.state.clone(), cancel.clone()));
+        let upkeep = tokio::spawn(local_app::token_upkeep::run(
+            self.state.clone(),
+            cancel.clone(),
+        ));
         let endpoint = app::routes(self.state.clone());
         let stop = cancel.clone();
         let result = poem::Server::new_with_acceptor(self.acceptor)

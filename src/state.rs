@@ -7,11 +7,11 @@ use std::time::Duration;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Notify;
 
-use crate::b24::portals::DbTokenStore;
 use crate::bitrix24::{B24Client, ClientConfig};
 use crate::config::Config;
 use crate::db::group_commit::{self, GroupCommit};
 use crate::invitations::links::{LinkSigner, generate_secret};
+use crate::local_app::portals::DbTokenStore;
 use crate::secret::Secret;
 use crate::survey::Catalog;
 
@@ -29,7 +29,7 @@ pub struct Inner {
     /// Secret for the doctor's tab sessions (derived from the link secret, never sent).
     pub session_key: Secret<Vec<u8>>,
     /// Refusals of repeated failed identity checks and the confirmed tab tokens.
-    pub verify_guard: crate::b24::verify_guard::VerifyGuard,
+    pub verify_guard: crate::local_app::verify_guard::VerifyGuard,
     /// SQLite has one writer at a time, and a writer that finds the lock taken sleeps
     /// in SQLite's busy handler with growing pauses; within this process writers
     /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
@@ -53,6 +53,10 @@ pub enum StartError {
     Database(#[from] DbErr),
     #[error("HTTP-клиент не создан: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// A questionnaire file with problems stops the start: a clinic would otherwise
+    /// send links to a questionnaire that silently is not there.
+    #[error("анкеты содержат ошибки, исправьте их и запустите сервис снова:\n{}", crate::survey::join_load_problems(.0))]
+    Surveys(Vec<crate::survey::LoadProblem>),
 }
 
 impl AppState {
@@ -73,8 +77,8 @@ impl AppState {
             ),
         };
         let (catalog, problems) = crate::survey::Catalog::load(config.surveys_dir.as_deref());
-        for problem in &problems {
-            tracing::warn!("Анкета не загружена: {problem}");
+        if !problems.is_empty() {
+            return Err(StartError::Surveys(problems));
         }
         tracing::info!(count = catalog.list().len(), "Анкеты загружены");
         let shared_bucket = crate::db::rate_bucket::DbRateBucket::for_shared_db(&db)

@@ -8,6 +8,7 @@ mod m20261123_000001_init;
 mod m20261123_000002_rate_bucket;
 mod m20261207_000003_outbox_recovery;
 mod m20261207_000004_portal_revouch;
+mod m20261207_000005_response_outcome;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_rate_bucket::Migration),
             Box::new(m20261207_000003_outbox_recovery::Migration),
             Box::new(m20261207_000004_portal_revouch::Migration),
+            Box::new(m20261207_000005_response_outcome::Migration),
         ]
     }
 }

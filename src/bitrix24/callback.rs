@@ -7,7 +7,7 @@
 //!
 //! The robot call and the app events are decoded into the structs below, which say
 //! what Bitrix24 sends (protocol §4.3, §7). Shared by the handlers of the installed
-//! application (`b24`) and of the guides' webhooks (`legacy`).
+//! application (`local_app`) and of the guides' webhooks (`legacy`).
 
 use std::collections::BTreeMap;
 

@@ -128,15 +128,45 @@ pub fn check_limits(body: &[u8]) -> Result<(), FormError> {
     if std::str::from_utf8(body).is_err() {
         return Err(FormError::NotUtf8);
     }
-    for (count, (key, _)) in url::form_urlencoded::parse(body).enumerate() {
+    // The pairs `url::form_urlencoded::parse` yields (non-empty runs between `&`),
+    // without decoding and copying every key and value as it does: only the key's
+    // brackets matter, and `%5B` is the one escape that decodes to `[`.
+    let pairs = body.split(|b| *b == b'&').filter(|p| !p.is_empty());
+    for (count, pair) in pairs.enumerate() {
         if count >= MAX_KEYS {
             return Err(FormError::TooManyKeys);
         }
-        if key.bytes().filter(|b| *b == b'[').count() > MAX_DEPTH {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        if decoded_brackets(key) > MAX_DEPTH {
             return Err(FormError::TooDeep);
         }
     }
     Ok(())
+}
+
+/// How many `[` a percent-decoded `key` holds, decoding as `form_urlencoded` does:
+/// `%` and two hex digits are one byte, any other `%` stands for itself.
+fn decoded_brackets(key: &[u8]) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < key.len() {
+        let escaped = match key.get(i..i + 3) {
+            Some([b'%', hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                Some(*hi == b'5' && lo.eq_ignore_ascii_case(&b'b'))
+            }
+            _ => None,
+        };
+        match escaped {
+            Some(bracket) => {
+                n += usize::from(bracket);
+                i += 3;
+            }
+            None => {
+                n += usize::from(key[i] == b'[');
+                i += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Decodes an inbound form body or query string (PHP bracket keys, percent-encoded
@@ -273,5 +303,44 @@ mod tests {
         let e: Event = decode(b"event=ONAPPINSTALL&auth%5Bmember_id%5D=4f2a").expect("decodes");
         assert_eq!(e.event, "ONAPPINSTALL");
         assert_eq!(e.auth.member_id, "4f2a");
+    }
+
+    #[test]
+    fn the_flat_scan_counts_as_the_decoder_decodes() {
+        let keys: [&[u8]; 12] = [
+            b"a[b][c]",
+            b"a%5Bb%5D%5bc%5d",
+            b"a%255Bb",
+            b"a%%5Bb",
+            b"a%5",
+            b"a%5Gb[",
+            b"%5B%5B%5B",
+            b"[[[[[[[[[",
+            b"a+b[c]",
+            b"\xd0\x90[x]",
+            b"",
+            b"%",
+        ];
+        for key in keys {
+            let pair = [key, b"=v"].concat();
+            let (decoded, _) = url::form_urlencoded::parse(&pair)
+                .next()
+                .unwrap_or_default();
+            let expected = decoded.bytes().filter(|b| *b == b'[').count();
+            assert_eq!(
+                decoded_brackets(key),
+                expected,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        // Empty runs between `&` are not pairs, as for the decoder.
+        let many = "&&k=v&".repeat(MAX_KEYS);
+        assert!(check_limits(many.as_bytes()).is_ok());
+        let too_many = format!("{many}&k=v");
+        assert!(matches!(
+            check_limits(too_many.as_bytes()),
+            Err(FormError::TooManyKeys)
+        ));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod entities;
 pub mod group_commit;
+pub mod prepared;
 pub mod rate_bucket;
 
 use std::time::Duration;

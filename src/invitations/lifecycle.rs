@@ -12,7 +12,7 @@ use sea_orm::{
 use super::links::LinkError;
 use super::{COMPLETED, OPENED, SENT};
 use crate::crm::InvitationId;
-use crate::db::entities::{invitation, outbox_job, response};
+use crate::db::entities::{invitation, response};
 use crate::error::{ApiError, ErrorCode};
 use crate::outbox::survey_wait::{self, Progress};
 use crate::outbox::{self, Job};
@@ -184,6 +184,7 @@ async fn upsert_draft<C: ConnectionTrait>(
         submitted_at: Set(None),
         report_sha256: Set(None),
         report_pdf: Set(None),
+        outcome: Set(None),
     })
     .on_conflict(
         OnConflict::column(response::Column::InvitationId)
@@ -237,36 +238,35 @@ async fn note_wait_progress(state: &AppState, inv: &invitation::Model, step: Pro
     }
 }
 
-/// How long the comment job waits for the submitting request to store its PDF;
-/// after that the job renders the PDF itself (the request failed or died).
-const RENDER_GRACE: chrono::Duration = chrono::Duration::minutes(2);
-
-/// Moves a pending job's next run to `at`.
-async fn set_job_due<C: ConnectionTrait>(
-    db: &C,
-    key: &str,
+/// What a submit stores with its claim.
+#[derive(Clone)]
+struct Claim {
+    invitation: InvitationId,
+    portal_id: Option<i64>,
+    answers: serde_json::Value,
+    sha256: String,
     at: DateTime<Utc>,
-) -> Result<(), sea_orm::DbErr> {
-    outbox_job::Entity::update_many()
-        .col_expr(
-            outbox_job::Column::RunAt,
-            Expr::value(at.timestamp_millis()),
-        )
-        .filter(outbox_job::Column::IdempotencyKey.eq(key))
-        .filter(outbox_job::Column::DoneAt.is_null())
-        .exec(db)
-        .await?;
-    Ok(())
+    /// The comment job's key, where results are delivered.
+    job_key: Option<String>,
+    /// Scores and the patient's messages (`response.outcome`).
+    outcome: serde_json::Value,
+    /// The key prefix of robots «Дождаться анкеты» waiting on this invitation: they
+    /// are due with the claim's commit.
+    waits: Option<String>,
 }
 
 pub struct Receipt {
     pub completed_at: DateTime<Utc>,
     pub report_sha256: String,
+    /// The questionnaire's messages for the patient that the answers call for (the
+    /// crisis message of PHQ-9): for the "done" page only, never sent anywhere.
+    pub patient_messages: Vec<String>,
 }
 
 /// Validates against the questionnaire version the link was sent with, stores the
-/// answers and the PDF, and queues the timeline comment — once: a second submit gets
-/// `Completed`, even when two arrive together.
+/// answers and the report's checksum, and queues the timeline comment — once: a
+/// second submit gets `Completed`, even when two arrive together. Where results are
+/// delivered, the comment job renders the PDF; otherwise it is rendered here.
 pub async fn submit(
     state: &AppState,
     inv: &invitation::Model,
@@ -292,15 +292,42 @@ pub async fn submit(
             return Err(FlowError::Invalid(errors.0));
         }
     };
+    // The report's checksum is that of its content, known before any PDF exists.
+    let input = report_input(state, inv, &q, &valid, now).await;
+    let sha256 = crate::report::content_sha256(&input);
     let job_key = format!("invitation:{}:completion", inv.id);
     let delivers = inv.portal_id.is_some() || state.config.webhook_url.is_some();
-    claim_completion(state, inv, &valid, now, &job_key, delivers).await?;
-    let report = render_pdf(state, inv, &q, &valid, now).await;
-    release_completion(state, inv, report.as_ref(), &job_key, delivers).await?;
+    let patient_messages = crate::survey::patient_messages(&q, &valid);
+    let outcome = serde_json::json!({
+        "scores": crate::survey::scores(&q, &valid),
+        "patient_messages": patient_messages,
+    });
+    claim_completion(
+        state,
+        inv,
+        &valid,
+        &sha256,
+        now,
+        delivers.then_some(job_key),
+        outcome,
+    )
+    .await?;
+    if delivers {
+        // The comment job renders the PDF (`completion::stored_or_rendered_pdf`) and
+        // the patient does not wait for it (issue 19: 50 patients at once waited
+        // 450 ms at p99 behind each other's PDFs).
+        state.nudge_outbox();
+    } else {
+        // Nothing delivers the results: the PDF is built here, for the deal tab and
+        // the API.
+        let report = render_pdf(inv, input).await;
+        release_completion(state, inv, report.as_ref()).await?;
+    }
     tracing::info!(survey_id = %inv.id, "Пациент завершил опрос");
     Ok(Receipt {
         completed_at: now,
-        report_sha256: report.map(|r| r.sha256).unwrap_or_default(),
+        report_sha256: sha256,
+        patient_messages,
     })
 }
 
@@ -324,90 +351,134 @@ async fn keep_valid_part(
     let _ = upsert_draft(&state.db, &inv.id, &draft, now).await;
 }
 
-/// Claim first: of concurrent submits only the one that flips the status goes on to
-/// render a PDF; the others are answered `Completed` at once. The answers and the
-/// comment job (held back while this request renders) are stored with the claim, so
-/// nothing is lost if rendering fails or the process stops: the job then renders the
-/// PDF itself.
-async fn claim_completion(
-    state: &AppState,
-    inv: &invitation::Model,
-    valid: &Answers,
-    now: DateTime<Utc>,
-    job_key: &str,
-    delivers: bool,
-) -> Result<(), FlowError> {
-    let answers_json = serde_json::to_value(valid)
-        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
-    {
-        let (_turn, txn) = state.begin_write().await?;
-        let claimed = invitation::Entity::update_many()
-            .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
-            .col_expr(invitation::Column::CompletedAt, Expr::value(now))
-            .filter(invitation::Column::Id.eq(inv.id.clone()))
-            .filter(invitation::Column::Status.ne(COMPLETED))
-            .exec(&txn)
-            .await?;
-        if claimed.rows_affected == 0 {
-            return Err(FlowError::Completed);
-        }
-        response::Entity::insert(response::ActiveModel {
-            invitation_id: Set(inv.id.clone()),
-            draft: Set(None),
-            draft_saved_at: Set(None),
-            answers: Set(Some(answers_json)),
-            submitted_at: Set(Some(now)),
-            report_sha256: Set(None),
-            report_pdf: Set(None),
-        })
-        .on_conflict(
-            OnConflict::column(response::Column::InvitationId)
-                .update_columns([
-                    response::Column::Draft,
-                    response::Column::DraftSavedAt,
-                    response::Column::Answers,
-                    response::Column::SubmittedAt,
-                    response::Column::ReportSha256,
-                    response::Column::ReportPdf,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        if delivers {
-            outbox::enqueue(
-                &txn,
-                inv.portal_id,
-                &Job::PostCompletion {
-                    invitation: InvitationId::of(inv),
-                },
-                job_key,
-            )
-            .await?;
-            // Held back while this request renders the PDF; released after.
-            set_job_due(&txn, job_key, now + RENDER_GRACE).await?;
-        }
-        survey_wait::wake_invitation(&txn, inv, now).await?;
-        txn.commit().await?;
-    }
-    Ok(())
-}
-
-/// The PDF of the claimed answers. The answers are stored: a PDF that does not build
-/// is no reason to refuse the patient. The comment job tries again and, failing
-/// that, posts without it.
-async fn render_pdf(
+/// The report of the answers as the invitation will read once completed.
+async fn report_input(
     state: &AppState,
     inv: &invitation::Model,
     q: &Questionnaire,
     valid: &Answers,
     now: DateTime<Utc>,
-) -> Option<RenderedReport> {
+) -> crate::report::ReportInput {
     let mut stored = inv.clone();
     stored.status = COMPLETED;
     stored.completed_at = Some(now);
     let clinic = crate::completion::clinic_name(state, inv).await;
-    let input = crate::completion::report_input(&clinic, q, &stored, valid, now);
+    crate::completion::report_input(&clinic, q, &stored, valid, now)
+}
+
+/// Claim first: of concurrent submits only the one that flips the status goes on;
+/// the others are answered `Completed` at once. The answers, the checksum and the
+/// comment job (`job_key`, where results are delivered) are stored with the claim,
+/// so nothing is lost if the process stops. With concurrent submits and robot calls,
+/// in one transaction (`group_write`): 50 patients at once otherwise queue for a
+/// commit each.
+async fn claim_completion(
+    state: &AppState,
+    inv: &invitation::Model,
+    valid: &Answers,
+    sha256: &str,
+    now: DateTime<Utc>,
+    job_key: Option<String>,
+    outcome: serde_json::Value,
+) -> Result<(), FlowError> {
+    let answers = serde_json::to_value(valid)
+        .map_err(|e| FlowError::Internal(anyhow::Error::new(e).context("answers to JSON")))?;
+    let claim = Claim {
+        invitation: InvitationId::of(inv),
+        portal_id: inv.portal_id,
+        answers,
+        sha256: sha256.to_owned(),
+        at: now,
+        job_key,
+        outcome,
+        waits: survey_wait::invitation_prefix(inv),
+    };
+    let claimed = state
+        .group_write(move |txn| {
+            let claim = claim.clone();
+            Box::pin(async move { store_claim(txn, &claim).await })
+        })
+        .await?;
+    if !claimed {
+        return Err(FlowError::Completed);
+    }
+    Ok(())
+}
+
+/// Flips the invitation to completed unless it already is (false: someone else's
+/// submit won) and stores the answers, the checksum and the comment job with it.
+/// Safe to run again after a rollback, as `group_write` may.
+async fn store_claim<C: ConnectionTrait>(txn: &C, c: &Claim) -> Result<bool, sea_orm::DbErr> {
+    let id = c.invitation.as_str().to_owned();
+    let claimed = invitation::Entity::update_many()
+        .col_expr(invitation::Column::Status, Expr::value(COMPLETED))
+        .col_expr(invitation::Column::CompletedAt, Expr::value(c.at))
+        .filter(invitation::Column::Id.eq(id.clone()))
+        .filter(invitation::Column::Status.ne(COMPLETED))
+        .exec(txn)
+        .await?;
+    if claimed.rows_affected == 0 {
+        return Ok(false);
+    }
+    response::Entity::insert(response::ActiveModel {
+        invitation_id: Set(id),
+        draft: Set(None),
+        draft_saved_at: Set(None),
+        answers: Set(Some(c.answers.clone())),
+        submitted_at: Set(Some(c.at)),
+        report_sha256: Set(Some(c.sha256.clone())),
+        report_pdf: Set(None),
+        outcome: Set(Some(c.outcome.clone())),
+    })
+    .on_conflict(
+        OnConflict::column(response::Column::InvitationId)
+            .update_columns([
+                response::Column::Draft,
+                response::Column::DraftSavedAt,
+                response::Column::Answers,
+                response::Column::SubmittedAt,
+                response::Column::ReportSha256,
+                response::Column::ReportPdf,
+                response::Column::Outcome,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await?;
+    if let Some(key) = &c.job_key {
+        outbox::enqueue(
+            txn,
+            c.portal_id,
+            &Job::PostCompletion {
+                invitation: c.invitation.clone(),
+            },
+            key,
+        )
+        .await?;
+        // The clinic's automation (triggers, red-flag activity, notification).
+        outbox::enqueue(
+            txn,
+            c.portal_id,
+            &Job::Automate {
+                invitation: c.invitation.clone(),
+            },
+            &format!("invitation:{}:automate", c.invitation.as_str()),
+        )
+        .await?;
+    }
+    if let Some(prefix) = &c.waits {
+        survey_wait::wake_prefix(txn, prefix, c.at).await?;
+    }
+    Ok(true)
+}
+
+/// The PDF of the claimed answers. The answers are stored: a PDF that does not build
+/// is no reason to refuse the patient; the deal tab tries again
+/// (`completion::stored_or_rendered_pdf`).
+async fn render_pdf(
+    inv: &invitation::Model,
+    input: crate::report::ReportInput,
+) -> Option<RenderedReport> {
     match crate::completion::render_report(input).await {
         Ok(report) => {
             tracing::info!(survey_id = %inv.id, "Отчёт PDF построен");
@@ -420,30 +491,25 @@ async fn render_pdf(
     }
 }
 
-/// Stores the PDF (if one was built) and lets the comment job run now.
+/// Stores the PDF, if one was built.
 async fn release_completion(
     state: &AppState,
     inv: &invitation::Model,
     report: Option<&RenderedReport>,
-    job_key: &str,
-    delivers: bool,
 ) -> Result<(), FlowError> {
+    let Some(report) = report else {
+        return Ok(());
+    };
     let (_turn, txn) = state.begin_write().await?;
-    if let Some(report) = report {
-        response::Entity::update_many()
-            .col_expr(
-                response::Column::ReportSha256,
-                Expr::value(report.sha256.clone()),
-            )
-            .col_expr(response::Column::ReportPdf, Expr::value(report.pdf.clone()))
-            .filter(response::Column::InvitationId.eq(inv.id.clone()))
-            .exec(&txn)
-            .await?;
-    }
-    if delivers {
-        set_job_due(&txn, job_key, Utc::now()).await?;
-    }
+    response::Entity::update_many()
+        .col_expr(
+            response::Column::ReportSha256,
+            Expr::value(report.sha256.clone()),
+        )
+        .col_expr(response::Column::ReportPdf, Expr::value(report.pdf.clone()))
+        .filter(response::Column::InvitationId.eq(inv.id.clone()))
+        .exec(&txn)
+        .await?;
     txn.commit().await?;
-    state.nudge_outbox();
     Ok(())
 }

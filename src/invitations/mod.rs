@@ -9,10 +9,7 @@ pub mod portal_settings;
 pub use crate::crm::{Channel, EntityRef, EntityType, patient};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    sea_query::OnConflict,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::db::entities::invitation;
 
@@ -98,20 +95,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
     };
     // A repeated request (same key) inserts nothing instead of failing, which on
     // PostgreSQL would also abort the caller's transaction.
-    let inserted = invitation::Entity::insert(row.clone().into_active_model())
-        .on_conflict(
-            OnConflict::column(invitation::Column::DedupeKey)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await;
-    let inserted = match inserted {
-        Ok(rows) => rows > 0,
-        Err(DbErr::RecordNotInserted) => false,
-        Err(e) => return Err(e),
-    };
-    if inserted {
+    if crate::db::prepared::insert_invitation(db, &row).await? {
         return Ok(Issued {
             invitation: row,
             existing: false,
@@ -128,10 +112,7 @@ async fn by_dedupe_key<C: ConnectionTrait>(
     db: &C,
     key: &str,
 ) -> Result<Option<invitation::Model>, DbErr> {
-    invitation::Entity::find()
-        .filter(invitation::Column::DedupeKey.eq(key))
-        .one(db)
-        .await
+    crate::db::prepared::invitation_by_dedupe_key(db, key).await
 }
 
 async fn find_active<C: ConnectionTrait>(

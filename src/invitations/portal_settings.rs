@@ -24,18 +24,28 @@ pub async fn load<C: ConnectionTrait>(
     portal_id: i64,
     default_days: u32,
 ) -> Result<PortalSettings, DbErr> {
-    let link_days = get_setting(db, &key(portal_id, "link_days"))
-        .await?
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|d| (1..=365).contains(d))
-        .unwrap_or(default_days);
-    let reuse_active = get_setting(db, &key(portal_id, "reuse_active"))
-        .await?
-        .is_none_or(|v| v != "N");
-    Ok(PortalSettings {
-        link_days,
-        reuse_active,
-    })
+    let link_days = get_setting(db, &key(portal_id, "link_days")).await?;
+    let reuse_active = get_setting(db, &key(portal_id, "reuse_active")).await?;
+    Ok(from_stored(
+        link_days.as_deref(),
+        reuse_active.as_deref(),
+        default_days,
+    ))
+}
+
+/// The settings from their stored values (absent: `None`), as `load` reads them.
+pub fn from_stored(
+    link_days: Option<&str>,
+    reuse_active: Option<&str>,
+    default_days: u32,
+) -> PortalSettings {
+    PortalSettings {
+        link_days: link_days
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|d| (1..=365).contains(d))
+            .unwrap_or(default_days),
+        reuse_active: reuse_active.is_none_or(|v| v != "N"),
+    }
 }
 
 /// Stores both settings; `link_days` must already be in range.

@@ -7,6 +7,7 @@
 //! kind is made harmless to repeat (see `run`, `post_completion`). A portal that pushes back pauses its
 //! own queue only (`backpressure`).
 
+pub mod automation;
 pub mod backpressure;
 pub mod jobs;
 pub mod link_field;
@@ -16,11 +17,11 @@ pub mod survey_wait;
 pub mod uninstall;
 pub mod worker;
 
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
+use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::crm::InvitationId;
-use crate::db::entities::outbox_job;
+use crate::db::prepared::NewJob;
 
 /// A side effect to carry out. The payload names rows, not their content, so a job
 /// always works with the current data (e.g. a name resolved after the job was queued).
@@ -51,6 +52,16 @@ pub enum Job {
         event_token: String,
         step: survey_wait::Progress,
     },
+    /// The clinic's automation on a completed survey: app triggers; when flagged, the
+    /// red-flag activity (or the webhook setup's to-do) and the responsible's
+    /// notification (`automation`).
+    Automate { invitation: InvitationId },
+    /// «Просмотрено» was pressed by a confirmed user: complete the red-flag activity,
+    /// which clears its kanban badge.
+    CompleteActivity {
+        invitation: InvitationId,
+        activity_id: i64,
+    },
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
@@ -65,6 +76,8 @@ impl Job {
             Job::PostCompletion { .. } => "post_completion",
             Job::AwaitSurvey { .. } => survey_wait::KIND,
             Job::LogWaitProgress { .. } => "log_wait_progress",
+            Job::Automate { .. } => "automate",
+            Job::CompleteActivity { .. } => "complete_activity",
             Job::ConfirmUninstall { .. } => "confirm_uninstall",
         }
     }
@@ -78,6 +91,8 @@ impl Job {
             | Job::PostCompletion { invitation }
             | Job::LogWaitProgress { invitation, .. } => Some(invitation),
             Job::AwaitSurvey { invitation, .. } => invitation.as_ref(),
+            | Job::Automate { invitation }
+            | Job::CompleteActivity { invitation, .. } => Some(invitation),
             Job::ConfirmUninstall { .. } => None,
         }
     }
@@ -107,36 +122,17 @@ pub async fn enqueue_all<C: ConnectionTrait>(
     let mut rows = Vec::with_capacity(jobs.len());
     for (job, key) in jobs {
         let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
-        rows.push(outbox_job::ActiveModel {
-            portal_id: Set(portal_id),
-            kind: Set(job.kind().to_owned()),
-            payload: Set(payload),
-            idempotency_key: Set(key.chars().take(255).collect()),
-            attempts: Set(0),
-            run_at: Set(now.timestamp_millis()),
-            locked_until: Set(None),
-            lease: Set(None),
-            last_error: Set(None),
-            result: Set(None),
-            done_at: Set(None),
-            dead_at: Set(None),
-            created_at: Set(now),
-            ..Default::default()
+        rows.push(NewJob {
+            portal_id,
+            kind: job.kind(),
+            payload,
+            idempotency_key: key.chars().take(255).collect(),
+            run_at: now.timestamp_millis(),
+            created_at: now,
         });
     }
-    let inserted = outbox_job::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(outbox_job::Column::IdempotencyKey)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await;
-    match inserted {
-        // Every key already queued.
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
+    // A key already queued keeps its job (ON CONFLICT DO NOTHING).
+    crate::db::prepared::insert_jobs(db, rows).await
 }
 
 pub use worker::Outbox;

@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 use super::jobs::{JobOutcome, failures};
@@ -73,37 +73,8 @@ pub async fn run(
         }
     }
 
-    let pdf: Option<Vec<u8>> = match resp.report_pdf.clone() {
-        Some(pdf) => Some(pdf),
-        None => {
-            let input = crate::completion::report_input(
-                &crate::completion::clinic_name(state, inv).await,
-                &q,
-                inv,
-                &answers,
-                completed_at,
-            );
-            match crate::completion::render_report(input).await {
-                Ok(r) => {
-                    // The submitting request did not store its PDF (it failed or
-                    // stopped after claiming): keep this one for the deal tab.
-                    let mut row: response::ActiveModel = resp.clone().into();
-                    row.report_sha256 = Set(Some(r.sha256.clone()));
-                    row.report_pdf = Set(Some(r.pdf.clone()));
-                    if let Err(e) = row.update(&state.db).await {
-                        tracing::warn!(error = %e, "Не удалось сохранить построенный PDF");
-                    }
-                    Some(r.pdf)
-                }
-                // Patient input is bounded, but should a PDF still not build, the
-                // doctor gets the comment without it rather than nothing at all.
-                Err(e) => {
-                    tracing::error!(survey_id = %inv.id, error = %e, "PDF не построен; комментарий отправляется без него");
-                    None
-                }
-            }
-        }
-    };
+    // Rendered here when the submit left it to this job (`completion`).
+    let pdf = crate::completion::stored_or_rendered_pdf(state, inv, &resp).await;
     // The portal cannot tell a second comment from a first: post only while the job
     // is still ours, not after another worker took it over from a stalled one.
     match super::jobs::holds(&state.db, row).await {

@@ -148,6 +148,20 @@ pub async fn run_group(
                     }
                     outcomes.push((c.row, outcome));
                 }
+                Job::Automate { .. } | Job::CompleteActivity { .. } => {
+                    let outcome = match (&pushback, &c.job) {
+                        (Some(error), _) => JobOutcome::Deferred(now, error.clone()),
+                        (None, Job::CompleteActivity { activity_id, .. }) => {
+                            super::automation::complete(state, &target, &c.row, *activity_id, now)
+                                .await
+                        }
+                        (None, _) => super::automation::run(state, &target, &c.row, inv, now).await,
+                    };
+                    if let JobOutcome::Deferred(_, error) = &outcome {
+                        pushback = Some(error.clone());
+                    }
+                    outcomes.push((c.row, outcome));
+                }
                 _ => batchable.push((c, inv.clone())),
             },
         }
@@ -270,9 +284,11 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             method: "bizproc.activity.log".into(),
             params: super::survey_wait::progress_params(event_token, *step),
         }],
-        Job::PostCompletion { .. } | Job::AwaitSurvey { .. } | Job::ConfirmUninstall { .. } => {
-            Vec::new()
-        }
+        Job::PostCompletion { .. }
+        | Job::AwaitSurvey { .. }
+        | Job::Automate { .. }
+        | Job::CompleteActivity { .. }
+        | Job::ConfirmUninstall { .. } => Vec::new(),
     }
 }
 
@@ -378,9 +394,11 @@ async fn run_chunk(
                 }
                 Err(e) => classify(&e, &c.row, now),
             },
-            Job::PostCompletion { .. } | Job::AwaitSurvey { .. } | Job::ConfirmUninstall { .. } => {
-                JobOutcome::Dead("not a batch job".into())
-            }
+            Job::PostCompletion { .. }
+            | Job::AwaitSurvey { .. }
+            | Job::Automate { .. }
+            | Job::CompleteActivity { .. }
+            | Job::ConfirmUninstall { .. } => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
     }

@@ -161,7 +161,7 @@ async fn make_due<C: ConnectionTrait>(
 }
 
 /// The key prefix of every wait on `inv`.
-fn invitation_prefix(inv: &invitation::Model) -> Option<String> {
+pub fn invitation_prefix(inv: &invitation::Model) -> Option<String> {
     let portal = inv.portal_id?;
     Some(format!(
         "{}{}:",
@@ -177,9 +177,19 @@ pub async fn wake_invitation<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     match invitation_prefix(inv) {
-        Some(prefix) => make_due(db, format!("{prefix}%"), now).await,
+        Some(prefix) => wake_prefix(db, &prefix, now).await,
         None => Ok(0),
     }
+}
+
+/// The waits under `prefix` (an [`invitation_prefix`]) are due now (caller's
+/// transaction): for a claim that carries the prefix, not the invitation's row.
+pub async fn wake_prefix<C: ConnectionTrait>(
+    db: &C,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    make_due(db, format!("{prefix}%"), now).await
 }
 
 /// A newer link was made for the document: its waits are due now and find

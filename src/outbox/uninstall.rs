@@ -10,7 +10,7 @@
 //! deleted portal's data for good.
 //!
 //! A portal has one pending confirmation; a later event with `data[CLEAN]=1` turns
-//! its `clean` on (`b24::events`), and the purge reads the flag again under the
+//! its `clean` on (`local_app::events`), and the purge reads the flag again under the
 //! portal's row lock, so a `CLEAN=0` queued first (forged or not) cannot make the
 //! purge forget a `CLEAN=1`.
 

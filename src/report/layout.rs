@@ -115,6 +115,12 @@ pub(crate) fn render_pdf(
     if !input.flagged.is_empty() {
         writer.flagged(&input.flagged)?;
     }
+    if !input.scores.is_empty() {
+        writer.section(&ReportSection {
+            title: "Баллы по шкалам".into(),
+            items: input.scores.clone(),
+        })?;
+    }
     for section in &input.sections {
         writer.section(section)?;
     }

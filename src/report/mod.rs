@@ -29,6 +29,9 @@ pub struct ReportInput {
     pub completed_at: String,
     /// Answers the doctor must see first; the highlighted box is omitted when empty.
     pub flagged: Vec<ReportItem>,
+    /// Scores (`question`: «PHQ-9», `answer`: «12 — умеренная»), in a box after the
+    /// flags; empty for questionnaires without scores.
+    pub scores: Vec<ReportItem>,
     /// Sections in display order; questions not shown to the patient are already left out.
     pub sections: Vec<ReportSection>,
 }
@@ -113,6 +116,11 @@ pub fn content_sha256(input: &ReportInput) -> String {
     put_str(&mut hasher, &input.patient);
     put_str(&mut hasher, &input.completed_at);
     put_items(&mut hasher, &input.flagged);
+    // Reports without scores keep the hash they always had.
+    if !input.scores.is_empty() {
+        hasher.update(b"scores\0");
+        put_items(&mut hasher, &input.scores);
+    }
     put_len(&mut hasher, input.sections.len());
     for section in &input.sections {
         put_str(&mut hasher, &section.title);

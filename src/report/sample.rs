@@ -11,6 +11,7 @@ pub fn sample_input() -> ReportInput {
         title: "Анкета пациента перед приёмом".into(),
         patient: "Смирнова Анна Петровна".into(),
         completed_at: "14.01.2026 10:15 (МСК)".into(),
+        scores: Vec::new(),
         flagged: vec![
             item(
                 "Аллергия на лекарственные препараты",

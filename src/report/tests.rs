@@ -170,6 +170,7 @@ fn empty_report_renders_one_page() {
         title: String::new(),
         patient: String::new(),
         completed_at: String::new(),
+        scores: Vec::new(),
         flagged: Vec::new(),
         sections: Vec::new(),
     };

@@ -7,10 +7,22 @@ use std::sync::Arc;
 
 use super::model::{DefinitionProblem, Questionnaire};
 
-/// The built-in questionnaire, used when nothing else is configured.
-const BUILTIN_PRE_VISIT: &str = include_str!("builtin/pre_visit.yaml");
-/// The file name shown in problems with the built-in questionnaire.
-const BUILTIN_NAME: &str = "встроенная анкета pre_visit.yaml";
+/// The built-in questionnaires (file name for problems, text): the pre-visit one,
+/// used when nothing else is configured, and the PHQ-9 and GAD-7 scales.
+const BUILTINS: [(&str, &str); 3] = [
+    (
+        "встроенная анкета pre_visit.yaml",
+        include_str!("builtin/pre_visit.yaml"),
+    ),
+    (
+        "встроенная анкета phq9.yaml",
+        include_str!("builtin/phq9.yaml"),
+    ),
+    (
+        "встроенная анкета gad7.yaml",
+        include_str!("builtin/gad7.yaml"),
+    ),
+];
 /// The code of the questionnaire sent when none is asked for.
 pub const DEFAULT_CODE: &str = "pre_visit";
 /// Questionnaire files larger than this are refused: a definition is a few KB.
@@ -28,17 +40,33 @@ pub struct Catalog {
 pub struct LoadProblem {
     pub file: String,
     pub place: String,
+    /// Stable: a [`DefinitionProblem`]'s code, or `unreadable`, `parse_error`,
+    /// `version_taken`.
+    pub code: &'static str,
     pub reason: String,
 }
 
 impl fmt::Display for LoadProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.place.is_empty() {
-            write!(f, "файл {}: {}", self.file, self.reason)
+            write!(f, "файл {}: {} [{}]", self.file, self.reason, self.code)
         } else {
-            write!(f, "файл {}, {}: {}", self.file, self.place, self.reason)
+            write!(
+                f,
+                "файл {}, {}: {} [{}]",
+                self.file, self.place, self.reason, self.code
+            )
         }
     }
+}
+
+/// Problems one per line, for the message that stops the start.
+pub fn join_load_problems(problems: &[LoadProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Why [`Catalog::insert`] refused a questionnaire.
@@ -59,12 +87,14 @@ fn join_problems(problems: &[DefinitionProblem]) -> String {
 }
 
 impl Catalog {
-    /// The built-in questionnaire plus every `*.yaml`, `*.yml` and `*.json` file in
+    /// The built-in questionnaires plus every `*.yaml`, `*.yml` and `*.json` file in
     /// `dir` (not recursive, in file-name order). Broken files become problems.
     pub fn load(dir: Option<&Path>) -> (Catalog, Vec<LoadProblem>) {
         let mut catalog = Catalog::default();
         let mut problems = Vec::new();
-        catalog.add_text(BUILTIN_NAME, BUILTIN_PRE_VISIT, Format::Yaml, &mut problems);
+        for (name, text) in BUILTINS {
+            catalog.add_text(name, text, Format::Yaml, &mut problems);
+        }
         if let Some(dir) = dir {
             catalog.load_dir(dir, &mut problems);
         }
@@ -75,6 +105,7 @@ impl Catalog {
         let whole_dir = |reason: String| LoadProblem {
             file: dir.display().to_string(),
             place: String::new(),
+            code: "unreadable",
             reason,
         };
         let entries = match std::fs::read_dir(dir) {
@@ -103,6 +134,7 @@ impl Catalog {
                 .map_err(|e| LoadProblem {
                     file: name.clone(),
                     place: String::new(),
+                    code: "unreadable",
                     reason: format!("не удалось прочитать: {e}"),
                 });
             match text {
@@ -113,9 +145,10 @@ impl Catalog {
     }
 
     fn add_text(&mut self, file: &str, text: &str, format: Format, out: &mut Vec<LoadProblem>) {
-        let problem = |place: String, reason: String| LoadProblem {
+        let problem = |place: String, code: &'static str, reason: String| LoadProblem {
             file: file.to_string(),
             place,
+            code,
             reason,
         };
         let parsed = match format {
@@ -124,11 +157,12 @@ impl Catalog {
                     .location()
                     .map(|l| format!("строка {}, столбец {}", l.line(), l.column()))
                     .unwrap_or_default();
-                problem(place, format!("ошибка разбора YAML: {e}"))
+                problem(place, "parse_error", format!("ошибка разбора YAML: {e}"))
             }),
             Format::Json => serde_json::from_str::<Questionnaire>(text).map_err(|e| {
                 problem(
                     format!("строка {}, столбец {}", e.line(), e.column()),
+                    "parse_error",
                     format!("ошибка разбора JSON: {e}"),
                 )
             }),
@@ -143,10 +177,10 @@ impl Catalog {
         match self.insert(questionnaire) {
             Ok(()) => {}
             Err(InsertError::Invalid(list)) => {
-                out.extend(list.into_iter().map(|p| problem(p.place, p.reason)));
+                out.extend(list.into_iter().map(|p| problem(p.place, p.code, p.reason)));
             }
             Err(e @ InsertError::VersionTaken { .. }) => {
-                out.push(problem("version".into(), e.to_string()));
+                out.push(problem("version".into(), "version_taken", e.to_string()));
             }
         }
     }
@@ -288,10 +322,7 @@ sections:
         };
         assert!(has("questions[0] (a)", "нужны варианты"), "{text:?}");
         assert!(has("questions[1] (a)", "уже встречался"), "{text:?}");
-        assert!(
-            has("questions[1] (a)", "такого вопроса выше нет"),
-            "{text:?}"
-        );
+        assert!(has("questions[1] (a)", "этот вопрос ниже"), "{text:?}");
         assert!(has("questions[2] (later)", "повторяется"), "{text:?}");
         assert!(has("questions[4] (c2)", "только одно согласие"), "{text:?}");
     }

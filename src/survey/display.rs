@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::evaluate::test_holds;
 use super::model::{Question, QuestionType, Questionnaire, SCALE_MAX};
 use super::validate::{Answers, answer_matches, fmt_num, normalise, parse_date, visible};
 
@@ -76,15 +77,20 @@ pub fn flagged(q: &Questionnaire, answers: &Answers) -> Vec<FlaggedAnswer> {
     visible(q, answers)
         .into_iter()
         .filter_map(|question| {
-            let flag = question.flag.as_ref()?;
             let value = answers.get(&question.id);
-            let hit = match &flag.equals {
-                Some(expected) => answer_matches(question, value, expected),
-                None => flag.any && has_answer(question, value),
+            let label = if let Some(flag) = &question.flag {
+                let hit = match &flag.equals {
+                    Some(expected) => answer_matches(question, value, expected),
+                    None => flag.any && has_answer(question, value),
+                };
+                hit.then(|| flag.label.clone())?
+            } else {
+                let flag_if = question.flag_if.as_ref()?;
+                test_holds(question, value, &flag_if.test).then(|| flag_if.label.clone())?
             };
-            hit.then(|| FlaggedAnswer {
+            Some(FlaggedAnswer {
                 id: question.id.clone(),
-                label: flag.label.clone().unwrap_or_else(|| question.title.clone()),
+                label: label.unwrap_or_else(|| question.title.clone()),
                 question: question.title.clone(),
                 answer: value.map_or_else(|| NO_ANSWER.to_string(), |v| answer_text(question, v)),
             })

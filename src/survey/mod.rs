@@ -2,19 +2,28 @@
 //! validation and the human-readable form of answers. Knows nothing of HTTP.
 
 mod catalog;
+mod check;
+mod condition;
 mod display;
+mod evaluate;
 mod model;
+mod score;
 mod validate;
 
-pub use catalog::{Catalog, DEFAULT_CODE, InsertError, LoadProblem};
+pub use catalog::{Catalog, DEFAULT_CODE, InsertError, LoadProblem, join_load_problems};
+pub use condition::{Condition, FlagIf, Test};
 pub use display::{FlaggedAnswer, answer_text, flagged, sections_for_display};
+pub use evaluate::condition_holds;
 pub use model::{
-    Choice, DEFAULT_TEXT_MAX_LENGTH, DEFAULT_TEXTAREA_MAX_LENGTH, DefinitionProblem, Flag,
-    Question, QuestionType, Questionnaire, SCALE_MAX, Section, ShowIf, is_identifier,
+    Band, Choice, DEFAULT_TEXT_MAX_LENGTH, DEFAULT_TEXTAREA_MAX_LENGTH, DefinitionProblem, Flag,
+    PatientMessage, Question, QuestionType, Questionnaire, SCALE_MAX, ScoreDef, ScoreQuestions,
+    Section, TextFormat, is_identifier,
 };
+pub use score::{ScoreResult, patient_messages, score_summary, scores};
 pub use validate::{
-    Answers, ValidationErrors, answer_matches, fmt_num, normalise, normalise_draft, parse_date,
-    parse_number, range_message, required_message, validate_submit, visible,
+    Answers, ValidationErrors, answer_matches, date_range_message, fmt_num, normalise,
+    normalise_draft, parse_date, parse_number, range_message, relative_date, required_message,
+    validate_submit, visible,
 };
 
 /// Stored answers or a draft that no longer decode: reported, never shown as an

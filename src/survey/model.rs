@@ -1,8 +1,8 @@
 //! The questionnaire as data, and the rules a definition must obey before it is used.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
+
+use super::condition::{Condition, FlagIf};
 
 /// The longest answer a `text` question takes unless its definition says otherwise.
 pub const DEFAULT_TEXT_MAX_LENGTH: usize = 500;
@@ -22,6 +22,63 @@ pub struct Questionnaire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub sections: Vec<Section>,
+    /// Totals of option scores, each read through its bands (PHQ-9, GAD-7…).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<ScoreDef>,
+    /// Texts for the patient on the "done" page, each when its condition holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<PatientMessage>,
+}
+
+/// A score: the sum of the option scores of `questions`, read through `bands`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreDef {
+    pub id: String,
+    /// Shown to the doctor before the total: «PHQ-9».
+    pub title: String,
+    pub questions: ScoreQuestions,
+    pub bands: Vec<Band>,
+}
+
+/// Which questions a score adds up: a list of ids or `"all"` (every question with
+/// scored options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScoreQuestions {
+    List(Vec<String>),
+    /// Only `"all"` is meaningful; anything else is a definition problem.
+    Keyword(String),
+}
+
+/// A range of totals, both ends included, with its name for the doctor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Band {
+    pub from: f64,
+    pub to: f64,
+    pub label: String,
+    /// A total in this band is a red flag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flag: bool,
+}
+
+/// A message for the patient, shown on the "done" page when `when` holds for the
+/// submitted answers. Stored with the response; never sent to the portal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientMessage {
+    pub when: Condition,
+    pub text: String,
+}
+
+/// A format a `text` answer must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextFormat {
+    /// A Russian phone number: 10 digits after +7 or 8.
+    Phone,
+    Email,
 }
 
 /// A titled group of questions, shown as one block on the page.
@@ -86,9 +143,11 @@ pub struct Question {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<Choice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show_if: Option<ShowIf>,
+    pub show_if: Option<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<Flag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_if: Option<FlagIf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +158,16 @@ pub struct Question {
     pub not_future: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
+    /// For `text`: the answer must be a phone number or an e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TextFormat>,
+    /// For `date`: the earliest date, relative to the day of filling
+    /// (`today`, `-120y`, `+30d`, `-6m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_date: Option<String>,
+    /// For `date`: the latest date, relative to the day of filling (`-1d`: before today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_date: Option<String>,
 }
 
 impl Question {
@@ -129,15 +198,10 @@ pub struct Choice {
     /// For `multi`: this option («нет») cannot be combined with any other.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exclusive: bool,
-}
-
-/// Show a question only when an earlier question's answer equals `equals`
-/// (for a `multi` answer: contains it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShowIf {
-    pub question: String,
-    pub equals: String,
+    /// Points this option adds to the questionnaire's scores. Never shown to the
+    /// patient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// When an answer deserves the doctor's attention: it equals (contains) `equals`,
@@ -165,63 +229,10 @@ impl Questionnaire {
         self.questions().find(|q| q.id == id)
     }
 
-    /// Checks the definition itself; an empty list means it can be used.
+    /// Checks the definition itself; an empty list means it can be used. Every
+    /// problem is reported, not only the first (see `survey::check`).
     pub fn check(&self) -> Vec<DefinitionProblem> {
-        let mut problems = Vec::new();
-        let mut report = |place: String, reason: String| {
-            problems.push(DefinitionProblem { place, reason });
-        };
-        if !is_identifier(&self.code) {
-            report(
-                "code".into(),
-                "код анкеты должен состоять из латинских строчных букв, цифр и «_»".into(),
-            );
-        }
-        if self.version == 0 {
-            report("version".into(), "версия должна быть не меньше 1".into());
-        }
-        if self.title.trim().is_empty() {
-            report("title".into(), "у анкеты нет названия".into());
-        }
-        if self.questions().next().is_none() {
-            report("sections".into(), "в анкете нет ни одного вопроса".into());
-        }
-
-        let mut section_ids = BTreeSet::new();
-        let mut earlier: Vec<&Question> = Vec::new();
-        let mut consents = 0;
-        for (si, section) in self.sections.iter().enumerate() {
-            let place = format!("sections[{si}]");
-            if !is_identifier(&section.id) || !section_ids.insert(section.id.as_str()) {
-                report(
-                    format!("{place}.id"),
-                    format!(
-                        "id раздела «{}» повторяется или содержит не только латинские строчные буквы, цифры и «_»",
-                        section.id
-                    ),
-                );
-            }
-            if section.title.trim().is_empty() {
-                report(format!("{place}.title"), "у раздела нет названия".into());
-            }
-            for (qi, question) in section.questions.iter().enumerate() {
-                let place = format!("{place}.questions[{qi}] ({})", question.id);
-                for reason in question_problems(question, &earlier) {
-                    report(place.clone(), reason);
-                }
-                if question.kind == QuestionType::Consent {
-                    consents += 1;
-                    if consents > 1 {
-                        report(
-                            place.clone(),
-                            "в анкете может быть только одно согласие".into(),
-                        );
-                    }
-                }
-                earlier.push(question);
-            }
-        }
-        problems
+        super::check::problems(self)
     }
 }
 
@@ -230,114 +241,10 @@ impl Questionnaire {
 pub struct DefinitionProblem {
     /// A path into the definition, e.g. `sections[1].questions[0] (allergies).show_if`.
     pub place: String,
+    /// A stable machine code, e.g. `unknown_question`, `show_if_cycle`, `band_gap`.
+    pub code: &'static str,
     /// In Russian, for the administrator.
     pub reason: String,
-}
-
-fn question_problems(q: &Question, earlier: &[&Question]) -> Vec<String> {
-    let mut out = Vec::new();
-    if !is_identifier(&q.id) {
-        out.push("id вопроса должен состоять из латинских строчных букв, цифр и «_»".into());
-    } else if earlier.iter().any(|e| e.id == q.id) {
-        out.push(format!("id «{}» уже встречался в анкете", q.id));
-    }
-    if q.title.trim().is_empty() {
-        out.push("у вопроса нет текста (title)".into());
-    }
-
-    if q.kind.has_options() {
-        if q.options.is_empty() {
-            out.push("для вопросов single и multi нужны варианты ответа (options)".into());
-        }
-        let mut seen = BTreeSet::new();
-        for option in &q.options {
-            if option.value.trim().is_empty() || option.label.trim().is_empty() {
-                out.push("у варианта ответа пустое значение или подпись".into());
-            } else if !seen.insert(option.value.as_str()) {
-                out.push(format!("вариант «{}» повторяется", option.value));
-            }
-        }
-        if q.kind == QuestionType::Single && q.options.iter().any(|o| o.exclusive) {
-            out.push("exclusive имеет смысл только в вопросах multi".into());
-        }
-    } else if !q.options.is_empty() {
-        out.push("варианты ответа (options) бывают только у вопросов single и multi".into());
-    }
-
-    if q.kind == QuestionType::Number {
-        if let (Some(min), Some(max)) = (q.min, q.max)
-            && min > max
-        {
-            out.push(format!("min ({min}) больше max ({max})"));
-        }
-        if q.min.is_some_and(|v| !v.is_finite()) || q.max.is_some_and(|v| !v.is_finite()) {
-            out.push("min и max должны быть конечными числами".into());
-        }
-    } else if q.min.is_some() || q.max.is_some() {
-        let why = if q.kind == QuestionType::Scale {
-            "шкала всегда от 0 до 10, min и max не задаются"
-        } else {
-            "min и max бывают только у вопросов number"
-        };
-        out.push(why.into());
-    }
-    if q.unit.is_some() && q.kind != QuestionType::Number {
-        out.push("единица измерения (unit) бывает только у вопросов number".into());
-    }
-    if q.not_future && q.kind != QuestionType::Date {
-        out.push("not_future бывает только у вопросов date".into());
-    }
-    match (q.max_length, q.kind) {
-        (Some(0), _) => out.push("max_length должен быть больше нуля".into()),
-        (Some(_), QuestionType::Text | QuestionType::Textarea) | (None, _) => {}
-        (Some(_), _) => out.push("max_length бывает только у вопросов text и textarea".into()),
-    }
-
-    if let Some(show_if) = &q.show_if {
-        match earlier.iter().find(|e| e.id == show_if.question) {
-            None => out.push(format!(
-                "show_if ссылается на «{}», а такого вопроса выше нет",
-                show_if.question
-            )),
-            Some(controller) => {
-                if let Some(reason) = comparable_problem(controller, &show_if.equals, "show_if") {
-                    out.push(reason);
-                }
-            }
-        }
-    }
-    if let Some(flag) = &q.flag {
-        match (&flag.equals, flag.any) {
-            (Some(_), true) | (None, false) => {
-                out.push("у flag должно быть ровно одно из: equals или any: true".into());
-            }
-            (Some(equals), false) => {
-                if let Some(reason) = comparable_problem(q, equals, "flag") {
-                    out.push(reason);
-                }
-            }
-            (None, true) => {}
-        }
-    }
-    out
-}
-
-/// Whether `equals` can ever match an answer of `q`, so a typo in a condition is
-/// caught at load time instead of silently hiding a question forever.
-fn comparable_problem(q: &Question, equals: &str, what: &str) -> Option<String> {
-    let ok = match q.kind {
-        QuestionType::YesNo => matches!(equals, "yes" | "no"),
-        QuestionType::Single | QuestionType::Multi => q.options.iter().any(|o| o.value == equals),
-        QuestionType::Consent => equals == "yes",
-        _ => true,
-    };
-    (!ok).then(|| {
-        format!(
-            "{what}: значение «{equals}» невозможно для вопроса «{}» ({})",
-            q.id,
-            q.kind.as_str()
-        )
-    })
 }
 
 /// `[a-z0-9_]+`: ids go into HTML ids, form field names and JSON keys.

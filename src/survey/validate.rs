@@ -9,7 +9,8 @@ use std::fmt;
 use chrono::{Datelike, NaiveDate};
 use serde_json::Value;
 
-use super::model::{Question, QuestionType, Questionnaire, SCALE_MAX};
+use super::evaluate::condition_holds;
+use super::model::{Question, QuestionType, Questionnaire, SCALE_MAX, TextFormat};
 
 /// Answers by question id. Normal forms: `yes_no` → `"yes"`/`"no"`; `text`,
 /// `textarea`, `single` → string; `multi` → array of strings; `number`, `scale` →
@@ -54,6 +55,17 @@ pub fn range_message(q: &Question) -> String {
     }
 }
 
+/// The message for a date outside the question's limits.
+pub fn date_range_message(min: Option<NaiveDate>, max: Option<NaiveDate>) -> String {
+    let f = |d: NaiveDate| d.format("%d.%m.%Y").to_string();
+    match (min, max) {
+        (Some(a), Some(b)) => format!("Укажите дату с {} по {}", f(a), f(b)),
+        (Some(a), None) => format!("Укажите дату не раньше {}", f(a)),
+        (None, Some(b)) => format!("Укажите дату не позже {}", f(b)),
+        (None, None) => "Укажите дату".into(),
+    }
+}
+
 /// A number as a person writes it in Russian: no trailing `.0`, a decimal comma.
 pub fn fmt_num(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
@@ -64,22 +76,21 @@ pub fn fmt_num(n: f64) -> String {
 }
 
 /// The questions shown for these answers, in order. A question is hidden when its
-/// `show_if` does not hold or when the question it depends on is itself hidden.
+/// `show_if` does not hold; the answer of a hidden question counts as no answer, so
+/// a question behind a hidden one is hidden too. Conditions point backwards (the
+/// definition check refuses any other), so one pass in page order settles them.
 pub fn visible<'q>(q: &'q Questionnaire, answers: &Answers) -> Vec<&'q Question> {
-    let mut shown: BTreeSet<&str> = BTreeSet::new();
+    let mut seen = Answers::new();
     let mut out = Vec::new();
     for question in q.questions() {
-        let is_shown = match &question.show_if {
-            None => true,
-            Some(cond) => {
-                shown.contains(cond.question.as_str())
-                    && q.question(&cond.question).is_some_and(|controller| {
-                        answer_matches(controller, answers.get(&cond.question), &cond.equals)
-                    })
-            }
-        };
+        let is_shown = question
+            .show_if
+            .as_ref()
+            .is_none_or(|cond| condition_holds(q, cond, &seen));
         if is_shown {
-            shown.insert(question.id.as_str());
+            if let Some(value) = answers.get(&question.id) {
+                seen.insert(question.id.clone(), value.clone());
+            }
             out.push(question);
         }
     }
@@ -247,7 +258,89 @@ fn text(q: &Question, value: &Value) -> Result<Option<Value>, String> {
     if trimmed.chars().count() > limit {
         return Err(format!("Слишком длинный ответ: не больше {limit} символов"));
     }
+    match q.format {
+        Some(TextFormat::Phone) => {
+            return normal_phone(trimmed)
+                .map(|p| Some(Value::String(p)))
+                .ok_or_else(|| "Введите номер телефона, например +7 912 345-67-89".into());
+        }
+        Some(TextFormat::Email) if !is_email(trimmed) => {
+            return Err("Введите адрес электронной почты, например name@example.ru".into());
+        }
+        _ => {}
+    }
     Ok(Some(Value::String(trimmed.to_string())))
+}
+
+/// A Russian phone number as `+7XXXXXXXXXX`: 11 digits starting with 7 or 8 (or
+/// 10 digits), spaces, brackets and dashes ignored.
+pub fn normal_phone(s: &str) -> Option<String> {
+    if s.contains(|c: char| !(c.is_ascii_digit() || " ()-+".contains(c))) {
+        return None;
+    }
+    if s.matches('+').count() > 1 || (s.contains('+') && !s.starts_with('+')) {
+        return None;
+    }
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    let national = match digits.len() {
+        11 if digits.starts_with('7') || (digits.starts_with('8') && !s.starts_with('+')) => {
+            &digits[1..]
+        }
+        10 if !s.starts_with('+') => digits.as_str(),
+        _ => return None,
+    };
+    Some(format!("+7{national}"))
+}
+
+/// `local@domain.tld`: one `@`, no spaces, a dot in the domain with text on both
+/// sides. Deliverability is the clinic's mail server's business.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && !s.contains(char::is_whitespace)
+        && s.chars().count() <= 254
+        && domain
+            .split_once('.')
+            .is_some_and(|_| !domain.starts_with('.') && !domain.ends_with('.'))
+        && !domain.contains("..")
+}
+
+/// A date relative to `today`: `today`, or a signed count of days, months or
+/// years (`-1d`, `+30d`, `-6m`, `-120y`). `None` when the text is none of these.
+pub fn relative_date(spec: &str, today: NaiveDate) -> Option<NaiveDate> {
+    let spec = spec.trim();
+    if spec == "today" {
+        return Some(today);
+    }
+    let (sign, rest) = match spec.as_bytes().first()? {
+        b'+' => (1_i64, &spec[1..]),
+        b'-' => (-1_i64, &spec[1..]),
+        _ => return None,
+    };
+    let unit = rest.chars().last()?;
+    let count: i64 = rest[..rest.len() - unit.len_utf8()].parse().ok()?;
+    if !(0..=100_000).contains(&count) {
+        return None;
+    }
+    let n = sign * count;
+    match unit {
+        'd' => today.checked_add_signed(chrono::Duration::days(n)),
+        'm' => add_months(today, n),
+        'y' => add_months(today, n.checked_mul(12)?),
+        _ => None,
+    }
+}
+
+fn add_months(d: NaiveDate, n: i64) -> Option<NaiveDate> {
+    let months = chrono::Months::new(u32::try_from(n.unsigned_abs()).ok()?);
+    if n >= 0 {
+        d.checked_add_months(months)
+    } else {
+        d.checked_sub_months(months)
+    }
 }
 
 /// Most lines a free-text answer keeps; what follows joins the last one. The PDF
@@ -368,8 +461,15 @@ fn date(q: &Question, value: &Value, today: Option<NaiveDate>) -> Result<Option<
     if parsed.year() < EARLIEST_YEAR {
         return Err("Проверьте год: дата слишком ранняя".into());
     }
-    if q.not_future && today.is_some_and(|t| parsed > t) {
-        return Err("Дата не может быть в будущем".into());
+    if let Some(today) = today {
+        if q.not_future && parsed > today {
+            return Err("Дата не может быть в будущем".into());
+        }
+        let limit = |spec: &Option<String>| spec.as_deref().and_then(|s| relative_date(s, today));
+        let (min, max) = (limit(&q.min_date), limit(&q.max_date));
+        if min.is_some_and(|m| parsed < m) || max.is_some_and(|m| parsed > m) {
+            return Err(date_range_message(min, max));
+        }
     }
     Ok(Some(Value::String(parsed.format("%Y-%m-%d").to_string())))
 }
@@ -576,6 +676,71 @@ sections:
         assert_eq!(tidied.matches('x').count(), 400, "no word is lost");
         let short = "первая строка\nвторая";
         assert_eq!(tidy_lines(short), short);
+    }
+
+    #[test]
+    fn phones_emails_and_relative_dates() {
+        for (typed, normal) in [
+            ("+7 912 345-67-89", "+79123456789"),
+            ("8 (912) 345-67-89", "+79123456789"),
+            ("9123456789", "+79123456789"),
+        ] {
+            assert_eq!(normal_phone(typed).as_deref(), Some(normal), "{typed}");
+        }
+        for bad in [
+            "12345",
+            "+8 912 345 67 89",
+            "7+9123456789",
+            "+7 912 345 67 89 0",
+            "тел",
+        ] {
+            assert_eq!(normal_phone(bad), None, "{bad}");
+        }
+        assert!(is_email("anna@example.ru"));
+        for bad in [
+            "anna",
+            "@example.ru",
+            "anna@",
+            "anna@ru",
+            "a b@example.ru",
+            "a@b@c.ru",
+            "a@.ru",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        let t = today();
+        let d = |y, m, d| NaiveDate::from_ymd_opt(y, m, d);
+        assert_eq!(relative_date("today", t), Some(t));
+        assert_eq!(relative_date("-1d", t), d(2026, 5, 19));
+        assert_eq!(relative_date("+30d", t), d(2026, 6, 19));
+        assert_eq!(relative_date("-6m", t), d(2025, 11, 20));
+        assert_eq!(relative_date("-120y", t), d(1906, 5, 20));
+        for bad in ["", "yesterday", "1d", "-d", "-1w", "-999999999y"] {
+            assert_eq!(relative_date(bad, t), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_limits_and_formats_are_checked_at_submit() {
+        let q: Questionnaire = serde_json::from_value(json!({
+            "code": "t", "version": 1, "title": "T", "sections": [{"id": "s", "title": "S", "questions": [
+                {"id": "birth", "type": "date", "title": "B", "min_date": "-120y", "max_date": "-1d"},
+                {"id": "phone", "type": "text", "title": "P", "format": "phone"}
+            ]}]
+        }))
+        .expect("reads");
+        let check = |a: Value| validate_submit(&q, &answers(a), today());
+        let err = check(json!({"birth": "2026-05-20", "phone": "1"}))
+            .expect_err("bad")
+            .0;
+        assert_eq!(err["birth"], "Укажите дату с 20.05.1906 по 19.05.2026");
+        assert!(err["phone"].contains("номер телефона"));
+        assert!(
+            check(json!({"birth": "1906-05-19"})).is_err(),
+            "older than 120"
+        );
+        let ok = check(json!({"birth": "1906-05-20", "phone": "8 912 345 67 89"})).expect("ok");
+        assert_eq!(ok["phone"], json!("+79123456789"));
     }
 
     #[test]

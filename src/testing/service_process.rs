@@ -33,6 +33,20 @@ impl ServiceProcess {
         dir: &Path,
         name: &str,
     ) -> Result<Self, String> {
+        Self::start_with(bin, db_url, port, fake, dir, name, &[]).await
+    }
+
+    /// As [`ServiceProcess::start`], with more variables (`B24_RATE_LIMIT` for a
+    /// bench that lifts the portal's limit, `RUST_LOG`); they win over the defaults.
+    pub async fn start_with(
+        bin: &Path,
+        db_url: &str,
+        port: u16,
+        fake: &FakePortal,
+        dir: &Path,
+        name: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
         let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
@@ -48,6 +62,7 @@ impl ServiceProcess {
             .env("B24_CLIENT_SECRET", fake.client_secret())
             .env("B24_OAUTH_URL", fake.token_url())
             .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)

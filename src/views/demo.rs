@@ -21,6 +21,28 @@ pub struct DealCard {
     pub patient: String,
     pub deal_id: u64,
     pub frame: DemoFrame,
+    /// The pipeline's stages: (name, `is-done` / `is-current` / "").
+    pub stages: Vec<(&'static str, &'static str)>,
+    /// What the clinic's automation put on the card (the red-flag activity, the
+    /// responsible's notification).
+    pub automation: DemoAutomation,
+}
+
+/// The red-flag activity and the notification, as the portal shows them.
+#[derive(Default)]
+pub struct DemoAutomation {
+    /// The activity's header and tag, e.g. «Анкета: 2 отметки для врача».
+    pub activity: Option<DemoActivity>,
+    /// The responsible's notification, BB code as sent.
+    pub notification: Option<String>,
+}
+
+pub struct DemoActivity {
+    pub header: String,
+    pub tag: String,
+    pub titles: Vec<String>,
+    /// «Просмотрено» pressed: the activity is closed and the kanban badge gone.
+    pub completed: bool,
 }
 
 #[derive(Template)]
@@ -33,7 +55,14 @@ pub struct AppCard {
 }
 
 impl DealCard {
-    pub fn new(title: String, patient: String, deal_id: u64, frame: DemoFrame) -> DealCard {
+    pub fn new(
+        title: String,
+        patient: String,
+        deal_id: u64,
+        frame: DemoFrame,
+        stages: Vec<(&'static str, &'static str)>,
+        automation: DemoAutomation,
+    ) -> DealCard {
         DealCard {
             title,
             css: assets::CARD_CSS.url(),
@@ -41,6 +70,8 @@ impl DealCard {
             patient,
             deal_id,
             frame,
+            stages,
+            automation,
         }
     }
 }

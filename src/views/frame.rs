@@ -1,6 +1,6 @@
 //! Pages shown inside Bitrix24 frames: errors, the install result, the deal tab and
 //! the application (admin) page. They look like the portal and load the BX24 library,
-//! which the portal serves. `b24` loads the data and builds these view models.
+//! which the portal serves. `local_app` loads the data and builds these view models.
 
 use askama::Template;
 
@@ -79,6 +79,8 @@ pub struct TabResult {
     pub pdf_action: String,
     /// (question, answer) worth the doctor's attention, shown first.
     pub flagged: Vec<(String, String)>,
+    /// Scores: (title, «12 — умеренная», whether its band is a red flag).
+    pub scores: Vec<(String, String, bool)>,
     pub sections: Vec<AnswerSection>,
 }
 
@@ -119,6 +121,8 @@ pub struct AdminPage {
     pub urls: Vec<(&'static str, String)>,
     /// `None`: nothing open in the portal's queue.
     pub queue: Option<QueueView>,
+    /// Automation steps the portal refused lately (a missing right, a context).
+    pub automation: Vec<StepRow>,
     pub questionnaires: Vec<QuestionnaireRow>,
 }
 

@@ -29,6 +29,9 @@ pub struct Message {
     pub kind: &'static str,
     pub heading: String,
     pub paragraphs: Vec<String>,
+    /// What the questionnaire asks to tell the patient after these answers, set
+    /// apart from the rest.
+    pub notes: Vec<String>,
 }
 
 /// A page that only says something.
@@ -80,9 +83,12 @@ pub struct SectionView {
     pub questions: Vec<QuestionView>,
 }
 
-pub struct ShowIf {
-    pub question: String,
-    pub equals: String,
+/// A question's `show_if` for the page's script: the one-test form as two
+/// attributes, any other form as its JSON (an attribute value, escaped by the
+/// template like any other).
+pub enum ShowIf {
+    Equals { question: String, equals: String },
+    Rule(String),
 }
 
 pub struct Hint {
@@ -136,8 +142,15 @@ pub enum Control {
     },
     Date {
         not_future: bool,
+        /// The question's limits resolved for today, `YYYY-MM-DD`.
+        min: Option<String>,
+        max: Option<String>,
     },
     Text {
         maxlength: usize,
+        /// `tel` or `email` for a text with a format, else `text`.
+        input_type: &'static str,
+        /// `phone` or `email`: the page's script checks the format.
+        format: Option<&'static str>,
     },
 }

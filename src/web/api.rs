@@ -53,6 +53,10 @@ pub struct QuestionView {
     pub options: Vec<OptionView>,
     #[oai(skip_serializing_if_is_none)]
     pub show_if: Option<ShowIfView>,
+    /// Any other form of the condition (`all`, `any`, `not_equals`, `in`, `gte`,
+    /// `lte`, `answered`), as the questionnaire writes it.
+    #[oai(skip_serializing_if_is_none)]
+    pub show_if_rule: Option<Value>,
     /// Title of the section the question belongs to.
     pub section: String,
     #[oai(skip_serializing_if_is_none)]
@@ -209,6 +213,10 @@ pub struct Submitted {
     pub completed_at: DateTime<Utc>,
     /// SHA-256 printed in the PDF report's footer.
     pub report_sha256: String,
+    /// Texts the questionnaire shows the patient on the "done" page for these
+    /// answers (e.g. where to get help at once); absent when there are none.
+    #[oai(skip_serializing_if_is_empty)]
+    pub patient_messages: Vec<String>,
 }
 
 #[derive(Debug, Object)]
@@ -241,10 +249,19 @@ fn questions_of(q: &Questionnaire) -> Vec<QuestionView> {
                         label: o.label.clone(),
                     })
                     .collect(),
-                show_if: question.show_if.as_ref().map(|s| ShowIfView {
-                    question: s.question.clone(),
-                    equals: s.equals.clone(),
-                }),
+                show_if: question
+                    .show_if
+                    .as_ref()
+                    .and_then(|c| c.as_simple_equals())
+                    .map(|(question, equals)| ShowIfView {
+                        question: question.to_owned(),
+                        equals,
+                    }),
+                show_if_rule: question
+                    .show_if
+                    .as_ref()
+                    .filter(|c| c.as_simple_equals().is_none())
+                    .and_then(|c| serde_json::to_value(c).ok()),
                 section: s.title.clone(),
                 min: question.min,
                 max: question.max,
@@ -352,6 +369,7 @@ impl SurveyApi {
             status: invitations::shown::COMPLETED.to_owned(),
             completed_at: done.completed_at,
             report_sha256: done.report_sha256,
+            patient_messages: done.patient_messages,
         }))
     }
 

@@ -69,7 +69,12 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
     };
     let clinic = state.config.clinic_name.clone().unwrap_or_default();
     if inv.status == COMPLETED {
-        return html(StatusCode::OK, page::render_thank_you(&clinic, &q.title));
+        // No messages here: they follow from the answers, and anyone holding the
+        // link (an SMS gateway, a forwarded message) may open it again.
+        return html(
+            StatusCode::OK,
+            page::render_thank_you(&clinic, &q.title, &[]),
+        );
     }
     if let Err(e) = lifecycle::mark_opened(state, &mut inv).await {
         return flow_page(state, e, &q.title);
@@ -138,9 +143,12 @@ pub async fn survey_form_submit(
         .collect();
     let answers = page::answers_from_form(&q, &pairs);
     match lifecycle::submit(state, &inv, answers.clone()).await {
-        Ok(_) => {
+        Ok(done) => {
             let clinic = state.config.clinic_name.clone().unwrap_or_default();
-            html(StatusCode::OK, page::render_thank_you(&clinic, &q.title))
+            html(
+                StatusCode::OK,
+                page::render_thank_you(&clinic, &q.title, &done.patient_messages),
+            )
         }
         Err(FlowError::Invalid(errors)) => render(
             state,

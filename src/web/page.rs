@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::NaiveDate;
 use serde_json::Value;
 
 use crate::survey::{
-    Answers, Question, QuestionType, Questionnaire, SCALE_MAX, normalise, parse_date, parse_number,
-    range_message, required_message, visible,
+    Answers, Question, QuestionType, Questionnaire, SCALE_MAX, TextFormat, date_range_message,
+    normalise, parse_date, parse_number, range_message, relative_date, required_message, visible,
 };
 use crate::views::patient::{
     Choice, Chrome, Control, Hint, Message, MessagePage, Progress, QuestionView, SectionView,
@@ -52,6 +53,7 @@ fn message(kind: &'static str, heading: &str, paragraphs: Vec<String>) -> Messag
         kind,
         heading: heading.to_owned(),
         paragraphs,
+        notes: Vec::new(),
     }
 }
 
@@ -112,9 +114,12 @@ fn message_page(title: &str, message: Message) -> String {
     })
 }
 
-/// The page after a successful submission.
-pub fn render_thank_you(clinic: &str, title: &str) -> String {
-    message_page("Ответы получены", thank_you(clinic, title))
+/// The page after a successful submission, with the questionnaire's messages for
+/// these answers.
+pub fn render_thank_you(clinic: &str, title: &str, notes: &[String]) -> String {
+    let mut message = thank_you(clinic, title);
+    message.notes = notes.to_vec();
+    message_page("Ответы получены", message)
 }
 
 /// The page (409) for a link whose answers were already received.
@@ -285,11 +290,17 @@ fn question_view(
         required: q.required,
         required_attr: q.required && shown && q.kind != QuestionType::Multi,
         required_msg: q.required.then(|| required_message(q.kind).to_owned()),
-        range_msg: (q.kind == QuestionType::Number).then(|| range_message(q)),
-        show_if: q.show_if.as_ref().map(|cond| ShowIf {
-            question: cond.question.clone(),
-            equals: cond.equals.clone(),
-        }),
+        range_msg: range_msg(q),
+        show_if: q
+            .show_if
+            .as_ref()
+            .map(|cond| match cond.as_simple_equals() {
+                Some((question, equals)) => ShowIf::Equals {
+                    question: question.to_owned(),
+                    equals,
+                },
+                None => ShowIf::Rule(serde_json::to_string(cond).unwrap_or_default()),
+            }),
         shown,
         group,
         hint,
@@ -301,6 +312,27 @@ fn question_view(
             value.map(|v| field_text(q, v)).unwrap_or_default()
         },
         control: control(q, value),
+    }
+}
+
+/// A date question's limits for today in Moscow, the day the server checks against.
+fn date_limits(q: &Question) -> (Option<NaiveDate>, Option<NaiveDate>) {
+    let today = chrono::Utc::now()
+        .with_timezone(&crate::completion::MSK)
+        .date_naive();
+    let limit = |spec: &Option<String>| spec.as_deref().and_then(|s| relative_date(s, today));
+    (limit(&q.min_date), limit(&q.max_date))
+}
+
+/// The message the page shows for an answer outside the question's limits.
+fn range_msg(q: &Question) -> Option<String> {
+    match q.kind {
+        QuestionType::Number => Some(range_message(q)),
+        QuestionType::Date if q.min_date.is_some() || q.max_date.is_some() => {
+            let (min, max) = date_limits(q);
+            Some(date_range_message(min, max))
+        }
+        _ => None,
     }
 }
 
@@ -369,11 +401,26 @@ fn control(q: &Question, value: Option<&Value>) -> Control {
             max: q.max,
             unit: q.unit.clone(),
         },
-        QuestionType::Date => Control::Date {
-            not_future: q.not_future,
-        },
+        QuestionType::Date => {
+            let (min, max) = date_limits(q);
+            let iso = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+            Control::Date {
+                not_future: q.not_future,
+                min: iso(min),
+                max: iso(max),
+            }
+        }
         QuestionType::Text => Control::Text {
             maxlength: q.text_limit(),
+            input_type: match q.format {
+                Some(TextFormat::Phone) => "tel",
+                Some(TextFormat::Email) => "email",
+                None => "text",
+            },
+            format: q.format.map(|f| match f {
+                TextFormat::Phone => "phone",
+                TextFormat::Email => "email",
+            }),
         },
     }
 }
@@ -734,7 +781,7 @@ mod tests {
     #[test]
     fn message_pages_share_the_layout() {
         for page in [
-            render_thank_you("Клиника <b>", "Анкета"),
+            render_thank_you("Клиника <b>", "Анкета", &[]),
             render_already_completed("Клиника", "Анкета"),
             render_expired(),
             render_not_found(),
@@ -751,7 +798,7 @@ mod tests {
             assert_eq!(d.select(&sel("b")).count(), 0);
             assert_eq!(d.select(&sel("main#main h1")).count(), 1);
         }
-        let d = doc(&render_thank_you("Клиника <b>", "А"));
+        let d = doc(&render_thank_you("Клиника <b>", "А", &[]));
         assert_eq!(text(&d, "h1"), "Спасибо! Ваши ответы получены");
         assert!(text(&d, "p").contains("клинику «Клиника <b>»"));
         let d = doc(&render_expired());
@@ -802,7 +849,7 @@ mod tests {
         }
         std::fs::write(
             dir.join("thank-you.html"),
-            render_thank_you("Клиника «Здоровье»", &q.title).replace(
+            render_thank_you("Клиника «Здоровье»", &q.title, &[]).replace(
                 &crate::assets::APP_CSS.url(),
                 &format!("file://{}", assets.join("app.css").display()),
             ),

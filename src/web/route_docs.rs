@@ -126,8 +126,8 @@ pub struct B24RobotCall {
 /// An application event (protocol §7.1, §3.3, §7.3).
 #[derive(Debug, Object)]
 pub struct B24Event {
-    /// `ONAPPINSTALL`, `ONAPPUPDATE`, `ONAPPUNINSTALL`, `ONCRMDEALADD` or `ONCRMLEADADD`;
-    /// others are acknowledged and ignored.
+    /// `ONAPPINSTALL`, `ONAPPUPDATE`, `ONAPPUNINSTALL`, `ONCRMDEALADD`, `ONCRMLEADADD` or
+    /// `ONCRMTIMELINEITEMACTION`; others are acknowledged and ignored.
     #[oai(validator(min_length = 1))]
     pub event: String,
     pub event_handler_id: Option<String>,
@@ -142,6 +142,21 @@ pub struct B24Event {
     pub data_version: Option<String>,
     #[oai(rename = "data[LANGUAGE_ID]")]
     pub data_language_id: Option<String>,
+    /// `ONCRMTIMELINEITEMACTION`: the pressed button (`seen` = «Просмотрено»).
+    #[oai(rename = "data[id]")]
+    pub data_action: Option<String>,
+    /// `ONCRMTIMELINEITEMACTION`: `2` deal, `1` lead.
+    #[oai(rename = "data[entityTypeId]")]
+    pub data_entity_type_id: Option<String>,
+    #[oai(rename = "data[entityId]")]
+    pub data_entity_id: Option<String>,
+    /// `ONCRMTIMELINEITEMACTION`: must be an activity opros created on that record.
+    #[oai(rename = "data[activityId]")]
+    pub data_activity_id: Option<String>,
+    /// `ONCRMTIMELINEITEMACTION`: the user who pressed; `auth[access_token]` must be
+    /// theirs, confirmed by the portal, with the right to read the record.
+    #[oai(rename = "data[userId]")]
+    pub data_user_id: Option<String>,
     /// Unix seconds.
     pub ts: Option<String>,
     /// The portal's id; for the events above, must name an installed portal (except
@@ -679,8 +694,10 @@ fn routes() -> Vec<Route> {
             tag: TAG_BITRIX24,
             summary: "События приложения",
             description: "`ONAPPINSTALL`, `ONAPPUPDATE`, `ONAPPUNINSTALL` (с `data[CLEAN]`), \
-                          `ONCRMDEALADD`/`ONCRMLEADADD`. Удаление — только после того, как портал \
-                          откажет нашим токенам; новая запись перечитывается у портала.",
+                          `ONCRMDEALADD`/`ONCRMLEADADD`, `ONCRMTIMELINEITEMACTION` («Просмотрено»). \
+                          Удаление — только после того, как портал откажет нашим токенам; новая \
+                          запись перечитывается у портала; «Просмотрено» закрывает только наше \
+                          дело и только после того, как портал подтвердил нажавшего и его доступ.",
             params: vec![],
             request: form_of::<B24Event>("Событие (протокол §7.1)"),
             responses: json_answers(json_of::<CallbackDone>("Принято")),

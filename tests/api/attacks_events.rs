@@ -26,7 +26,7 @@ async fn invitations(app: &TestApp) -> Vec<invitation::Model> {
 }
 
 async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
-    opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .expect("portal read")
         .expect("portal row")

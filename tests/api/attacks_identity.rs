@@ -3,8 +3,8 @@
 //! named in a request, squatting, a port scan through the install page and domain
 //! moves. Every attack runs over HTTP; the attacker's own server records what it got.
 
-use opros::b24::portals;
 use opros::db::entities::portal;
+use opros::local_app::portals;
 use opros::testing::{EVIL_MEMBER_ID, EvilServer, FakePortal, Fault};
 use sea_orm::ActiveEnum;
 use serde_json::Value;

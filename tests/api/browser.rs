@@ -726,3 +726,181 @@ async fn tab_admin_and_install_pages_pass_wcag_and_keyboard_in_chromium() {
     let _ = b.client.clone().close().await;
     demo.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn phq9_page_at_phone_width_shows_its_rules_and_the_crisis_message() {
+    const TEST: &str = "browser::phq9_page_at_phone_width_shows_its_rules_and_the_crisis_message";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let fake = crate::support::portal::fake().await;
+    let app = crate::support::portal::app_for(&fake, &[]).await;
+    crate::support::portal::install(&fake, &app).await;
+    let deal = crate::support::portal::patient_deal(&fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[("survey_code", "phq9")])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let link = fake
+        .event_sends()
+        .last()
+        .map(|s| s.1["SURVEY_URL"].clone())
+        .expect("survey_url");
+
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client
+        .goto(&app.url(&format!("/s/{}", token_of(&link))))
+        .await
+        .expect("PHQ-9 page");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#survey"))
+        .await
+        .expect("questionnaire shown");
+    b.audit("PHQ-9: open").await;
+    b.shot("phq9-390.png").await;
+
+    // The difficulty item follows an `any` rule of `not_equals` tests, in the page.
+    let difficulty = b
+        .client
+        .find(Locator::Css("#q-difficulty"))
+        .await
+        .expect("difficulty item");
+    assert!(!difficulty.is_displayed().await.unwrap(), "hidden at first");
+    for i in 1..=8 {
+        b.js(&format!(
+            "document.querySelector('#q-q{i} input[value=\"not_at_all\"]').click()"
+        ))
+        .await;
+    }
+    assert!(
+        !difficulty.is_displayed().await.unwrap(),
+        "no problem marked"
+    );
+    b.js("document.querySelector('#q-q9 input[value=\"several_days\"]').click()")
+        .await;
+    assert!(
+        difficulty.is_displayed().await.unwrap(),
+        "shown after item 9"
+    );
+
+    b.client
+        .find(Locator::Css("#survey button[type=submit]"))
+        .await
+        .expect("submit button")
+        .click()
+        .await
+        .expect("submit");
+    eventually("the done page with the crisis message", || async {
+        b.text().await.contains("8-800-2000-122")
+    })
+    .await;
+    let note = b
+        .js("return document.querySelector('.message-note').textContent")
+        .await;
+    assert!(note.as_str().unwrap_or_default().contains("112"), "{note}");
+    b.audit("PHQ-9: done with the crisis message").await;
+    b.shot("phq9-done-390.png").await;
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn date_limits_and_formats_are_checked_on_the_page_before_submit() {
+    const TEST: &str = "browser::date_limits_and_formats_are_checked_on_the_page_before_submit";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let intake = json!({"code": "intake", "version": 1, "title": "Регистрация",
+    "sections": [{"id": "s", "title": "О вас", "questions": [
+        {"id": "birth", "type": "date", "title": "Дата рождения", "required": true,
+         "min_date": "-120y", "max_date": "-1d"},
+        {"id": "phone", "type": "text", "title": "Телефон", "format": "phone"},
+        {"id": "email", "type": "text", "title": "Почта", "format": "email"}
+    ]}]});
+    std::fs::write(dir.path().join("intake.json"), intake.to_string()).expect("write");
+    let surveys = dir.path().display().to_string();
+    let fake = crate::support::portal::fake().await;
+    let app = crate::support::portal::app_for(&fake, &[("SURVEYS_DIR", &surveys)]).await;
+    crate::support::portal::install(&fake, &app).await;
+    let deal = crate::support::portal::patient_deal(&fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[("survey_code", "intake")])
+        .await
+        .expect("robot call delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let link = fake
+        .event_sends()
+        .last()
+        .map(|s| s.1["SURVEY_URL"].clone())
+        .expect("survey_url");
+
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client
+        .goto(&app.url(&format!("/s/{}", token_of(&link))))
+        .await
+        .expect("page");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#survey"))
+        .await
+        .expect("questionnaire shown");
+    let today = Utc::now()
+        .with_timezone(&opros::completion::MSK)
+        .format("%Y-%m-%d")
+        .to_string();
+    let set = |id: &str, value: &str| {
+        format!(
+            "const e = document.querySelector('#f-{id}'); e.value = '{value}'; \
+             e.dispatchEvent(new Event('input', {{bubbles: true}})); \
+             e.dispatchEvent(new Event('change', {{bubbles: true}}));"
+        )
+    };
+    b.js(&set("birth", &today)).await;
+    b.js(&set("phone", "123")).await;
+    b.js(&set("email", "anna@")).await;
+    b.client
+        .find(Locator::Css("#survey button[type=submit]"))
+        .await
+        .expect("submit button")
+        .click()
+        .await
+        .expect("submit");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#error-summary:not([hidden])"))
+        .await
+        .expect("errors summarised");
+    let error = |id: &'static str| {
+        let b = &b;
+        async move {
+            b.js(&format!(
+                "return document.querySelector('#e-{id}').textContent"
+            ))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+        }
+    };
+    let birth = error("birth").await;
+    assert!(birth.starts_with("Укажите дату с "), "{birth}");
+    assert!(error("phone").await.contains("телефона"));
+    assert!(error("email").await.contains("почты"));
+    // Checked in the page: nothing reached the server.
+    let (status, survey) = app
+        .get_json(&format!("/api/v1/surveys/{}", token_of(&link)))
+        .await;
+    assert_eq!(status, 200);
+    assert_ne!(survey["status"], "completed");
+    b.audit("intake: errors (script)").await;
+    b.shot("intake-date-errors-390.png").await;
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+}

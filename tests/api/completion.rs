@@ -182,3 +182,46 @@ async fn an_unverifiable_repeat_posts_only_when_listing_is_forbidden(db: TestDb)
     app.run_outbox().await;
     assert_eq!(fake.timeline_comments().len(), 2);
 }
+
+on_both_databases!(the_submit_answers_before_the_pdf_and_the_pdf_bears_the_checksum_answered);
+/// The submit answers before its PDF exists (the comment job renders it): the
+/// checksum it answers is the one stored and the one printed in the PDF the job
+/// builds from the committed answers.
+async fn the_submit_answers_before_the_pdf_and_the_pdf_bears_the_checksum_answered(db: TestDb) {
+    use opros::db::entities::response;
+    let (fake, app) = installed_on(&db.url).await;
+    let (_, token) = crate::support::portal::robot_link(&fake, &app).await;
+    let (status, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(status, 200);
+    let (status, done) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &serde_json::json!({"answers": crate::support::full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    let sha = done["report_sha256"].as_str().expect("checksum").to_owned();
+    assert_eq!(sha.len(), 64);
+    let id = survey["survey_id"].as_str().expect("id").to_owned();
+    let stored = response::Entity::find_by_id(id.clone())
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .expect("answers stored with the answer");
+    assert!(stored.answers.is_some());
+    assert_eq!(stored.report_sha256.as_deref(), Some(sha.as_str()));
+
+    app.run_outbox().await;
+    assert_eq!(fake.timeline_comments().len(), 1);
+    let stored = response::Entity::find_by_id(id)
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .expect("response");
+    assert_eq!(stored.report_sha256.as_deref(), Some(sha.as_str()));
+    let pdf = stored.report_pdf.expect("the job stored the PDF");
+    if let Some(text) = pdf_text(&pdf) {
+        assert!(text.contains(&sha), "the PDF's footer names the checksum");
+    }
+}

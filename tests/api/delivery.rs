@@ -30,7 +30,7 @@ async fn invitations(app: &TestApp) -> usize {
 }
 
 async fn portal_status(app: &TestApp, fake: &FakePortal) -> String {
-    opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .expect("portal read")
         .expect("portal row")

@@ -73,6 +73,28 @@ async fn demo_installs_sends_the_link_and_shows_the_answers() {
         crate::support::submit_through_api(&http, &base, token, full_answers).await;
     assert_eq!(status, 200, "{body}");
 
+    // The card shows the clinic's automation: the app trigger moved the deal, the
+    // red-flag activity with its badge and the responsible's notification.
+    let card = || async {
+        let page = http.get(demo.deal_card_url()).send().await.unwrap();
+        Doc::parse(&page.text().await.unwrap())
+    };
+    crate::support::eventually("the automation on the card", || async {
+        let doc = card().await;
+        doc.select_text(".stages .is-current") == "Анкета получена"
+            && doc.count(".flag-badge") == 1
+            && doc.text().contains("Уведомление ответственному")
+    })
+    .await;
+    let doc = card().await;
+    assert!(doc.text().contains("для врача"), "{}", doc.text());
+    assert!(
+        doc.text()
+            .contains("Анкета пациента по сделке «Консультация терапевта»"),
+        "{}",
+        doc.text()
+    );
+
     let (status, tab) = open_frame(&http, &demo, &demo.deal_card_url()).await;
     assert_eq!(status, 200);
     let doc = Doc::parse(&tab);

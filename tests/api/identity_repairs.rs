@@ -138,7 +138,14 @@ async fn a_row_from_before_vouching_is_revouched_before_a_tab_login(db: TestDb) 
     // What the migration does to every stored row…
     {
         use migration::MigratorTrait;
-        migration::Migrator::down(&app.state.db, Some(1))
+        // Back to before the revouch migration, however many came after it.
+        let steps = migration::Migrator::migrations()
+            .iter()
+            .rev()
+            .position(|m| m.name() == "m20261207_000004_portal_revouch")
+            .expect("the revouch migration")
+            + 1;
+        migration::Migrator::down(&app.state.db, Some(steps as u32))
             .await
             .expect("down");
         let row = stored(&app, &member).await.expect("installed");

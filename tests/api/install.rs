@@ -105,7 +105,7 @@ async fn forged_install_plants_nothing(db: TestDb) {
     assert_eq!(r.status(), 403);
     assert!(fake.robots().is_empty());
     assert!(
-        opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+        opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
             .await
             .unwrap()
             .is_none()
@@ -148,7 +148,7 @@ async fn uninstall_with_clean_deletes_patients_data_and_rejects_the_robot(db: Te
         .await
         .unwrap();
     assert!(after.is_empty(), "personal data must be gone");
-    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -179,7 +179,7 @@ async fn uninstall_needs_the_application_token(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -211,7 +211,7 @@ async fn onappinstall_event_alone_installs_and_registers(db: TestDb) {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(fake.robots().len(), 2);
-    let portal = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -241,7 +241,7 @@ async fn onappinstall_event_alone_installs_and_registers(db: TestDb) {
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap_or_default();
     assert_eq!(body["code"], "application_token_mismatch", "{body}");
-    let kept = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let kept = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -251,8 +251,8 @@ async fn onappinstall_event_alone_installs_and_registers(db: TestDb) {
 on_both_databases!(portals_idle_for_a_week_get_their_tokens_renewed);
 async fn portals_idle_for_a_week_get_their_tokens_renewed(db: TestDb) {
     use chrono::{TimeDelta, Utc};
-    use opros::b24::token_upkeep::renew_stale;
     use opros::db::entities::portal;
+    use opros::local_app::token_upkeep::renew_stale;
     use opros::testing::Fault;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 

@@ -77,8 +77,8 @@ async fn instances_on_one_database_refresh_a_portal_once() {
 #[tokio::test]
 #[ignore = "needs OPROS_TEST_POSTGRES_URL (see README)"]
 async fn a_refresh_in_flight_does_not_hold_up_robot_calls() {
-    use opros::b24::portals::DbTokenStore;
     use opros::bitrix24::TokenStore;
+    use opros::local_app::portals::DbTokenStore;
 
     let fake = FakePortal::start(FakePortalConfig::default())
         .await

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Highest first; ARCHITECTURE.md, «Direction of imports».
 const LAYERS: &[&[&str]] = &[
-    &["b24", "legacy", "web"],
+    &["local_app", "legacy", "web"],
     &["invitations", "views"],
     &["outbox"],
     &["completion"],

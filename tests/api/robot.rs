@@ -6,6 +6,11 @@ use std::collections::HashSet;
 use sea_orm::EntityTrait;
 use serde_json::Value;
 
+use opros::db::entities::{invitation, portal};
+use opros::local_app::portal_settings::PortalSettings;
+use opros::testing::fake_portal::FakePortal;
+
+use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::logs;
 use crate::support::portal::{app_for_db, installed_on, patient_deal, robot_link};
@@ -57,7 +62,7 @@ async fn robot_returns_link_writes_field_and_resolves_name(db: TestDb) {
         "application token logged"
     );
     // The tokens the service holds and used for these calls.
-    let stored = opros::b24::portals::by_member(&app.state.db, &fake.member_id())
+    let stored = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
         .unwrap()
         .unwrap();
@@ -242,4 +247,140 @@ async fn a_portal_refusing_batch_still_gets_every_call(db: TestDb) {
         survey["patient_name"], "Смирнова Анна Петровна",
         "the $result reference was resolved"
     );
+}
+
+/// The robot's own call (protocol §4.3) with `token` as `auth[application_token]`.
+async fn robot_call(app: &TestApp, fake: &FakePortal, deal: u64, token: &str) -> (u16, Value) {
+    let event_token = format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple());
+    let r = app
+        .http
+        .post(app.url("/b24/robot/send-survey"))
+        .form(&[
+            ("event_token", event_token.as_str()),
+            ("document_id[0]", "crm"),
+            ("document_id[1]", "CCrmDocumentDeal"),
+            ("document_id[2]", &format!("DEAL_{deal}")),
+            ("auth[member_id]", &fake.member_id()),
+            ("auth[application_token]", token),
+            ("auth[domain]", &fake.domain()),
+        ])
+        .send()
+        .await
+        .expect("robot call");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn invitations(app: &TestApp) -> Vec<invitation::Model> {
+    invitation::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("invitations")
+}
+
+async fn set_settings(app: &TestApp, fake: &FakePortal, link_days: u32, reuse_active: bool) {
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .expect("portal read")
+        .expect("portal installed");
+    opros::local_app::portal_settings::save(
+        &app.state.db,
+        portal.id,
+        PortalSettings {
+            link_days,
+            reuse_active,
+        },
+    )
+    .await
+    .expect("settings saved");
+}
+
+on_both_databases!(the_robot_reads_the_admins_settings_with_its_portal_at_every_call);
+/// The portal and its administrator's settings come from one statement written by
+/// hand for each backend: the settings must be the stored ones, and a change must
+/// count from the next call.
+async fn the_robot_reads_the_admins_settings_with_its_portal_at_every_call(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let token = fake.application_token();
+    let deal = patient_deal(&fake);
+    set_settings(&app, &fake, 14, false).await;
+    let (status, first) = robot_call(&app, &fake, deal, &token).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = robot_call(&app, &fake, deal, &token).await;
+    assert_ne!(
+        first["survey_id"], second["survey_id"],
+        "reuse off: a new link"
+    );
+    let rows = invitations(&app).await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!((row.expires_at - row.created_at).num_days(), 14, "{row:?}");
+    }
+
+    set_settings(&app, &fake, 3, true).await;
+    let (_, third) = robot_call(&app, &fake, deal, &token).await;
+    assert_eq!(
+        third["survey_id"], second["survey_id"],
+        "reuse on: the active link"
+    );
+    set_settings(&app, &fake, 3, false).await;
+    let (_, fourth) = robot_call(&app, &fake, deal, &token).await;
+    let id = fourth["survey_id"].as_str().expect("survey_id");
+    let rows = invitations(&app).await;
+    assert_eq!(rows.len(), 3);
+    let row = rows
+        .iter()
+        .find(|r| r.id == id)
+        .expect("the new invitation");
+    assert_eq!((row.expires_at - row.created_at).num_days(), 3);
+}
+
+on_both_databases!(a_new_application_token_and_an_uninstall_count_from_the_next_robot_call);
+/// Nothing about the caller is kept between calls: a new application token (as a
+/// confirmed `ONAPPUPDATE` stores it) refuses the old one at once, and an uninstalled
+/// portal refuses the new one; a refused call stores and sends nothing.
+async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call(db: TestDb) {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let (fake, app) = installed_on(&db.url).await;
+    let old = fake.application_token();
+    let deal = patient_deal(&fake);
+    let (status, body) = robot_call(&app, &fake, deal, &old).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = invitations(&app).await.len();
+    assert_eq!(stored, 1);
+    let jobs = || async {
+        opros::db::entities::outbox_job::Entity::find()
+            .all(&app.state.db)
+            .await
+            .expect("jobs")
+            .len()
+    };
+    let queued = jobs().await;
+
+    let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
+        .await
+        .expect("portal read")
+        .expect("portal installed");
+    let mut row: portal::ActiveModel = portal.into();
+    row.application_token = Set(Some("rotated-application-token".to_owned()));
+    let portal = row.update(&app.state.db).await.expect("token rotated");
+    let (status, body) = robot_call(&app, &fake, deal, &old).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "bad_application_token");
+    assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
+    assert_eq!(jobs().await, queued, "nothing queued");
+    let (status, body) = robot_call(&app, &fake, deal, "rotated-application-token").await;
+    assert_eq!(status, 200, "{body}");
+    let accepted = jobs().await;
+    assert!(accepted > queued, "the accepted call queued its jobs");
+    let queued = accepted;
+
+    let mut row: portal::ActiveModel = portal.into();
+    row.status = Set(portal::UNINSTALLED);
+    row.update(&app.state.db).await.expect("uninstalled");
+    let (status, body) = robot_call(&app, &fake, deal, "rotated-application-token").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "portal_uninstalled");
+    assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
+    assert_eq!(jobs().await, queued, "nothing queued");
 }

@@ -12,6 +12,10 @@ pub struct Model {
     pub submitted_at: Option<DateTimeUtc>,
     pub report_sha256: Option<String>,
     pub report_pdf: Option<Vec<u8>>,
+    /// `{"scores": [...], "patient_messages": [...]}` computed at submit from the
+    /// pinned questionnaire: what the doctor's scores were and what the patient was
+    /// shown. Never sent anywhere.
+    pub outcome: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

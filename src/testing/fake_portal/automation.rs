@@ -90,6 +90,7 @@ pub(crate) fn handles(method: &str) -> bool {
             | "crm.activity.configurable.add"
             | "crm.activity.configurable.update"
             | "crm.activity.configurable.get"
+            | "crm.activity.list"
             | "crm.activity.badge.add"
             | "crm.activity.badge.list"
             | "crm.activity.todo.add"
@@ -132,6 +133,7 @@ pub(crate) fn dispatch(
         "crm.activity.configurable.add" => configurable_add(state, auth, params),
         "crm.activity.configurable.update" => configurable_update(state, auth, params),
         "crm.activity.configurable.get" => configurable_get(state, params),
+        "crm.activity.list" => activity_list(state, params),
         "crm.activity.badge.add" => badge_add(state, auth, params),
         "crm.activity.badge.list" => Ok(Success::of(json!({
             "badges": state.automation.badges.values().cloned().collect::<Vec<_>>()
@@ -551,6 +553,40 @@ fn configurable_update(state: &mut State, auth: &AuthKind, params: &Value) -> Ou
         activity.layout = layout;
     }
     Ok(Success::of(json!({"activity": {"id": id}})))
+}
+
+/// `crm.activity.list` over the configurable activities (crm-activity-list.md: a
+/// `filter` on the activity's fields, upper-case, among them `OWNER_TYPE_ID`,
+/// `OWNER_ID` and `ORIGIN_ID`, where the `originId` given to
+/// `crm.activity.configurable.add` is kept). Values come back as strings.
+fn activity_list(state: &State, params: &Value) -> Outcome {
+    let filter = param(params, "filter").cloned().unwrap_or(Value::Null);
+    let wanted = |name: &str| text(&filter, name);
+    let rows: Vec<Value> = state
+        .automation
+        .activities
+        .values()
+        .filter(|a| {
+            let origin = a.fields.get("originId").and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            wanted("OWNER_TYPE_ID").is_none_or(|t| t == a.owner_type_id.to_string())
+                && wanted("OWNER_ID").is_none_or(|id| id == a.owner_id.to_string())
+                && wanted("ORIGIN_ID").is_none_or(|o| Some(o) == origin)
+        })
+        .map(|a| {
+            json!({
+                "ID": a.id.to_string(),
+                "OWNER_TYPE_ID": a.owner_type_id.to_string(),
+                "OWNER_ID": a.owner_id.to_string(),
+                "ORIGIN_ID": a.fields.get("originId").cloned().unwrap_or(Value::Null),
+                "COMPLETED": if a.completed { "Y" } else { "N" },
+            })
+        })
+        .collect();
+    Ok(Success::of(Value::Array(rows)))
 }
 
 fn configurable_get(state: &State, params: &Value) -> Outcome {

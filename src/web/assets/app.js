@@ -69,14 +69,46 @@
     return String(v) === expected;
   }
 
+  // A rule as the questionnaire writes it ({"all": […]}, {"any": […]},
+  // {"question", "equals" | "not_equals" | "in" | "gte" | "lte" | "answered"}); the
+  // answer of a hidden question counts as none, as on the server.
+  function holds(rule) {
+    if (!rule || typeof rule !== 'object') return false;
+    if (Array.isArray(rule.all)) return rule.all.every(holds);
+    if (Array.isArray(rule.any)) return rule.any.some(holds);
+    const target = byId.get(rule.question);
+    const answered = Boolean(target) && !target.hidden && valueOf(target) !== undefined;
+    const text = (v) => (v === true ? 'yes' : v === false ? 'no' : String(v));
+    if ('answered' in rule) return answered === Boolean(rule.answered);
+    if (!answered) return false;
+    if ('equals' in rule) return matches(target, text(rule.equals));
+    if ('not_equals' in rule) return !matches(target, text(rule.not_equals));
+    if (Array.isArray(rule.in)) return rule.in.some((v) => matches(target, text(v)));
+    const n = Number(valueOf(target));
+    if (!Number.isFinite(n)) return false;
+    if ('gte' in rule) return n >= Number(rule.gte);
+    if ('lte' in rule) return n <= Number(rule.lte);
+    return false;
+  }
+
+  function shownBy(q) {
+    if (q.dataset.showIf !== undefined) {
+      try {
+        return holds(JSON.parse(q.dataset.showIf));
+      } catch (_) {
+        return false;
+      }
+    }
+    const controller = byId.get(q.dataset.showIfQuestion);
+    return Boolean(controller) && !controller.hidden && matches(controller, q.dataset.showIfEquals);
+  }
+
   // Document order equals questionnaire order and conditions point backwards, so
   // one pass settles chains: a question behind a hidden one is hidden too.
   function updateVisibility(force) {
     for (const q of questions) {
-      const ref = q.dataset.showIfQuestion;
-      if (!ref) continue;
-      const controller = byId.get(ref);
-      const show = Boolean(controller) && !controller.hidden && matches(controller, q.dataset.showIfEquals);
+      if (!q.dataset.showIfQuestion && q.dataset.showIf === undefined) continue;
+      const show = shownBy(q);
       if (show === !q.hidden && !force) continue;
       q.hidden = !show;
       for (const e of inputs(q)) e.disabled = !show;
@@ -93,6 +125,24 @@
     barText.textContent = done + ' из ' + required.length;
   }
 
+  // The server's rules (survey::validate::normal_phone, is_email), kept in step.
+  function isPhone(v) {
+    if (typeof v !== 'string' || /[^0-9 ()+-]/.test(v)) return false;
+    const plus = (v.match(/\+/g) || []).length;
+    if (plus > 1 || (plus === 1 && v[0] !== '+')) return false;
+    const digits = v.replace(/\D/g, '');
+    if (digits.length === 11) return digits[0] === '7' || (digits[0] === '8' && v[0] !== '+');
+    return digits.length === 10 && v[0] !== '+';
+  }
+
+  function isEmail(v) {
+    if (typeof v !== 'string' || /\s/.test(v) || v.length > 254) return false;
+    const at = v.indexOf('@');
+    if (at < 1 || v.indexOf('@', at + 1) !== -1) return false;
+    const domain = v.slice(at + 1);
+    return domain.includes('.') && !domain.startsWith('.') && !domain.endsWith('.') && !domain.includes('..');
+  }
+
   // The message for one visible question, or '' when it is fine.
   function check(q) {
     const v = valueOf(q);
@@ -105,6 +155,13 @@
       const max = el.max === '' ? Infinity : Number(el.max);
       if (v < min || v > max) return q.dataset.rangeMsg || 'Введите число';
     }
+    // ISO dates compare as text; the server checks the same limits.
+    if (q.dataset.type === 'date' && q.dataset.rangeMsg && ((el.min && v < el.min) || (el.max && v > el.max))) {
+      return q.dataset.rangeMsg;
+    }
+    const format = el && el.dataset.format;
+    if (format === 'phone' && !isPhone(v)) return 'Введите номер телефона, например +7 912 345-67-89';
+    if (format === 'email' && !isEmail(v)) return 'Введите адрес электронной почты, например name@example.ru';
     return '';
   }
 
@@ -191,6 +248,20 @@
     const heading = main.querySelector('h1');
     if (heading) heading.focus();
     window.scrollTo(0, 0);
+  }
+
+  // The questionnaire's messages for these answers, as text (never markup), under
+  // the thank-you heading.
+  function showNotes(notes) {
+    const box = document.querySelector('#main .message');
+    if (!box) return;
+    for (const note of notes) {
+      if (typeof note !== 'string') continue;
+      const p = document.createElement('p');
+      p.className = 'message-note';
+      p.textContent = note;
+      box.appendChild(p);
+    }
   }
 
   function collect() {
@@ -349,7 +420,11 @@
         credentials: 'same-origin',
       });
       setStatus('');
-      if (response.ok) return finish('tpl-done');
+      if (response.ok) {
+        const body = await response.json().catch(() => ({}));
+        finish('tpl-done');
+        return showNotes(Array.isArray(body.patient_messages) ? body.patient_messages : []);
+      }
       if (response.status === 409) return finish('tpl-completed');
       if (response.status === 410) return finish('tpl-expired');
       if (response.status === 404) return finish('tpl-not-found');

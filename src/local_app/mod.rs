@@ -14,6 +14,7 @@ pub mod placement;
 pub mod portals;
 pub mod registration;
 pub mod robot;
+pub mod seen;
 pub mod session;
 pub mod tab_view;
 pub mod token_upkeep;

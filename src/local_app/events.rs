@@ -50,6 +50,10 @@ pub async fn events(
         }
         "ONAPPUNINSTALL" => uninstall(state, &call).await,
         "ONCRMDEALADD" | "ONCRMLEADADD" => crm_added(state, &call, &event).await,
+        "ONCRMTIMELINEITEMACTION" => {
+            let ip = super::verify_guard::client_ip(req);
+            super::seen::timeline_action(state, ip, &call).await
+        }
         "" => Err(ApiError::bad_request(
             ErrorCode::EventMissing,
             "В запросе нет поля event",

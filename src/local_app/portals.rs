@@ -193,6 +193,14 @@ pub async fn by_member<C: ConnectionTrait>(
         .await
 }
 
+fn auth_missing() -> ApiError {
+    tracing::warn!("Вызов от Битрикс24 без auth[member_id] или auth[application_token]");
+    ApiError::unauthorized(
+        ErrorCode::AuthMissing,
+        "Нет данных авторизации приложения (auth[member_id], auth[application_token])",
+    )
+}
+
 /// A server-to-server call from Bitrix24 (robot, event) proves itself with the
 /// application token we stored at install (protocol §4.3, §7.3). Unknown portal,
 /// uninstalled portal and a wrong token all answer without saying which.
@@ -202,38 +210,62 @@ pub async fn verify_app_token(
     application_token: Option<&str>,
 ) -> Result<portal::Model, ApiError> {
     let (Some(member_id), Some(token)) = (member_id, application_token) else {
-        tracing::warn!("Вызов от Битрикс24 без auth[member_id] или auth[application_token]");
-        return Err(ApiError::unauthorized(
-            ErrorCode::AuthMissing,
-            "Нет данных авторизации приложения (auth[member_id], auth[application_token])",
-        ));
+        return Err(auth_missing());
     };
     let portal = by_member(db, member_id).await?;
-    let ok = portal.as_ref().is_some_and(|p| {
-        p.status == portal::INSTALLED
-            && p.application_token
-                .as_deref()
-                .is_some_and(|stored| constant_time_eq(stored.as_bytes(), token.as_bytes()))
-    });
-    match portal {
-        Some(p) if ok => Ok(p),
-        Some(p) if p.status != portal::INSTALLED => {
-            tracing::warn!(portal = %p.domain, "Вызов для портала, с которого приложение удалено");
-            Err(ApiError::forbidden(
-                ErrorCode::PortalUninstalled,
-                "Приложение удалено с этого портала; установите его заново",
-            ))
-        }
-        _ => {
-            tracing::warn!(
-                "Вызов от Битрикс24 с неверным application_token или неизвестным порталом"
-            );
-            Err(ApiError::unauthorized(
-                ErrorCode::BadApplicationToken,
-                "Неверный токен приложения",
-            ))
-        }
+    judge_app_token(portal, token, |p| {
+        (p.status, p.application_token.as_deref(), &p.domain)
+    })
+}
+
+/// [`verify_app_token`] for the robot: the same check, on the row and settings read
+/// in one prepared statement (`db::prepared::portal_caller`), never from a copy kept
+/// in memory, so an uninstall or a new application token counts from the next call.
+pub async fn verify_robot_call(
+    db: &DatabaseConnection,
+    member_id: Option<&str>,
+    application_token: Option<&str>,
+) -> Result<crate::db::prepared::PortalCaller, ApiError> {
+    let (Some(member_id), Some(token)) = (member_id, application_token) else {
+        return Err(auth_missing());
+    };
+    let caller = crate::db::prepared::portal_caller(db, member_id).await?;
+    judge_app_token(caller, token, |p| {
+        (p.status, p.application_token.as_deref(), &p.domain)
+    })
+}
+
+/// The application-token verdict on a portal found (`None`: unknown), whose
+/// `(status, application_token, domain)` `fields` gives: the token must equal the
+/// stored one (compared in constant time) on an installed portal. Unknown portal and
+/// wrong token answer alike.
+fn judge_app_token<T>(
+    found: Option<T>,
+    token: &str,
+    fields: impl Fn(&T) -> (portal::Status, Option<&str>, &str),
+) -> Result<T, ApiError> {
+    let Some(found) = found else {
+        return Err(bad_app_token());
+    };
+    let (status, stored, domain) = fields(&found);
+    if status == portal::INSTALLED
+        && stored.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes()))
+    {
+        return Ok(found);
     }
+    if status != portal::INSTALLED {
+        tracing::warn!(portal = %domain, "Вызов для портала, с которого приложение удалено");
+        return Err(ApiError::forbidden(
+            ErrorCode::PortalUninstalled,
+            "Приложение удалено с этого портала; установите его заново",
+        ));
+    }
+    Err(bad_app_token())
+}
+
+fn bad_app_token() -> ApiError {
+    tracing::warn!("Вызов от Битрикс24 с неверным application_token или неизвестным порталом");
+    ApiError::unauthorized(ErrorCode::BadApplicationToken, "Неверный токен приложения")
 }
 
 /// Why a portal's endpoint could not be brought up to date.

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 
 use crate::assets;
-use crate::completion::moscow;
+use crate::completion::{moscow, score_answer};
 use crate::db::entities::invitation;
 use crate::invitations::lifecycle::{self, FlowError};
 use crate::invitations::{COMPLETED, EntityRef, EntityType, of_entity, status_label, status_of};
 use crate::state::AppState;
-use crate::survey::{Answers, Questionnaire, flagged, sections_for_display};
+use crate::survey::{Answers, Questionnaire, flagged, scores, sections_for_display};
 use crate::views;
 use crate::views::frame::{AnswerRow, AnswerSection, Frame, InvitationRow, TabPage, TabResult};
 
@@ -119,6 +119,10 @@ fn result(inv: &invitation::Model, q: &Questionnaire, answers: &Answers) -> TabR
         flagged: flags
             .iter()
             .map(|f| (f.label.clone(), f.answer.clone()))
+            .collect(),
+        scores: scores(q, answers)
+            .iter()
+            .map(|s| (s.title.clone(), score_answer(s), s.flag))
             .collect(),
         sections: sections_for_display(q, answers)
             .into_iter()

@@ -226,12 +226,17 @@ async fn report_of(state: &AppState, invitation_id: String, form: &TabForm) -> R
         tracing::warn!("PDF запрошен с сеансом другой сделки");
         return forbidden();
     };
-    let pdf = response::Entity::find_by_id(inv.id.clone())
+    let stored = response::Entity::find_by_id(inv.id.clone())
         .one(&state.db)
         .await
         .ok()
-        .flatten()
-        .and_then(|r| r.report_pdf.zip(r.submitted_at));
+        .flatten();
+    let pdf = match &stored {
+        Some(r) => crate::completion::stored_or_rendered_pdf(state, &inv, r)
+            .await
+            .zip(r.submitted_at),
+        None => None,
+    };
     let Some((bytes, submitted_at)) = pdf else {
         return page::error(
             StatusCode::NOT_FOUND,

@@ -25,6 +25,8 @@ pub struct AdminData {
     pub settings: PortalSettings,
     pub jobs: Vec<outbox_job::Model>,
     pub queue: QueueSummary,
+    /// Automation steps the portal refused lately: (what, why).
+    pub refused: Vec<(String, String)>,
 }
 
 pub async fn admin_page(
@@ -37,6 +39,7 @@ pub async fn admin_page(
         settings: portal_settings::load(&state.db, portal.id, state.config.link_days).await?,
         jobs: crate::outbox::jobs::open_jobs(&state.db, Some(portal.id), JOBS_SHOWN).await?,
         queue: crate::outbox::jobs::summary(&state.db, Some(portal.id)).await?,
+        refused: crate::outbox::automation::refused_lately(&state.db, portal.id).await?,
     };
     let urls = [
         ("Установка", "/b24/install"),
@@ -77,6 +80,15 @@ pub fn view(
         reuse_active: data.settings.reuse_active,
         urls,
         queue: (!data.jobs.is_empty()).then(|| queue_view(&data.queue, &data.jobs)),
+        automation: data
+            .refused
+            .iter()
+            .map(|(what, detail)| StepRow {
+                ok: false,
+                what: what.clone(),
+                detail: detail.clone(),
+            })
+            .collect(),
         questionnaires: questionnaires(catalog),
     }
 }

@@ -21,7 +21,7 @@ pub async fn send_survey(
     Callback(call): Callback<RobotCall>,
     Data(state): Data<&AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let portal = portals::verify_app_token(
+    let portal = portals::verify_robot_call(
         &state.db,
         call.auth.member_id.as_deref(),
         call.auth.application_token.as_deref(),
@@ -43,10 +43,13 @@ pub async fn send_survey(
         })?;
         (q.code.clone(), q.version)
     };
-    // The robot's own properties win; the admin's settings fill what they leave open.
-    let defaults =
-        crate::invitations::portal_settings::load(&state.db, portal.id, state.config.link_days)
-            .await?;
+    // The robot's own properties win; the admin's settings (read with the portal)
+    // fill what they leave open.
+    let defaults = crate::invitations::portal_settings::from_stored(
+        portal.link_days.as_deref(),
+        portal.reuse_active.as_deref(),
+        state.config.link_days,
+    );
     let lifetime_days = prop("link_days")
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=365).contains(d))

@@ -1,6 +1,6 @@
 //! What the application registers in a portal: the robots «Отправить опрос» and
-//! «Дождаться анкеты», the
-//! «Анкета пациента» tabs, the uninstall event and the link field. Idempotent: list
+//! «Дождаться анкеты», the «Анкета пациента» tabs, the application's events, the link
+//! field, the app triggers and the red-flag badge. Idempotent: list
 //! first, create what is missing, update the robot, and take "already there" errors
 //! for success (protocol §3.4, §4.5, §6.1, §7.2, §12.3). Run on every install and on
 //! the admin's request, since an application update can remove registrations.
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::bitrix24::field;
 use crate::bitrix24::{B24Error, BatchCommand, Target};
 use crate::db::entities::portal;
+use crate::outbox::automation;
 use crate::outbox::link_field::{add_link_field, has_field};
 use crate::state::AppState;
 
@@ -177,6 +178,7 @@ pub async fn ensure(state: &AppState, target: &Target, installer: Option<i64>) -
     ensure_tabs(state, target, &listed, &mut report).await;
     ensure_events(state, target, &listed, &mut report).await;
     ensure_link_fields(state, target, &listed, &mut report).await;
+    ensure_automation(state, target, &mut report).await;
     report
 }
 
@@ -330,6 +332,11 @@ async fn ensure_events(state: &AppState, target: &Target, listed: &Listed, repor
         ),
         ("ONAPPINSTALL", "Событие установки (ONAPPINSTALL)", false),
         ("ONAPPUPDATE", "Событие обновления (ONAPPUPDATE)", false),
+        (
+            "ONCRMTIMELINEITEMACTION",
+            "Кнопка «Просмотрено» в деле (ONCRMTIMELINEITEMACTION)",
+            false,
+        ),
     ] {
         let event_bound = events.iter().any(|e| {
             field(e, "event")
@@ -380,6 +387,83 @@ async fn ensure_link_fields(
         };
         report.push(what, false, result);
     }
+}
+
+/// The app triggers and the red-flag badge (bitrix24-automation.md §A1, §A2). Adding a
+/// trigger with a known `CODE` only renames it, so `add` alone is idempotent; a badge
+/// added again replaces itself. Both need a CRM administrator and the application
+/// context: a refusal is listed with its reason and the rest goes on.
+async fn ensure_automation(state: &AppState, target: &Target, report: &mut Report) {
+    for (code, name) in [
+        (
+            automation::TRIGGER_COMPLETED,
+            automation::TRIGGER_COMPLETED_NAME,
+        ),
+        (
+            automation::TRIGGER_RED_FLAGS,
+            automation::TRIGGER_RED_FLAGS_NAME,
+        ),
+    ] {
+        let result = state
+            .b24
+            .call(
+                target,
+                "crm.automation.trigger.add",
+                json!({"CODE": code, "NAME": name}),
+            )
+            .await
+            .map(|_| "зарегистрирован")
+            .map_err(|e| e.admin_message());
+        report.push(format!("Триггер «{name}»"), false, result);
+    }
+    let badge = state
+        .b24
+        .call(
+            target,
+            "crm.activity.badge.add",
+            json!({
+                "code": automation::BADGE_CODE,
+                "title": "Анкета",
+                "value": "Отметки для врача",
+                "type": "failure",
+            }),
+        )
+        .await;
+    let result = match badge {
+        Ok(_) => Ok("зарегистрирован"),
+        Err(e) if e.is_already_registered() => Ok("уже был"),
+        Err(e) => Err(e.admin_message()),
+    };
+    report.push(
+        "Красный значок «Отметки для врача» в канбане",
+        false,
+        result,
+    );
+    // The notification needs `im`; without it the rest works, so the admin is told
+    // here rather than by a failed delivery.
+    if let Some(scope) = granted_scope(state, target).await
+        && !scope.iter().any(|s| s == "im")
+    {
+        report.push(
+            "Уведомления врачу",
+            false,
+            Err("нет права im — уведомления врачу не отправляются".into()),
+        );
+    }
+}
+
+/// The scopes the OAuth server said it granted (stored at install), when known.
+async fn granted_scope(state: &AppState, target: &Target) -> Option<Vec<String>> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let Target::Portal { member_id } = target else {
+        return None;
+    };
+    let row = portal::Entity::find()
+        .filter(portal::Column::MemberId.eq(member_id.as_str()))
+        .one(&state.db)
+        .await
+        .ok()??;
+    Some(row.scope?.split(',').map(|s| s.trim().to_owned()).collect())
 }
 
 #[cfg(test)]
