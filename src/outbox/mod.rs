@@ -91,8 +91,9 @@ impl Job {
             | Job::PostCompletion { invitation }
             | Job::LogWaitProgress { invitation, .. } => Some(invitation),
             Job::AwaitSurvey { invitation, .. } => invitation.as_ref(),
-            | Job::Automate { invitation }
-            | Job::CompleteActivity { invitation, .. } => Some(invitation),
+            Job::Automate { invitation } | Job::CompleteActivity { invitation, .. } => {
+                Some(invitation)
+            }
             Job::ConfirmUninstall { .. } => None,
         }
     }
