@@ -54,13 +54,23 @@ pub async fn clinic_name(state: &AppState, inv: &invitation::Model) -> String {
     if let Some(name) = &state.config.clinic_name {
         return name.clone();
     }
+    portal_field(state, inv, |p| p.domain).await
+}
+
+/// A field of the portal the invitation belongs to; for the inbound-webhook setup,
+/// which has no portal row, the webhook's host names the portal.
+pub async fn portal_field(
+    state: &AppState,
+    inv: &invitation::Model,
+    field: impl FnOnce(portal::Model) -> String,
+) -> String {
     match inv.portal_id {
         Some(pid) => portal::Entity::find_by_id(pid)
             .one(&state.db)
             .await
             .ok()
             .flatten()
-            .map(|p| p.domain)
+            .map(field)
             .unwrap_or_default(),
         None => state
             .config

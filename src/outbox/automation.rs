@@ -27,7 +27,7 @@ use super::run::{classify, retry, tried_before};
 use crate::bitrix24::{B24Error, Target};
 use crate::completion::neutralise;
 use crate::crm::{EntityRef, EntityType};
-use crate::db::entities::{invitation, outbox_job, portal, response};
+use crate::db::entities::{invitation, outbox_job, response};
 use crate::state::AppState;
 use crate::survey::FlaggedAnswer;
 
@@ -497,22 +497,7 @@ async fn flagged_of(
 }
 
 async fn member_id(state: &AppState, inv: &invitation::Model) -> String {
-    match inv.portal_id {
-        Some(pid) => portal::Entity::find_by_id(pid)
-            .one(&state.db)
-            .await
-            .ok()
-            .flatten()
-            .map(|p| p.member_id)
-            .unwrap_or_default(),
-        // The webhook setup has no member_id: its host names the portal.
-        None => state
-            .config
-            .webhook_url
-            .as_ref()
-            .and_then(|w| w.rest_base().host_str().map(str::to_owned))
-            .unwrap_or_default(),
-    }
+    crate::completion::portal_field(state, inv, |p| p.member_id).await
 }
 
 /// The document's card, relative: a slider on the portal (§A2, `redirect`).

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
+use super::methods::param;
 use super::state::{ApiError, AuthKind, State, Success, iso_now};
 
 type Outcome = Result<Success, ApiError>;
@@ -155,14 +156,6 @@ pub(crate) fn dispatch(
             "Method not found!",
         )),
     }
-}
-
-fn param<'a>(params: &'a Value, name: &str) -> Option<&'a Value> {
-    params
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
 }
 
 fn text(params: &Value, name: &str) -> Option<String> {

@@ -17,7 +17,7 @@ const PAGE: usize = 50;
 
 /// A top-level parameter, name matched case-insensitively (§4.4: Bitrix24 accepts
 /// `EVENT_TOKEN` and `event_token`; §12.1: `id` and `ID`).
-fn param<'a>(params: &'a Value, name: &str) -> Option<&'a Value> {
+pub(super) fn param<'a>(params: &'a Value, name: &str) -> Option<&'a Value> {
     params
         .as_object()?
         .iter()
