@@ -103,6 +103,7 @@ pub async fn run_group(
     };
 
     let mut batchable = Vec::new();
+    let mut automation = Vec::new();
     // Once the portal pushes back, the group's remaining jobs wait with it: calling
     // again now would only add to its load.
     let mut pushback: Option<String> = None;
@@ -148,19 +149,11 @@ pub async fn run_group(
                     }
                     outcomes.push((c.row, outcome));
                 }
+                // The clinic's automation goes after the comments and the robots'
+                // answers: it is several calls per survey, and a portal's budget
+                // should first carry what patients and workflows wait for.
                 Job::Automate { .. } | Job::CompleteActivity { .. } => {
-                    let outcome = match (&pushback, &c.job) {
-                        (Some(error), _) => JobOutcome::Deferred(now, error.clone()),
-                        (None, Job::CompleteActivity { activity_id, .. }) => {
-                            super::automation::complete(state, &target, &c.row, *activity_id, now)
-                                .await
-                        }
-                        (None, _) => super::automation::run(state, &target, &c.row, inv, now).await,
-                    };
-                    if let JobOutcome::Deferred(_, error) = &outcome {
-                        pushback = Some(error.clone());
-                    }
-                    outcomes.push((c.row, outcome));
+                    automation.push((c, inv.clone()))
                 }
                 _ => batchable.push((c, inv.clone())),
             },
@@ -209,6 +202,19 @@ pub async fn run_group(
             _ => None,
         });
         outcomes.extend(done);
+    }
+    for (c, inv) in automation {
+        let outcome = match (&pushback, &c.job) {
+            (Some(error), _) => JobOutcome::Deferred(now, error.clone()),
+            (None, Job::CompleteActivity { activity_id, .. }) => {
+                super::automation::complete(state, &target, &c.row, *activity_id, now).await
+            }
+            (None, _) => super::automation::run(state, &target, &c.row, &inv, now).await,
+        };
+        if let JobOutcome::Deferred(_, error) = &outcome {
+            pushback = Some(error.clone());
+        }
+        outcomes.push((c.row, outcome));
     }
     outcomes
 }
