@@ -79,6 +79,7 @@ error_codes! {
     SurveyNotFound = "survey_not_found",
     Timeout = "timeout",
     TooManyAttempts = "too_many_attempts",
+    TooManyWaits = "too_many_waits",
     Unavailable = "unavailable",
     UnparsableBody = "unparsable_body",
     UnsupportedMediaType = "unsupported_media_type",

@@ -35,6 +35,13 @@ pub async fn await_survey(
 
     let (_turn, txn) = state.begin_write().await?;
     let inv = waited_for(&txn, portal.id, entity, survey_id.as_deref()).await?;
+    if survey_wait::open_waits(&txn, portal.id, entity).await? >= survey_wait::MAX_OPEN_WAITS {
+        tracing::warn!(portal = %portal.domain, "Слишком много роботов ждут анкету по одной записи; вызов отклонён");
+        return Err(ApiError::conflict(
+            ErrorCode::TooManyWaits,
+            "По этой записи уже ждут анкету слишком много роботов «Дождаться анкеты».",
+        ));
+    }
     survey_wait::store(&txn, portal.id, entity, inv.as_ref(), &event_token).await?;
     txn.commit().await?;
     state.nudge_outbox();

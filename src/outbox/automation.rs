@@ -273,26 +273,35 @@ pub async fn run(
         let what = "Дело «Анкета: отметки для врача»";
         // A repeat looks for the activity by its `originId` first (a red flag must
         // not be lost, nor shown twice).
+        // A lookup the portal refuses cannot tell whether the activity exists, so
+        // it is not made again: a second badge is worse than a step reported.
         let found = if tried_before(row) {
             match find_activity(state, target, entity, &inv.id).await {
-                Ok(found) => found,
+                Ok(found) => Ok(found),
                 Err(e) => match refusal(&e) {
-                    Some(_) => None,
+                    Some(reason) => Err(reason),
                     None => return classify(&e, row, now),
                 },
             }
         } else {
-            None
+            Ok(None)
         };
         let created = match found {
-            Some(id) => Ok(Some(id)),
-            None => {
+            Err(reason) => Err(reason),
+            Ok(Some(id)) => Ok(Some(id)),
+            Ok(None) => {
                 let params = activity_params(inv, entity, &flagged, document.responsible);
-                state
+                match state
                     .b24
                     .call_once(target, "crm.activity.configurable.add", params)
                     .await
-                    .map(|v| v.get("activity").and_then(|a| a.get("id")).cloned())
+                {
+                    Ok(v) => Ok(v.get("activity").and_then(|a| a.get("id")).cloned()),
+                    Err(e) => match refusal(&e) {
+                        Some(reason) => Err(reason),
+                        None => return classify(&e, row, now),
+                    },
+                }
             }
         };
         match created {
@@ -302,10 +311,7 @@ pub async fn run(
                 }
                 steps.ok(what, "создано");
             }
-            Err(e) => match refusal(&e) {
-                Some(reason) => steps.refused(what, reason),
-                None => return classify(&e, row, now),
-            },
+            Err(reason) => steps.refused(what, reason),
         }
     } else {
         let what = "Дело «Проверьте анкету пациента»";

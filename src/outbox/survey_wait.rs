@@ -13,8 +13,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -95,6 +95,30 @@ pub fn wait_key(
         invitation.unwrap_or("-"),
         token_hash(event_token)
     )
+}
+
+/// How many robots «Дождаться анкеты» may wait on one document at a time. A
+/// workflow has one or two; the application token, which any portal user can read,
+/// must not let anyone pile up waits that each cost a portal call and a log line on
+/// every move of the patient.
+pub const MAX_OPEN_WAITS: u64 = 20;
+
+/// The waits still open on a document (caller's transaction).
+pub async fn open_waits<C: ConnectionTrait>(
+    db: &C,
+    portal_id: i64,
+    entity: EntityRef,
+) -> Result<u64, DbErr> {
+    outbox_job::Entity::find()
+        .filter(outbox_job::Column::Kind.eq(KIND))
+        .filter(
+            outbox_job::Column::IdempotencyKey
+                .like(format!("{}%", document_prefix(portal_id, entity))),
+        )
+        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(outbox_job::Column::DeadAt.is_null())
+        .count(db)
+        .await
 }
 
 /// Stores a wait in the caller's transaction; due at once, so a survey already
@@ -220,6 +244,7 @@ pub async fn note_progress<C: ConnectionTrait>(
         .filter(outbox_job::Column::IdempotencyKey.like(format!("{prefix}%")))
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
+        .limit(MAX_OPEN_WAITS)
         .into_tuple()
         .all(db)
         .await?;

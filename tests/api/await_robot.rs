@@ -517,3 +517,27 @@ async fn the_admin_page_shows_a_waiting_robot_not_a_queue_in_arrears(db: TestDb)
     assert!(text.contains("В очереди: 0"), "{text}");
     assert!(text.contains("робот ждёт анкету"), "{text}");
 }
+
+// An attack with the application token, which any portal user can read from their
+// own tab: waits piled on one record. Each would cost a portal call and a log line
+// on every move of the patient; past the cap the call is refused and stores nothing,
+// and another record is not affected.
+on_both_databases!(waits_piled_on_one_record_stop_at_the_cap);
+async fn waits_piled_on_one_record_stop_at_the_cap(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let (deal, _) = robot_link(&fake, &app).await;
+    let cap = opros::outbox::survey_wait::MAX_OPEN_WAITS;
+    for _ in 0..cap {
+        await_on(&fake, deal, &[]).await;
+    }
+    assert_eq!(waits(&app).await, cap);
+    let (_, r) = fake.run_robot(AWAIT, deal, &[]).await.expect("delivered");
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "too_many_waits", "{body}");
+    assert_eq!(waits(&app).await, cap, "the refused call stored nothing");
+
+    let (other, _) = robot_link(&fake, &app).await;
+    await_on(&fake, other, &[]).await;
+    assert_eq!(waits(&app).await, cap + 1);
+}
