@@ -40,6 +40,19 @@ fn answer_for(
         .collect()
 }
 
+/// The workflow got exactly one answer for `token`, with this `status`; returns it.
+fn the_one_answer(
+    fake: &opros::testing::fake_portal::FakePortal,
+    token: &str,
+    status: &str,
+) -> BTreeMap<String, String> {
+    let mut sent = answer_for(fake, token);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let values = sent.remove(0);
+    assert_eq!(values["STATUS"], status, "{values:?}");
+    values
+}
+
 async fn submit(app: &TestApp, link: &str) -> Value {
     let (status, survey) = app.get_json(&format!("/api/v1/surveys/{link}")).await;
     assert_eq!(status, 200);
@@ -202,9 +215,7 @@ async fn a_survey_already_completed_is_answered_at_once(db: TestDb) {
     app.run_outbox().await;
     let token = await_on(&fake, deal, &[]).await;
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "completed");
+    the_one_answer(&fake, &token, "completed");
 }
 
 on_both_databases!(a_document_without_a_survey_is_answered_missing);
@@ -213,10 +224,8 @@ async fn a_document_without_a_survey_is_answered_missing(db: TestDb) {
     let deal = patient_deal(&fake);
     let token = await_on(&fake, deal, &[]).await;
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "missing");
-    assert_eq!(sent[0]["RED_FLAGS"], "0");
+    let values = the_one_answer(&fake, &token, "missing");
+    assert_eq!(values["RED_FLAGS"], "0");
 }
 
 on_both_databases!(a_link_that_lapses_unanswered_is_answered_expired);
@@ -258,9 +267,7 @@ async fn a_link_that_lapses_unanswered_is_answered_expired(db: TestDb) {
         .await
         .expect("due");
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "expired");
+    the_one_answer(&fake, &token, "expired");
 }
 
 on_both_databases!(a_newer_link_for_the_document_answers_revoked);
@@ -277,9 +284,7 @@ async fn a_newer_link_for_the_document_answers_revoked(db: TestDb) {
         .expect("delivered");
     assert_eq!(r.status(), 200);
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "revoked");
+    the_one_answer(&fake, &token, "revoked");
 
     // The old link completed afterwards answers nobody twice.
     submit(&app, &first).await;
@@ -298,9 +303,7 @@ async fn the_wait_survives_a_restart(db: TestDb) {
     let app = app_for_db(&fake, &url, &[]).await;
     submit(&app, &link).await;
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "completed");
+    the_one_answer(&fake, &token, "completed");
 }
 
 on_both_databases!(a_step_closed_by_its_timeout_counts_as_delivered);
@@ -418,9 +421,7 @@ async fn another_questionnaire_for_the_same_deal_revokes_nothing(db: TestDb) {
         .expect("delivered");
     assert_eq!(r.status(), 200);
     app.run_outbox().await;
-    let sent = answer_for(&fake, &token);
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["STATUS"], "revoked");
+    the_one_answer(&fake, &token, "revoked");
 }
 
 on_both_databases!(a_survey_of_another_portal_is_refused_even_for_the_same_deal_number);
