@@ -34,6 +34,10 @@ pub struct Inner {
     /// in SQLite's busy handler with growing pauses; within this process writers
     /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
     sqlite_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The group commit's turn: `sqlite_turn` on SQLite; on PostgreSQL a turn of its
+    /// own, taken by group commits only, so that callers arriving while one commits
+    /// queue for the next one instead of each paying a transaction of their own.
+    group_turn: Arc<tokio::sync::Mutex<()>>,
     /// Writes queued for the next group commit (`group_write`).
     group: GroupCommit,
     /// Entity types whose link field is known to exist behind the inbound webhook.
@@ -107,6 +111,9 @@ impl AppState {
             Secret::new(h.finalize().to_vec())
         };
         let db_backend = db.get_database_backend();
+        let sqlite_turn = (db_backend == sea_orm::DatabaseBackend::Sqlite)
+            .then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let group_turn = sqlite_turn.clone().unwrap_or_default();
         Ok(AppState(Arc::new(Inner {
             links: LinkSigner::new(&secret),
             config: Arc::new(config),
@@ -117,8 +124,8 @@ impl AppState {
             session_key,
             verify_guard: Default::default(),
             link_fields: Default::default(),
-            sqlite_turn: (db_backend == sea_orm::DatabaseBackend::Sqlite)
-                .then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            sqlite_turn,
+            group_turn,
             group: GroupCommit::default(),
         })))
     }
@@ -181,12 +188,25 @@ impl AppState {
             + Sync
             + 'static,
     {
-        let mut pending = self.group.submit(work);
+        self.group_commit(self.group.submit(work)).await
+    }
+
+    /// [`group_write`](Self::group_write) for a [`group_commit::Batched`] item: the
+    /// items of its kind queued together are written by one `write_all`.
+    pub async fn group_write_batched<B: group_commit::Batched>(
+        &self,
+        item: B,
+    ) -> Result<B::Output, DbErr> {
+        self.group_commit(self.group.submit_batched(item)).await
+    }
+
+    /// Waits for the commit holding `pending`'s writes, making it if nobody else does.
+    async fn group_commit<T>(&self, mut pending: group_commit::Pending<T>) -> Result<T, DbErr> {
         let turn = tokio::select! {
             biased;
             // Someone else's commit already carried these writes.
             answer = &mut pending => return answer.unwrap_or_else(|_| group_commit::answer_lost()),
-            turn = self.owned_write_turn() => turn,
+            turn = self.group_turn.clone().lock_owned() => turn,
         };
         let batch = self.group.take();
         if !batch.is_empty() {
@@ -206,13 +226,6 @@ impl AppState {
             });
         }
         group_commit::answer(pending).await
-    }
-
-    async fn owned_write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.sqlite_turn {
-            Some(m) => Some(m.clone().lock_owned().await),
-            None => None,
-        }
     }
 
     pub fn link_field_checked(&self, entity: &str) -> bool {

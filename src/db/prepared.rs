@@ -9,6 +9,9 @@
 //! connection prepares it once. `$n` placeholders read the same on both backends
 //! (sqlx's SQLite driver takes `$NNN` as the n-th parameter).
 
+use std::collections::HashSet;
+use std::ops::Range;
+
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Statement, Value};
 
 use super::entities::{invitation, portal};
@@ -54,6 +57,10 @@ pub async fn portal_caller<C: ConnectionTrait>(
     }))
 }
 
+const INSERT_INVITATION_HEAD: &str = "INSERT INTO invitation (id, portal_id, channel, \
+     entity_type, entity_id, patient_name, questionnaire_code, questionnaire_version, status, \
+     dedupe_key, created_at, opened_at, completed_at, expires_at) VALUES";
+
 const INSERT_INVITATION: &str = "INSERT INTO invitation (id, portal_id, channel, entity_type, \
      entity_id, patient_name, questionnaire_code, questionnaire_version, status, dedupe_key, \
      created_at, opened_at, completed_at, expires_at) \
@@ -66,7 +73,66 @@ pub async fn insert_invitation<C: ConnectionTrait>(
     db: &C,
     row: &invitation::Model,
 ) -> Result<bool, DbErr> {
-    let values: [Value; 14] = [
+    let stmt = Statement::from_sql_and_values(
+        db.get_database_backend(),
+        INSERT_INVITATION,
+        invitation_values(row),
+    );
+    Ok(db.execute_raw(stmt).await?.rows_affected() > 0)
+}
+
+/// Inserts `rows`, each unless its `dedupe_key` is taken (by a stored row or an
+/// earlier one of `rows`), in a statement per [`pow2_chunks`] chunk; returns the ids
+/// of the rows inserted.
+pub async fn insert_invitations<C: ConnectionTrait>(
+    db: &C,
+    rows: &[invitation::Model],
+) -> Result<HashSet<String>, DbErr> {
+    const COLUMNS: usize = 14;
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for range in pow2_chunks(rows.len()) {
+        let chunk = &rows[range];
+        let mut sql = String::from(INSERT_INVITATION_HEAD);
+        let mut values = Vec::with_capacity(chunk.len() * COLUMNS);
+        for (i, row) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 { " (" } else { ", (" });
+            for c in 0..COLUMNS {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i * COLUMNS + c + 1));
+            }
+            sql.push(')');
+            values.extend(invitation_values(row));
+        }
+        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+        let stmt = Statement::from_sql_and_values(db.get_database_backend(), sql, values);
+        for row in db.query_all_raw(stmt).await? {
+            inserted.insert(row.try_get_by_index::<String>(0)?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// Splits `n` items into chunks whose lengths are powers of two, largest first: a
+/// multi-row statement's text depends on its row count, and each text is prepared
+/// once per connection, so only a handful of texts ever exist (sqlx keeps 100).
+pub fn pow2_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = n - start;
+        if left == 0 {
+            return None;
+        }
+        let len = 1 << (usize::BITS - 1 - left.leading_zeros());
+        let range = start..start + len;
+        start += len;
+        Some(range)
+    })
+}
+
+fn invitation_values(row: &invitation::Model) -> [Value; 14] {
+    [
         row.id.clone().into(),
         row.portal_id.into(),
         row.channel.into(),
@@ -81,9 +147,7 @@ pub async fn insert_invitation<C: ConnectionTrait>(
         row.opened_at.into(),
         row.completed_at.into(),
         row.expires_at.into(),
-    ];
-    let stmt = Statement::from_sql_and_values(db.get_database_backend(), INSERT_INVITATION, values);
-    Ok(db.execute_raw(stmt).await?.rows_affected() > 0)
+    ]
 }
 
 const INVITATION_BY_KEY: &str = "SELECT * FROM invitation WHERE dedupe_key = $1";
@@ -114,9 +178,19 @@ pub struct NewJob {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Queues `jobs` in one statement; a key already queued keeps its job. The text
-/// depends only on the number of rows, so it is prepared once per count.
-pub async fn insert_jobs<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Result<(), DbErr> {
+/// Queues `jobs`, a statement per [`pow2_chunks`] chunk; a key already queued keeps
+/// its job. The text depends only on the number of rows, so it is prepared once per
+/// count.
+pub async fn insert_jobs<C: ConnectionTrait>(db: &C, mut jobs: Vec<NewJob>) -> Result<(), DbErr> {
+    // In order: the outbox runs a portal's jobs in the order of their ids.
+    for range in pow2_chunks(jobs.len()).collect::<Vec<_>>() {
+        let rest = jobs.split_off(range.len());
+        insert_job_rows(db, std::mem::replace(&mut jobs, rest)).await?;
+    }
+    Ok(())
+}
+
+async fn insert_job_rows<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Result<(), DbErr> {
     if jobs.is_empty() {
         return Ok(());
     }

@@ -153,6 +153,13 @@ where
     J: Fn(&Issued) -> Vec<(Job, String)> + Send + Sync + 'static,
 {
     let jobs = Arc::new(jobs);
+    if !new.reuse_active {
+        let outcome = state
+            .group_write_batched(super::batch::Fresh { new, now, jobs })
+            .await?;
+        state.nudge_outbox();
+        return Ok(outcome);
+    }
     let outcome = state
         .group_write(move |txn| {
             let (new, jobs) = (new.clone(), Arc::clone(&jobs));

@@ -1,6 +1,7 @@
 //! Invitations: one survey link for one CRM document, created by the robot, the legacy
 //! webhooks or a doctor, and the rules for reusing an active one.
 
+mod batch;
 pub mod issue;
 pub mod lifecycle;
 pub mod links;
@@ -75,9 +76,27 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
             return existing(active);
         }
     }
+    let row = new_row(new, now);
+    // A repeated request (same key) inserts nothing instead of failing, which on
+    // PostgreSQL would also abort the caller's transaction.
+    if crate::db::prepared::insert_invitation(db, &row).await? {
+        return Ok(Issued {
+            invitation: row,
+            existing: false,
+        });
+    }
+    let key = new.dedupe_key.as_deref().unwrap_or_default();
+    match by_dedupe_key(db, key).await? {
+        Some(found) => existing(found),
+        None => Err(DbErr::RecordNotInserted),
+    }
+}
+
+/// The row a new invitation is stored as, with a fresh id.
+fn new_row(new: &NewInvitation, now: DateTime<Utc>) -> invitation::Model {
     // Times as the database keeps them (microseconds), so the returned row equals
     // the stored one.
-    let row = invitation::Model {
+    invitation::Model {
         id: links::new_invitation_id().into_string(),
         portal_id: new.portal_id,
         channel: new.channel,
@@ -92,19 +111,6 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
         opened_at: None,
         completed_at: None,
         expires_at: (now + Duration::days(i64::from(new.lifetime_days))).trunc_subsecs(6),
-    };
-    // A repeated request (same key) inserts nothing instead of failing, which on
-    // PostgreSQL would also abort the caller's transaction.
-    if crate::db::prepared::insert_invitation(db, &row).await? {
-        return Ok(Issued {
-            invitation: row,
-            existing: false,
-        });
-    }
-    let key = new.dedupe_key.as_deref().unwrap_or_default();
-    match by_dedupe_key(db, key).await? {
-        Some(found) => existing(found),
-        None => Err(DbErr::RecordNotInserted),
     }
 }
 

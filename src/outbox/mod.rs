@@ -119,8 +119,20 @@ pub async fn enqueue_all<C: ConnectionTrait>(
     if jobs.is_empty() {
         return Ok(());
     }
-    let now = chrono::Utc::now();
     let mut rows = Vec::with_capacity(jobs.len());
+    rows_of(&mut rows, portal_id, jobs, chrono::Utc::now())?;
+    // A key already queued keeps its job (ON CONFLICT DO NOTHING).
+    crate::db::prepared::insert_jobs(db, rows).await
+}
+
+/// The outbox rows `jobs` of `portal_id` are queued as, due at `now`, appended to
+/// `rows`: for a caller queueing several portals' jobs in one statement.
+pub fn rows_of(
+    rows: &mut Vec<NewJob>,
+    portal_id: Option<i64>,
+    jobs: &[(Job, String)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), DbErr> {
     for (job, key) in jobs {
         let payload = serde_json::to_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
         rows.push(NewJob {
@@ -132,8 +144,7 @@ pub async fn enqueue_all<C: ConnectionTrait>(
             created_at: now,
         });
     }
-    // A key already queued keeps its job (ON CONFLICT DO NOTHING).
-    crate::db::prepared::insert_jobs(db, rows).await
+    Ok(())
 }
 
 pub use worker::Outbox;

@@ -13,8 +13,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -170,13 +170,26 @@ async fn make_due<C: ConnectionTrait>(
     pattern: String,
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
+    make_due_where(
+        db,
+        Condition::all().add(outbox_job::Column::IdempotencyKey.like(pattern)),
+        now,
+    )
+    .await
+}
+
+async fn make_due_where<C: ConnectionTrait>(
+    db: &C,
+    keys: Condition,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
     outbox_job::Entity::update_many()
         .col_expr(
             outbox_job::Column::RunAt,
             Expr::value(now.timestamp_millis()),
         )
         .filter(outbox_job::Column::Kind.eq(KIND))
-        .filter(outbox_job::Column::IdempotencyKey.like(pattern))
+        .filter(keys)
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
         .exec(db)
@@ -225,6 +238,30 @@ pub async fn wake_document<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     make_due(db, format!("{}%", document_prefix(portal_id, entity)), now).await
+}
+
+/// [`wake_document`] for several documents in one statement (the group commit's
+/// batch of new links).
+pub async fn wake_documents<C: ConnectionTrait>(
+    db: &C,
+    documents: &[(i64, EntityRef)],
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let mut patterns: Vec<String> = documents
+        .iter()
+        .map(|(portal, entity)| format!("{}%", document_prefix(*portal, *entity)))
+        .collect();
+    patterns.sort_unstable();
+    patterns.dedup();
+    let mut woken = 0;
+    // Chunks of a power of two: few distinct statement texts to prepare.
+    for range in crate::db::prepared::pow2_chunks(patterns.len()) {
+        let any = patterns[range].iter().fold(Condition::any(), |c, p| {
+            c.add(outbox_job::Column::IdempotencyKey.like(p.as_str()))
+        });
+        woken += make_due_where(db, any, now).await?;
+    }
+    Ok(woken)
 }
 
 /// The patient opened the link or saved a draft: every pending wait on the
