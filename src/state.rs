@@ -40,6 +40,8 @@ pub struct Inner {
     group_turn: Arc<tokio::sync::Mutex<()>>,
     /// Writes queued for the next group commit (`group_write`).
     group: GroupCommit,
+    /// Portals nudged since the outbox worker last looked (`nudge_outbox_for`).
+    nudged: std::sync::Mutex<Nudged>,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -49,6 +51,13 @@ impl Deref for AppState {
     fn deref(&self) -> &Inner {
         &self.0
     }
+}
+
+/// The nudges since the worker last looked: jobs of these portals, or of any.
+#[derive(Debug, Default)]
+pub struct Nudged {
+    pub any: bool,
+    pub portals: std::collections::HashSet<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +133,7 @@ impl AppState {
             session_key,
             verify_guard: Default::default(),
             link_fields: Default::default(),
+            nudged: Default::default(),
             sqlite_turn,
             group_turn,
             group: GroupCommit::default(),
@@ -251,6 +261,30 @@ impl AppState {
 
     /// Tells the worker there is work (after a commit).
     pub fn nudge_outbox(&self) {
+        self.nudged_portals().any = true;
         self.outbox_notify.notify_one();
+    }
+
+    /// [`nudge_outbox`](Self::nudge_outbox) for jobs of one portal only: a worker
+    /// already running that portal's jobs need not look for them (it claims them
+    /// when its run ends), and a burst of robot calls then costs it no claim query
+    /// over the portal's backlog at every nudge.
+    pub fn nudge_outbox_for(&self, portal_id: Option<i64>) {
+        match portal_id {
+            Some(id) => {
+                self.nudged_portals().portals.insert(id);
+            }
+            None => self.nudged_portals().any = true,
+        }
+        self.outbox_notify.notify_one();
+    }
+
+    /// What was nudged since the worker last asked, emptied.
+    pub fn take_nudges(&self) -> Nudged {
+        std::mem::take(&mut *self.nudged_portals())
+    }
+
+    fn nudged_portals(&self) -> std::sync::MutexGuard<'_, Nudged> {
+        self.nudged.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -157,7 +157,7 @@ where
         let outcome = state
             .group_write_batched(super::batch::Fresh { new, now, jobs })
             .await?;
-        state.nudge_outbox();
+        state.nudge_outbox_for(outcome.invitation.portal_id);
         return Ok(outcome);
     }
     let outcome = state
@@ -175,7 +175,7 @@ where
             })
         })
         .await?;
-    state.nudge_outbox();
+    state.nudge_outbox_for(outcome.invitation.portal_id);
     Ok(outcome)
 }
 

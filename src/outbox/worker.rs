@@ -28,6 +28,8 @@ const LINGER: Duration = Duration::from_millis(150);
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Shortest sleep between claims, so due jobs of a portal being run do not spin the loop.
 const MIN_POLL: Duration = Duration::from_millis(50);
+/// Longest sleep while portals are being run (see `run`).
+const BUSY_POLL: Duration = Duration::from_secs(1);
 /// On shutdown, jobs in flight get this long to finish before their leases are
 /// given up (container runtimes send SIGKILL 10 s after SIGTERM).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,31 +76,44 @@ impl Outbox {
         let beat = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(beat.clone()));
         let mut running: JoinSet<()> = JoinSet::new();
+        let mut claim = true;
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let started = tokio::select! {
-                n = self.start_due(&mut running) => n,
-                () = cancel.cancelled() => break,
+            if claim {
+                let started = tokio::select! {
+                    n = self.start_due(&mut running) => n,
+                    () = cancel.cancelled() => break,
+                };
+                if started > 0 {
+                    continue;
+                }
+            }
+            // While portals are being run, their own due jobs would keep the next
+            // due time at "now": the claim would scan their backlog every
+            // `MIN_POLL` to find nothing. Their runs ending, and nudges for other
+            // portals, wake the loop instead; jobs other instances queue or retries
+            // of other portals wait at most `BUSY_POLL`.
+            let wait = if running.is_empty() {
+                match jobs::next_due_in(&self.state.db, Utc::now()).await {
+                    Ok(Some(ms)) => Duration::from_millis(ms as u64).min(IDLE_POLL),
+                    _ => IDLE_POLL,
+                }
+                .max(MIN_POLL)
+            } else {
+                BUSY_POLL
             };
-            if started > 0 {
-                continue;
-            }
-            let wait = match jobs::next_due_in(&self.state.db, Utc::now()).await {
-                Ok(Some(ms)) => Duration::from_millis(ms as u64).min(IDLE_POLL),
-                _ => IDLE_POLL,
-            }
-            .max(MIN_POLL);
-            tokio::select! {
+            claim = tokio::select! {
                 // A portal's task ended: its waiting jobs may be claimed again.
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => true,
                 () = self.state.outbox_notify.notified() => {
                     tokio::time::sleep(LINGER).await;
+                    self.nudged_for_others()
                 }
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => true,
                 () = cancel.cancelled() => break,
-            }
+            };
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while running.join_next().await.is_some() {}
@@ -109,6 +124,20 @@ impl Outbox {
         let _ = heartbeat.await;
         self.release_held().await;
         tracing::info!("Очередь отправки остановлена");
+    }
+
+    /// Whether the nudges since the last look may have queued jobs this worker is
+    /// not running a portal for already.
+    fn nudged_for_others(&self) -> bool {
+        let nudged = self.state.take_nudges();
+        if nudged.any {
+            return true;
+        }
+        let held = lock(&self.held);
+        nudged
+            .portals
+            .iter()
+            .any(|id| !held.contains_key(&Some(*id)))
     }
 
     /// Runs due jobs until none is due now (retries scheduled later are left).
