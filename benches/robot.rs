@@ -70,7 +70,9 @@ async fn service(
     )
     .await?;
     let ready = started.elapsed();
-    install(fake, &service).await?;
+    install(fake, &service)
+        .await
+        .map_err(|e| format!("{e}\n{}", service.log_tail()))?;
     Ok((service, ready))
 }
 

@@ -42,6 +42,9 @@ pub struct Inner {
     group: GroupCommit,
     /// Portals nudged since the outbox worker last looked (`nudge_outbox_for`).
     nudged: std::sync::Mutex<Nudged>,
+    /// The portal rows robot calls check (`db::portal_cache`): forget them after
+    /// changing a portal's row or settings.
+    pub portal_cache: Arc<crate::db::portal_cache::PortalCache>,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -94,6 +97,7 @@ impl AppState {
             return Err(StartError::Surveys(problems));
         }
         tracing::info!(count = catalog.list().len(), "Анкеты загружены");
+        let portal_cache = Arc::new(crate::db::portal_cache::PortalCache::default());
         let shared_bucket = crate::db::rate_bucket::DbRateBucket::for_shared_db(&db)
             .map(|b| Arc::new(b) as Arc<dyn crate::bitrix24::SharedBucket>);
         let b24 = B24Client::with_bucket(
@@ -108,7 +112,8 @@ impl AppState {
             },
             Arc::new(
                 DbTokenStore::new(db.clone())
-                    .with_allowed_domains(config.b24_allowed_domains.clone()),
+                    .with_allowed_domains(config.b24_allowed_domains.clone())
+                    .with_portal_cache(Arc::clone(&portal_cache)),
             ),
             shared_bucket,
         )?;
@@ -134,6 +139,7 @@ impl AppState {
             verify_guard: Default::default(),
             link_fields: Default::default(),
             nudged: Default::default(),
+            portal_cache,
             sqlite_turn,
             group_turn,
             group: GroupCommit::default(),

@@ -2,6 +2,7 @@
 
 pub mod entities;
 pub mod group_commit;
+pub mod portal_cache;
 pub mod prepared;
 pub mod rate_bucket;
 

@@ -216,7 +216,11 @@ async fn save_settings(state: &AppState, portal: &portal::Model, form: &ActionFo
         reuse_active: form.reuse_active.is_some(),
     };
     match portal_settings::save(&state.db, portal.id, settings).await {
-        Ok(()) => "Настройки сохранены.".to_owned(),
+        Ok(()) => {
+            // Robot calls read the settings with their portal (`db::portal_cache`).
+            state.portal_cache.forget_all();
+            "Настройки сохранены.".to_owned()
+        }
         Err(e) => {
             tracing::error!(error = %e, "Не удалось сохранить настройки");
             "Не удалось сохранить настройки: база данных недоступна.".to_owned()

@@ -703,6 +703,8 @@ async fn store_portal(
         tracing::warn!(error = %e, "Не удалось сохранить портал");
         UNAVAILABLE
     })?;
+    // Robot calls check the new row (its token, its status) from the next one on.
+    state.portal_cache.forget_all();
     let _ = crate::db::audit(
         &state.db,
         Some(saved.id),
@@ -813,6 +815,8 @@ async fn app_update(state: &AppState, auth: &Auth) -> Result<bool, InstallError>
         tracing::warn!(error = %e, "Не удалось сохранить токен приложения после обновления");
         UNAVAILABLE
     })?;
+    // The old application token is refused from the next robot call on.
+    state.portal_cache.forget_all();
     let _ = crate::db::audit(
         &state.db,
         Some(saved.id),

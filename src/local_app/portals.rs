@@ -1,5 +1,7 @@
 //! Installed portals: token storage for the client, lookups and caller verification.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::{
@@ -11,6 +13,7 @@ use url::Url;
 
 use crate::bitrix24::{PortalAuth, RefreshLock, StoreError, TokenStore, unshared_refresh};
 use crate::db::entities::portal;
+use crate::db::portal_cache::PortalCache;
 use crate::error::{ApiError, ErrorCode};
 use crate::secret::{Secret, constant_time_eq};
 
@@ -19,6 +22,8 @@ pub struct DbTokenStore {
     db: DatabaseConnection,
     /// `B24_ALLOWED_DOMAINS`; empty = any.
     allowed_domains: Vec<String>,
+    /// Forgotten after a save: a refresh may move the portal.
+    portal_cache: Option<Arc<PortalCache>>,
 }
 
 impl DbTokenStore {
@@ -26,6 +31,19 @@ impl DbTokenStore {
         Self {
             db,
             allowed_domains: Vec::new(),
+            portal_cache: None,
+        }
+    }
+
+    /// The robot's portal cache, forgotten after every save.
+    pub fn with_portal_cache(mut self, cache: Arc<PortalCache>) -> Self {
+        self.portal_cache = Some(cache);
+        self
+    }
+
+    fn saved(&self) {
+        if let Some(cache) = &self.portal_cache {
+            cache.forget_all();
         }
     }
 
@@ -120,7 +138,9 @@ impl TokenStore for DbTokenStore {
         let Some(p) = by_member(&self.db, member_id).await.map_err(store_error)? else {
             return Err(StoreError::new(format!("portal {member_id} not found")));
         };
-        save_on(&self.db, p, auth, &self.allowed_domains).await
+        save_on(&self.db, p, auth, &self.allowed_domains).await?;
+        self.saved();
+        Ok(())
     }
 
     /// Several instances share a PostgreSQL database (a SQLite file has one): the
@@ -150,6 +170,7 @@ impl TokenStore for DbTokenStore {
             txn,
             row,
             allowed_domains: &self.allowed_domains,
+            store: self,
         }))
     }
 }
@@ -159,6 +180,7 @@ struct LockedRow<'a> {
     txn: DatabaseTransaction,
     row: Option<portal::Model>,
     allowed_domains: &'a [String],
+    store: &'a DbTokenStore,
 }
 
 #[async_trait]
@@ -175,7 +197,9 @@ impl RefreshLock for LockedRow<'_> {
             return Err(StoreError::new("portal row vanished during refresh"));
         };
         save_on(&self.txn, p, auth, self.allowed_domains).await?;
-        self.txn.commit().await.map_err(store_error)
+        self.txn.commit().await.map_err(store_error)?;
+        self.store.saved();
+        Ok(())
     }
 
     async fn release(self: Box<Self>) -> Result<(), StoreError> {
@@ -219,17 +243,18 @@ pub async fn verify_app_token(
 }
 
 /// [`verify_app_token`] for the robot: the same check, on the row and settings read
-/// in one prepared statement (`db::prepared::portal_caller`), never from a copy kept
-/// in memory, so an uninstall or a new application token counts from the next call.
+/// in one prepared statement (`db::prepared::portal_caller`) and kept for a moment
+/// (`db::portal_cache`): an uninstall or a new application token on this instance
+/// counts from the next call, on another within `portal_cache::TTL`.
 pub async fn verify_robot_call(
-    db: &DatabaseConnection,
+    state: &crate::state::AppState,
     member_id: Option<&str>,
     application_token: Option<&str>,
-) -> Result<crate::db::prepared::PortalCaller, ApiError> {
+) -> Result<Arc<crate::db::prepared::PortalCaller>, ApiError> {
     let (Some(member_id), Some(token)) = (member_id, application_token) else {
         return Err(auth_missing());
     };
-    let caller = crate::db::prepared::portal_caller(db, member_id).await?;
+    let caller = state.portal_cache.portal(&state.db, member_id).await?;
     judge_app_token(caller, token, |p| {
         (p.status, p.application_token.as_deref(), &p.domain)
     })

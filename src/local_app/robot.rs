@@ -22,7 +22,7 @@ pub async fn send_survey(
     Data(state): Data<&AppState>,
 ) -> Result<Json<Value>, ApiError> {
     let portal = portals::verify_robot_call(
-        &state.db,
+        state,
         call.auth.member_id.as_deref(),
         call.auth.application_token.as_deref(),
     )

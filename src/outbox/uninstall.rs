@@ -233,5 +233,7 @@ async fn purge(
     )
     .await?;
     txn.commit().await?;
+    // Robot calls are refused from the next one on.
+    state.portal_cache.forget_all();
     Ok((clean, deleted))
 }

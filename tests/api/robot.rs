@@ -252,23 +252,121 @@ async fn a_portal_refusing_batch_still_gets_every_call(db: TestDb) {
 /// The robot's own call (protocol §4.3) with `token` as `auth[application_token]`.
 async fn robot_call(app: &TestApp, fake: &FakePortal, deal: u64, token: &str) -> (u16, Value) {
     let event_token = format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple());
+    robot_call_with(app, fake, deal, token, &event_token, &[]).await
+}
+
+/// [`robot_call`] with its event token and more fields (`properties[…]`).
+async fn robot_call_with(
+    app: &TestApp,
+    fake: &FakePortal,
+    deal: u64,
+    token: &str,
+    event_token: &str,
+    more: &[(&str, &str)],
+) -> (u16, Value) {
+    let document = format!("DEAL_{deal}");
+    let (member_id, domain) = (fake.member_id(), fake.domain());
+    let mut form = vec![
+        ("event_token", event_token),
+        ("document_id[0]", "crm"),
+        ("document_id[1]", "CCrmDocumentDeal"),
+        ("document_id[2]", document.as_str()),
+        ("auth[member_id]", member_id.as_str()),
+        ("auth[application_token]", token),
+        ("auth[domain]", domain.as_str()),
+    ];
+    form.extend_from_slice(more);
     let r = app
         .http
         .post(app.url("/b24/robot/send-survey"))
-        .form(&[
-            ("event_token", event_token.as_str()),
-            ("document_id[0]", "crm"),
-            ("document_id[1]", "CCrmDocumentDeal"),
-            ("document_id[2]", &format!("DEAL_{deal}")),
-            ("auth[member_id]", &fake.member_id()),
-            ("auth[application_token]", token),
-            ("auth[domain]", &fake.domain()),
-        ])
+        .form(&form)
         .send()
         .await
         .expect("robot call");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+on_both_databases!(concurrent_robot_runs_written_together_each_keep_their_link_and_jobs);
+/// Robot calls that do not reuse a link are written together by the group commit
+/// (one multi-row INSERT for their invitations, one for their jobs): each run still
+/// gets an invitation of its own on its own deal and its three jobs, a run Bitrix24
+/// repeats at the same moment gets the first call's link and queues nothing twice,
+/// and every link reaches its business process once.
+async fn concurrent_robot_runs_written_together_each_keep_their_link_and_jobs(db: TestDb) {
+    use opros::db::entities::outbox_job;
+    use std::collections::HashMap;
+    let (fake, app) = installed_on(&db.url).await;
+    let token = fake.application_token();
+    let runs: Vec<(u64, String)> = (0..24)
+        .map(|_| {
+            let deal = patient_deal(&fake);
+            let event = format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple());
+            (deal, event)
+        })
+        .collect();
+    // Every run twice, all at once.
+    let calls = runs.iter().chain(runs.iter());
+    let answers = futures::future::join_all(calls.clone().map(|(deal, event)| {
+        robot_call_with(
+            &app,
+            &fake,
+            *deal,
+            &token,
+            event,
+            &[("properties[reuse_active]", "N")],
+        )
+    }))
+    .await;
+    let mut link_of: HashMap<&str, String> = HashMap::new();
+    for ((_, event), (status, body)) in calls.zip(answers) {
+        assert_eq!(status, 200, "{body}");
+        let id = body["survey_id"].as_str().expect("survey_id").to_owned();
+        let first = link_of.entry(event.as_str()).or_insert_with(|| id.clone());
+        assert_eq!(first, &id, "a repeated run gets the first call's link");
+    }
+    let rows = invitations(&app).await;
+    assert_eq!(rows.len(), runs.len(), "one invitation per run");
+    for (deal, event) in &runs {
+        let row = rows
+            .iter()
+            .find(|r| r.id == link_of[event.as_str()])
+            .expect("the run's invitation");
+        assert_eq!(row.entity_id, *deal as i64, "on the run's own deal");
+    }
+    let jobs = outbox_job::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("jobs");
+    for row in &rows {
+        let mut kinds: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.payload["invitation"] == Value::from(row.id.as_str()))
+            .map(|j| j.kind.as_str())
+            .collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            ["resolve_patient", "return_robot_values", "write_link_field"],
+            "{}",
+            row.id
+        );
+    }
+
+    app.run_outbox().await;
+    let sends = fake.event_sends();
+    assert_eq!(sends.len(), runs.len(), "each run answered once");
+    for (deal, event) in &runs {
+        let (_, values, _) = sends
+            .iter()
+            .find(|s| &s.0 == event)
+            .expect("the run's answer");
+        assert_eq!(values["SURVEY_ID"], link_of[event.as_str()]);
+        assert_eq!(
+            fake.deal(*deal).expect("deal")["UF_CRM_OPROS_LINK"],
+            Value::from(values["SURVEY_URL"].clone())
+        );
+    }
 }
 
 async fn invitations(app: &TestApp) -> Vec<invitation::Model> {
@@ -293,6 +391,8 @@ async fn set_settings(app: &TestApp, fake: &FakePortal, link_days: u32, reuse_ac
     )
     .await
     .expect("settings saved");
+    // As the admin page does after saving (`local_app::admin`).
+    app.state.portal_cache.forget_all();
 }
 
 on_both_databases!(the_robot_reads_the_admins_settings_with_its_portal_at_every_call);
@@ -336,11 +436,11 @@ async fn the_robot_reads_the_admins_settings_with_its_portal_at_every_call(db: T
 }
 
 on_both_databases!(a_new_application_token_and_an_uninstall_count_from_the_next_robot_call);
-/// Nothing about the caller is kept between calls: a new application token (as a
-/// confirmed `ONAPPUPDATE` stores it) refuses the old one at once, and an uninstalled
-/// portal refuses the new one; a refused call stores and sends nothing.
+/// The portal a robot call checks is kept for a moment (`db::portal_cache`) and
+/// forgotten whenever this instance changes it: a new application token (a confirmed
+/// `ONAPPUPDATE`) refuses the old one from the next call, and so does an uninstall
+/// (confirmed by the outbox) the new one; a refused call stores and sends nothing.
 async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call(db: TestDb) {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     let (fake, app) = installed_on(&db.url).await;
     let old = fake.application_token();
     let deal = patient_deal(&fake);
@@ -348,14 +448,56 @@ async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call
     assert_eq!(status, 200, "{body}");
     let stored = invitations(&app).await.len();
     assert_eq!(stored, 1);
-    let jobs = || async {
-        opros::db::entities::outbox_job::Entity::find()
-            .all(&app.state.db)
-            .await
-            .expect("jobs")
-            .len()
-    };
-    let queued = jobs().await;
+
+    let r = fake
+        .update_app(true)
+        .await
+        .expect("ONAPPUPDATE bound")
+        .expect("delivered");
+    assert_eq!(r.status(), 200);
+    let new = fake.application_token();
+    assert_ne!(new, old);
+    let queued = all_jobs(&app).await;
+    let (status, body) = robot_call(&app, &fake, deal, &old).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "bad_application_token");
+    assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
+    assert_eq!(all_jobs(&app).await, queued, "nothing queued");
+    let (status, body) = robot_call(&app, &fake, deal, &new).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        all_jobs(&app).await > queued,
+        "the accepted call queued its jobs"
+    );
+    let stored = invitations(&app).await.len();
+
+    let r = fake
+        .uninstall(false)
+        .await
+        .expect("ONAPPUNINSTALL delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let queued = all_jobs(&app).await;
+    let (status, body) = robot_call(&app, &fake, deal, &new).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "portal_uninstalled");
+    assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
+    assert_eq!(all_jobs(&app).await, queued, "nothing queued");
+}
+
+on_both_databases!(another_instances_token_and_uninstall_count_here_within_the_cache_lifetime);
+/// Another instance on the same database changes the portal (here: the row written
+/// directly, as its commit would leave it). This instance, which checked the portal
+/// a moment ago, refuses the old application token once its copy lapses
+/// (`portal_cache::TTL`), and the uninstalled portal likewise; a refused call
+/// stores and queues nothing.
+async fn another_instances_token_and_uninstall_count_here_within_the_cache_lifetime(db: TestDb) {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let (fake, app) = installed_on(&db.url).await;
+    let old = fake.application_token();
+    let deal = patient_deal(&fake);
+    let (status, body) = robot_call(&app, &fake, deal, &old).await;
+    assert_eq!(status, 200, "{body}");
 
     let portal = opros::local_app::portals::by_member(&app.state.db, &fake.member_id())
         .await
@@ -364,23 +506,51 @@ async fn a_new_application_token_and_an_uninstall_count_from_the_next_robot_call
     let mut row: portal::ActiveModel = portal.into();
     row.application_token = Set(Some("rotated-application-token".to_owned()));
     let portal = row.update(&app.state.db).await.expect("token rotated");
-    let (status, body) = robot_call(&app, &fake, deal, &old).await;
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(body["code"], "bad_application_token");
-    assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
-    assert_eq!(jobs().await, queued, "nothing queued");
+    refused_soon(&app, &fake, deal, &old, "bad_application_token").await;
     let (status, body) = robot_call(&app, &fake, deal, "rotated-application-token").await;
     assert_eq!(status, 200, "{body}");
-    let accepted = jobs().await;
-    assert!(accepted > queued, "the accepted call queued its jobs");
-    let queued = accepted;
 
     let mut row: portal::ActiveModel = portal.into();
     row.status = Set(portal::UNINSTALLED);
     row.update(&app.state.db).await.expect("uninstalled");
-    let (status, body) = robot_call(&app, &fake, deal, "rotated-application-token").await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["code"], "portal_uninstalled");
+    refused_soon(
+        &app,
+        &fake,
+        deal,
+        "rotated-application-token",
+        "portal_uninstalled",
+    )
+    .await;
+
+    // Whatever was accepted before the copy lapsed, a refusal stores nothing.
+    let (stored, queued) = (invitations(&app).await.len(), all_jobs(&app).await);
+    let (status, _) = robot_call(&app, &fake, deal, "rotated-application-token").await;
+    assert_eq!(status, 403);
     assert_eq!(invitations(&app).await.len(), stored, "nothing stored");
-    assert_eq!(jobs().await, queued, "nothing queued");
+    assert_eq!(all_jobs(&app).await, queued, "nothing queued");
+}
+
+/// Robot calls with `token` until one is refused with `code` (generous deadline).
+async fn refused_soon(app: &TestApp, fake: &FakePortal, deal: u64, token: &str, code: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = robot_call(app, fake, deal, token).await;
+        if status != 200 {
+            assert_eq!(body["code"], code, "{body}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepted after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn all_jobs(app: &TestApp) -> usize {
+    opros::db::entities::outbox_job::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("jobs")
+        .len()
 }
