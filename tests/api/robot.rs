@@ -290,81 +290,99 @@ async fn robot_call_with(
 on_both_databases!(concurrent_robot_runs_written_together_each_keep_their_link_and_jobs);
 /// Robot calls that do not reuse a link are written together by the group commit
 /// (one multi-row INSERT for their invitations, one for their jobs): each run still
-/// gets an invitation of its own on its own deal and its three jobs, a run Bitrix24
-/// repeats at the same moment gets the first call's link and queues nothing twice,
-/// and every link reaches its business process once.
+/// gets an invitation of its own on its own deal and its three jobs, a run repeated
+/// at the same moment gets the first call's link and queues nothing twice, and every
+/// link reaches its business process once.
 async fn concurrent_robot_runs_written_together_each_keep_their_link_and_jobs(db: TestDb) {
     use opros::db::entities::outbox_job;
     use std::collections::HashMap;
     let (fake, app) = installed_on(&db.url).await;
     let token = fake.application_token();
-    let runs: Vec<(u64, String)> = (0..24)
+    let no_reuse = [("reuse_active", "N")];
+    // Runs the portal starts (their event tokens are the portal's own), and runs
+    // each delivered twice at once (tokens of ours: only stored, never answered).
+    let started: Vec<u64> = (0..24).map(|_| patient_deal(&fake)).collect();
+    let repeated: Vec<(u64, String)> = (0..12)
         .map(|_| {
             let deal = patient_deal(&fake);
-            let event = format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple());
-            (deal, event)
+            (
+                deal,
+                format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple()),
+            )
         })
         .collect();
-    // Every run twice, all at once.
-    let calls = runs.iter().chain(runs.iter());
-    let answers = futures::future::join_all(calls.clone().map(|(deal, event)| {
-        robot_call_with(
-            &app,
-            &fake,
-            *deal,
-            &token,
-            event,
-            &[("properties[reuse_active]", "N")],
-        )
-    }))
-    .await;
-    let mut link_of: HashMap<&str, String> = HashMap::new();
-    for ((_, event), (status, body)) in calls.zip(answers) {
+    let (portal_runs, repeats) = futures::join!(
+        futures::future::join_all(started.iter().map(|d| fake.run_robot(
+            "opros_send_survey",
+            *d,
+            &no_reuse
+        ))),
+        futures::future::join_all(repeated.iter().chain(repeated.iter()).map(|(deal, event)| {
+            robot_call_with(
+                &app,
+                &fake,
+                *deal,
+                &token,
+                event,
+                &[("properties[reuse_active]", "N")],
+            )
+        }))
+    );
+    let mut link_of: HashMap<String, (u64, String)> = HashMap::new();
+    for (deal, run) in started.iter().zip(portal_runs) {
+        let (event, r) = run.expect("robot run");
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.expect("json");
+        let id = body["survey_id"].as_str().expect("survey_id").to_owned();
+        link_of.insert(event, (*deal, id));
+    }
+    for ((deal, event), (status, body)) in repeated.iter().chain(repeated.iter()).zip(repeats) {
         assert_eq!(status, 200, "{body}");
         let id = body["survey_id"].as_str().expect("survey_id").to_owned();
-        let first = link_of.entry(event.as_str()).or_insert_with(|| id.clone());
-        assert_eq!(first, &id, "a repeated run gets the first call's link");
+        let first = link_of
+            .entry(event.clone())
+            .or_insert_with(|| (*deal, id.clone()));
+        assert_eq!(first.1, id, "a repeated run gets the first call's link");
     }
+
     let rows = invitations(&app).await;
-    assert_eq!(rows.len(), runs.len(), "one invitation per run");
-    for (deal, event) in &runs {
-        let row = rows
-            .iter()
-            .find(|r| r.id == link_of[event.as_str()])
-            .expect("the run's invitation");
-        assert_eq!(row.entity_id, *deal as i64, "on the run's own deal");
-    }
+    assert_eq!(rows.len(), started.len() + repeated.len(), "one per run");
     let jobs = outbox_job::Entity::find()
         .all(&app.state.db)
         .await
         .expect("jobs");
-    for row in &rows {
+    for (deal, id) in link_of.values() {
+        let row = rows
+            .iter()
+            .find(|r| &r.id == id)
+            .expect("the run's invitation");
+        assert_eq!(row.entity_id, *deal as i64, "on the run's own deal");
         let mut kinds: Vec<&str> = jobs
             .iter()
-            .filter(|j| j.payload["invitation"] == Value::from(row.id.as_str()))
+            .filter(|j| j.payload["invitation"] == Value::from(id.as_str()))
             .map(|j| j.kind.as_str())
             .collect();
         kinds.sort_unstable();
         assert_eq!(
             kinds,
             ["resolve_patient", "return_robot_values", "write_link_field"],
-            "{}",
-            row.id
+            "{id}"
         );
     }
 
     app.run_outbox().await;
     let sends = fake.event_sends();
-    assert_eq!(sends.len(), runs.len(), "each run answered once");
-    for (deal, event) in &runs {
-        let (_, values, _) = sends
+    for deal in &started {
+        let (event, (_, id)) = link_of
             .iter()
-            .find(|s| &s.0 == event)
-            .expect("the run's answer");
-        assert_eq!(values["SURVEY_ID"], link_of[event.as_str()]);
+            .find(|(_, (d, _))| d == deal)
+            .expect("the deal's run");
+        let answers: Vec<_> = sends.iter().filter(|s| &s.0 == event).collect();
+        assert_eq!(answers.len(), 1, "each run answered once");
+        assert_eq!(&answers[0].1["SURVEY_ID"], id);
         assert_eq!(
             fake.deal(*deal).expect("deal")["UF_CRM_OPROS_LINK"],
-            Value::from(values["SURVEY_URL"].clone())
+            Value::from(answers[0].1["SURVEY_URL"].clone())
         );
     }
 }
