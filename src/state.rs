@@ -34,6 +34,8 @@ pub struct Inner {
     /// in SQLite's busy handler with growing pauses; within this process writers
     /// queue here instead, in order and without sleeping. `None` on PostgreSQL.
     sqlite_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite's writer connection (`db::connect_writer`), used with the turn only.
+    writer: Option<DatabaseConnection>,
     /// The group commit's turn: `sqlite_turn` on SQLite; on PostgreSQL a turn of its
     /// own, taken by group commits only, so that callers arriving while one commits
     /// queue for the next one instead of each paying a transaction of their own.
@@ -82,10 +84,19 @@ impl AppState {
         tracing::info!("База данных подключена");
         crate::db::migrate(&db).await?;
         tracing::info!("Миграции применены");
-        Self::with_db(config, db).await
+        let writer = crate::db::connect_writer(config.database_url.expose()).await?;
+        Self::with_dbs(config, db, writer).await
     }
 
     pub async fn with_db(config: Config, db: DatabaseConnection) -> Result<Self, StartError> {
+        Self::with_dbs(config, db, None).await
+    }
+
+    async fn with_dbs(
+        config: Config,
+        db: DatabaseConnection,
+        writer: Option<DatabaseConnection>,
+    ) -> Result<Self, StartError> {
         let secret = match &config.link_secret {
             Some(s) => s.clone(),
             None => Secret::new(
@@ -140,6 +151,7 @@ impl AppState {
             link_fields: Default::default(),
             nudged: Default::default(),
             portal_cache,
+            writer: writer.filter(|_| sqlite_turn.is_some()),
             sqlite_turn,
             group_turn,
             group: GroupCommit::default(),
@@ -188,7 +200,13 @@ impl AppState {
                 .map(|_| SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        self.db.begin_with_options(options).await
+        self.write_db().begin_with_options(options).await
+    }
+
+    /// The connection for writes made in this process's turn (`write_turn`): the
+    /// writer on a SQLite file, else the pool. Never use it without the turn.
+    pub fn write_db(&self) -> &DatabaseConnection {
+        self.writer.as_ref().unwrap_or(&self.db)
     }
 
     /// Stores `work`'s writes together with those of concurrent callers, in one

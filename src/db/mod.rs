@@ -9,7 +9,7 @@ pub mod rate_bucket;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
     EntityTrait, sea_query::OnConflict,
@@ -41,17 +41,42 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
             8
         };
         opts.max_connections(pool).min_connections(1);
-        opts.map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
-                .create_if_missing(true)
-        });
+        opts.map_sqlx_sqlite_opts(sqlite_options);
     } else {
         opts.max_connections(16);
     }
     Database::connect(opts).await
+}
+
+fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
+    o.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        .create_if_missing(true)
+}
+
+/// A SQLite file's writer: one connection of its own for the writes this process
+/// takes turns for (`AppState::begin_write`, the group commit, the outbox's claim);
+/// `None` on PostgreSQL and for an in-memory database (a second connection would
+/// open another database). SQLite empties a connection's page cache whenever
+/// another connection has written since its last transaction, so writes spread
+/// over the pool read their pages back from the file at almost every commit (a
+/// quarter of the robot path's time in `pread` under load, issue 19); a connection
+/// that does nearly all the writing keeps its cache, here 8 MiB for the indexes a
+/// burst inserts into.
+pub async fn connect_writer(url: &str) -> Result<Option<DatabaseConnection>, DbErr> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(1)
+        .min_connections(1)
+        .map_sqlx_sqlite_opts(|o| sqlite_options(o).pragma("cache_size", "-8192"));
+    Database::connect(opts).await.map(Some)
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {

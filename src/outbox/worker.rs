@@ -184,7 +184,14 @@ impl Outbox {
         let busy: Vec<PortalKey> = lock(&self.held).keys().copied().collect();
         let claimed = {
             let _turn = self.state.write_turn().await;
-            jobs::claim(&self.state.db, now, CLAIM_LIMIT, &self.instance, &busy).await
+            jobs::claim(
+                self.state.write_db(),
+                now,
+                CLAIM_LIMIT,
+                &self.instance,
+                &busy,
+            )
+            .await
         };
         let claimed = match claimed {
             Ok(c) if c.is_empty() => return None,
