@@ -207,6 +207,8 @@ async fn run_wrk(url: String, script: Option<PathBuf>) -> Result<WrkFigures, Box
 /// A `wrk` script posting a real robot payload (protocol §4.3) with an event token
 /// of its own per request (thread number and counter: both threads' Lua states would
 /// draw the same random numbers), so every call creates an invitation and its jobs.
+/// The run's prefix also takes the second `wrk` started, so the same script run
+/// again against the same service (`OPROS_BENCH_SERVE`) repeats no token.
 fn robot_script(fake: &FakePortal, deal: u64, path: &Path) -> Result<(), BoxError> {
     let body = format!(
         "code=opros_send_survey&document_id%5B0%5D=crm&document_id%5B1%5D=CCrmDocumentDeal\
@@ -224,10 +226,11 @@ fn robot_script(fake: &FakePortal, deal: u64, path: &Path) -> Result<(), BoxErro
         "wrk.method = \"POST\"\n\
          wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
          local threads = 0\n\
+         local started = tostring(os.time())\n\
          function setup(thread)\n  threads = threads + 1\n  thread:set(\"tid\", threads)\nend\n\
          counter = 0\n\
          request = function()\n  counter = counter + 1\n  \
-         local body = \"{body}&event_token={run}.\" .. tostring(tid) .. \"%7CA\" .. tostring(counter)\n  \
+         local body = \"{body}&event_token={run}\" .. started .. \".\" .. tostring(tid) .. \"%7CA\" .. tostring(counter)\n  \
          return wrk.format(nil, nil, nil, body)\nend"
     )?;
     Ok(())
