@@ -359,7 +359,7 @@ async fn concurrent_robot_runs_written_together_each_keep_their_link_and_jobs(db
         assert_eq!(row.entity_id, *deal as i64, "on the run's own deal");
         let mut kinds: Vec<&str> = jobs
             .iter()
-            .filter(|j| j.payload["invitation"] == Value::from(id.as_str()))
+            .filter(|j| j.payload["invitation"] == id.as_str())
             .map(|j| j.kind.as_str())
             .collect();
         kinds.sort_unstable();
