@@ -611,7 +611,7 @@ async fn templates_copies_and_taken_codes() {
         rows.iter().all(|r| r.questionnaire_version_id.is_some()),
         "{rows:?}"
     );
-    assert_eq!(first_question(&app, &token).await.is_empty(), false);
+    assert!(!first_question(&app, &token).await.is_empty());
 }
 
 on_both_databases!(another_instance_sees_a_publish_within_seconds);
@@ -627,8 +627,7 @@ async fn another_instance_sees_a_publish_within_seconds(db: TestDb) {
         opros::questionnaires::resolve(&state, Some(portal), "dental")
             .await
             .expect("resolve")
-            .map(|r| r.questionnaire.questions().next().map(|q| q.title.clone()))
-            .flatten()
+            .and_then(|r| r.questionnaire.questions().next().map(|q| q.title.clone()))
             .unwrap_or_default()
     };
     assert_eq!(title(second.state.clone()).await, "Болит ли зуб сейчас?");
