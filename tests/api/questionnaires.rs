@@ -829,3 +829,40 @@ async fn script_in_a_definition_is_stored_as_text_and_shown_escaped(db: TestDb) 
     assert_eq!(doc.count("img[onerror]"), 0);
     assert!(doc.text().contains(attack), "shown as text");
 }
+
+on_both_databases!(an_uninstall_with_clean_removes_the_portal_s_questionnaires);
+async fn an_uninstall_with_clean_removes_the_portal_s_questionnaires(db: TestDb) {
+    use opros::testing::fake_portal::UninstalledAnswer;
+    let (fake, app) = installed_on(&db.url).await;
+    let other = second_portal(&app).await;
+    let ours = admin_session(&fake, &app).await;
+    let theirs = admin_session(&other, &app).await;
+    let id = import(&app, &ours, dental("dental", "Болит ли зуб сейчас?")).await["id"]
+        .as_i64()
+        .expect("id");
+    import(&app, &theirs, dental("dental", "Вопрос другой клиники")).await;
+    let (_, token) = send(&fake, &app, "dental").await;
+    assert_eq!(first_question(&app, &token).await, "Болит ли зуб сейчас?");
+    fake.answer_after_uninstall(UninstalledAnswer::InvalidToken);
+    let r = fake.uninstall(true).await.expect("event delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    assert_eq!(
+        count_rows(&app, "questionnaire").await,
+        1,
+        "the other portal's stays"
+    );
+    assert_eq!(count_rows(&app, "questionnaire_version").await, 1);
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("{LIST}/{id}"),
+        Some(&ours),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "the portal is uninstalled");
+    let (status, list) = call(&app, Method::GET, LIST, Some(&theirs), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["code"], "dental", "{list}");
+}
