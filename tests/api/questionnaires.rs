@@ -612,6 +612,10 @@ async fn templates_copies_and_taken_codes() {
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["code"], "bad_json");
     }
+    // A code longer than the catalog keeps is a problem, not a database error.
+    let (status, body) = create(json!({"definition": dental(&"a".repeat(65), "Вопрос")})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["problems"][0]["code"], "code_too_long", "{body}");
     // The robot now sends the portal's own phq9, pinned by its version id.
     let (_, token) = send(&fake, &app, "phq9").await;
     use opros::db::entities::invitation;
