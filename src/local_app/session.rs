@@ -162,6 +162,11 @@ fn scope_text(scope: Scope) -> String {
             kind: EntityType::Lead,
             id,
         }) => format!("L{id}"),
+        // `T<entityTypeId>_<id>`: the item's type is part of what the session opens.
+        Scope::Entity(EntityRef {
+            kind: EntityType::Dynamic(t),
+            id,
+        }) => format!("T{t}_{id}"),
         Scope::Admin => "A".to_owned(),
     }
 }
@@ -170,12 +175,16 @@ fn parse_scope(s: &str) -> Option<Scope> {
     if s == "A" {
         return Some(Scope::Admin);
     }
-    let kind = match s.get(..1)? {
-        "D" => EntityType::Deal,
-        "L" => EntityType::Lead,
+    let (kind, id) = match s.get(..1)? {
+        "D" => (EntityType::Deal, s.get(1..)?),
+        "L" => (EntityType::Lead, s.get(1..)?),
+        "T" => {
+            let (t, id) = s.get(1..)?.split_once('_')?;
+            (EntityType::dynamic(t.parse().ok()?)?, id)
+        }
         _ => return None,
     };
-    let id = s.get(1..)?.parse::<i64>().ok().filter(|id| *id > 0)?;
+    let id = id.parse::<i64>().ok().filter(|id| *id > 0)?;
     Some(Scope::Entity(EntityRef { kind, id }))
 }
 

@@ -757,6 +757,36 @@ impl Document {
     }
 }
 
+/// bizproc-robot-add.md (§A4): a robot without `FILTER` is offered everywhere; with
+/// `FILTER.INCLUDE`, only for a document type that one rule (a full or partial
+/// document type, e.g. `['crm','CCrmDocumentDeal']`) is a prefix of; `EXCLUDE` rules
+/// take it away again.
+pub(crate) fn robot_offered_for(robot: &Map<String, Value>, document: &Document) -> bool {
+    let doc_type = document.document_type();
+    let matches = |rule: &Value| {
+        rule.as_array().is_some_and(|parts| {
+            !parts.is_empty()
+                && parts.len() <= doc_type.len()
+                && parts
+                    .iter()
+                    .zip(doc_type.iter())
+                    .all(|(p, d)| p.as_str().is_some_and(|p| p.eq_ignore_ascii_case(d)))
+        })
+    };
+    let Some(filter) = robot.get("FILTER").and_then(Value::as_object) else {
+        return true;
+    };
+    let rules = |name: &str| {
+        filter
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_array().cloned())
+    };
+    let included = rules("INCLUDE").is_none_or(|r| r.iter().any(matches));
+    let excluded = rules("EXCLUDE").is_some_and(|r| r.iter().any(matches));
+    included && !excluded
+}
+
 /// §A7: `CRM_DYNAMIC_<id>_DETAIL_TAB` exists for every smart-process type.
 pub(crate) fn smart_process_tab(state: &State, placement: &str) -> bool {
     placement

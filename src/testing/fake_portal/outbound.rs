@@ -215,6 +215,14 @@ impl FakePortal {
                 .find(|r| r.get("CODE").and_then(Value::as_str) == Some(code))
                 .cloned()
                 .ok_or_else(|| FakePortalError::NotBound(format!("no robot {code}")))?;
+            // bizproc-robot-add.md (§A4): `FILTER.INCLUDE` lists the full or partial
+            // document types the robot is offered for; elsewhere it cannot be placed.
+            if !super::automation::robot_offered_for(&robot, &document) {
+                return Err(FakePortalError::NotBound(format!(
+                    "robot {code} is not offered for {:?}",
+                    document.document_type()
+                )));
+            }
             let handler = robot
                 .get("HANDLER")
                 .and_then(Value::as_str)
