@@ -22,6 +22,7 @@ mod identity_repairs;
 mod install;
 mod instances;
 mod leads;
+mod smart_processes;
 mod legacy;
 mod log_scope;
 mod module_graph;

@@ -867,9 +867,27 @@ impl super::FakePortal {
 
     /// A smart-process item with camelCase fields (§A7), optionally with a contact.
     pub fn add_item(&self, entity_type_id: u32, title: &str, contact_id: Option<u64>) -> u64 {
+        let id = {
+            let mut state = self.state();
+            state.automation.next_item += 1;
+            500 + state.automation.next_item
+        };
+        self.add_item_with_id(entity_type_id, id, title, contact_id);
+        id
+    }
+
+    /// An item with a chosen id: each smart process keeps its items in a table of
+    /// its own, so items of different types — and a deal — may share an id
+    /// (rest_help/crm/dynamic/methodscrmitem: «идентификаторы элементов разных
+    /// смарт-процессов могут совпадать»; hence `entityTypeId` in every call).
+    pub fn add_item_with_id(
+        &self,
+        entity_type_id: u32,
+        id: u64,
+        title: &str,
+        contact_id: Option<u64>,
+    ) {
         let mut state = self.state();
-        state.automation.next_item += 1;
-        let id = 500 + state.automation.next_item;
         let now = iso_now();
         let item = json!({
             "id": id, "entityTypeId": entity_type_id, "title": title,
@@ -879,7 +897,16 @@ impl super::FakePortal {
         if let Value::Object(map) = item {
             state.automation.items.insert((entity_type_id, id), map);
         }
-        id
+    }
+
+    /// `crm.type.delete` (§A7): the type and its items are gone.
+    pub fn delete_smart_type(&self, entity_type_id: u32) {
+        let mut state = self.state();
+        state.automation.smart_types.remove(&entity_type_id);
+        state
+            .automation
+            .items
+            .retain(|(t, _), _| *t != entity_type_id);
     }
 
     pub fn item(&self, entity_type_id: u32, id: u64) -> Option<Value> {
