@@ -457,3 +457,47 @@ async fn a_forged_seen_for_an_item_changes_nothing(db: TestDb) {
     app.run_outbox().await;
     assert!(fake.activities()[0].completed);
 }
+
+on_both_databases!(a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen);
+async fn a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen(db: TestDb) {
+    let (fake, app) = clinic(&db.url).await;
+    let item = fake.add_item(APPOINTMENTS, "Приём кардиолога", None);
+    let token = item_link(
+        &fake,
+        &app,
+        Document::Item {
+            entity_type_id: APPOINTMENTS,
+            id: item,
+        },
+    )
+    .await;
+    let survey = submit(&app, &token).await;
+    assert_eq!(survey["patient_name"], "Приём кардиолога", "no contact: the title");
+    app.run_outbox().await;
+    let activity = fake.activities()[0].id;
+    fake.add_user(7, "Игорь", "Воронцов", false);
+    fake.deny_item_for_user(7, APPOINTMENTS, item);
+
+    // The item is read with the doctor's own token: refused, nothing shown.
+    let (status, body) = page(fake.open_tab(7, &tab(APPOINTMENTS), item).await.unwrap()).await;
+    assert_eq!(status, 403, "{body}");
+    for word in ANSWER_WORDS {
+        assert!(!body.contains(word), "{body}");
+    }
+    // «Просмотрено» pressed by that doctor: not confirmed, the activity stays open.
+    let r = fake
+        .press_activity_button(activity, 7, "seen", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    app.run_outbox().await;
+    assert!(!fake.activities()[0].completed);
+    // A doctor who may read it opens the tab.
+    let (status, body) = page(fake.open_tab(1, &tab(APPOINTMENTS), item).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Головная боль"));
+}

@@ -43,6 +43,8 @@ pub(crate) struct Automation {
     /// Smart-process items: (entity type id, id) → fields in camelCase.
     pub items: BTreeMap<(u32, u64), Map<String, Value>>,
     pub next_item: u64,
+    /// Items a user may not read: (user, entity type id, id).
+    pub denied_items: BTreeSet<(u32, u32, u64)>,
     /// Scopes the application was not granted (`FakePortal::revoke_scope`).
     pub revoked_scopes: BTreeSet<String>,
 }
@@ -141,15 +143,8 @@ pub(crate) fn dispatch(
         }))),
         "crm.activity.todo.add" => todo_add(state, auth, params),
         "im.notify.system.add" => notify(state, params),
-        "crm.type.list" => Ok(Success::of(json!({
-            "types": state.automation.smart_types.iter().map(|(id, (title, on))| json!({
-                "id": id, "entityTypeId": id, "title": title,
-                // crm-type-add.md: booleans of a type are "Y"/"N".
-                "isAutomationEnabled": if *on { "Y" } else { "N" },
-                "isStagesEnabled": "Y", "isClientEnabled": "Y",
-            })).collect::<Vec<_>>()
-        }))),
-        "crm.item.get" => item_get(state, params),
+        "crm.type.list" => type_list(state, auth, params),
+        "crm.item.get" => item_get(state, auth, params),
         _ => Err(ApiError::new(
             404,
             "ERROR_METHOD_NOT_FOUND",
@@ -676,8 +671,42 @@ fn notify(state: &mut State, params: &Value) -> Outcome {
     Ok(Success::of(json!(id)))
 }
 
-/// §A7: `crm.item.get(entityTypeId, id)` → `{item: {…}}`, fields in camelCase.
-fn item_get(state: &State, params: &Value) -> Outcome {
+/// `crm.type.list` (rest_help/crm/dynamic/methodscrmtype: «Права на выполнение:
+/// администратор»; crm.type.get shows a type's fields): `{types: [...]}` with
+/// `entityTypeId`, `title` and the "Y"/"N" flags, 50 a page from `start`.
+fn type_list(state: &State, auth: &AuthKind, params: &Value) -> Outcome {
+    if !is_admin(state, auth) {
+        return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied"));
+    }
+    let types: Vec<Value> = state
+        .automation
+        .smart_types
+        .iter()
+        .map(|(id, (title, on))| {
+            json!({
+                "id": id, "entityTypeId": id, "title": title,
+                "isAutomationEnabled": if *on { "Y" } else { "N" },
+                "isStagesEnabled": "Y", "isClientEnabled": "Y",
+            })
+        })
+        .collect();
+    const PAGE: usize = 50;
+    let start = number(params, "start")
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let total = types.len();
+    let page: Vec<Value> = types.into_iter().skip(start).take(PAGE).collect();
+    Ok(Success {
+        result: json!({ "types": page }),
+        total: Some(total),
+        next: (start + PAGE < total).then_some(start + PAGE),
+    })
+}
+
+/// §A7: `crm.item.get(entityTypeId, id)` → `{item: {…}}`, fields in camelCase. The
+/// call runs with the token owner's rights (methodscrmitem: «учитываются права
+/// доступа пользователя»); a refusal is `403 ACCESS_DENIED` like a deal's.
+fn item_get(state: &State, auth: &AuthKind, params: &Value) -> Outcome {
     let (Some(type_id), Some(id)) = (
         number(params, "entityTypeId").and_then(|n| u32::try_from(n).ok()),
         number(params, "id"),
@@ -689,6 +718,12 @@ fn item_get(state: &State, params: &Value) -> Outcome {
         OWNER_LEAD => state.leads.get(&id).map(camel_case),
         other => state.automation.items.get(&(other, id)).cloned(),
     };
+    let denied = auth
+        .user_id()
+        .is_some_and(|user| state.automation.denied_items.contains(&(user, type_id, id)));
+    if item.is_some() && denied {
+        return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied"));
+    }
     match item {
         Some(item) => Ok(Success::of(json!({"item": item}))),
         None => Err(ApiError::new(400, "NOT_FOUND", "Element not found")),
@@ -897,6 +932,14 @@ impl super::FakePortal {
         if let Value::Object(map) = item {
             state.automation.items.insert((entity_type_id, id), map);
         }
+    }
+
+    /// The user's CRM role does not let them read this item (§11).
+    pub fn deny_item_for_user(&self, user_id: u32, entity_type_id: u32, id: u64) {
+        self.state()
+            .automation
+            .denied_items
+            .insert((user_id, entity_type_id, id));
     }
 
     /// `crm.type.delete` (§A7): the type and its items are gone.
