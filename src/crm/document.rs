@@ -138,7 +138,10 @@ mod tests {
         for refused in ["DYNAMIC_31", "DYNAMIC_", "DYNAMIC_+130", "DYNAMIC_1_2"] {
             assert_eq!(EntityType::parse(refused), None, "{refused}");
         }
-        assert_eq!(EntityType::from_tab_placement("CRM_DYNAMIC_7_DETAIL_TAB"), None);
+        assert_eq!(
+            EntityType::from_tab_placement("CRM_DYNAMIC_7_DETAIL_TAB"),
+            None
+        );
         assert_eq!(EntityType::from_owner_type_id(31), None);
         assert_eq!("dynamic_1038".parse::<EntityType>().ok(), None);
         assert_eq!("DYNAMIC_1038".parse::<EntityType>().ok(), Some(item));

@@ -359,8 +359,10 @@ async fn ensure_tabs(state: &AppState, target: &Target, listed: &Listed, report:
         let Some(code) = field(p, "placement").and_then(Value::as_str) else {
             continue;
         };
-        let stale = matches!(EntityType::from_tab_placement(code), Some(EntityType::Dynamic(_)))
-            && !wanted.iter().any(|(w, _, _)| w == code)
+        let stale = matches!(
+            EntityType::from_tab_placement(code),
+            Some(EntityType::Dynamic(_))
+        ) && !wanted.iter().any(|(w, _, _)| w == code)
             && handler_of(p).ends_with("/b24/placement/deal-tab");
         if stale {
             let _ = state

@@ -233,7 +233,6 @@ async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityTyp
     }
 }
 
-
 fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<BatchCommand> {
     let entity = EntityRef::from_row(inv);
     let id = c.row.id;

@@ -579,7 +579,10 @@ async fn a_scored_questionnaire_returns_its_score_and_no_answer(db: TestDb) {
     app.run_outbox().await;
 
     let values = the_one_answer(&fake, &token, "completed");
-    assert_eq!(values["SCORE"], "PHQ-9: 16 — умеренно тяжёлая", "{values:?}");
+    assert_eq!(
+        values["SCORE"], "PHQ-9: 16 — умеренно тяжёлая",
+        "{values:?}"
+    );
     // Totals and band names only: no option a patient chose, no question's wording.
     for value in values.values() {
         for said in [
@@ -589,7 +592,10 @@ async fn a_scored_questionnaire_returns_its_score_and_no_answer(db: TestDb) {
             "more_than_half",
             "мало интересовались",
         ] {
-            assert!(!value.contains(said), "an answer reached the workflow: {value}");
+            assert!(
+                !value.contains(said),
+                "an answer reached the workflow: {value}"
+            );
         }
     }
 }

@@ -345,11 +345,7 @@ async fn a_tab_or_session_of_one_item_never_opens_another_or_a_deal(db: TestDb) 
         assert_eq!(pdf(other).await, 403, "another document's session");
     }
     // The scope rewritten to the other type: the signature no longer holds.
-    let forged = own_session.replacen(
-        &format!(".T{APPOINTMENTS}_"),
-        &format!(".T{REFERRALS}_"),
-        1,
-    );
+    let forged = own_session.replacen(&format!(".T{APPOINTMENTS}_"), &format!(".T{REFERRALS}_"), 1);
     assert_eq!(pdf(forged).await, 403);
 
     // A tab for a type named in the placement whose item does not exist there (it
@@ -374,13 +370,7 @@ async fn a_tab_or_session_of_one_item_never_opens_another_or_a_deal(db: TestDb) 
     other.add_smart_type(APPOINTMENTS, "Приёмы", true);
     other.add_item_with_id(APPOINTMENTS, deal, "Чужой приём", None);
     install(&other, &app).await;
-    let (status, body) = page(
-        other
-            .open_tab(1, &tab(APPOINTMENTS), deal)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = page(other.open_tab(1, &tab(APPOINTMENTS), deal).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     for word in ANSWER_WORDS {
         assert!(!body.contains(word), "another portal's answers: {body}");
@@ -472,7 +462,10 @@ async fn a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen
     )
     .await;
     let survey = submit(&app, &token).await;
-    assert_eq!(survey["patient_name"], "Приём кардиолога", "no contact: the title");
+    assert_eq!(
+        survey["patient_name"], "Приём кардиолога",
+        "no contact: the title"
+    );
     app.run_outbox().await;
     let activity = fake.activities()[0].id;
     fake.add_user(7, "Игорь", "Воронцов", false);
