@@ -54,6 +54,23 @@ impl EntityType {
         }
     }
 
+    /// «к сделке», «к лиду», «к элементу смарт-процесса»: the document after «к».
+    pub fn to_whom(self) -> &'static str {
+        match self {
+            EntityType::Deal => "сделке",
+            EntityType::Lead => "лиду",
+            EntityType::Dynamic(_) => "элементу смарт-процесса",
+        }
+    }
+
+    /// Whether the document gets the link field (`OPROS_LINK_FIELD`). A smart-process
+    /// item does not: its user fields need the `userfieldconfig` scope and names of
+    /// their own (`UF_CRM_<id>_…`, rest_help/crm/dynamic/settings.php), so its link
+    /// reaches the workflow as the robot's `survey_url` and the card's tab.
+    pub fn has_link_field(self) -> bool {
+        !matches!(self, EntityType::Dynamic(_))
+    }
+
     /// The document's name for people: «Сделка», «Лид», «Элемент смарт-процесса».
     pub fn label(self) -> &'static str {
         match self {

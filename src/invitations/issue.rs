@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 
-use super::{Channel, EntityRef, EntityType, Issued, NewInvitation, create_or_reuse, patient};
+use super::{Channel, EntityRef, Issued, NewInvitation, create_or_reuse, patient};
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
@@ -119,10 +119,7 @@ pub async fn issue(
         dedupe_key: dedupe_key.clone(),
     };
     let name_known = given_name.is_some();
-    // A smart-process item has no link field: its user fields need the
-    // `userfieldconfig` scope and names of their own (`UF_CRM_<id>_…`), so its link
-    // reaches the workflow as the robot's `survey_url` and the card's tab.
-    let field = !matches!(entity.kind, EntityType::Dynamic(_));
+    let field = entity.kind.has_link_field();
     let outcome = store(state, new, now, move |outcome: &Issued| {
         let inv = &outcome.invitation.id;
         if let (Some(event_token), Some(key)) = (&robot_event, &dedupe_key) {

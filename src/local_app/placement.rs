@@ -108,7 +108,10 @@ async fn check_read_access(
             );
             Err(page::error(
                 StatusCode::FORBIDDEN,
-                "Нет доступа к сделке: Битрикс24 не разрешает вам её просматривать.",
+                &format!(
+                    "Нет доступа к {}: Битрикс24 не разрешает вам просматривать эту запись.",
+                    entity.kind.to_whom()
+                ),
             ))
         }
     }

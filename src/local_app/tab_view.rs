@@ -91,6 +91,7 @@ pub fn view(data: &TabData, session: &str, new_link: Option<&str>, now: DateTime
         frame,
         session: session.to_owned(),
         what: data.entity.kind.label(),
+        link_field: data.entity.kind.has_link_field(),
         entity_id: data.entity.id,
         patient,
         new_link: new_link.map(str::to_owned),

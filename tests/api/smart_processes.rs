@@ -474,6 +474,12 @@ async fn a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen
     // The item is read with the doctor's own token: refused, nothing shown.
     let (status, body) = page(fake.open_tab(7, &tab(APPOINTMENTS), item).await.unwrap()).await;
     assert_eq!(status, 403, "{body}");
+    assert!(
+        Doc::parse(&body)
+            .text()
+            .contains("Нет доступа к элементу смарт-процесса"),
+        "{body}"
+    );
     for word in ANSWER_WORDS {
         assert!(!body.contains(word), "{body}");
     }
