@@ -283,34 +283,58 @@ struct SmartProcess {
     title: String,
 }
 
+/// `crm.type.list` answers 50 types a page (rest_help/crm/dynamic/methodscrmtype).
+const TYPES_PAGE: usize = 50;
+/// Pages read at most: a portal with more smart processes than this gets tabs for
+/// the first ones and the admin page says nothing is wrong — an accepted limit.
+const MAX_TYPE_PAGES: usize = 20;
+
 /// The portal's smart processes with automation enabled, from `crm.type.list`
-/// (`{types: [{entityTypeId, title, isAutomationEnabled}]}`); `None` when the
-/// portal did not answer (then no smart-process tab is unbound either).
-fn smart_processes(listed: &Listed) -> Option<Vec<SmartProcess>> {
+/// (`{types: [{entityTypeId, title, isAutomationEnabled}]}`): the listing's first
+/// page, then the next pages while they are full. `None` when the portal did not
+/// answer (then no smart-process tab is unbound either).
+async fn smart_processes(
+    state: &AppState,
+    target: &Target,
+    listed: &Listed,
+) -> Option<Vec<SmartProcess>> {
     let Some(Ok(answer)) = listed.get("types") else {
         return None;
     };
-    let types = field(answer, "types").and_then(Value::as_array)?;
-    Some(
-        types
-            .iter()
-            .filter(|t| field(t, "isAutomationEnabled").is_some_and(crate::bitrix24::truthy))
-            .filter_map(|t| {
-                let id = field(t, "entityTypeId").and_then(|v| match v {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.parse().ok(),
-                    _ => None,
-                })?;
-                let kind = EntityType::from_owner_type_id(id)
-                    .filter(|k| matches!(k, EntityType::Dynamic(_)))?;
-                let title = field(t, "title")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                Some(SmartProcess { kind, title })
-            })
-            .collect(),
-    )
+    let mut types = field(answer, "types").and_then(Value::as_array)?.clone();
+    let mut page = types.len();
+    let mut pages = 1;
+    while page == TYPES_PAGE && pages < MAX_TYPE_PAGES {
+        let more = state
+            .b24
+            .call(target, "crm.type.list", json!({"start": types.len()}))
+            .await
+            .ok()?;
+        let more = field(&more, "types").and_then(Value::as_array)?.clone();
+        page = more.len();
+        pages += 1;
+        types.extend(more);
+    }
+    Some(types.iter().filter_map(smart_process).collect())
+}
+
+/// One entry of `crm.type.list`, if it is a smart process with automation enabled.
+fn smart_process(t: &Value) -> Option<SmartProcess> {
+    if !field(t, "isAutomationEnabled").is_some_and(crate::bitrix24::truthy) {
+        return None;
+    }
+    let id = field(t, "entityTypeId").and_then(|v| match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    })?;
+    let kind =
+        EntityType::from_owner_type_id(id).filter(|k| matches!(k, EntityType::Dynamic(_)))?;
+    let title = field(t, "title")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(SmartProcess { kind, title })
 }
 
 /// The tabs: ours bound for deals, leads and every smart process with automation;
@@ -319,7 +343,7 @@ fn smart_processes(listed: &Listed) -> Option<Vec<SmartProcess>> {
 async fn ensure_tabs(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
     let tab_handler = state.config.public("/b24/placement/deal-tab");
     let placements = list_of(listed.get("placements")).unwrap_or_default();
-    let smart = smart_processes(listed);
+    let smart = smart_processes(state, target, listed).await;
     let mut wanted: Vec<(String, String, bool)> = vec![
         (
             PLACEMENTS[0].to_owned(),

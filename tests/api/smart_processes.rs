@@ -500,3 +500,26 @@ async fn a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Головная боль"));
 }
+
+#[tokio::test]
+async fn smart_processes_past_the_first_page_get_their_tabs_too() {
+    let fake = fake().await;
+    // crm.type.list answers 50 a page: the 51st type is on the second. The first
+    // 50 have automation off (no tab), so only the paging is at stake.
+    for id in 200..250 {
+        fake.add_smart_type(id, &format!("Процесс {id}"), false);
+    }
+    fake.add_smart_type(250, "Процесс 250", true);
+    let app = crate::support::portal::app_for(&fake, &[]).await;
+    install(&fake, &app).await;
+    let mut tabs = bound_tabs(&fake, &app);
+    tabs.sort();
+    assert_eq!(
+        tabs,
+        vec![
+            "CRM_DEAL_DETAIL_TAB".to_owned(),
+            tab(250),
+            "CRM_LEAD_DETAIL_TAB".to_owned()
+        ]
+    );
+}
