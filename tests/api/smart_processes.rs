@@ -523,3 +523,34 @@ async fn smart_processes_past_the_first_page_get_their_tabs_too() {
         ]
     );
 }
+
+on_both_databases!(a_long_smart_process_type_id_is_stored_and_read_back);
+async fn a_long_smart_process_type_id_is_stored_and_read_back(db: TestDb) {
+    use opros::db::entities::invitation;
+
+    // `DYNAMIC_` and ten digits: more than the column's first 16 characters (the
+    // migration widens it on PostgreSQL; SQLite keeps any length).
+    let wide = 4_000_000_000;
+    let fake = fake().await;
+    fake.add_smart_type(wide, "Очень новый процесс", true);
+    let app = app_for_db(&fake, &db.url, &[]).await;
+    install(&fake, &app).await;
+    let item = fake.add_item(wide, "Приём", None);
+    item_link(
+        &fake,
+        &app,
+        Document::Item {
+            entity_type_id: wide,
+            id: item,
+        },
+    )
+    .await;
+    let rows = invitation::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("reads");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].entity_type, invitation::EntityType::Dynamic(wide));
+    assert_eq!(rows[0].entity_id, item as i64);
+    assert!(bound_tabs(&fake, &app).contains(&tab(wide)));
+}
