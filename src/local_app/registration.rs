@@ -328,8 +328,7 @@ fn smart_process(t: &Value) -> Option<SmartProcess> {
         Value::String(s) => s.parse().ok(),
         _ => None,
     })?;
-    let kind =
-        EntityType::from_owner_type_id(id).filter(|k| matches!(k, EntityType::Dynamic(_)))?;
+    let kind = u32::try_from(id).ok().and_then(EntityType::dynamic)?;
     let title = field(t, "title")
         .and_then(Value::as_str)
         .unwrap_or_default()

@@ -43,11 +43,6 @@ pub const SEEN_ACTION: &str = "seen";
 const TODO_TITLE: &str = "Проверьте анкету пациента";
 const NO_IM: &str = "нет права im — уведомления врачу не отправляются";
 
-/// `crm.enum.ownertype` (§A1): 1 lead, 2 deal, a smart process's `entityTypeId`.
-pub fn owner_type_id(kind: EntityType) -> u32 {
-    kind.owner_type_id()
-}
-
 /// «1 отметка», «2 отметки», «5 отметок», «21 отметка», «12 отметок».
 pub fn marks(n: usize) -> String {
     let word = match (n % 10, n % 100) {
@@ -230,7 +225,7 @@ pub async fn run(
                     "crm.automation.trigger.execute",
                     json!({
                         "CODE": code,
-                        "OWNER_TYPE_ID": owner_type_id(entity.kind),
+                        "OWNER_TYPE_ID": entity.kind.owner_type_id(),
                         "OWNER_ID": entity.id,
                     }),
                 )
@@ -446,7 +441,7 @@ async fn find_activity(
             "crm.activity.list",
             json!({
                 "filter": {
-                    "OWNER_TYPE_ID": owner_type_id(entity.kind),
+                    "OWNER_TYPE_ID": entity.kind.owner_type_id(),
                     "OWNER_ID": entity.id,
                     "ORIGIN_ID": invitation_id,
                 },
@@ -583,7 +578,7 @@ fn activity_params(
         obj.insert("responsibleId".into(), json!(user));
     }
     json!({
-        "ownerTypeId": owner_type_id(entity.kind),
+        "ownerTypeId": entity.kind.owner_type_id(),
         "ownerId": entity.id,
         "fields": fields,
         "layout": {
@@ -624,7 +619,7 @@ fn todo_params(
     now: DateTime<Utc>,
 ) -> Value {
     let mut params = json!({
-        "ownerTypeId": owner_type_id(entity.kind),
+        "ownerTypeId": entity.kind.owner_type_id(),
         "ownerId": entity.id,
         "deadline": todo_deadline(now),
         "title": TODO_TITLE,
