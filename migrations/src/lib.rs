@@ -10,6 +10,7 @@ mod m20261207_000003_outbox_recovery;
 mod m20261207_000004_portal_revouch;
 mod m20261207_000005_response_outcome;
 mod m20261207_000010_questionnaires;
+mod m20261207_000016_smart_process_items;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000004_portal_revouch::Migration),
             Box::new(m20261207_000005_response_outcome::Migration),
             Box::new(m20261207_000010_questionnaires::Migration),
+            Box::new(m20261207_000016_smart_process_items::Migration),
         ]
     }
 }

@@ -120,15 +120,16 @@ pub async fn issue(
         dedupe_key: dedupe_key.clone(),
     };
     let name_known = given_name.is_some();
+    let field = entity.kind.has_link_field();
     let outcome = store(state, new, now, move |outcome: &Issued| {
         let inv = &outcome.invitation.id;
         if let (Some(event_token), Some(key)) = (&robot_event, &dedupe_key) {
-            return robot_jobs(inv, event_token, key, name_known);
+            return robot_jobs(inv, event_token, key, name_known, field);
         }
         if outcome.existing || !delivers {
             return Vec::new();
         }
-        link_jobs(inv, &format!("invitation:{inv}"), name_known)
+        link_jobs(inv, &format!("invitation:{inv}"), name_known, field)
     })
     .await?;
     let inv = outcome.invitation.clone();
@@ -174,8 +175,9 @@ where
 }
 
 /// The name lookup (unless the caller knew the name) and the link field update for
-/// a new invitation; `key` makes a repeat of the same request a no-op.
-fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+/// a new invitation (`field`: the document has the link field); `key` makes a
+/// repeat of the same request a no-op.
+fn link_jobs(invitation: &str, key: &str, name_known: bool, field: bool) -> Vec<(Job, String)> {
     let mut jobs = Vec::with_capacity(2);
     if !name_known {
         jobs.push((
@@ -185,18 +187,26 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)
             format!("{key}:name"),
         ));
     }
-    jobs.push((
-        Job::WriteLinkField {
-            invitation: invitation.to_owned().into(),
-        },
-        format!("{key}:field"),
-    ));
+    if field {
+        jobs.push((
+            Job::WriteLinkField {
+                invitation: invitation.to_owned().into(),
+            },
+            format!("{key}:field"),
+        ));
+    }
     jobs
 }
 
 /// The robot's jobs: its values back to the business process, then the link jobs,
 /// all keyed by the robot run so a repeated call queues nothing new.
-fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+fn robot_jobs(
+    inv: &str,
+    event_token: &str,
+    key: &str,
+    name_known: bool,
+    field: bool,
+) -> Vec<(Job, String)> {
     let mut jobs = vec![(
         Job::ReturnRobotValues {
             invitation: inv.to_owned().into(),
@@ -204,7 +214,7 @@ fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<
         },
         format!("{key}:return"),
     )];
-    jobs.extend(link_jobs(inv, key, name_known));
+    jobs.extend(link_jobs(inv, key, name_known, field));
     jobs
 }
 

@@ -99,7 +99,7 @@ pub(super) fn step_of(call: &RobotCall) -> Result<(String, EntityRef), ApiError>
     let entity = EntityRef::from_document_id(document).ok_or_else(|| {
         ApiError::bad_request(
             ErrorCode::DocumentUnsupported,
-            format!("Робот работает только со сделками и лидами, получено «{document}»"),
+            format!("Робот работает со сделками, лидами и смарт-процессами, получено «{document}»"),
         )
     })?;
     Ok((event_token, entity))

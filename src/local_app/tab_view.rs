@@ -10,7 +10,7 @@ use crate::assets;
 use crate::completion::{moscow, score_answer};
 use crate::db::entities::invitation;
 use crate::invitations::lifecycle::{self, FlowError};
-use crate::invitations::{COMPLETED, EntityRef, EntityType, of_entity, status_label, status_of};
+use crate::invitations::{COMPLETED, EntityRef, of_entity, status_label, status_of};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, scores, sections_for_display};
 use crate::views;
@@ -90,10 +90,8 @@ pub fn view(data: &TabData, session: &str, new_link: Option<&str>, now: DateTime
     TabPage {
         frame,
         session: session.to_owned(),
-        what: match data.entity.kind {
-            EntityType::Deal => "Сделка",
-            EntityType::Lead => "Лид",
-        },
+        what: data.entity.kind.label(),
+        link_field: data.entity.kind.has_link_field(),
         entity_id: data.entity.id,
         patient,
         new_link: new_link.map(str::to_owned),
@@ -159,6 +157,7 @@ fn invitation_row(row: &invitation::Model, now: DateTime<Utc>) -> InvitationRow 
 
 #[cfg(test)]
 mod tests {
+    use crate::invitations::EntityType;
     use chrono::Duration;
     use scraper::{Html, Selector};
     use serde_json::json;

@@ -60,7 +60,7 @@ pub fn send_robot_fields(
             "survey_id": {"Name": {"ru": "ID опроса", "en": "Survey ID"}, "Type": "string", "Multiple": "N"},
         },
         "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
-        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
+        "FILTER": robot_filter(),
     });
     if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
         obj.insert("AUTH_USER_ID".into(), json!(user));
@@ -113,4 +113,17 @@ pub async fn run(
         ),
         Err(e) => classify(&e, row, now),
     }
+}
+
+/// The document class of smart-process items (§A4, bizproc-robot-add.md).
+pub const SMART_PROCESS_DOCUMENT: &str = r"Bitrix\Crm\Integration\BizProc\Document\Dynamic";
+
+/// Where the robots may be placed (§A4 `FILTER`, bizproc-robot-add.md): deals,
+/// leads and every smart process (a partial document type names them all).
+pub fn robot_filter() -> Value {
+    json!({"INCLUDE": [
+        ["crm", "CCrmDocumentDeal"],
+        ["crm", "CCrmDocumentLead"],
+        ["crm", SMART_PROCESS_DOCUMENT],
+    ]})
 }

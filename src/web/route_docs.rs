@@ -44,19 +44,21 @@ pub struct B24RobotCall {
     /// `crm`.
     #[oai(rename = "document_id[0]")]
     pub document_module: Option<String>,
-    /// `CCrmDocumentDeal` or `CCrmDocumentLead`.
+    /// `CCrmDocumentDeal`, `CCrmDocumentLead` or
+    /// `Bitrix\Crm\Integration\BizProc\Document\Dynamic` (a smart-process item).
     #[oai(rename = "document_id[1]")]
     pub document_class: Option<String>,
-    /// The document, e.g. `DEAL_4217`: the id follows the last `_`.
+    /// The document, e.g. `DEAL_4217`, `LEAD_15`, `DYNAMIC_128_5` (a smart-process
+    /// item: type 128, item 5): the id follows the last `_`.
     #[oai(rename = "document_id[2]", validator(min_length = 1))]
     pub document: String,
     /// `crm`.
     #[oai(rename = "document_type[0]")]
     pub document_type_module: Option<String>,
-    /// `CCrmDocumentDeal` or `CCrmDocumentLead`.
+    /// `CCrmDocumentDeal`, `CCrmDocumentLead` or the smart-process class.
     #[oai(rename = "document_type[1]")]
     pub document_type_class: Option<String>,
-    /// `DEAL` or `LEAD`.
+    /// `DEAL`, `LEAD` or `DYNAMIC_<entityTypeId>`.
     #[oai(rename = "document_type[2]")]
     pub document_type: Option<String>,
     /// Single-use token that `bizproc.event.send` returns the link with.
@@ -669,7 +671,8 @@ fn routes() -> Vec<Route> {
             summary: "Робот «Отправить опрос»",
             description: "Проверяет `auth[application_token]`, создаёт или переиспользует приглашение и \
                           отвечает сразу; ссылка (`survey_url`, `survey_id`) уходит в бизнес-процесс \
-                          через `bizproc.event.send`, в поле сделки — через очередь.",
+                          через `bizproc.event.send`, в поле сделки или лида — через очередь (у \
+                          элемента смарт-процесса такого поля нет).",
             params: vec![],
             request: form_of::<B24RobotCall>("Вызов робота (протокол §4.3)"),
             responses: json_answers(json_of::<CallbackDone>("Принято")),
@@ -708,7 +711,8 @@ fn routes() -> Vec<Route> {
             tag: TAG_BITRIX24,
             summary: "Вкладка «Анкета пациента»",
             description: "Ответы (важные первыми) и PDF — только после того, как портал подтвердил \
-                          врача и его право читать сделку.",
+                          врача и его право читать документ: сделку, лид или элемент смарт-процесса \
+                          (`CRM_DYNAMIC_<id>_DETAIL_TAB`; тип — из `PLACEMENT`).",
             params: frame_query(),
             request: form_of::<B24Frame>("Форма фрейма вкладки (протокол §6.2)"),
             responses: vec![html_page("Вкладка"), refusal()],
@@ -718,7 +722,7 @@ fn routes() -> Vec<Route> {
             method: Method::POST,
             tag: TAG_BITRIX24,
             summary: "PDF из вкладки",
-            description: "Только с сессией вкладки той же сделки.",
+            description: "Только с сессией вкладки того же документа CRM.",
             params: vec![param("invitation", MetaParamIn::Path, "Номер приглашения")],
             request: form_of::<B24TabAction>("Сессия вкладки"),
             responses: vec![
@@ -731,7 +735,7 @@ fn routes() -> Vec<Route> {
             method: Method::POST,
             tag: TAG_BITRIX24,
             summary: "«Отправить новую ссылку» из вкладки",
-            description: "Только с сессией вкладки той же сделки.",
+            description: "Только с сессией вкладки того же документа CRM.",
             params: vec![],
             request: form_of::<B24TabAction>("Сессия вкладки"),
             responses: vec![html_page("Вкладка с итогом"), refusal()],

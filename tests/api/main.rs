@@ -31,6 +31,7 @@ mod questionnaires;
 mod recovery;
 mod robot;
 mod scales;
+mod smart_processes;
 mod storage;
 mod stored_state;
 mod survey_flow;

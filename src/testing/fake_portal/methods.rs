@@ -814,7 +814,11 @@ fn comment_add(state: &mut State, auth: &AuthKind, params: &Value, in_batch: boo
         "deal" => state.deals.contains_key(&entity_id),
         "lead" => state.leads.contains_key(&entity_id),
         "contact" => state.contacts.contains_key(&entity_id),
-        _ => false,
+        // §A7, crm-timeline-comment-add.md: a smart-process item is `dynamic_<id>`.
+        other => other
+            .strip_prefix("dynamic_")
+            .and_then(|t| t.parse::<u32>().ok())
+            .is_some_and(|t| state.automation.items.contains_key(&(t, entity_id))),
     };
     if !exists {
         return Err(ApiError::new(400, "OWNER_NOT_FOUND", "Owner not found"));
