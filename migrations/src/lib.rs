@@ -9,6 +9,8 @@ mod m20261123_000002_rate_bucket;
 mod m20261207_000003_outbox_recovery;
 mod m20261207_000004_portal_revouch;
 mod m20261207_000005_response_outcome;
+mod m20261207_000010_questionnaires;
+mod m20261207_000016_smart_process_items;
 mod m20261207_000019_outbox_open_by_kind;
 
 pub struct Migrator;
@@ -22,6 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000003_outbox_recovery::Migration),
             Box::new(m20261207_000004_portal_revouch::Migration),
             Box::new(m20261207_000005_response_outcome::Migration),
+            Box::new(m20261207_000010_questionnaires::Migration),
+            Box::new(m20261207_000016_smart_process_items::Migration),
             Box::new(m20261207_000019_outbox_open_by_kind::Migration),
         ]
     }

@@ -1,7 +1,9 @@
-//! What opros knows of a CRM document: which kind (deal or lead), which record, over
+//! What opros knows of a CRM document: which kind (deal, lead or smart-process item),
+//! how each kind is named and read (`document`), which record, over
 //! which channel its results go, and the patient's name read from it. Used by the
 //! handlers, `invitations` and the outbox alike, so it sits below all of them.
 
+pub mod document;
 pub mod patient;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ pub struct EntityRef {
 }
 
 impl EntityRef {
-    /// `DEAL_4217` / `LEAD_12` from a business-process `document_id[2]` (protocol §4.3).
+    /// `DEAL_4217` / `LEAD_12` / `DYNAMIC_128_5` from a business-process `document_id[2]` (protocol §4.3).
     pub fn from_document_id(doc: &str) -> Option<Self> {
         let (kind, id) = doc.rsplit_once('_')?;
         let kind = EntityType::parse(kind)?;

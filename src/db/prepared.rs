@@ -59,12 +59,12 @@ pub async fn portal_caller<C: ConnectionTrait>(
 
 const INSERT_INVITATION_HEAD: &str = "INSERT INTO invitation (id, portal_id, channel, \
      entity_type, entity_id, patient_name, questionnaire_code, questionnaire_version, status, \
-     dedupe_key, created_at, opened_at, completed_at, expires_at) VALUES";
+     dedupe_key, created_at, opened_at, completed_at, expires_at, questionnaire_version_id) VALUES";
 
 const INSERT_INVITATION: &str = "INSERT INTO invitation (id, portal_id, channel, entity_type, \
      entity_id, patient_name, questionnaire_code, questionnaire_version, status, dedupe_key, \
-     created_at, opened_at, completed_at, expires_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     created_at, opened_at, completed_at, expires_at, questionnaire_version_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
      ON CONFLICT (dedupe_key) DO NOTHING";
 
 /// Inserts `row` unless its `dedupe_key` is taken; true if it was inserted. The
@@ -88,7 +88,7 @@ pub async fn insert_invitations<C: ConnectionTrait>(
     db: &C,
     rows: &[invitation::Model],
 ) -> Result<HashSet<String>, DbErr> {
-    const COLUMNS: usize = 14;
+    const COLUMNS: usize = 15;
     let backend = db.get_database_backend();
     let mut inserted = HashSet::with_capacity(rows.len());
     for range in pow2_chunks(rows.len()) {
@@ -152,7 +152,7 @@ pub fn pow2_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
     })
 }
 
-fn invitation_values(row: &invitation::Model) -> [Value; 14] {
+fn invitation_values(row: &invitation::Model) -> [Value; 15] {
     [
         row.id.clone().into(),
         row.portal_id.into(),
@@ -168,6 +168,7 @@ fn invitation_values(row: &invitation::Model) -> [Value; 14] {
         row.opened_at.into(),
         row.completed_at.into(),
         row.expires_at.into(),
+        row.questionnaire_version_id.into(),
     ]
 }
 
@@ -269,6 +270,7 @@ mod tests {
             opened_at: None,
             completed_at: None,
             expires_at: now,
+            questionnaire_version_id: None,
         }
     }
 

@@ -12,6 +12,7 @@ use super::{Channel, EntityRef, Issued, NewInvitation, create_or_reuse, patient}
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
+use crate::questionnaires::Resolved;
 use crate::state::AppState;
 
 /// The link lifetime: the portal administrator's setting, else `SURVEY_LINK_DAYS`.
@@ -67,8 +68,9 @@ pub struct Request {
     pub reuse_active: bool,
     pub lifetime_days: u32,
     pub dedupe_key: Option<String>,
-    /// Code and version of the questionnaire; `None` takes the catalog's default.
-    pub questionnaire: Option<(String, u32)>,
+    /// The questionnaire (`questionnaires::resolve`); `None` takes the default code,
+    /// as the portal has it (its own questionnaire of that code, else the template).
+    pub questionnaire: Option<Resolved>,
     /// The robot's `event_token`: `survey_url`/`survey_id` go back to the waiting
     /// business process, on a repeat or a reused link too, and every job is keyed
     /// by `dedupe_key` (one robot run, one set of jobs).
@@ -92,15 +94,13 @@ pub async fn issue(
         questionnaire,
         robot_event,
     } = request;
-    let (code, version) = match questionnaire {
+    let chosen = match questionnaire {
         Some(chosen) => chosen,
         None => {
-            let catalog = state.catalog();
-            let code = catalog.default_code().to_owned();
-            let q = catalog
-                .latest(&code)
-                .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?;
-            (q.code.clone(), q.version)
+            let code = state.catalog().default_code();
+            crate::questionnaires::resolve(state, portal_id, code)
+                .await?
+                .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?
         }
     };
     let now = Utc::now();
@@ -112,22 +112,24 @@ pub async fn issue(
         patient_name: given_name
             .clone()
             .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-        questionnaire_code: code,
-        questionnaire_version: version,
+        questionnaire_code: chosen.questionnaire.code.clone(),
+        questionnaire_version: chosen.questionnaire.version,
+        questionnaire_version_id: chosen.version_id,
         lifetime_days,
         reuse_active,
         dedupe_key: dedupe_key.clone(),
     };
     let name_known = given_name.is_some();
+    let field = entity.kind.has_link_field();
     let outcome = store(state, new, now, move |outcome: &Issued| {
         let inv = &outcome.invitation.id;
         if let (Some(event_token), Some(key)) = (&robot_event, &dedupe_key) {
-            return robot_jobs(inv, event_token, key, name_known);
+            return robot_jobs(inv, event_token, key, name_known, field);
         }
         if outcome.existing || !delivers {
             return Vec::new();
         }
-        link_jobs(inv, &format!("invitation:{inv}"), name_known)
+        link_jobs(inv, &format!("invitation:{inv}"), name_known, field)
     })
     .await?;
     let inv = outcome.invitation.clone();
@@ -180,8 +182,9 @@ where
 }
 
 /// The name lookup (unless the caller knew the name) and the link field update for
-/// a new invitation; `key` makes a repeat of the same request a no-op.
-fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+/// a new invitation (`field`: the document has the link field); `key` makes a
+/// repeat of the same request a no-op.
+fn link_jobs(invitation: &str, key: &str, name_known: bool, field: bool) -> Vec<(Job, String)> {
     let mut jobs = Vec::with_capacity(2);
     if !name_known {
         jobs.push((
@@ -191,18 +194,26 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool) -> Vec<(Job, String)
             format!("{key}:name"),
         ));
     }
-    jobs.push((
-        Job::WriteLinkField {
-            invitation: invitation.to_owned().into(),
-        },
-        format!("{key}:field"),
-    ));
+    if field {
+        jobs.push((
+            Job::WriteLinkField {
+                invitation: invitation.to_owned().into(),
+            },
+            format!("{key}:field"),
+        ));
+    }
     jobs
 }
 
 /// The robot's jobs: its values back to the business process, then the link jobs,
 /// all keyed by the robot run so a repeated call queues nothing new.
-fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<(Job, String)> {
+fn robot_jobs(
+    inv: &str,
+    event_token: &str,
+    key: &str,
+    name_known: bool,
+    field: bool,
+) -> Vec<(Job, String)> {
     let mut jobs = vec![(
         Job::ReturnRobotValues {
             invitation: inv.to_owned().into(),
@@ -210,7 +221,7 @@ fn robot_jobs(inv: &str, event_token: &str, key: &str, name_known: bool) -> Vec<
         },
         format!("{key}:return"),
     )];
-    jobs.extend(link_jobs(inv, key, name_known));
+    jobs.extend(link_jobs(inv, key, name_known, field));
     jobs
 }
 

@@ -23,8 +23,10 @@ pub async fn check_pipeline(
     let Some(wanted) = state.config.category_id else {
         return Ok(());
     };
-    // Leads have no pipelines.
-    if entity.kind == EntityType::Lead {
+    // The variable names a deal pipeline. Leads have none; a smart process's
+    // pipelines are its own, numbered apart from the deals' — reading a deal with the
+    // item's id would judge another record.
+    if entity.kind != EntityType::Deal {
         return Ok(());
     }
     let claimed = claimed.and_then(|c| c.trim().parse::<u64>().ok());

@@ -90,7 +90,7 @@ pub async fn outgoing(
         None,
         Channel::Webhook,
         entity,
-        &format!("outgoing:{}:{}", kind.as_str(), id),
+        &format!("outgoing:{}:{}", kind, id),
     )
     .await?;
     Ok(Json(json!({"ok": true, "survey_id": inv.id})))

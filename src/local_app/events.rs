@@ -215,7 +215,7 @@ async fn crm_added(state: &AppState, call: &EventCall, event: &str) -> Result<Va
         Some(p.id),
         Channel::App,
         entity,
-        &format!("event:{}:{}:{}", p.id, kind.as_str(), id),
+        &format!("event:{}:{}:{}", p.id, kind, id),
     )
     .await?;
     Ok(json!({"ok": true, "survey_id": inv.id}))
@@ -234,19 +234,12 @@ async fn confirm_new_record(
     entity: EntityRef,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    let method = match entity.kind {
-        EntityType::Deal => "crm.deal.get",
-        EntityType::Lead => "crm.lead.get",
-    };
+    let (method, params) = entity.read_call();
     let target = Target::Portal {
         member_id: p.member_id.clone(),
     };
-    let record = match state
-        .b24
-        .call_to_verify(&target, method, json!({"id": entity.id}))
-        .await
-    {
-        Ok(record) => record,
+    let record = match state.b24.call_to_verify(&target, &method, params).await {
+        Ok(record) => crate::crm::document::record(entity.kind, record),
         Err(B24Error::VerifyBudgetSpent { .. }) => {
             tracing::warn!(portal = %p.domain, "Бюджет проверок исчерпан; событие о новой записи не проверено");
             return Err(ApiError::unavailable(
@@ -288,7 +281,7 @@ async fn confirm_new_record(
 fn not_confirmed(p: &portal::Model, entity: EntityRef, why: &str) -> ApiError {
     tracing::warn!(
         portal = %p.domain,
-        entity = %format!("{}_{}", entity.kind.as_str(), entity.id),
+        entity = %format!("{}_{}", entity.kind, entity.id),
         why,
         "Событие о новой записи не подтверждено порталом; ссылка не записана"
     );

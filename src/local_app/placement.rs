@@ -10,7 +10,7 @@ use poem::web::{Data, Path};
 use poem::{Body, Response, handler};
 use sea_orm::EntityTrait;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::frame_auth::{self, FrameCaller};
 use super::frame_post::VerifiedFrame;
@@ -53,7 +53,7 @@ async fn show_tab(state: &AppState, caller: &FrameCaller, call: &FrameCall) -> R
     tracing::info!(
         portal = %caller.portal.domain,
         user = caller.user_id,
-        entity = %format!("{}_{}", entity.kind.as_str(), entity.id),
+        entity = %format!("{}_{}", entity.kind, entity.id),
         "Открыта вкладка «Анкета пациента»"
     );
     render(state, &caller.portal, &session, None).await
@@ -64,11 +64,7 @@ async fn show_tab(state: &AppState, caller: &FrameCaller, call: &FrameCall) -> R
 /// A placement we did not bind (another card's tab) names no document we know:
 /// it is refused, never taken for a deal with the same number.
 fn entity_of(call: &FrameCall) -> Option<EntityRef> {
-    let kind = match call.placement.as_deref() {
-        Some("CRM_DEAL_DETAIL_TAB") => EntityType::Deal,
-        Some("CRM_LEAD_DETAIL_TAB") => EntityType::Lead,
-        _ => return None,
-    };
+    let kind = EntityType::from_tab_placement(call.placement.as_deref()?)?;
     let id = call.placement_id()?;
     Some(EntityRef { kind, id })
 }
@@ -83,13 +79,10 @@ async fn check_read_access(
     if state.verify_guard.may_read(&caller.token, entity) {
         return Ok(());
     }
-    let method = match entity.kind {
-        EntityType::Deal => "crm.deal.get",
-        EntityType::Lead => "crm.lead.get",
-    };
+    let (method, params) = entity.read_call();
     match state
         .b24
-        .call_to_verify(&caller.target, method, json!({"id": entity.id}))
+        .call_to_verify(&caller.target, &method, params)
         .await
     {
         Ok(Value::Object(_)) => {
@@ -115,7 +108,10 @@ async fn check_read_access(
             );
             Err(page::error(
                 StatusCode::FORBIDDEN,
-                "Нет доступа к сделке: Битрикс24 не разрешает вам её просматривать.",
+                &format!(
+                    "Нет доступа к {}: Битрикс24 не разрешает вам просматривать эту запись.",
+                    entity.kind.to_whom()
+                ),
             ))
         }
     }

@@ -10,12 +10,13 @@ use serde_json::{Value, json};
 
 use crate::bitrix24::field;
 use crate::bitrix24::{B24Error, BatchCommand, Target};
+use crate::crm::EntityType;
 use crate::db::entities::portal;
-use crate::outbox::automation;
 use crate::outbox::link_field::{add_link_field, has_field};
+use crate::outbox::{automation, robot_select};
 use crate::state::AppState;
 
-pub const ROBOT_CODE: &str = "opros_send_survey";
+pub use crate::outbox::robot_select::ROBOT_CODE;
 pub const AWAIT_ROBOT_CODE: &str = "opros_await_survey";
 pub const TAB_TITLE: &str = "Анкета пациента";
 pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
@@ -66,48 +67,24 @@ impl Report {
     }
 }
 
-fn robot_fields(state: &AppState, installer: Option<i64>) -> Value {
-    let catalog = state.catalog();
-    let mut options = serde_json::Map::new();
-    for q in catalog.list() {
-        options.insert(q.code.clone(), json!(q.title));
-    }
-    let mut fields = json!({
-        "HANDLER": state.config.public("/b24/robot/send-survey"),
-        "USE_SUBSCRIPTION": "Y",
-        "NAME": {"ru": "Отправить опрос", "en": "Send survey"},
-        "DESCRIPTION": {
-            "ru": "Создаёт ссылку на анкету пациента и возвращает её в переменные процесса",
-            "en": "Creates a patient questionnaire link and returns it to the workflow"
-        },
-        "PROPERTIES": {
-            "survey_code": {
-                "Name": {"ru": "Анкета", "en": "Questionnaire"},
-                "Type": "select", "Required": "Y", "Multiple": "N",
-                "Default": catalog.default_code(),
-                "Options": options,
-            },
-            "link_days": {
-                "Name": {"ru": "Срок действия ссылки, дней", "en": "Link lifetime, days"},
-                "Type": "int", "Required": "N", "Multiple": "N",
-                "Default": state.config.link_days,
-            },
-            "reuse_active": {
-                "Name": {"ru": "Отправлять действующую ссылку повторно", "en": "Reuse an active link"},
-                "Type": "bool", "Required": "N", "Multiple": "N", "Default": "Y",
-            },
-        },
-        "RETURN_PROPERTIES": {
-            "survey_url": {"Name": {"ru": "Ссылка на опрос", "en": "Survey link"}, "Type": "string", "Multiple": "N"},
-            "survey_id": {"Name": {"ru": "ID опроса", "en": "Survey ID"}, "Type": "string", "Multiple": "N"},
-        },
-        "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
-        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
-    });
-    if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
-        obj.insert("AUTH_USER_ID".into(), json!(user));
-    }
-    fields
+/// «Отправить опрос»: its select offers the portal's questionnaires
+/// (`outbox::robot_select`, shared with the job that refreshes it).
+async fn robot_fields(state: &AppState, target: &Target, installer: Option<i64>) -> Value {
+    let options = match target {
+        Target::Portal { member_id } => robot_select::options_for_member(state, member_id).await,
+        _ => crate::questionnaires::robot_options(state, None).await,
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(e) => {
+            // The templates still make a working robot; the next change refreshes it.
+            tracing::warn!(error = %e, "Не удалось прочитать анкеты портала для робота");
+            crate::questionnaires::robot_options(state, None)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    robot_select::send_robot_fields(state, &options, installer)
 }
 
 /// «Дождаться анкеты» (CONTRACT «Automation»): waits in the workflow
@@ -136,7 +113,7 @@ fn await_robot_fields(state: &AppState, installer: Option<i64>) -> Value {
             "completed_at": {"Name": {"ru": "Заполнена", "en": "Completed at"}, "Type": "datetime", "Multiple": "N"},
         },
         "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
-        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
+        "FILTER": robot_select::robot_filter(),
     });
     if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
         obj.insert("AUTH_USER_ID".into(), json!(user));
@@ -188,6 +165,8 @@ async fn list(state: &AppState, target: &Target) -> Result<Listed, B24Error> {
         BatchCommand::new("robots", "bizproc.robot.list", json!({})),
         BatchCommand::new("placements", "placement.get", json!({})),
         BatchCommand::new("events", "event.get", json!({})),
+        // §A7: the smart processes, for their card tabs.
+        BatchCommand::new("types", "crm.type.list", json!({})),
     ];
     for entity in ENTITIES {
         listing.push(BatchCommand::new(
@@ -212,7 +191,7 @@ async fn ensure_robots(
     let robots = [
         (
             ROBOT_CODE,
-            robot_fields(state, installer),
+            robot_fields(state, target, installer).await,
             "Робот «Отправить опрос»",
         ),
         (
@@ -261,60 +240,179 @@ async fn ensure_robot(
     }
 }
 
-/// The tabs: ours bound; one left from an old service address unbound.
+/// A smart process whose items get the tab: automation enabled, since the robots
+/// and the triggers work only there (§A1, crm-type-add.md `isAutomationEnabled`).
+struct SmartProcess {
+    kind: EntityType,
+    title: String,
+}
+
+/// `crm.type.list` answers 50 types a page (rest_help/crm/dynamic/methodscrmtype).
+const TYPES_PAGE: usize = 50;
+/// Pages read at most: a portal with more smart processes than this gets tabs for
+/// the first ones and the admin page says nothing is wrong — an accepted limit.
+const MAX_TYPE_PAGES: usize = 20;
+
+/// The portal's smart processes with automation enabled, from `crm.type.list`
+/// (`{types: [{entityTypeId, title, isAutomationEnabled}]}`): the listing's first
+/// page, then the next pages while they are full. `None` when the portal did not
+/// answer (then no smart-process tab is unbound either).
+async fn smart_processes(
+    state: &AppState,
+    target: &Target,
+    listed: &Listed,
+) -> Option<Vec<SmartProcess>> {
+    let Some(Ok(answer)) = listed.get("types") else {
+        return None;
+    };
+    let mut types = field(answer, "types").and_then(Value::as_array)?.clone();
+    let mut page = types.len();
+    let mut pages = 1;
+    while page == TYPES_PAGE && pages < MAX_TYPE_PAGES {
+        let more = state
+            .b24
+            .call(target, "crm.type.list", json!({"start": types.len()}))
+            .await
+            .ok()?;
+        let more = field(&more, "types").and_then(Value::as_array)?.clone();
+        page = more.len();
+        pages += 1;
+        types.extend(more);
+    }
+    Some(types.iter().filter_map(smart_process).collect())
+}
+
+/// One entry of `crm.type.list`, if it is a smart process with automation enabled.
+fn smart_process(t: &Value) -> Option<SmartProcess> {
+    if !field(t, "isAutomationEnabled").is_some_and(crate::bitrix24::truthy) {
+        return None;
+    }
+    let id = field(t, "entityTypeId").and_then(|v| match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    })?;
+    let kind = u32::try_from(id).ok().and_then(EntityType::dynamic)?;
+    let title = field(t, "title")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(SmartProcess { kind, title })
+}
+
+/// The tabs: ours bound for deals, leads and every smart process with automation;
+/// one left from an old service address unbound, and so is a smart process's tab
+/// once its type is gone or its automation is off (refreshed on every install).
 async fn ensure_tabs(state: &AppState, target: &Target, listed: &Listed, report: &mut Report) {
     let tab_handler = state.config.public("/b24/placement/deal-tab");
     let placements = list_of(listed.get("placements")).unwrap_or_default();
-    for (i, code) in PLACEMENTS.iter().enumerate() {
-        let ours = |p: &Value| field(p, "placement").and_then(Value::as_str) == Some(*code);
-        let mut bound = false;
-        for p in placements.iter().filter(|p| ours(p)) {
-            let handler = handler_of(p);
-            if handler == tab_handler {
-                bound = true;
-            } else if handler.ends_with("/b24/placement/deal-tab") {
-                let _ = state
-                    .b24
-                    .call(
-                        target,
-                        "placement.unbind",
-                        json!({"PLACEMENT": code, "HANDLER": handler}),
-                    )
-                    .await;
-            }
-        }
-        let result = if bound {
-            Ok("уже была")
-        } else {
-            match state
+    let smart = smart_processes(state, target, listed).await;
+    let mut wanted: Vec<(String, String, bool)> = vec![
+        (
+            PLACEMENTS[0].to_owned(),
+            "Вкладка «Анкета пациента» в сделке".to_owned(),
+            true,
+        ),
+        (
+            PLACEMENTS[1].to_owned(),
+            "Вкладка «Анкета пациента» в лиде".to_owned(),
+            false,
+        ),
+    ];
+    for process in smart.iter().flatten() {
+        wanted.push((
+            process.kind.tab_placement(),
+            format!(
+                "Вкладка «Анкета пациента» в смарт-процессе «{}»",
+                process.title
+            ),
+            false,
+        ));
+    }
+    for (code, what, critical) in &wanted {
+        let result = ensure_tab(state, target, &placements, code, &tab_handler).await;
+        report.push(what.as_str(), *critical, result);
+    }
+    if smart.is_none() {
+        report.push(
+            "Вкладки в смарт-процессах",
+            false,
+            Err("портал не дал список смарт-процессов (crm.type.list)".into()),
+        );
+        return;
+    }
+    // Ours on a smart process no longer wanted: a deleted type, automation off.
+    for p in &placements {
+        let Some(code) = field(p, "placement").and_then(Value::as_str) else {
+            continue;
+        };
+        let stale = matches!(
+            EntityType::from_tab_placement(code),
+            Some(EntityType::Dynamic(_))
+        ) && !wanted.iter().any(|(w, _, _)| w == code)
+            && handler_of(p).ends_with("/b24/placement/deal-tab");
+        if stale {
+            let _ = state
                 .b24
                 .call(
                     target,
-                    "placement.bind",
-                    json!({
-                        "PLACEMENT": code,
-                        "HANDLER": tab_handler,
-                        "TITLE": TAB_TITLE,
-                        "DESCRIPTION": "Ответы пациента на анкету и PDF-отчёт",
-                        "LANG_ALL": {
-                            "ru": {"TITLE": TAB_TITLE},
-                            "en": {"TITLE": "Patient questionnaire"},
-                        },
-                    }),
+                    "placement.unbind",
+                    json!({"PLACEMENT": code, "HANDLER": handler_of(p)}),
                 )
-                .await
-            {
-                Ok(_) => Ok("добавлена"),
-                Err(e) if e.is_already_registered() => Ok("уже была"),
-                Err(e) => Err(e.admin_message()),
-            }
-        };
-        let what = if i == 0 {
-            "Вкладка «Анкета пациента» в сделке"
-        } else {
-            "Вкладка «Анкета пациента» в лиде"
-        };
-        report.push(what, i == 0, result);
+                .await;
+        }
+    }
+}
+
+/// One tab bound to this service's handler.
+async fn ensure_tab(
+    state: &AppState,
+    target: &Target,
+    placements: &[Value],
+    code: &str,
+    tab_handler: &str,
+) -> Result<&'static str, String> {
+    let ours = |p: &&Value| field(p, "placement").and_then(Value::as_str) == Some(code);
+    let mut bound = false;
+    for p in placements.iter().filter(ours) {
+        let handler = handler_of(p);
+        if handler == tab_handler {
+            bound = true;
+        } else if handler.ends_with("/b24/placement/deal-tab") {
+            let _ = state
+                .b24
+                .call(
+                    target,
+                    "placement.unbind",
+                    json!({"PLACEMENT": code, "HANDLER": handler}),
+                )
+                .await;
+        }
+    }
+    if bound {
+        return Ok("уже была");
+    }
+    match state
+        .b24
+        .call(
+            target,
+            "placement.bind",
+            json!({
+                "PLACEMENT": code,
+                "HANDLER": tab_handler,
+                "TITLE": TAB_TITLE,
+                "DESCRIPTION": "Ответы пациента на анкету и PDF-отчёт",
+                "LANG_ALL": {
+                    "ru": {"TITLE": TAB_TITLE},
+                    "en": {"TITLE": "Patient questionnaire"},
+                },
+            }),
+        )
+        .await
+    {
+        Ok(_) => Ok("добавлена"),
+        Err(e) if e.is_already_registered() => Ok("уже была"),
+        Err(e) => Err(e.admin_message()),
     }
 }
 

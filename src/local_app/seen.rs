@@ -23,7 +23,7 @@ use crate::bitrix24::callback::{EventCall, FrameCall};
 use crate::crm::{EntityRef, EntityType, InvitationId};
 use crate::db::entities::{invitation, outbox_job, portal};
 use crate::error::{ApiError, ErrorCode};
-use crate::outbox::automation::{SEEN_ACTION, owner_type_id};
+use crate::outbox::automation::SEEN_ACTION;
 use crate::outbox::{self, Job};
 use crate::state::AppState;
 
@@ -61,10 +61,10 @@ pub async fn timeline_action(
     if action.id.as_deref() != Some(SEEN_ACTION) {
         return Ok(json!({"ok": true, "ignored": action.id}));
     }
-    let kind = match positive(action.entity_type_id.as_deref()) {
-        Some(t) if t == i64::from(owner_type_id(EntityType::Deal)) => EntityType::Deal,
-        Some(t) if t == i64::from(owner_type_id(EntityType::Lead)) => EntityType::Lead,
-        _ => return Err(unknown_activity()),
+    let Some(kind) =
+        positive(action.entity_type_id.as_deref()).and_then(EntityType::from_owner_type_id)
+    else {
+        return Err(unknown_activity());
     };
     let (Some(entity_id), Some(activity_id)) = (
         positive(action.entity_id.as_deref()),
@@ -173,10 +173,10 @@ async fn confirm_user(
     if positive(call.data.timeline_action.user_id.as_deref()) != Some(caller.user_id) {
         return Err(not_confirmed());
     }
-    let method = format!("crm.{}.get", entity.kind.timeline_name());
+    let (method, params) = entity.read_call();
     match state
         .b24
-        .call_to_verify(&caller.target, &method, json!({"id": entity.id}))
+        .call_to_verify(&caller.target, &method, params)
         .await
     {
         Ok(Value::Object(_)) => Ok(()),

@@ -162,6 +162,11 @@ fn scope_text(scope: Scope) -> String {
             kind: EntityType::Lead,
             id,
         }) => format!("L{id}"),
+        // `T<entityTypeId>_<id>`: the item's type is part of what the session opens.
+        Scope::Entity(EntityRef {
+            kind: EntityType::Dynamic(t),
+            id,
+        }) => format!("T{t}_{id}"),
         Scope::Admin => "A".to_owned(),
     }
 }
@@ -170,12 +175,19 @@ fn parse_scope(s: &str) -> Option<Scope> {
     if s == "A" {
         return Some(Scope::Admin);
     }
-    let kind = match s.get(..1)? {
-        "D" => EntityType::Deal,
-        "L" => EntityType::Lead,
+    let (kind, id) = match s.get(..1)? {
+        "D" => (EntityType::Deal, s.get(1..)?),
+        "L" => (EntityType::Lead, s.get(1..)?),
+        "T" => {
+            let (t, id) = s.get(1..)?.split_once('_')?;
+            let t = t.bytes().all(|b| b.is_ascii_digit()).then_some(t)?;
+            (EntityType::dynamic(t.parse().ok()?)?, id)
+        }
         _ => return None,
     };
-    let id = s.get(1..)?.parse::<i64>().ok().filter(|id| *id > 0)?;
+    // Digits only: `parse` would take a sign, and a scope has one spelling.
+    let id = id.bytes().all(|b| b.is_ascii_digit()).then_some(id)?;
+    let id = id.parse::<i64>().ok().filter(|id| *id > 0)?;
     Some(Scope::Entity(EntityRef { kind, id }))
 }
 
@@ -212,6 +224,36 @@ mod tests {
             Session::verify_tab(KEY, &admin, now).map(|(_, e)| e),
             Err(SessionError::WrongScope)
         );
+    }
+
+    #[test]
+    fn an_item_scope_names_its_type_and_id() {
+        let item = |t, id| {
+            Scope::Entity(EntityRef {
+                kind: EntityType::Dynamic(t),
+                id,
+            })
+        };
+        let now = Utc::now();
+        let token = Session::new(3, 17, item(128, 4217), now).sign(KEY);
+        assert!(token.contains(".T128_4217."), "{token}");
+        let back = Session::verify(KEY, &token, now).expect("valid");
+        assert_eq!(back.scope, item(128, 4217));
+        // The same id of another type or a deal is another scope.
+        assert_ne!(back.scope, item(130, 4217));
+        assert_ne!(back.scope, deal(4217));
+        for scope in [
+            "T128_4217",
+            "T31_5",
+            "T128_0",
+            "T128",
+            "T_5",
+            "T128_5_6",
+            "T+128_5",
+        ] {
+            let expected = (scope == "T128_4217").then(|| item(128, 4217));
+            assert_eq!(parse_scope(scope), expected, "{scope}");
+        }
     }
 
     #[test]

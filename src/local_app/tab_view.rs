@@ -10,7 +10,7 @@ use crate::assets;
 use crate::completion::{moscow, score_answer};
 use crate::db::entities::invitation;
 use crate::invitations::lifecycle::{self, FlowError};
-use crate::invitations::{COMPLETED, EntityRef, EntityType, of_entity, status_label, status_of};
+use crate::invitations::{COMPLETED, EntityRef, of_entity, status_label, status_of};
 use crate::state::AppState;
 use crate::survey::{Answers, Questionnaire, flagged, scores, sections_for_display};
 use crate::views;
@@ -48,7 +48,7 @@ pub async fn load(
     let rows = of_entity(&state.db, Some(portal_id), entity).await?;
     let completed = match rows.iter().find(|r| r.status == COMPLETED) {
         Some(inv) => {
-            let q = lifecycle::questionnaire_of(state, inv)?;
+            let q = lifecycle::questionnaire_of(state, inv).await?;
             let answers = lifecycle::answers_to_show(state, inv).await?;
             Some((inv.clone(), q, answers))
         }
@@ -90,10 +90,8 @@ pub fn view(data: &TabData, session: &str, new_link: Option<&str>, now: DateTime
     TabPage {
         frame,
         session: session.to_owned(),
-        what: match data.entity.kind {
-            EntityType::Deal => "Сделка",
-            EntityType::Lead => "Лид",
-        },
+        what: data.entity.kind.label(),
+        link_field: data.entity.kind.has_link_field(),
         entity_id: data.entity.id,
         patient,
         new_link: new_link.map(str::to_owned),
@@ -159,6 +157,7 @@ fn invitation_row(row: &invitation::Model, now: DateTime<Utc>) -> InvitationRow 
 
 #[cfg(test)]
 mod tests {
+    use crate::invitations::EntityType;
     use chrono::Duration;
     use scraper::{Html, Selector};
     use serde_json::json;
@@ -178,6 +177,7 @@ mod tests {
             patient_name: name.to_owned(),
             questionnaire_code: "pre_visit".to_owned(),
             questionnaire_version: 1,
+            questionnaire_version_id: None,
             status,
             dedupe_key: None,
             created_at: created,

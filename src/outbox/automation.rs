@@ -43,14 +43,6 @@ pub const SEEN_ACTION: &str = "seen";
 const TODO_TITLE: &str = "Проверьте анкету пациента";
 const NO_IM: &str = "нет права im — уведомления врачу не отправляются";
 
-/// `crm.enum.ownertype` (§A1): 1 lead, 2 deal.
-pub fn owner_type_id(kind: EntityType) -> u32 {
-    match kind {
-        EntityType::Deal => 2,
-        EntityType::Lead => 1,
-    }
-}
-
 /// «1 отметка», «2 отметки», «5 отметок», «21 отметка», «12 отметок».
 pub fn marks(n: usize) -> String {
     let word = match (n % 10, n % 100) {
@@ -170,11 +162,9 @@ async fn read_document(
     target: &Target,
     entity: EntityRef,
 ) -> Result<Document, B24Error> {
-    let method = format!("crm.{}.get", entity.kind.timeline_name());
-    let record = state
-        .b24
-        .call(target, &method, json!({"id": entity.id}))
-        .await?;
+    let (method, params) = entity.read_call();
+    let read = state.b24.call(target, &method, params).await?;
+    let record = crate::crm::document::record(entity.kind, read);
     let responsible = crate::bitrix24::field(&record, "ASSIGNED_BY_ID").and_then(|v| match v {
         Value::String(s) => s.trim().parse().ok(),
         Value::Number(n) => n.as_i64(),
@@ -235,7 +225,7 @@ pub async fn run(
                     "crm.automation.trigger.execute",
                     json!({
                         "CODE": code,
-                        "OWNER_TYPE_ID": owner_type_id(entity.kind),
+                        "OWNER_TYPE_ID": entity.kind.owner_type_id(),
                         "OWNER_ID": entity.id,
                     }),
                 )
@@ -262,7 +252,7 @@ pub async fn run(
         Ok(d) => d,
         Err(e) => match refusal(&e) {
             Some(reason) => {
-                steps.refused("Сделка или лид", reason);
+                steps.refused("Документ CRM", reason);
                 return JobOutcome::Done(json!({"steps": steps.0, "sent": sent}));
             }
             None => return classify(&e, row, now),
@@ -350,7 +340,7 @@ pub async fn run(
             let params = json!({
                 "USER_ID": user,
                 "MESSAGE": notification_text(entity, &document.title, flagged.len()),
-                "TAG": format!("opros|{member_id}|{}_{}", entity.kind.as_str(), entity.id),
+                "TAG": format!("opros|{member_id}|{}_{}", entity.kind, entity.id),
             });
             // A repeat replaces the notification (same TAG), so the client may retry.
             match state.b24.call(target, "im.notify.system.add", params).await {
@@ -451,7 +441,7 @@ async fn find_activity(
             "crm.activity.list",
             json!({
                 "filter": {
-                    "OWNER_TYPE_ID": owner_type_id(entity.kind),
+                    "OWNER_TYPE_ID": entity.kind.owner_type_id(),
                     "OWNER_ID": entity.id,
                     "ORIGIN_ID": invitation_id,
                 },
@@ -490,9 +480,9 @@ async fn flagged_of(
     };
     let answers = crate::survey::decode_answers(&inv.id, answers)
         .map_err(|_| JobOutcome::Dead("сохранённые ответы не читаются".into()))?;
-    let Some(q) = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    let pinned = crate::questionnaires::of_invitation(state, inv).await;
+    let Some(q) =
+        pinned.map_err(|e| retry(failures(row), None, format!("база данных: {e}"), now))?
     else {
         return Err(JobOutcome::Dead(format!(
             "анкета {} версии {} не найдена",
@@ -506,13 +496,13 @@ async fn member_id(state: &AppState, inv: &invitation::Model) -> String {
     crate::completion::portal_field(state, inv, |p| p.member_id).await
 }
 
-/// The document's card, relative: a slider on the portal (§A2, `redirect`).
+/// The document's card, relative: a slider on the portal (§A2, `redirect`). A
+/// smart-process item's card is `/crm/type/<entityTypeId>/details/<id>/`.
 fn card_url(entity: EntityRef) -> String {
-    format!(
-        "/crm/{}/details/{}/",
-        entity.kind.timeline_name(),
-        entity.id
-    )
+    match entity.kind {
+        EntityType::Dynamic(t) => format!("/crm/type/{t}/details/{}/", entity.id),
+        kind => format!("/crm/{}/details/{}/", kind.timeline_name(), entity.id),
+    }
 }
 
 /// «Анкета пациента по сделке «…»: 2 отметки требуют внимания» with a link to the
@@ -522,6 +512,7 @@ pub fn notification_text(entity: EntityRef, title: &str, flags: usize) -> String
     let (by, open) = match entity.kind {
         EntityType::Deal => ("по сделке", "Открыть сделку"),
         EntityType::Lead => ("по лиду", "Открыть лид"),
+        EntityType::Dynamic(_) => ("по элементу", "Открыть элемент"),
     };
     format!(
         "Анкета пациента {by} «{}»: {} {} внимания. [URL={}]{open}[/URL]",
@@ -587,7 +578,7 @@ fn activity_params(
         obj.insert("responsibleId".into(), json!(user));
     }
     json!({
-        "ownerTypeId": owner_type_id(entity.kind),
+        "ownerTypeId": entity.kind.owner_type_id(),
         "ownerId": entity.id,
         "fields": fields,
         "layout": {
@@ -628,7 +619,7 @@ fn todo_params(
     now: DateTime<Utc>,
 ) -> Value {
     let mut params = json!({
-        "ownerTypeId": owner_type_id(entity.kind),
+        "ownerTypeId": entity.kind.owner_type_id(),
         "ownerId": entity.id,
         "deadline": todo_deadline(now),
         "title": TODO_TITLE,

@@ -78,6 +78,7 @@ pub async fn run_group(
             Job::AwaitSurvey { event_token, .. } => {
                 super::survey_wait::run(state, &target, &c.row, None, event_token, now).await
             }
+            Job::RefreshRobotSelect => super::robot_select::run(state, &target, &c.row, now).await,
             _ => JobOutcome::Dead("not a portal-wide job".into()),
         };
         outcomes.push((c.row, outcome));
@@ -223,6 +224,7 @@ pub async fn run_group(
 /// would create the link field.
 async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityType) {
     let entity = kind.timeline_name();
+    let entity = entity.as_str();
     if state.link_field_checked(entity) {
         return;
     }
@@ -232,29 +234,23 @@ async fn ensure_webhook_field(state: &AppState, target: &Target, kind: EntityTyp
     }
 }
 
-fn entity_method(kind: EntityType, verb: &str) -> String {
-    match kind {
-        EntityType::Deal => format!("crm.deal.{verb}"),
-        EntityType::Lead => format!("crm.lead.{verb}"),
-    }
-}
-
 fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<BatchCommand> {
     let entity = EntityRef::from_row(inv);
     let id = c.row.id;
     match &c.job {
         Job::ResolvePatient { .. } => {
+            let (method, params) = entity.read_call();
             let mut cmds = vec![BatchCommand {
                 name: format!("d{id}"),
-                method: entity_method(entity.kind, "get"),
-                params: json!({"id": entity.id}),
+                method,
+                params,
             }];
-            if entity.kind == EntityType::Deal {
-                // protocol §13: a later command reads an earlier result in the same batch.
+            // protocol §13: a later command reads an earlier result in the same batch.
+            if let Some(contact) = entity.contact_ref(&format!("d{id}")) {
                 cmds.push(BatchCommand {
                     name: format!("c{id}"),
                     method: "crm.contact.get".into(),
-                    params: json!({"id": format!("$result[d{id}][CONTACT_ID]")}),
+                    params: json!({"id": contact}),
                 });
             }
             cmds
@@ -279,7 +275,7 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
             );
             vec![BatchCommand {
                 name: format!("f{id}"),
-                method: entity_method(entity.kind, "update"),
+                method: format!("crm.{}.update", entity.kind.timeline_name()),
                 params: json!({"id": entity.id, "fields": fields}),
             }]
         }
@@ -294,7 +290,8 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
         | Job::AwaitSurvey { .. }
         | Job::Automate { .. }
         | Job::CompleteActivity { .. }
-        | Job::ConfirmUninstall { .. } => Vec::new(),
+        | Job::ConfirmUninstall { .. }
+        | Job::RefreshRobotSelect => Vec::new(),
     }
 }
 
@@ -372,7 +369,8 @@ async fn run_chunk(
                 let entity = take(format!("d{id}"));
                 let contact = take(format!("c{id}")).ok();
                 match entity {
-                    Ok(record) => {
+                    Ok(read) => {
+                        let record = crate::crm::document::record(inv.entity_type, read);
                         let name = patient::best_name(contact.as_ref(), Some(&record));
                         store_name(state, &inv, name, now).await
                     }
@@ -404,7 +402,8 @@ async fn run_chunk(
             | Job::AwaitSurvey { .. }
             | Job::Automate { .. }
             | Job::CompleteActivity { .. }
-            | Job::ConfirmUninstall { .. } => JobOutcome::Dead("not a batch job".into()),
+            | Job::ConfirmUninstall { .. }
+            | Job::RefreshRobotSelect => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
     }

@@ -334,9 +334,9 @@ async fn completed_values(state: &AppState, inv: &invitation::Model) -> Result<V
         .ok_or_else(|| "ответы не найдены".to_owned())?;
     let answers = crate::survey::decode_answers(&inv.id, answers)
         .map_err(|_| "сохранённые ответы не читаются".to_owned())?;
-    let q = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    let q = crate::questionnaires::of_invitation(state, inv)
+        .await
+        .map_err(|e| format!("база данных: {e}"))?
         .ok_or_else(|| {
             format!(
                 "анкета {} версии {} не найдена",
@@ -353,15 +353,11 @@ async fn completed_values(state: &AppState, inv: &invitation::Model) -> Result<V
         "status": Outcome::Completed.as_str(),
         "red_flags": titles.len(),
         "red_flag_titles": titles.join("; "),
-        "score": score_text(),
+        // CONTRACT «Automation»: «PHQ-9: 12 — умеренная», empty without scores;
+        // totals and band names only, never an answer.
+        "score": crate::completion::score_line(&q, &answers).unwrap_or_default(),
         "completed_at": completed_at,
     }))
-}
-
-/// `score`: the questionnaires carry no scoring yet, so it is empty as the contract
-/// says for surveys without scores; scored questionnaires fill it here.
-fn score_text() -> String {
-    String::new()
 }
 
 fn unanswered(outcome: Outcome) -> Value {

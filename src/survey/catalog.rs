@@ -33,6 +33,24 @@ const MAX_FILE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     items: BTreeMap<(String, u32), Arc<Questionnaire>>,
+    /// The `(code, version)` pairs that came with the service, not from a file.
+    builtin: std::collections::BTreeSet<(String, u32)>,
+}
+
+/// Where a template came from, for the editor's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateSource {
+    Builtin,
+    File,
+}
+
+impl TemplateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateSource::Builtin => "builtin",
+            TemplateSource::File => "file",
+        }
+    }
 }
 
 /// A questionnaire file that could not be used, and why. The others still load.
@@ -95,6 +113,7 @@ impl Catalog {
         for (name, text) in BUILTINS {
             catalog.add_text(name, text, Format::Yaml, &mut problems);
         }
+        catalog.builtin = catalog.items.keys().cloned().collect();
         if let Some(dir) = dir {
             catalog.load_dir(dir, &mut problems);
         }
@@ -225,6 +244,26 @@ impl Catalog {
         self.items.values().cloned().collect()
     }
 
+    /// The latest version of every code, with where it came from: the templates a
+    /// portal may start its own questionnaires from.
+    pub fn templates(&self) -> Vec<(Arc<Questionnaire>, TemplateSource)> {
+        let mut latest: BTreeMap<&str, &Arc<Questionnaire>> = BTreeMap::new();
+        for ((code, _), q) in &self.items {
+            latest.insert(code.as_str(), q);
+        }
+        latest
+            .into_values()
+            .map(|q| {
+                let source = if self.builtin.contains(&(q.code.clone(), q.version)) {
+                    TemplateSource::Builtin
+                } else {
+                    TemplateSource::File
+                };
+                (Arc::clone(q), source)
+            })
+            .collect()
+    }
+
     /// The code used when an invitation names no questionnaire.
     pub fn default_code(&self) -> &'static str {
         DEFAULT_CODE
@@ -325,6 +364,36 @@ sections:
         assert!(has("questions[1] (a)", "этот вопрос ниже"), "{text:?}");
         assert!(has("questions[2] (later)", "повторяется"), "{text:?}");
         assert!(has("questions[4] (c2)", "только одно согласие"), "{text:?}");
+    }
+
+    #[test]
+    fn templates_are_the_latest_of_each_code_with_their_source() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("good.yaml"), GOOD).expect("write");
+        let gad7_v2 = serde_json::to_string(&{
+            let (catalog, _) = Catalog::load(None);
+            let mut q = Questionnaire::clone(&catalog.latest("gad7").expect("gad7"));
+            q.version = 2;
+            q
+        })
+        .expect("json");
+        std::fs::write(dir.path().join("gad7.json"), gad7_v2).expect("write");
+        let (catalog, problems) = Catalog::load(Some(dir.path()));
+        assert!(problems.is_empty(), "{problems:?}");
+        let templates: Vec<(String, u32, &str)> = catalog
+            .templates()
+            .into_iter()
+            .map(|(q, source)| (q.code.clone(), q.version, source.as_str()))
+            .collect();
+        assert_eq!(
+            templates,
+            vec![
+                ("follow_up".to_owned(), 2, "file"),
+                ("gad7".to_owned(), 2, "file"),
+                ("phq9".to_owned(), 1, "builtin"),
+                ("pre_visit".to_owned(), 1, "builtin"),
+            ]
+        );
     }
 
     #[test]

@@ -61,8 +61,10 @@ pub struct TabPage {
     pub frame: Frame,
     /// The signed session its forms carry.
     pub session: String,
-    /// «Сделка» or «Лид».
+    /// «Сделка», «Лид» or «Элемент смарт-процесса».
     pub what: &'static str,
+    /// The document has the link field (deals and leads; a smart-process item has none).
+    pub link_field: bool,
     pub entity_id: i64,
     pub patient: Option<String>,
     /// A link just created, shown for copying.

@@ -44,19 +44,21 @@ pub struct B24RobotCall {
     /// `crm`.
     #[oai(rename = "document_id[0]")]
     pub document_module: Option<String>,
-    /// `CCrmDocumentDeal` or `CCrmDocumentLead`.
+    /// `CCrmDocumentDeal`, `CCrmDocumentLead` or
+    /// `Bitrix\Crm\Integration\BizProc\Document\Dynamic` (a smart-process item).
     #[oai(rename = "document_id[1]")]
     pub document_class: Option<String>,
-    /// The document, e.g. `DEAL_4217`: the id follows the last `_`.
+    /// The document, e.g. `DEAL_4217`, `LEAD_15`, `DYNAMIC_128_5` (a smart-process
+    /// item: type 128, item 5): the id follows the last `_`.
     #[oai(rename = "document_id[2]", validator(min_length = 1))]
     pub document: String,
     /// `crm`.
     #[oai(rename = "document_type[0]")]
     pub document_type_module: Option<String>,
-    /// `CCrmDocumentDeal` or `CCrmDocumentLead`.
+    /// `CCrmDocumentDeal`, `CCrmDocumentLead` or the smart-process class.
     #[oai(rename = "document_type[1]")]
     pub document_type_class: Option<String>,
-    /// `DEAL` or `LEAD`.
+    /// `DEAL`, `LEAD` or `DYNAMIC_<entityTypeId>`.
     #[oai(rename = "document_type[2]")]
     pub document_type: Option<String>,
     /// Single-use token that `bizproc.event.send` returns the link with.
@@ -669,7 +671,8 @@ fn routes() -> Vec<Route> {
             summary: "Робот «Отправить опрос»",
             description: "Проверяет `auth[application_token]`, создаёт или переиспользует приглашение и \
                           отвечает сразу; ссылка (`survey_url`, `survey_id`) уходит в бизнес-процесс \
-                          через `bizproc.event.send`, в поле сделки — через очередь.",
+                          через `bizproc.event.send`, в поле сделки или лида — через очередь (у \
+                          элемента смарт-процесса такого поля нет).",
             params: vec![],
             request: form_of::<B24RobotCall>("Вызов робота (протокол §4.3)"),
             responses: json_answers(json_of::<CallbackDone>("Принято")),
@@ -708,7 +711,8 @@ fn routes() -> Vec<Route> {
             tag: TAG_BITRIX24,
             summary: "Вкладка «Анкета пациента»",
             description: "Ответы (важные первыми) и PDF — только после того, как портал подтвердил \
-                          врача и его право читать сделку.",
+                          врача и его право читать документ: сделку, лид или элемент смарт-процесса \
+                          (`CRM_DYNAMIC_<id>_DETAIL_TAB`; тип — из `PLACEMENT`).",
             params: frame_query(),
             request: form_of::<B24Frame>("Форма фрейма вкладки (протокол §6.2)"),
             responses: vec![html_page("Вкладка"), refusal()],
@@ -718,7 +722,7 @@ fn routes() -> Vec<Route> {
             method: Method::POST,
             tag: TAG_BITRIX24,
             summary: "PDF из вкладки",
-            description: "Только с сессией вкладки той же сделки.",
+            description: "Только с сессией вкладки того же документа CRM.",
             params: vec![param("invitation", MetaParamIn::Path, "Номер приглашения")],
             request: form_of::<B24TabAction>("Сессия вкладки"),
             responses: vec![
@@ -731,7 +735,7 @@ fn routes() -> Vec<Route> {
             method: Method::POST,
             tag: TAG_BITRIX24,
             summary: "«Отправить новую ссылку» из вкладки",
-            description: "Только с сессией вкладки той же сделки.",
+            description: "Только с сессией вкладки того же документа CRM.",
             params: vec![],
             request: form_of::<B24TabAction>("Сессия вкладки"),
             responses: vec![html_page("Вкладка с итогом"), refusal()],
@@ -759,6 +763,7 @@ fn routes() -> Vec<Route> {
             responses,
         });
     }
+    routes.extend(editor_routes());
     let responses = json_answers(json_of::<CallbackDone>("Принято"));
     routes.push(Route {
         path: "/api/bitrix/webhook",
@@ -777,4 +782,107 @@ fn routes() -> Vec<Route> {
         responses,
     });
     routes
+}
+
+/// The questionnaire editor's JSON API (`local_app::questionnaire_api`): the admin
+/// page's session in the `X-Opros-Session` header, JSON in and out.
+fn editor_routes() -> Vec<Route> {
+    let session = || MetaOperationParam {
+        required: true,
+        ..param(
+            "X-Opros-Session",
+            MetaParamIn::Header,
+            "Сессия страницы приложения (администратор портала); без неё или с истёкшей — 401 `session_expired`",
+        )
+    };
+    let id = || param("id", MetaParamIn::Path, "Id анкеты портала");
+    let json_request = |description: &'static str| {
+        Some(MetaRequest {
+            description: Some(description),
+            content: vec![media(JSON, schema("object"))],
+            required: true,
+        })
+    };
+    let json_answer = |status: u16, description: &'static str| {
+        vec![
+            response(status, description, vec![media(JSON, schema("object"))]),
+            refusal(),
+        ]
+    };
+    const LIST: &str = "/b24/admin/questionnaires";
+    const ONE: &str = "/b24/admin/questionnaires/{id}";
+    vec![
+        Route {
+            path: LIST,
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Анкеты портала и шаблоны",
+            description: "`items`: анкеты портала (`id`, `code`, `title`, `archived`, `version`, \
+                          `published_at`, `published_by`); `templates`: встроенные и из `SURVEYS_DIR` \
+                          (`code`, `title`, `source`: `builtin` | `file`).",
+            params: vec![session()],
+            request: None,
+            responses: json_answer(200, "Список"),
+        },
+        Route {
+            path: LIST,
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Создать анкету",
+            description: "Одно из: `{\"from_template\": code}`, `{\"duplicate_of\": id}` (код \
+                          `<code>_2`…, название «… (копия)»), `{\"definition\": {…}}` (импорт файла \
+                          `SURVEYS_DIR`). 201 — анкета, как `GET …/{id}`; 422 `invalid_definition` \
+                          с `problems`; 409 `code_taken`; 400 `bad_json`.",
+            params: vec![session()],
+            request: json_request("Источник анкеты"),
+            responses: json_answer(201, "Анкета создана (версия 1)"),
+        },
+        Route {
+            path: ONE,
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Анкета портала",
+            description: "`id`, `code`, `title`, `archived`, `versions` (`version`, `published_at`, \
+                          `published_by`), `definition` — последняя версия в схеме файлов \
+                          `SURVEYS_DIR`. Чужая или несуществующая — 404 `questionnaire_not_found`.",
+            params: vec![session(), id()],
+            request: None,
+            responses: json_answer(200, "Анкета"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/versions",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Опубликовать новую версию",
+            description: "`{\"definition\": {…}}`: проверяется единым валидатором; `code` менять \
+                          нельзя (`code_changed`), `version` назначает сервер. 201 `{version, \
+                          published_at, published_by}`; 422 `invalid_definition` с каждой ошибкой \
+                          (`place`, `code`, `reason`).",
+            params: vec![session(), id()],
+            request: json_request("Определение анкеты"),
+            responses: json_answer(201, "Версия опубликована"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/archive",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "В архив или из архива",
+            description: "`{\"archived\": true|false}`. Архивная анкета не предлагается роботу; \
+                          отправленные ссылки работают.",
+            params: vec![session(), id()],
+            request: json_request("Флаг архива"),
+            responses: json_answer(200, "Анкета"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/export",
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Экспорт анкеты",
+            description: "Последняя версия как файл `SURVEYS_DIR` (`Content-Disposition: attachment; \
+                          filename=\"<code>.json\"`); импорт этого файла даёт то же определение.",
+            params: vec![session(), id()],
+            request: None,
+            responses: json_answer(200, "Файл анкеты (JSON)"),
+        },
+    ]
 }

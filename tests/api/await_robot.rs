@@ -542,3 +542,60 @@ async fn waits_piled_on_one_record_stop_at_the_cap(db: TestDb) {
     await_on(&fake, other, &[]).await;
     assert_eq!(waits(&app).await, cap + 1);
 }
+
+on_both_databases!(a_scored_questionnaire_returns_its_score_and_no_answer);
+async fn a_scored_questionnaire_returns_its_score_and_no_answer(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    let deal = patient_deal(&fake);
+    let (_, r) = fake
+        .run_robot("opros_send_survey", deal, &[("survey_code", "phq9")])
+        .await
+        .expect("delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let url = fake
+        .event_sends()
+        .last()
+        .map(|s| s.1["SURVEY_URL"].clone())
+        .expect("the link went back to the workflow");
+    let link = url.rsplit('/').next().unwrap_or_default().to_owned();
+    let token = await_on(&fake, deal, &[]).await;
+
+    // 8 items «Более половины дней» (2 each), item 9 «Ни разу»: 16, «умеренно тяжёлая».
+    let mut answers = serde_json::Map::new();
+    for i in 1..=8 {
+        answers.insert(format!("q{i}"), Value::from("more_than_half"));
+    }
+    answers.insert("q9".into(), Value::from("not_at_all"));
+    answers.insert("difficulty".into(), Value::from("very"));
+    let (status, body) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{link}/submit"),
+            &serde_json::json!({ "answers": answers }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+
+    let values = the_one_answer(&fake, &token, "completed");
+    assert_eq!(
+        values["SCORE"], "PHQ-9: 16 — умеренно тяжёлая",
+        "{values:?}"
+    );
+    // Totals and band names only: no option a patient chose, no question's wording.
+    for value in values.values() {
+        for said in [
+            "Более половины дней",
+            "Ни разу",
+            "Очень затруднили",
+            "more_than_half",
+            "мало интересовались",
+        ] {
+            assert!(
+                !value.contains(said),
+                "an answer reached the workflow: {value}"
+            );
+        }
+    }
+}

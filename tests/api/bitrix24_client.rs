@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 pub(crate) struct Setup {
     pub(crate) fake: FakePortal,
-    store: Arc<MemoryTokenStore>,
+    pub(crate) store: Arc<MemoryTokenStore>,
     pub(crate) client: B24Client,
     pub(crate) target: Target,
 }

@@ -6,7 +6,7 @@
 
 use opros::bitrix24::B24Error;
 use opros::testing::EvilServer;
-use opros::testing::fake_portal::{Document, OWNER_DEAL, OWNER_LEAD};
+use opros::testing::fake_portal::{Document, FakePortalError, OWNER_DEAL, OWNER_LEAD};
 use serde_json::{Value, json};
 
 use crate::bitrix24_client::{Setup, setup, webhook};
@@ -387,4 +387,100 @@ async fn pressing_a_rest_event_button_reaches_only_the_bound_handler_with_the_us
             event.body
         );
     }
+}
+
+#[tokio::test]
+async fn smart_processes_are_listed_to_admins_read_with_the_callers_rights_and_commented() {
+    let s = setup().await;
+    // crm.type.list pages by 50 (rest_help/crm/dynamic/methodscrmtype).
+    for id in 128..=178 {
+        s.fake.add_smart_type(id, &format!("Процесс {id}"), true);
+    }
+    let first = s.call("crm.type.list", json!({})).await.expect("types");
+    assert_eq!(first["types"].as_array().map(Vec::len), Some(50));
+    let rest = s
+        .call("crm.type.list", json!({"start": 50}))
+        .await
+        .expect("types");
+    assert_eq!(rest["types"][0]["entityTypeId"], 178);
+
+    // A comment in an item's timeline: `dynamic_<id>` (crm-timeline-comment-add.md).
+    let item = s.fake.add_item(130, "Петров", None);
+    let id = s
+        .call(
+            "crm.timeline.comment.add",
+            json!({"fields": {"ENTITY_TYPE": "dynamic_130", "ENTITY_ID": item, "COMMENT": "Анкета"}}),
+        )
+        .await
+        .expect("comment on the item");
+    assert!(id.as_u64().is_some_and(|n| n > 0), "{id}");
+    let err = s
+        .call(
+            "crm.timeline.comment.add",
+            json!({"fields": {"ENTITY_TYPE": "dynamic_131", "ENTITY_ID": item, "COMMENT": "Анкета"}}),
+        )
+        .await
+        .expect_err("the item is not of that type");
+    assert!(
+        described(&err, "OWNER_NOT_FOUND", "Owner not found"),
+        "{err:?}"
+    );
+
+    // A user who is no administrator: no type list; an item denied to them is refused.
+    s.fake.add_user(7, "Игорь", "Воронцов", false);
+    s.fake.deny_item_for_user(7, 130, item);
+    s.store
+        .insert(&s.fake.member_id(), s.fake.issue_portal_auth(7));
+    let err = s
+        .call("crm.type.list", json!({}))
+        .await
+        .expect_err("administrators only");
+    assert!(err.is_access_denied(), "{err:?}");
+    let err = s
+        .call("crm.item.get", json!({"entityTypeId": 130, "id": item}))
+        .await
+        .expect_err("the user's rights apply");
+    assert!(err.is_access_denied(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_robot_is_offered_only_for_the_document_types_its_filter_includes() {
+    let s = setup().await;
+    s.fake.add_smart_type(128, "Приёмы", true);
+    let item = s.fake.add_item(128, "Приём", None);
+    // bizproc-robot-add.md: FILTER.INCLUDE of full or partial document types.
+    s.call(
+        "bizproc.robot.add",
+        json!({
+            "CODE": "deals_only", "HANDLER": "https://opros.example/b24/robot/send-survey",
+            "NAME": {"ru": "Только сделки"},
+            "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"]]},
+        }),
+    )
+    .await
+    .expect("robot added");
+    let refused = s
+        .fake
+        .run_robot_on(
+            "deals_only",
+            Document::Item {
+                entity_type_id: 128,
+                id: item,
+            },
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(FakePortalError::NotBound(why)) if why.contains("not offered")),
+        "not offered for a smart process: {refused:?}"
+    );
+    // A deal is offered: the delivery is attempted (to a handler nobody serves).
+    let offered = s
+        .fake
+        .run_robot_on("deals_only", Document::Deal(4217), &[])
+        .await;
+    assert!(
+        matches!(&offered, Err(FakePortalError::Http(_))),
+        "{offered:?}"
+    );
 }

@@ -73,6 +73,26 @@ async fn the_operator_page_gives_the_addresses_for_each_setup() {
         "{html}"
     );
     assert!(!doc.text().contains("не сможет до него достучаться"));
+    // What each setup gets of the clinic's automation (issue #16, point 6).
+    let app_gets = doc.select_text("#automation-app");
+    for what in [
+        "Только у локального приложения",
+        "Анкета заполнена",
+        "есть отметки для врача",
+        "Дождаться анкеты",
+        "смарт-процессах",
+    ] {
+        assert!(app_gets.contains(what), "{what}: {app_gets}");
+    }
+    let webhook_gets = doc.select_text("#automation-webhook");
+    for what in [
+        "комментарий с PDF",
+        "уведомление ответственному",
+        "Проверьте анкету пациента",
+        "нужно локальное приложение",
+    ] {
+        assert!(webhook_gets.contains(what), "{what}: {webhook_gets}");
+    }
 
     let r = app.http.get(app.url("/README.md")).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -1,9 +1,12 @@
 //! A lead end to end (CONTRACT «Automation», bitrix24-automation.md §A7): both robots
 //! run on `LEAD_<id>`, the name comes from the lead itself, the comment lands in the
 //! lead's timeline, the await robot answers, and the «Анкета пациента» tab of the
-//! lead shows the answers; a card tab we never bound is refused.
+//! lead shows the answers; a card tab we never bound is refused. Its completion
+//! executes the app triggers for the lead (`OWNER_TYPE_ID` 1) once, and a trigger a
+//! manager placed on a lead status moves the lead.
 
-use opros::testing::fake_portal::Document;
+use opros::outbox::automation::{TRIGGER_COMPLETED, TRIGGER_RED_FLAGS};
+use opros::testing::fake_portal::{Document, OWNER_LEAD};
 use serde_json::Value;
 
 use crate::support::db::{TestDb, on_both_databases};
@@ -104,4 +107,67 @@ async fn a_placement_we_never_bound_is_not_taken_for_a_deal(db: TestDb) {
     assert_eq!(status, 400, "{page}");
     assert!(!page.contains("Головная боль"), "{page}");
     assert!(!page.contains("Смирнова"), "{page}");
+}
+
+on_both_databases!(a_completed_lead_executes_its_triggers_once_and_moves_its_status);
+async fn a_completed_lead_executes_its_triggers_once_and_moves_its_status(db: TestDb) {
+    let (fake, app) = installed_on(&db.url).await;
+    fake.place_trigger(OWNER_LEAD, TRIGGER_COMPLETED, "IN_PROCESS");
+    let lead = fake.add_lead("Запись с сайта", "Ольга", "Кузнецова");
+    let (_, r) = fake
+        .run_robot_on("opros_send_survey", Document::Lead(lead), &[])
+        .await
+        .expect("delivered");
+    assert_eq!(r.status(), 200);
+    app.run_outbox().await;
+    let url = fake
+        .event_sends()
+        .iter()
+        .find_map(|(_, v, _)| v.get("SURVEY_URL").cloned())
+        .expect("the link went back to the workflow");
+    let token = url.rsplit('/').next().expect("token").to_owned();
+    let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    let (status, body) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &serde_json::json!({"answers": full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+    // Run again: nothing fires twice.
+    app.run_outbox().await;
+
+    let runs: Vec<(String, u32, u64)> = fake.trigger_runs();
+    assert_eq!(
+        runs,
+        vec![
+            (TRIGGER_COMPLETED.to_owned(), OWNER_LEAD, lead),
+            (TRIGGER_RED_FLAGS.to_owned(), OWNER_LEAD, lead),
+        ],
+        "both triggers once, for the lead (OWNER_TYPE_ID 1)"
+    );
+    assert_eq!(
+        fake.lead(lead).expect("lead")["STATUS_ID"],
+        "IN_PROCESS",
+        "the trigger placed on the lead's status moved it"
+    );
+    let notes = fake.notifications();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0]
+            .message
+            .starts_with("Анкета пациента по лиду «Запись с сайта»: "),
+        "{}",
+        notes[0].message
+    );
+    assert!(
+        notes[0]
+            .tag
+            .as_deref()
+            .is_some_and(|t| t.ends_with(&format!("|LEAD_{lead}"))),
+        "{:?}",
+        notes[0].tag
+    );
 }

@@ -347,3 +347,61 @@ async fn outgoing_webhook_token_and_events(db: TestDb) {
             .contains("BITRIX24_OUTGOING_WEBHOOK_TOKEN")
     );
 }
+
+on_both_databases!(the_webhook_robot_in_a_smart_process_serves_the_item_not_a_deal);
+async fn the_webhook_robot_in_a_smart_process_serves_the_item_not_a_deal(db: TestDb) {
+    use opros::testing::fake_portal::Document;
+
+    let fake = fake().await;
+    // A deal pipeline filter is set; the item's pipelines are not the deals'.
+    let app = webhook_app(&fake, &db.url, &[("BITRIX24_CATEGORY_ID", "5")]).await;
+    fake.add_smart_type(128, "Приёмы", true);
+    let contact = fake.add_contact("Анна", "Петровна", "Смирнова", "+79161234567");
+    // A deal with the same id exists and is in another pipeline: it must not be read.
+    let deal = patient_deal(&fake);
+    fake.add_item_with_id(128, deal, "Приём кардиолога", Some(contact));
+    let url = format!("{}?token={TOKEN}", app.url("/api/v1/bitrix/webhook"));
+    let item = Document::Item {
+        entity_type_id: 128,
+        id: deal,
+    };
+    let (status, body) = json_of(fake.post_webhook_robot_on(&url, item).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        fake.calls_of("crm.deal.get").is_empty(),
+        "no deal is read for an item"
+    );
+    app.run_outbox().await;
+    let token = body["survey_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (_, survey) = app.get_json(&format!("/api/v1/surveys/{token}")).await;
+    assert_eq!(survey["patient_name"], "Смирнова Анна Петровна");
+    let (status, body) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/surveys/{token}/submit"),
+            &json!({"answers": full_answers(&survey)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.run_outbox().await;
+
+    // The comment with the PDF and the to-do land on the item, through the webhook.
+    let comments = fake.timeline_comments();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(
+        (comments[0].entity_type.as_str(), comments[0].entity_id),
+        ("dynamic_128", deal)
+    );
+    let todos = fake.todos();
+    assert_eq!(todos.len(), 1, "{todos:?}");
+    assert_eq!(todos[0]["ownerTypeId"], 128);
+    assert_eq!(todos[0]["ownerId"], deal);
+    assert!(fake.calls_of("crm.deal.get").is_empty());
+    assert!(fake.calls_of("crm.deal.update").is_empty());
+}

@@ -49,6 +49,20 @@ async fn unknown_stored_states_fail_the_read(test_db: TestDb) {
     assert_eq!(body["code"], "internal_error");
     assert!(!body.to_string().contains("Смирнова"), "{body}");
 
+    // Nor a smart-process spelling we never write: a CRM kind below 128, another case,
+    // a padded number.
+    for stored in ["DYNAMIC_31", "dynamic_128", "DYNAMIC_0128", "DYNAMIC_"] {
+        set(
+            &app,
+            &format!("UPDATE invitation SET entity_type = '{stored}' WHERE id = '{id}'"),
+        )
+        .await;
+        let read = invitation::Entity::find_by_id(id.clone())
+            .one(&app.state.db)
+            .await;
+        assert!(read.is_err(), "{stored} read as {read:?}");
+    }
+
     // The same for a status and a channel.
     set(
         &app,

@@ -16,6 +16,9 @@ pub struct Model {
     pub patient_name: String,
     pub questionnaire_code: String,
     pub questionnaire_version: i32,
+    /// The portal's own version the link was sent with (`questionnaire_version`);
+    /// `None`: a built-in or file template, by code and version above.
+    pub questionnaire_version_id: Option<i64>,
     /// Expiry is not stored: it is derived from `expires_at`.
     pub status: Status,
     #[sea_orm(unique)]
@@ -68,45 +71,86 @@ impl Channel {
     }
 }
 
-/// The CRM document an invitation belongs to. Stored as `DEAL` or `LEAD`; any other
-/// stored value fails the read (it is never taken for a deal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
-#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+/// The CRM document an invitation belongs to. Stored as `DEAL`, `LEAD` or
+/// `DYNAMIC_<entityTypeId>` (a smart-process item, bitrix24-automation.md §A7); any
+/// other stored value fails the read (it is never taken for a deal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, DeriveValueType)]
+#[sea_orm(value_type = "String")]
 pub enum EntityType {
-    #[sea_orm(string_value = "DEAL")]
     Deal,
-    #[sea_orm(string_value = "LEAD")]
     Lead,
+    /// An item of a smart process: its type's `entityTypeId` (at least
+    /// [`EntityType::FIRST_SMART_TYPE`]).
+    Dynamic(u32),
 }
 
 impl EntityType {
-    pub fn as_str(self) -> &'static str {
+    /// Smart processes have `entityTypeId` ≥ 128 (§A7); lower ids are the CRM's own
+    /// kinds (1 lead, 2 deal, 7 quote, 31 smart invoice…), which opros does not serve.
+    pub const FIRST_SMART_TYPE: u32 = 128;
+
+    /// A smart-process type id as Bitrix24 names it, if it is one.
+    pub fn dynamic(type_id: u32) -> Option<Self> {
+        (type_id >= Self::FIRST_SMART_TYPE).then_some(EntityType::Dynamic(type_id))
+    }
+
+    /// Lower-case name used by `crm.timeline.comment.add` (protocol §12.4; §A7:
+    /// `dynamic_<id>`) and in card URLs.
+    pub fn timeline_name(self) -> String {
         match self {
-            EntityType::Deal => "DEAL",
-            EntityType::Lead => "LEAD",
+            EntityType::Deal => "deal".to_owned(),
+            EntityType::Lead => "lead".to_owned(),
+            EntityType::Dynamic(t) => format!("dynamic_{t}"),
         }
     }
 
-    /// Lower-case name used by `crm.timeline.comment.add` (protocol §12.4).
-    pub fn timeline_name(self) -> &'static str {
-        match self {
-            EntityType::Deal => "deal",
-            EntityType::Lead => "lead",
-        }
-    }
-
+    /// What a robot or an outgoing webhook names: `DEAL`, `CCrmDocumentLead`,
+    /// `DYNAMIC_128`, case-insensitive.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_uppercase().as_str() {
             "DEAL" | "CCRMDOCUMENTDEAL" => Some(EntityType::Deal),
             "LEAD" | "CCRMDOCUMENTLEAD" => Some(EntityType::Lead),
-            _ => None,
+            other => other
+                .strip_prefix("DYNAMIC_")
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
+                .and_then(Self::dynamic),
         }
     }
 }
 
 impl std::fmt::Display for EntityType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            EntityType::Deal => f.write_str("DEAL"),
+            EntityType::Lead => f.write_str("LEAD"),
+            EntityType::Dynamic(t) => write!(f, "DYNAMIC_{t}"),
+        }
+    }
+}
+
+/// A stored entity type that is none of ours.
+#[derive(Debug)]
+pub struct UnknownEntityType;
+
+impl std::fmt::Display for UnknownEntityType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unknown CRM entity type")
+    }
+}
+
+impl std::error::Error for UnknownEntityType {}
+
+/// Only the exact stored spelling (`DEAL`, `LEAD`, `DYNAMIC_<id>`): the database
+/// holds what [`Display`](std::fmt::Display) wrote, nothing lenient.
+impl std::str::FromStr for EntityType {
+    type Err = UnknownEntityType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match EntityType::parse(s) {
+            Some(kind) if kind.to_string() == s => Ok(kind),
+            _ => Err(UnknownEntityType),
+        }
     }
 }
 

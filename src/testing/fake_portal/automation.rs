@@ -43,6 +43,8 @@ pub(crate) struct Automation {
     /// Smart-process items: (entity type id, id) → fields in camelCase.
     pub items: BTreeMap<(u32, u64), Map<String, Value>>,
     pub next_item: u64,
+    /// Items a user may not read: (user, entity type id, id).
+    pub denied_items: BTreeSet<(u32, u32, u64)>,
     /// Scopes the application was not granted (`FakePortal::revoke_scope`).
     pub revoked_scopes: BTreeSet<String>,
 }
@@ -141,15 +143,8 @@ pub(crate) fn dispatch(
         }))),
         "crm.activity.todo.add" => todo_add(state, auth, params),
         "im.notify.system.add" => notify(state, params),
-        "crm.type.list" => Ok(Success::of(json!({
-            "types": state.automation.smart_types.iter().map(|(id, (title, on))| json!({
-                "id": id, "entityTypeId": id, "title": title,
-                // crm-type-add.md: booleans of a type are "Y"/"N".
-                "isAutomationEnabled": if *on { "Y" } else { "N" },
-                "isStagesEnabled": "Y", "isClientEnabled": "Y",
-            })).collect::<Vec<_>>()
-        }))),
-        "crm.item.get" => item_get(state, params),
+        "crm.type.list" => type_list(state, auth, params),
+        "crm.item.get" => item_get(state, auth, params),
         _ => Err(ApiError::new(
             404,
             "ERROR_METHOD_NOT_FOUND",
@@ -676,8 +671,42 @@ fn notify(state: &mut State, params: &Value) -> Outcome {
     Ok(Success::of(json!(id)))
 }
 
-/// §A7: `crm.item.get(entityTypeId, id)` → `{item: {…}}`, fields in camelCase.
-fn item_get(state: &State, params: &Value) -> Outcome {
+/// `crm.type.list` (rest_help/crm/dynamic/methodscrmtype: «Права на выполнение:
+/// администратор»; crm.type.get shows a type's fields): `{types: [...]}` with
+/// `entityTypeId`, `title` and the "Y"/"N" flags, 50 a page from `start`.
+fn type_list(state: &State, auth: &AuthKind, params: &Value) -> Outcome {
+    if !is_admin(state, auth) {
+        return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied"));
+    }
+    let types: Vec<Value> = state
+        .automation
+        .smart_types
+        .iter()
+        .map(|(id, (title, on))| {
+            json!({
+                "id": id, "entityTypeId": id, "title": title,
+                "isAutomationEnabled": if *on { "Y" } else { "N" },
+                "isStagesEnabled": "Y", "isClientEnabled": "Y",
+            })
+        })
+        .collect();
+    const PAGE: usize = 50;
+    let start = number(params, "start")
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let total = types.len();
+    let page: Vec<Value> = types.into_iter().skip(start).take(PAGE).collect();
+    Ok(Success {
+        result: json!({ "types": page }),
+        total: Some(total),
+        next: (start + PAGE < total).then_some(start + PAGE),
+    })
+}
+
+/// §A7: `crm.item.get(entityTypeId, id)` → `{item: {…}}`, fields in camelCase. The
+/// call runs with the token owner's rights (methodscrmitem: «учитываются права
+/// доступа пользователя»); a refusal is `403 ACCESS_DENIED` like a deal's.
+fn item_get(state: &State, auth: &AuthKind, params: &Value) -> Outcome {
     let (Some(type_id), Some(id)) = (
         number(params, "entityTypeId").and_then(|n| u32::try_from(n).ok()),
         number(params, "id"),
@@ -689,6 +718,12 @@ fn item_get(state: &State, params: &Value) -> Outcome {
         OWNER_LEAD => state.leads.get(&id).map(camel_case),
         other => state.automation.items.get(&(other, id)).cloned(),
     };
+    let denied = auth
+        .user_id()
+        .is_some_and(|user| state.automation.denied_items.contains(&(user, type_id, id)));
+    if item.is_some() && denied {
+        return Err(ApiError::new(403, "ACCESS_DENIED", "Access denied"));
+    }
     match item {
         Some(item) => Ok(Success::of(json!({"item": item}))),
         None => Err(ApiError::new(400, "NOT_FOUND", "Element not found")),
@@ -755,6 +790,36 @@ impl Document {
         };
         ["crm".to_owned(), class.to_owned(), kind]
     }
+}
+
+/// bizproc-robot-add.md (§A4): a robot without `FILTER` is offered everywhere; with
+/// `FILTER.INCLUDE`, only for a document type that one rule (a full or partial
+/// document type, e.g. `['crm','CCrmDocumentDeal']`) is a prefix of; `EXCLUDE` rules
+/// take it away again.
+pub(crate) fn robot_offered_for(robot: &Map<String, Value>, document: &Document) -> bool {
+    let doc_type = document.document_type();
+    let matches = |rule: &Value| {
+        rule.as_array().is_some_and(|parts| {
+            !parts.is_empty()
+                && parts.len() <= doc_type.len()
+                && parts
+                    .iter()
+                    .zip(doc_type.iter())
+                    .all(|(p, d)| p.as_str().is_some_and(|p| p.eq_ignore_ascii_case(d)))
+        })
+    };
+    let Some(filter) = robot.get("FILTER").and_then(Value::as_object) else {
+        return true;
+    };
+    let rules = |name: &str| {
+        filter
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_array().cloned())
+    };
+    let included = rules("INCLUDE").is_none_or(|r| r.iter().any(matches));
+    let excluded = rules("EXCLUDE").is_some_and(|r| r.iter().any(matches));
+    included && !excluded
 }
 
 /// §A7: `CRM_DYNAMIC_<id>_DETAIL_TAB` exists for every smart-process type.
@@ -837,9 +902,27 @@ impl super::FakePortal {
 
     /// A smart-process item with camelCase fields (§A7), optionally with a contact.
     pub fn add_item(&self, entity_type_id: u32, title: &str, contact_id: Option<u64>) -> u64 {
+        let id = {
+            let mut state = self.state();
+            state.automation.next_item += 1;
+            500 + state.automation.next_item
+        };
+        self.add_item_with_id(entity_type_id, id, title, contact_id);
+        id
+    }
+
+    /// An item with a chosen id: each smart process keeps its items in a table of
+    /// its own, so items of different types — and a deal — may share an id
+    /// (rest_help/crm/dynamic/methodscrmitem: «идентификаторы элементов разных
+    /// смарт-процессов могут совпадать»; hence `entityTypeId` in every call).
+    pub fn add_item_with_id(
+        &self,
+        entity_type_id: u32,
+        id: u64,
+        title: &str,
+        contact_id: Option<u64>,
+    ) {
         let mut state = self.state();
-        state.automation.next_item += 1;
-        let id = 500 + state.automation.next_item;
         let now = iso_now();
         let item = json!({
             "id": id, "entityTypeId": entity_type_id, "title": title,
@@ -849,7 +932,24 @@ impl super::FakePortal {
         if let Value::Object(map) = item {
             state.automation.items.insert((entity_type_id, id), map);
         }
-        id
+    }
+
+    /// The user's CRM role does not let them read this item (§11).
+    pub fn deny_item_for_user(&self, user_id: u32, entity_type_id: u32, id: u64) {
+        self.state()
+            .automation
+            .denied_items
+            .insert((user_id, entity_type_id, id));
+    }
+
+    /// `crm.type.delete` (§A7): the type and its items are gone.
+    pub fn delete_smart_type(&self, entity_type_id: u32) {
+        let mut state = self.state();
+        state.automation.smart_types.remove(&entity_type_id);
+        state
+            .automation
+            .items
+            .retain(|(t, _), _| *t != entity_type_id);
     }
 
     pub fn item(&self, entity_type_id: u32, id: u64) -> Option<Value> {

@@ -215,6 +215,14 @@ impl FakePortal {
                 .find(|r| r.get("CODE").and_then(Value::as_str) == Some(code))
                 .cloned()
                 .ok_or_else(|| FakePortalError::NotBound(format!("no robot {code}")))?;
+            // bizproc-robot-add.md (§A4): `FILTER.INCLUDE` lists the full or partial
+            // document types the robot is offered for; elsewhere it cannot be placed.
+            if !super::automation::robot_offered_for(&robot, &document) {
+                return Err(FakePortalError::NotBound(format!(
+                    "robot {code} is not offered for {:?}",
+                    document.document_type()
+                )));
+            }
             let handler = robot
                 .get("HANDLER")
                 .and_then(Value::as_str)
@@ -477,10 +485,22 @@ impl FakePortal {
     /// The built-in "Webhook" robot (§5.2): only `document_id[*]`, the URL as
     /// configured (templates already resolved by the test).
     pub async fn post_webhook_robot(&self, url_with_query: &str, deal_id: u64) -> Delivery {
+        self.post_webhook_robot_on(url_with_query, Document::Deal(deal_id))
+            .await
+    }
+
+    /// The robot «Вебхук» on any CRM document: it posts the document's
+    /// `document_id[*]` (a smart-process item: `…\Document\Dynamic`, `DYNAMIC_<type>_<id>`).
+    pub async fn post_webhook_robot_on(
+        &self,
+        url_with_query: &str,
+        document: Document,
+    ) -> Delivery {
+        let [module, class, id] = document.document_id();
         let body = pairs(&[
-            ("document_id[0]", "crm".into()),
-            ("document_id[1]", "CCrmDocumentDeal".into()),
-            ("document_id[2]", format!("DEAL_{deal_id}")),
+            ("document_id[0]", module),
+            ("document_id[1]", class),
+            ("document_id[2]", id),
         ]);
         self.post_form_str(url_with_query, &body).await
     }

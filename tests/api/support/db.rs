@@ -12,6 +12,35 @@ pub struct TestDb {
     pub url: String,
     pub backend: &'static str,
     _dir: Option<tempfile::TempDir>,
+    /// For PostgreSQL: the server's admin URL and this database's name, dropped with
+    /// the test so that a long run does not fill the server's disk.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread
+        // of its own with its own runtime does the dropping. `WITH (FORCE)` ends the
+        // connections the finished test's pool may still hold.
+        let dropping = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let admin = Database::connect(admin_url).await.ok()?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()?;
+                admin.close().await.ok()
+            })
+        });
+        let _ = dropping.join();
+    }
 }
 
 pub fn sqlite() -> TestDb {
@@ -21,6 +50,7 @@ pub fn sqlite() -> TestDb {
         url: format!("sqlite://{}?mode=rwc", path.display()),
         backend: "sqlite",
         _dir: Some(dir),
+        pg: None,
     }
 }
 
@@ -56,6 +86,7 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         url: url.to_string(),
         backend: "postgres",
         _dir: None,
+        pg: Some((admin_url, name)),
     })
 }
 
