@@ -251,64 +251,6 @@ async fn insert_job_rows<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crm::{Channel, EntityType};
-
-    fn row(id: &str, key: &str) -> invitation::Model {
-        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        invitation::Model {
-            id: id.to_owned(),
-            portal_id: None,
-            channel: Channel::App,
-            entity_type: EntityType::Deal,
-            entity_id: 1,
-            patient_name: "Пациент".to_owned(),
-            questionnaire_code: "pre_visit".to_owned(),
-            questionnaire_version: 1,
-            status: invitation::Status::Sent,
-            dedupe_key: Some(key.to_owned()),
-            created_at: now,
-            opened_at: None,
-            completed_at: None,
-            expires_at: now,
-            questionnaire_version_id: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn many_invitations_in_one_go_report_which_were_inserted() {
-        let db = crate::db::connect("sqlite::memory:").await.expect("db");
-        crate::db::migrate(&db).await.expect("migrated");
-        assert!(
-            insert_invitation(&db, &row("stored000001", "k0"))
-                .await
-                .expect("one")
-        );
-        // Three chunks (4 + 2 + 1); a key stored before, and one taken earlier in
-        // the same statement, insert nothing.
-        let rows: Vec<_> = (1..=7)
-            .map(|i| match i {
-                3 => row("taken0000003", "k0"),
-                5 => row("again0000005", "k4"),
-                _ => row(&format!("fresh000000{i}"), &format!("k{i}")),
-            })
-            .collect();
-        let inserted = insert_invitations(&db, &rows).await.expect("inserted");
-        let mut ids: Vec<&str> = inserted.iter().map(String::as_str).collect();
-        ids.sort_unstable();
-        assert_eq!(
-            ids,
-            [
-                "fresh0000001",
-                "fresh0000002",
-                "fresh0000004",
-                "fresh0000006",
-                "fresh0000007"
-            ]
-        );
-        let stored = invitation_by_dedupe_key(&db, "k4").await.expect("read");
-        assert_eq!(stored.map(|r| r.id).as_deref(), Some("fresh0000004"));
-    }
-
     #[test]
     fn chunks_are_powers_of_two_covering_every_item_once_in_order() {
         for n in 0..200 {
