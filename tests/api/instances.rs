@@ -11,20 +11,21 @@ use opros::testing::fake_portal::{FakePortal, FakePortalConfig};
 use serde_json::json;
 
 use crate::support::TestApp;
-use crate::support::db::postgres;
+use crate::support::db::{TestDb, postgres};
 use crate::support::portal::{app_for_db, install};
 
-/// Two instances on a fresh PostgreSQL database, the app installed through the first.
+/// Two instances on a fresh PostgreSQL database, the app installed through the first;
+/// the database lives as long as the returned handle (it is dropped with it).
 async fn two_instances(
     test: &str,
     fake: &FakePortal,
     extra: &[(&str, &str)],
-) -> Option<[TestApp; 2]> {
+) -> Option<([TestApp; 2], TestDb)> {
     let pg = postgres(test).await?;
     let a = app_for_db(fake, &pg.url, extra).await;
     install(fake, &a).await;
     let b = app_for_db(fake, &pg.url, extra).await;
-    Some([a, b])
+    Some(([a, b], pg))
 }
 
 /// Every instance calls `profile` `per_instance` times at once.
@@ -55,7 +56,7 @@ async fn instances_on_one_database_refresh_a_portal_once() {
     let fake = FakePortal::start(FakePortalConfig::default())
         .await
         .expect("fake portal starts");
-    let Some(apps) = two_instances("instances::refresh", &fake, &[]).await else {
+    let Some((apps, _db)) = two_instances("instances::refresh", &fake, &[]).await else {
         return;
     };
     let before = fake.refresh_count();
@@ -83,7 +84,8 @@ async fn a_refresh_in_flight_does_not_hold_up_robot_calls() {
     let fake = FakePortal::start(FakePortalConfig::default())
         .await
         .expect("fake portal starts");
-    let Some([app, _other]) = two_instances("instances::refresh_vs_robot", &fake, &[]).await else {
+    let Some(([app, _other], _db)) = two_instances("instances::refresh_vs_robot", &fake, &[]).await
+    else {
         return;
     };
     // Another instance is in the middle of a refresh: it holds the portal's row.
@@ -113,7 +115,8 @@ async fn instances_on_one_database_share_the_portal_rate_limit() {
     })
     .await
     .expect("fake portal starts");
-    let Some(apps) = two_instances("instances::rate", &fake, &[("B24_RATE_LIMIT", "20/20")]).await
+    let Some((apps, _db)) =
+        two_instances("instances::rate", &fake, &[("B24_RATE_LIMIT", "20/20")]).await
     else {
         return;
     };
