@@ -103,6 +103,12 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/b24/app", post(local_app::admin::app_page))
         .at("/b24/app/action", post(local_app::admin::action))
         .at(
+            "/b24/admin/questionnaires/preview",
+            post(local_app::questionnaire_preview::preview).data(
+                local_app::questionnaire_preview::PatientPage(web::page::render_preview),
+            ),
+        )
+        .at(
             "/api/v1/bitrix/webhook",
             post(legacy::webhook_robot::webhook_robot).get(legacy::webhook_robot::webhook_robot),
         )

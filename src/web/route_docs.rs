@@ -335,6 +335,13 @@ pub struct WebhookLink {
     pub expires_at: String,
 }
 
+/// The questionnaire editor's preview: the definition being edited.
+#[derive(Debug, Object)]
+pub struct PreviewRequest {
+    /// The questionnaire, in the schema of SURVEYS_DIR files.
+    pub definition: serde_json::Value,
+}
+
 /// The routes of `app::routes` served by plain handlers, for the document only.
 pub struct RouteDocs;
 
@@ -372,6 +379,7 @@ impl OpenApi for RouteDocs {
         OutgoingWebhookForm::register(registry);
         CallbackDone::register(registry);
         WebhookLink::register(registry);
+        PreviewRequest::register(registry);
         ErrorBody::register(registry);
         ApiError::register(registry);
     }
@@ -392,6 +400,14 @@ fn form_of<T: Type>(description: &'static str) -> Option<MetaRequest> {
             content_type: FORM,
             schema: T::schema_ref(),
         }],
+        required: true,
+    })
+}
+
+fn json_body<T: Type>(description: &'static str) -> Option<MetaRequest> {
+    Some(MetaRequest {
+        description: Some(description),
+        content: vec![media(JSON, T::schema_ref())],
         required: true,
     })
 }
@@ -661,6 +677,24 @@ fn routes() -> Vec<Route> {
             params: vec![],
             request: form_of::<B24AdminAction>("Кнопка страницы приложения"),
             responses: vec![html_page("Страница приложения с итогом"), refusal()],
+        },
+        Route {
+            path: "/b24/admin/questionnaires/preview",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Предпросмотр анкеты в редакторе",
+            description: "Анкета из редактора, проверенная тем же валидатором, что и при публикации, \
+                          в виде страницы пациента на телефоне: без ссылки, без черновика, кнопка \
+                          отправки отключена. Ничего не сохраняет. Сессия страницы приложения — в \
+                          заголовке `X-Opros-Session` (401 `session_expired` без неё); 400 `bad_json`; \
+                          422 `invalid_definition` со списком `problems` (`place`, `code`, `reason`).",
+            params: vec![param(
+                "X-Opros-Session",
+                MetaParamIn::Header,
+                "Подписанная сессия страницы приложения",
+            )],
+            request: json_body::<PreviewRequest>("Анкета в схеме файлов SURVEYS_DIR"),
+            responses: vec![html_page("Страница анкеты для предпросмотра"), refusal()],
         },
         Route {
             path: "/b24/robot/send-survey",
