@@ -58,25 +58,60 @@ pub async fn preview(
     }
 }
 
+/// Why no preview: a refusal, or the definition's problems.
+enum Refused {
+    Api(ApiError),
+    Problems(Vec<DefinitionProblem>),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Api(e)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Api(e) => e.into_response(),
+            Refused::Problems(problems) => invalid(&problems),
+        }
+    }
+}
+
 async fn answer(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     page: PatientPage,
 ) -> Result<String, Response> {
-    admin_portal(state, headers)
+    checked(state, headers, body)
         .await
-        .map_err(IntoResponse::into_response)?;
-    let bytes = body.into_bytes().await.map_err(|_| {
-        ApiError::bad_request(ErrorCode::BadBody, "Не удалось прочитать запрос").into_response()
-    })?;
+        .map(|definition| {
+            let clinic = state.config.clinic_name.clone().unwrap_or_default();
+            (page.0)(&definition, &clinic)
+        })
+        .map_err(IntoResponse::into_response)
+}
+
+/// The definition of an admin's request, if the one validator finds nothing wrong.
+async fn checked(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Questionnaire, Refused> {
+    admin_portal(state, headers).await?;
+    let bytes = body
+        .into_bytes()
+        .await
+        .map_err(|_| ApiError::bad_request(ErrorCode::BadBody, "Не удалось прочитать запрос"))?;
     let definition = definition(&bytes)?;
     let problems = definition.check();
-    if !problems.is_empty() {
-        return Err(invalid(&problems));
+    if problems.is_empty() {
+        Ok(definition)
+    } else {
+        Err(Refused::Problems(problems))
     }
-    let clinic = state.config.clinic_name.clone().unwrap_or_default();
-    Ok((page.0)(&definition, &clinic))
 }
 
 /// The session's portal, installed; anything else is one 401.
@@ -104,17 +139,17 @@ async fn admin_portal(state: &AppState, headers: &HeaderMap) -> Result<portal::M
 
 /// `{"definition": {…}}` read into the schema: not JSON is 400, a definition that
 /// does not fit the schema is 422 with the reason as its one problem.
-fn definition(bytes: &[u8]) -> Result<Questionnaire, Response> {
+fn definition(bytes: &[u8]) -> Result<Questionnaire, Refused> {
     let body: PreviewBody = serde_json::from_slice(bytes).map_err(|e| {
         let message = if e.is_data() {
             "Ожидается JSON вида {\"definition\": {…}}"
         } else {
             "Тело запроса — не JSON"
         };
-        ApiError::bad_request(ErrorCode::BadJson, message).into_response()
+        ApiError::bad_request(ErrorCode::BadJson, message)
     })?;
     serde_json::from_value(body.definition).map_err(|e| {
-        invalid(&[DefinitionProblem {
+        Refused::Problems(vec![DefinitionProblem {
             place: "definition".to_owned(),
             code: "bad_shape",
             reason: format!("анкета не соответствует схеме: {e}"),
