@@ -904,3 +904,143 @@ async fn date_limits_and_formats_are_checked_on_the_page_before_submit() {
     b.assert_no_violations();
     let _ = b.client.clone().close().await;
 }
+
+/// The text a page (or the editor's preview, a same-origin sandboxed frame) shows.
+const PREVIEW_TEXT: &str = "const f = document.getElementById('qe-preview'); \
+    return f && f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : '';";
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_run() {
+    const TEST: &str =
+        "browser::questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_run";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let (demo, _db) = start_demo().await;
+    b.client.set_window_size(900, 1400).await.expect("resize");
+    b.open_frame_page(&demo.admin_url(), None).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-list p.muted, #qe-list table"))
+        .await
+        .expect("the portal's list");
+    assert!(
+        b.text().await.contains("пока нет своих анкет"),
+        "{}",
+        b.text().await
+    );
+
+    // «Создать из шаблона» by keyboard: the default questionnaire is offered first.
+    let template = b
+        .js("return document.getElementById('qe-template').value")
+        .await;
+    assert_eq!(template, json!("pre_visit"));
+    b.js("document.getElementById('qe-create').focus()").await;
+    b.press(Key::Enter).await;
+    let title_field = b
+        .client
+        .wait()
+        .for_element(Locator::Css("#qe-f-sections-0-questions-0-title"))
+        .await
+        .expect("the editor with the first question");
+    eventually("the list names the new questionnaire", || async {
+        b.js("return document.querySelector('#qe-list table') !== null")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+    eventually("the first preview", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Отправить анкету"))
+    })
+    .await;
+
+    // The first question's text, typed; the preview follows.
+    const NEW_TEXT: &str = "Что беспокоит вас сегодня <больше всего>?";
+    title_field.clear().await.expect("clear");
+    title_field.send_keys(NEW_TEXT).await.expect("type");
+    eventually("the preview shows the new text", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains(NEW_TEXT))
+    })
+    .await;
+    let preview_width = b
+        .js("return document.getElementById('qe-preview').getBoundingClientRect().width")
+        .await;
+    let width = preview_width.as_f64().unwrap_or_default();
+    assert!((360.0..=400.0).contains(&width), "a phone's width: {width}");
+    b.audit("admin: questionnaire editor").await;
+    b.shot("editor-900.png").await;
+
+    // A problem is named in Russian and leads to its field.
+    title_field.clear().await.expect("clear");
+    title_field.send_keys(" ").await.expect("type");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    let link = b
+        .client
+        .wait()
+        .for_element(Locator::Css("#qe-problems a[data-focus]"))
+        .await
+        .expect("the problem, linked");
+    let problem = link.text().await.unwrap_or_default();
+    assert!(problem.contains("нет текста"), "{problem}");
+    b.audit("admin: editor with a problem").await;
+    b.js("document.querySelector('#qe-problems a[data-focus]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(focused, json!("qe-f-sections-0-questions-0-title"));
+
+    // Fixed, and «Опубликовать».
+    title_field.send_keys(NEW_TEXT).await.expect("type");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("«Опубликована версия 2»", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 2"))
+    })
+    .await;
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-problems:not([hidden])"))
+            .await
+            .is_err(),
+        "the problems are gone"
+    );
+    b.shot("editor-published-900.png").await;
+
+    // The next robot run sends the new version.
+    let contact = demo
+        .portal
+        .add_contact("Олег", "Иванович", "Петров", "+79160000002");
+    let deal = demo.portal.add_deal("Повторный приём", 0, Some(contact));
+    let sent = demo.portal.event_sends().len();
+    let (_, answer) = demo
+        .portal
+        .run_robot(opros::local_app::registration::ROBOT_CODE, deal, &[])
+        .await
+        .expect("robot call");
+    assert_eq!(answer.status(), 200);
+    eventually("the link returned to the business process", || async {
+        demo.state.nudge_outbox();
+        demo.portal.event_sends().len() > sent
+    })
+    .await;
+    let link = demo.portal.event_sends()[sent].1["SURVEY_URL"].clone();
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client.goto(&link).await.expect("the patient's page");
+    assert!(b.text().await.contains(NEW_TEXT), "{}", b.text().await);
+    b.shot("patient-edited-390.png").await;
+
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+    demo.stop().await;
+}

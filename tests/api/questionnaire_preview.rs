@@ -249,3 +249,32 @@ async fn preview_needs_the_admin_pages_session_and_a_bounded_body(db: TestDb) {
     assert!(Doc::parse(&page).text().contains(&title));
     app.stop().await;
 }
+
+/// The README's one full example, taken from the README itself.
+fn readme_example() -> Value {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("### Схема анкеты")
+        .expect("README: «Схема анкеты»");
+    let block = &readme[start..];
+    let open = block.find("```json\n").expect("a JSON example") + "```json\n".len();
+    let close = block[open..].find("```").expect("the example's end");
+    serde_json::from_str(&block[open..open + close]).expect("the README's example is JSON")
+}
+
+on_both_databases!(readme_example_is_a_valid_questionnaire);
+async fn readme_example_is_a_valid_questionnaire(db: TestDb) {
+    let example = readme_example();
+    let q: opros::survey::Questionnaire =
+        serde_json::from_value(example.clone()).expect("the schema");
+    assert_eq!(q.check(), Vec::new(), "the one validator finds nothing");
+    let (fake, app) = installed_on(&db.url).await;
+    let session = admin_session(&fake, &app).await;
+    let (status, page) = preview_json(&app, Some(&session), &json!({"definition": example})).await;
+    assert_eq!(status, 200, "{page}");
+    let doc = Doc::parse(&page);
+    for question in q.questions() {
+        assert!(doc.text().contains(&question.title), "{}", question.title);
+    }
+    app.stop().await;
+}
