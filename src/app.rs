@@ -47,6 +47,14 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "" | "/healthz" | "/openapi.json" | "/README.md" | "/docs" => Some("GET"),
         _ if p.starts_with("/docs/") || p.starts_with("/assets/") => Some("GET"),
         "/api/v1/bitrix/webhook" => Some("GET, POST"),
+        "/b24/admin/questionnaires" => Some("GET, POST"),
+        _ if p.starts_with("/b24/admin/questionnaires/") => Some(
+            if p.ends_with("/versions") || p.ends_with("/archive") || p.ends_with("/preview") {
+                "POST"
+            } else {
+                "GET"
+            },
+        ),
         _ if p.starts_with("/s/") => Some("GET, POST"),
         _ if p.starts_with("/b24/") || p == "/api/bitrix/webhook" => Some("POST"),
         _ => None,
@@ -102,6 +110,26 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/b24/tab/new-link", post(local_app::placement::new_link))
         .at("/b24/app", post(local_app::admin::app_page))
         .at("/b24/app/action", post(local_app::admin::action))
+        .at(
+            "/b24/admin/questionnaires",
+            get(local_app::questionnaire_api::list).post(local_app::questionnaire_api::create),
+        )
+        .at(
+            "/b24/admin/questionnaires/:id",
+            get(local_app::questionnaire_api::get),
+        )
+        .at(
+            "/b24/admin/questionnaires/:id/versions",
+            post(local_app::questionnaire_api::publish),
+        )
+        .at(
+            "/b24/admin/questionnaires/:id/archive",
+            post(local_app::questionnaire_api::archive),
+        )
+        .at(
+            "/b24/admin/questionnaires/:id/export",
+            get(local_app::questionnaire_api::export),
+        )
         .at(
             "/b24/admin/questionnaires/preview",
             post(local_app::questionnaire_preview::preview).data(

@@ -154,9 +154,13 @@ pub async fn stored_or_rendered_pdf(
             return None;
         }
     };
-    let q = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)?;
+    let q = match crate::questionnaires::of_invitation(state, inv).await {
+        Ok(q) => q?,
+        Err(e) => {
+            tracing::error!(survey_id = %inv.id, error = %e, "Анкета опроса не читается");
+            return None;
+        }
+    };
     let clinic = clinic_name(state, inv).await;
     let input = report_input(&clinic, &q, inv, &answers, completed_at);
     match render_report(input).await {

@@ -14,6 +14,7 @@ pub mod invitations;
 pub mod legacy;
 pub mod local_app;
 pub mod outbox;
+pub mod questionnaires;
 pub mod report;
 pub mod secret;
 pub mod state;

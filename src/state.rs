@@ -22,6 +22,9 @@ pub struct Inner {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     catalog: RwLock<Catalog>,
+    /// Portals' own catalogs and parsed versions, for the robot's hot path
+    /// (`questionnaires::resolve`).
+    pub questionnaires: crate::questionnaires::Cache,
     pub links: LinkSigner,
     pub b24: B24Client,
     /// Wakes the outbox worker when a job is queued.
@@ -112,6 +115,7 @@ impl AppState {
             config: Arc::new(config),
             db,
             catalog: RwLock::new(catalog),
+            questionnaires: Default::default(),
             b24,
             outbox_notify: Arc::new(Notify::new()),
             session_key,

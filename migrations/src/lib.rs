@@ -9,6 +9,7 @@ mod m20261123_000002_rate_bucket;
 mod m20261207_000003_outbox_recovery;
 mod m20261207_000004_portal_revouch;
 mod m20261207_000005_response_outcome;
+mod m20261207_000010_questionnaires;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000003_outbox_recovery::Migration),
             Box::new(m20261207_000004_portal_revouch::Migration),
             Box::new(m20261207_000005_response_outcome::Migration),
+            Box::new(m20261207_000010_questionnaires::Migration),
         ]
     }
 }

@@ -56,8 +56,8 @@ pub async fn portal_caller<C: ConnectionTrait>(
 
 const INSERT_INVITATION: &str = "INSERT INTO invitation (id, portal_id, channel, entity_type, \
      entity_id, patient_name, questionnaire_code, questionnaire_version, status, dedupe_key, \
-     created_at, opened_at, completed_at, expires_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     created_at, opened_at, completed_at, expires_at, questionnaire_version_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
      ON CONFLICT (dedupe_key) DO NOTHING";
 
 /// Inserts `row` unless its `dedupe_key` is taken; true if it was inserted. The
@@ -66,7 +66,7 @@ pub async fn insert_invitation<C: ConnectionTrait>(
     db: &C,
     row: &invitation::Model,
 ) -> Result<bool, DbErr> {
-    let values: [Value; 14] = [
+    let values: [Value; 15] = [
         row.id.clone().into(),
         row.portal_id.into(),
         row.channel.into(),
@@ -81,6 +81,7 @@ pub async fn insert_invitation<C: ConnectionTrait>(
         row.opened_at.into(),
         row.completed_at.into(),
         row.expires_at.into(),
+        row.questionnaire_version_id.into(),
     ];
     let stmt = Statement::from_sql_and_values(db.get_database_backend(), INSERT_INVITATION, values);
     Ok(db.execute_raw(stmt).await?.rows_affected() > 0)

@@ -12,6 +12,7 @@ use super::{Channel, EntityRef, Issued, NewInvitation, create_or_reuse, patient}
 use crate::db::entities::invitation;
 use crate::error::ApiError;
 use crate::outbox::{self, Job};
+use crate::questionnaires::Resolved;
 use crate::state::AppState;
 
 /// The link lifetime: the portal administrator's setting, else `SURVEY_LINK_DAYS`.
@@ -67,8 +68,9 @@ pub struct Request {
     pub reuse_active: bool,
     pub lifetime_days: u32,
     pub dedupe_key: Option<String>,
-    /// Code and version of the questionnaire; `None` takes the catalog's default.
-    pub questionnaire: Option<(String, u32)>,
+    /// The questionnaire (`questionnaires::resolve`); `None` takes the default code,
+    /// as the portal has it (its own questionnaire of that code, else the template).
+    pub questionnaire: Option<Resolved>,
     /// The robot's `event_token`: `survey_url`/`survey_id` go back to the waiting
     /// business process, on a repeat or a reused link too, and every job is keyed
     /// by `dedupe_key` (one robot run, one set of jobs).
@@ -92,15 +94,13 @@ pub async fn issue(
         questionnaire,
         robot_event,
     } = request;
-    let (code, version) = match questionnaire {
+    let chosen = match questionnaire {
         Some(chosen) => chosen,
         None => {
-            let catalog = state.catalog();
-            let code = catalog.default_code().to_owned();
-            let q = catalog
-                .latest(&code)
-                .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?;
-            (q.code.clone(), q.version)
+            let code = state.catalog().default_code();
+            crate::questionnaires::resolve(state, portal_id, code)
+                .await?
+                .ok_or_else(|| ApiError::internal(format!("questionnaire {code} missing")))?
         }
     };
     let now = Utc::now();
@@ -112,8 +112,9 @@ pub async fn issue(
         patient_name: given_name
             .clone()
             .unwrap_or_else(|| patient::PLACEHOLDER.to_owned()),
-        questionnaire_code: code,
-        questionnaire_version: version,
+        questionnaire_code: chosen.questionnaire.code.clone(),
+        questionnaire_version: chosen.questionnaire.version,
+        questionnaire_version_id: chosen.version_id,
         lifetime_days,
         reuse_active,
         dedupe_key: dedupe_key.clone(),

@@ -96,13 +96,13 @@ pub async fn by_token(state: &AppState, token: &str) -> Result<invitation::Model
     Ok(inv)
 }
 
-pub fn questionnaire_of(
+/// Exactly the version the link was sent with (`questionnaires::of_invitation`).
+pub async fn questionnaire_of(
     state: &AppState,
     inv: &invitation::Model,
 ) -> Result<std::sync::Arc<Questionnaire>, FlowError> {
-    state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    crate::questionnaires::of_invitation(state, inv)
+        .await?
         .ok_or_else(|| {
             FlowError::Internal(anyhow::anyhow!(
                 "questionnaire {} v{} missing",
@@ -218,7 +218,7 @@ pub async fn save_draft(
     {
         return Err(FlowError::TooLarge);
     }
-    let q = questionnaire_of(state, inv)?;
+    let q = questionnaire_of(state, inv).await?;
     let draft = crate::survey::normalise_draft(&q, &answers);
     let now = Utc::now();
     upsert_draft(&state.db, &inv.id, &draft, now).await?;
@@ -282,7 +282,7 @@ pub async fn submit(
     {
         return Err(FlowError::TooLarge);
     }
-    let q = questionnaire_of(state, inv)?;
+    let q = questionnaire_of(state, inv).await?;
     let now = Utc::now();
     let today = now.with_timezone(&crate::completion::MSK).date_naive();
     let valid = match crate::survey::validate_submit(&q, &answers, today) {

@@ -38,6 +38,8 @@ pub struct NewInvitation {
     pub patient_name: String,
     pub questionnaire_code: String,
     pub questionnaire_version: u32,
+    /// The portal's own version (`questionnaires::Resolved::version_id`), if any.
+    pub questionnaire_version_id: Option<i64>,
     pub lifetime_days: u32,
     pub reuse_active: bool,
     pub dedupe_key: Option<String>,
@@ -86,6 +88,7 @@ pub async fn create_or_reuse<C: ConnectionTrait>(
         patient_name: new.patient_name.chars().take(255).collect(),
         questionnaire_code: new.questionnaire_code.clone(),
         questionnaire_version: new.questionnaire_version as i32,
+        questionnaire_version_id: new.questionnaire_version_id,
         status: SENT,
         dedupe_key: new.dedupe_key.clone(),
         created_at: now.trunc_subsecs(6),

@@ -166,17 +166,14 @@ fn queue_view(queue: &QueueSummary, jobs: &[outbox_job::Model]) -> QueueView {
     }
 }
 
-/// The templates a questionnaire can be created from, the default one first.
+/// The templates a questionnaire can be created from (the editor's script reads
+/// the same list from the API), the default one first.
 fn templates(catalog: &Catalog) -> Vec<(String, String)> {
     let default = catalog.default_code();
-    // One entry per code: the catalog lists every version, in version order, so the
-    // last title seen is the latest.
-    let latest: std::collections::BTreeMap<String, String> = catalog
-        .list()
+    let mut list: Vec<(String, String)> = crate::questionnaires::templates(catalog)
         .into_iter()
-        .map(|q| (q.code.clone(), q.title.clone()))
+        .map(|t| (t.code, t.title))
         .collect();
-    let mut list: Vec<(String, String)> = latest.into_iter().collect();
     list.sort_by_key(|(code, _)| code != default);
     list
 }

@@ -12,6 +12,7 @@ pub mod install;
 pub mod page;
 pub mod placement;
 pub mod portals;
+pub mod questionnaire_api;
 pub mod questionnaire_preview;
 pub mod registration;
 pub mod robot;

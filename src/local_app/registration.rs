@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use crate::bitrix24::field;
 use crate::bitrix24::{B24Error, BatchCommand, Target};
 use crate::db::entities::portal;
-use crate::outbox::automation;
 use crate::outbox::link_field::{add_link_field, has_field};
+use crate::outbox::{automation, robot_select};
 use crate::state::AppState;
 
-pub const ROBOT_CODE: &str = "opros_send_survey";
+pub use crate::outbox::robot_select::ROBOT_CODE;
 pub const AWAIT_ROBOT_CODE: &str = "opros_await_survey";
 pub const TAB_TITLE: &str = "Анкета пациента";
 pub const PLACEMENTS: [&str; 2] = ["CRM_DEAL_DETAIL_TAB", "CRM_LEAD_DETAIL_TAB"];
@@ -66,48 +66,24 @@ impl Report {
     }
 }
 
-fn robot_fields(state: &AppState, installer: Option<i64>) -> Value {
-    let catalog = state.catalog();
-    let mut options = serde_json::Map::new();
-    for q in catalog.list() {
-        options.insert(q.code.clone(), json!(q.title));
-    }
-    let mut fields = json!({
-        "HANDLER": state.config.public("/b24/robot/send-survey"),
-        "USE_SUBSCRIPTION": "Y",
-        "NAME": {"ru": "Отправить опрос", "en": "Send survey"},
-        "DESCRIPTION": {
-            "ru": "Создаёт ссылку на анкету пациента и возвращает её в переменные процесса",
-            "en": "Creates a patient questionnaire link and returns it to the workflow"
-        },
-        "PROPERTIES": {
-            "survey_code": {
-                "Name": {"ru": "Анкета", "en": "Questionnaire"},
-                "Type": "select", "Required": "Y", "Multiple": "N",
-                "Default": catalog.default_code(),
-                "Options": options,
-            },
-            "link_days": {
-                "Name": {"ru": "Срок действия ссылки, дней", "en": "Link lifetime, days"},
-                "Type": "int", "Required": "N", "Multiple": "N",
-                "Default": state.config.link_days,
-            },
-            "reuse_active": {
-                "Name": {"ru": "Отправлять действующую ссылку повторно", "en": "Reuse an active link"},
-                "Type": "bool", "Required": "N", "Multiple": "N", "Default": "Y",
-            },
-        },
-        "RETURN_PROPERTIES": {
-            "survey_url": {"Name": {"ru": "Ссылка на опрос", "en": "Survey link"}, "Type": "string", "Multiple": "N"},
-            "survey_id": {"Name": {"ru": "ID опроса", "en": "Survey ID"}, "Type": "string", "Multiple": "N"},
-        },
-        "DOCUMENT_TYPE": ["crm", "CCrmDocumentDeal", "DEAL"],
-        "FILTER": {"INCLUDE": [["crm", "CCrmDocumentDeal"], ["crm", "CCrmDocumentLead"]]},
-    });
-    if let (Some(user), Some(obj)) = (installer, fields.as_object_mut()) {
-        obj.insert("AUTH_USER_ID".into(), json!(user));
-    }
-    fields
+/// «Отправить опрос»: its select offers the portal's questionnaires
+/// (`outbox::robot_select`, shared with the job that refreshes it).
+async fn robot_fields(state: &AppState, target: &Target, installer: Option<i64>) -> Value {
+    let options = match target {
+        Target::Portal { member_id } => robot_select::options_for_member(state, member_id).await,
+        _ => crate::questionnaires::robot_options(state, None).await,
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(e) => {
+            // The templates still make a working robot; the next change refreshes it.
+            tracing::warn!(error = %e, "Не удалось прочитать анкеты портала для робота");
+            crate::questionnaires::robot_options(state, None)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    robot_select::send_robot_fields(state, &options, installer)
 }
 
 /// «Дождаться анкеты» (CONTRACT «Automation»): waits in the workflow
@@ -212,7 +188,7 @@ async fn ensure_robots(
     let robots = [
         (
             ROBOT_CODE,
-            robot_fields(state, installer),
+            robot_fields(state, target, installer).await,
             "Робот «Отправить опрос»",
         ),
         (

@@ -32,17 +32,17 @@ pub async fn send_survey(
     let (event_token, entity) = step_of(&call)?;
 
     let prop = |k: &str| call.property(k);
-    let (code, version) = {
-        let catalog = state.catalog();
-        let code = prop("survey_code").unwrap_or_else(|| catalog.default_code().to_owned());
-        let q = catalog.latest(&code).ok_or_else(|| {
+    // The portal's own questionnaire of that code, else the template; another
+    // portal's code is unknown here. From memory, not a query per call (issue 19).
+    let code = prop("survey_code").unwrap_or_else(|| state.catalog().default_code().to_owned());
+    let chosen = crate::questionnaires::resolve(state, Some(portal.id), &code)
+        .await?
+        .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::QuestionnaireUnknown,
                 format!("Анкета «{code}» не найдена; выберите анкету в настройках робота"),
             )
         })?;
-        (q.code.clone(), q.version)
-    };
     // The robot's own properties win; the admin's settings (read with the portal)
     // fill what they leave open.
     let defaults = crate::invitations::portal_settings::from_stored(
@@ -73,7 +73,7 @@ pub async fn send_survey(
             reuse_active,
             lifetime_days,
             dedupe_key: Some(key),
-            questionnaire: Some((code, version)),
+            questionnaire: Some(chosen),
             robot_event: Some(event_token),
         },
     )

@@ -48,7 +48,7 @@ pub async fn load(
     let rows = of_entity(&state.db, Some(portal_id), entity).await?;
     let completed = match rows.iter().find(|r| r.status == COMPLETED) {
         Some(inv) => {
-            let q = lifecycle::questionnaire_of(state, inv)?;
+            let q = lifecycle::questionnaire_of(state, inv).await?;
             let answers = lifecycle::answers_to_show(state, inv).await?;
             Some((inv.clone(), q, answers))
         }
@@ -178,6 +178,7 @@ mod tests {
             patient_name: name.to_owned(),
             questionnaire_code: "pre_visit".to_owned(),
             questionnaire_version: 1,
+            questionnaire_version_id: None,
             status,
             dedupe_key: None,
             created_at: created,

@@ -490,9 +490,9 @@ async fn flagged_of(
     };
     let answers = crate::survey::decode_answers(&inv.id, answers)
         .map_err(|_| JobOutcome::Dead("сохранённые ответы не читаются".into()))?;
-    let Some(q) = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    let pinned = crate::questionnaires::of_invitation(state, inv).await;
+    let Some(q) =
+        pinned.map_err(|e| retry(failures(row), None, format!("база данных: {e}"), now))?
     else {
         return Err(JobOutcome::Dead(format!(
             "анкета {} версии {} не найдена",

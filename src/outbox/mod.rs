@@ -12,6 +12,7 @@ pub mod backpressure;
 pub mod jobs;
 pub mod link_field;
 pub mod post_completion;
+pub mod robot_select;
 pub mod run;
 pub mod survey_wait;
 pub mod uninstall;
@@ -65,6 +66,9 @@ pub enum Job {
     /// `ONAPPUNINSTALL` arrived: confirm with the portal that our tokens are dead,
     /// then drop them and, with `clean`, the portal's invitations and answers.
     ConfirmUninstall { clean: bool },
+    /// The portal's questionnaires changed: send the robot «Отправить опрос» its
+    /// «Анкета» select again (`robot_select`).
+    RefreshRobotSelect,
 }
 
 impl Job {
@@ -79,6 +83,7 @@ impl Job {
             Job::Automate { .. } => "automate",
             Job::CompleteActivity { .. } => "complete_activity",
             Job::ConfirmUninstall { .. } => "confirm_uninstall",
+            Job::RefreshRobotSelect => "refresh_robot_select",
         }
     }
 
@@ -94,7 +99,7 @@ impl Job {
             Job::Automate { invitation } | Job::CompleteActivity { invitation, .. } => {
                 Some(invitation)
             }
-            Job::ConfirmUninstall { .. } => None,
+            Job::ConfirmUninstall { .. } | Job::RefreshRobotSelect => None,
         }
     }
 }

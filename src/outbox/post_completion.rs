@@ -44,10 +44,11 @@ pub async fn run(
             return JobOutcome::Dead("сохранённые ответы не читаются".into());
         }
     };
-    let Some(q) = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
-    else {
+    let pinned = match crate::questionnaires::of_invitation(state, inv).await {
+        Ok(q) => q,
+        Err(e) => return retry(failures(row), None, format!("база данных: {e}"), now),
+    };
+    let Some(q) = pinned else {
         return JobOutcome::Dead(format!(
             "анкета {} версии {} не найдена",
             inv.questionnaire_code, inv.questionnaire_version

@@ -78,6 +78,7 @@ pub async fn run_group(
             Job::AwaitSurvey { event_token, .. } => {
                 super::survey_wait::run(state, &target, &c.row, None, event_token, now).await
             }
+            Job::RefreshRobotSelect => super::robot_select::run(state, &target, &c.row, now).await,
             _ => JobOutcome::Dead("not a portal-wide job".into()),
         };
         outcomes.push((c.row, outcome));
@@ -294,7 +295,8 @@ fn commands_for(state: &AppState, c: &Claimed, inv: &invitation::Model) -> Vec<B
         | Job::AwaitSurvey { .. }
         | Job::Automate { .. }
         | Job::CompleteActivity { .. }
-        | Job::ConfirmUninstall { .. } => Vec::new(),
+        | Job::ConfirmUninstall { .. }
+        | Job::RefreshRobotSelect => Vec::new(),
     }
 }
 
@@ -404,7 +406,8 @@ async fn run_chunk(
             | Job::AwaitSurvey { .. }
             | Job::Automate { .. }
             | Job::CompleteActivity { .. }
-            | Job::ConfirmUninstall { .. } => JobOutcome::Dead("not a batch job".into()),
+            | Job::ConfirmUninstall { .. }
+            | Job::RefreshRobotSelect => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
     }

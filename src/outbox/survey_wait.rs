@@ -297,9 +297,9 @@ async fn completed_values(state: &AppState, inv: &invitation::Model) -> Result<V
         .ok_or_else(|| "ответы не найдены".to_owned())?;
     let answers = crate::survey::decode_answers(&inv.id, answers)
         .map_err(|_| "сохранённые ответы не читаются".to_owned())?;
-    let q = state
-        .catalog()
-        .get(&inv.questionnaire_code, inv.questionnaire_version as u32)
+    let q = crate::questionnaires::of_invitation(state, inv)
+        .await
+        .map_err(|e| format!("база данных: {e}"))?
         .ok_or_else(|| {
             format!(
                 "анкета {} версии {} не найдена",

@@ -33,6 +33,24 @@ const MAX_FILE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     items: BTreeMap<(String, u32), Arc<Questionnaire>>,
+    /// The `(code, version)` pairs that came with the service, not from a file.
+    builtin: std::collections::BTreeSet<(String, u32)>,
+}
+
+/// Where a template came from, for the editor's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateSource {
+    Builtin,
+    File,
+}
+
+impl TemplateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateSource::Builtin => "builtin",
+            TemplateSource::File => "file",
+        }
+    }
 }
 
 /// A questionnaire file that could not be used, and why. The others still load.
@@ -95,6 +113,7 @@ impl Catalog {
         for (name, text) in BUILTINS {
             catalog.add_text(name, text, Format::Yaml, &mut problems);
         }
+        catalog.builtin = catalog.items.keys().cloned().collect();
         if let Some(dir) = dir {
             catalog.load_dir(dir, &mut problems);
         }
@@ -223,6 +242,26 @@ impl Catalog {
     /// Every questionnaire, by code then version.
     pub fn list(&self) -> Vec<Arc<Questionnaire>> {
         self.items.values().cloned().collect()
+    }
+
+    /// The latest version of every code, with where it came from: the templates a
+    /// portal may start its own questionnaires from.
+    pub fn templates(&self) -> Vec<(Arc<Questionnaire>, TemplateSource)> {
+        let mut latest: BTreeMap<&str, &Arc<Questionnaire>> = BTreeMap::new();
+        for ((code, _), q) in &self.items {
+            latest.insert(code.as_str(), q);
+        }
+        latest
+            .into_values()
+            .map(|q| {
+                let source = if self.builtin.contains(&(q.code.clone(), q.version)) {
+                    TemplateSource::Builtin
+                } else {
+                    TemplateSource::File
+                };
+                (Arc::clone(q), source)
+            })
+            .collect()
     }
 
     /// The code used when an invitation names no questionnaire.

@@ -14,6 +14,9 @@ use super::model::{
 };
 use super::validate::{parse_date, parse_number, relative_date};
 
+/// The longest questionnaire code: a portal's questionnaires are stored by code.
+pub const MAX_CODE_LEN: usize = 64;
+
 struct Problems(Vec<DefinitionProblem>);
 
 impl Problems {
@@ -34,6 +37,12 @@ pub(super) fn problems(q: &Questionnaire) -> Vec<DefinitionProblem> {
             "code",
             "bad_id",
             "код анкеты должен состоять из латинских строчных букв, цифр и «_»",
+        );
+    } else if q.code.len() > MAX_CODE_LEN {
+        out.add(
+            "code",
+            "code_too_long",
+            format!("код анкеты длиннее {MAX_CODE_LEN} символов"),
         );
     }
     if q.version == 0 {

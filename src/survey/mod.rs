@@ -10,7 +10,10 @@ mod model;
 mod score;
 mod validate;
 
-pub use catalog::{Catalog, DEFAULT_CODE, InsertError, LoadProblem, join_load_problems};
+pub use catalog::{
+    Catalog, DEFAULT_CODE, InsertError, LoadProblem, TemplateSource, join_load_problems,
+};
+pub use check::MAX_CODE_LEN;
 pub use condition::{Condition, FlagIf, Test};
 pub use display::{FlaggedAnswer, answer_text, flagged, sections_for_display};
 pub use evaluate::condition_holds;

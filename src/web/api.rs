@@ -306,7 +306,7 @@ impl SurveyApi {
     ) -> Result<Json<SurveyView>, ApiError> {
         let mut inv = lifecycle::by_token(&state, &token).await?;
         lifecycle::mark_opened(&state, &mut inv).await?;
-        let q = lifecycle::questionnaire_of(&state, &inv)?;
+        let q = lifecycle::questionnaire_of(&state, &inv).await?;
         let draft = lifecycle::draft_of(&state, &inv).await?;
         Ok(Json(SurveyView {
             survey_id: inv.id.clone(),

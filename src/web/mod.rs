@@ -60,7 +60,7 @@ pub async fn survey_page(Path(token): Path<String>, Data(state): Data<&AppState>
         Ok(i) => i,
         Err(e) => return flow_page(state, e, ""),
     };
-    let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
+    let Ok(q) = lifecycle::questionnaire_of(state, &inv).await else {
         return flow_page(
             state,
             FlowError::Internal(anyhow::anyhow!("questionnaire missing")),
@@ -130,7 +130,7 @@ pub async fn survey_form_submit(
         Ok(i) => i,
         Err(e) => return flow_page(state, e, ""),
     };
-    let Ok(q) = lifecycle::questionnaire_of(state, &inv) else {
+    let Ok(q) = lifecycle::questionnaire_of(state, &inv).await else {
         return flow_page(
             state,
             FlowError::Internal(anyhow::anyhow!("questionnaire missing")),

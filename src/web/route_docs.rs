@@ -335,13 +335,6 @@ pub struct WebhookLink {
     pub expires_at: String,
 }
 
-/// The questionnaire editor's preview: the definition being edited.
-#[derive(Debug, Object)]
-pub struct PreviewRequest {
-    /// The questionnaire, in the schema of SURVEYS_DIR files.
-    pub definition: serde_json::Value,
-}
-
 /// The routes of `app::routes` served by plain handlers, for the document only.
 pub struct RouteDocs;
 
@@ -379,7 +372,6 @@ impl OpenApi for RouteDocs {
         OutgoingWebhookForm::register(registry);
         CallbackDone::register(registry);
         WebhookLink::register(registry);
-        PreviewRequest::register(registry);
         ErrorBody::register(registry);
         ApiError::register(registry);
     }
@@ -400,14 +392,6 @@ fn form_of<T: Type>(description: &'static str) -> Option<MetaRequest> {
             content_type: FORM,
             schema: T::schema_ref(),
         }],
-        required: true,
-    })
-}
-
-fn json_body<T: Type>(description: &'static str) -> Option<MetaRequest> {
-    Some(MetaRequest {
-        description: Some(description),
-        content: vec![media(JSON, T::schema_ref())],
         required: true,
     })
 }
@@ -679,24 +663,6 @@ fn routes() -> Vec<Route> {
             responses: vec![html_page("Страница приложения с итогом"), refusal()],
         },
         Route {
-            path: "/b24/admin/questionnaires/preview",
-            method: Method::POST,
-            tag: TAG_BITRIX24,
-            summary: "Предпросмотр анкеты в редакторе",
-            description: "Анкета из редактора, проверенная тем же валидатором, что и при публикации, \
-                          в виде страницы пациента на телефоне: без ссылки, без черновика, кнопка \
-                          отправки отключена. Ничего не сохраняет. Сессия страницы приложения — в \
-                          заголовке `X-Opros-Session` (401 `session_expired` без неё); 400 `bad_json`; \
-                          422 `invalid_definition` со списком `problems` (`place`, `code`, `reason`).",
-            params: vec![param(
-                "X-Opros-Session",
-                MetaParamIn::Header,
-                "Подписанная сессия страницы приложения",
-            )],
-            request: json_body::<PreviewRequest>("Анкета в схеме файлов SURVEYS_DIR"),
-            responses: vec![html_page("Страница анкеты для предпросмотра"), refusal()],
-        },
-        Route {
             path: "/b24/robot/send-survey",
             method: Method::POST,
             tag: TAG_BITRIX24,
@@ -793,6 +759,7 @@ fn routes() -> Vec<Route> {
             responses,
         });
     }
+    routes.extend(editor_routes());
     let responses = json_answers(json_of::<CallbackDone>("Принято"));
     routes.push(Route {
         path: "/api/bitrix/webhook",
@@ -811,4 +778,120 @@ fn routes() -> Vec<Route> {
         responses,
     });
     routes
+}
+
+/// The questionnaire editor's JSON API (`local_app::questionnaire_api`): the admin
+/// page's session in the `X-Opros-Session` header, JSON in and out.
+fn editor_routes() -> Vec<Route> {
+    let session = || MetaOperationParam {
+        required: true,
+        ..param(
+            "X-Opros-Session",
+            MetaParamIn::Header,
+            "Сессия страницы приложения (администратор портала); без неё или с истёкшей — 401 `session_expired`",
+        )
+    };
+    let id = || param("id", MetaParamIn::Path, "Id анкеты портала");
+    let json_request = |description: &'static str| {
+        Some(MetaRequest {
+            description: Some(description),
+            content: vec![media(JSON, schema("object"))],
+            required: true,
+        })
+    };
+    let json_answer = |status: u16, description: &'static str| {
+        vec![
+            response(status, description, vec![media(JSON, schema("object"))]),
+            refusal(),
+        ]
+    };
+    const LIST: &str = "/b24/admin/questionnaires";
+    const ONE: &str = "/b24/admin/questionnaires/{id}";
+    vec![
+        Route {
+            path: LIST,
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Анкеты портала и шаблоны",
+            description: "`items`: анкеты портала (`id`, `code`, `title`, `archived`, `version`, \
+                          `published_at`, `published_by`); `templates`: встроенные и из `SURVEYS_DIR` \
+                          (`code`, `title`, `source`: `builtin` | `file`).",
+            params: vec![session()],
+            request: None,
+            responses: json_answer(200, "Список"),
+        },
+        Route {
+            path: LIST,
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Создать анкету",
+            description: "Одно из: `{\"from_template\": code}`, `{\"duplicate_of\": id}` (код \
+                          `<code>_2`…, название «… (копия)»), `{\"definition\": {…}}` (импорт файла \
+                          `SURVEYS_DIR`). 201 — анкета, как `GET …/{id}`; 422 `invalid_definition` \
+                          с `problems`; 409 `code_taken`; 400 `bad_json`.",
+            params: vec![session()],
+            request: json_request("Источник анкеты"),
+            responses: json_answer(201, "Анкета создана (версия 1)"),
+        },
+        Route {
+            path: ONE,
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Анкета портала",
+            description: "`id`, `code`, `title`, `archived`, `versions` (`version`, `published_at`, \
+                          `published_by`), `definition` — последняя версия в схеме файлов \
+                          `SURVEYS_DIR`. Чужая или несуществующая — 404 `questionnaire_not_found`.",
+            params: vec![session(), id()],
+            request: None,
+            responses: json_answer(200, "Анкета"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/versions",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Опубликовать новую версию",
+            description: "`{\"definition\": {…}}`: проверяется единым валидатором; `code` менять \
+                          нельзя (`code_changed`), `version` назначает сервер. 201 `{version, \
+                          published_at, published_by}`; 422 `invalid_definition` с каждой ошибкой \
+                          (`place`, `code`, `reason`).",
+            params: vec![session(), id()],
+            request: json_request("Определение анкеты"),
+            responses: json_answer(201, "Версия опубликована"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/archive",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "В архив или из архива",
+            description: "`{\"archived\": true|false}`. Архивная анкета не предлагается роботу; \
+                          отправленные ссылки работают.",
+            params: vec![session(), id()],
+            request: json_request("Флаг архива"),
+            responses: json_answer(200, "Анкета"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/{id}/export",
+            method: Method::GET,
+            tag: TAG_BITRIX24,
+            summary: "Экспорт анкеты",
+            description: "Последняя версия как файл `SURVEYS_DIR` (`Content-Disposition: attachment; \
+                          filename=\"<code>.json\"`); импорт этого файла даёт то же определение.",
+            params: vec![session(), id()],
+            request: None,
+            responses: json_answer(200, "Файл анкеты (JSON)"),
+        },
+        Route {
+            path: "/b24/admin/questionnaires/preview",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Предпросмотр анкеты в редакторе",
+            description: "`{\"definition\": {…}}`, проверенное так же, как при публикации, — в виде \
+                          страницы пациента на телефоне (`text/html`): без ссылки, без черновика, \
+                          кнопка отправки отключена. Ничего не сохраняет. 422 `invalid_definition` \
+                          с `problems`; 400 `bad_json`.",
+            params: vec![session()],
+            request: json_request("Определение анкеты из редактора"),
+            responses: vec![html_page("Страница анкеты для предпросмотра"), refusal()],
+        },
+    ]
 }

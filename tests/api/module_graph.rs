@@ -10,6 +10,7 @@ const LAYERS: &[&[&str]] = &[
     &["invitations", "views"],
     &["outbox"],
     &["completion"],
+    &["questionnaires"],
     &["survey", "report", "crm", "assets"],
     &["db"],
     &["bitrix24"],

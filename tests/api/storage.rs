@@ -21,6 +21,7 @@ fn new_invitation(key: Option<&str>) -> NewInvitation {
         patient_name: "Смирнова Анна".into(),
         questionnaire_code: "pre_visit".into(),
         questionnaire_version: 1,
+        questionnaire_version_id: None,
         lifetime_days: 7,
         reuse_active: false,
         dedupe_key: key.map(str::to_owned),

@@ -16,6 +16,9 @@ pub struct Model {
     pub patient_name: String,
     pub questionnaire_code: String,
     pub questionnaire_version: i32,
+    /// The portal's own version the link was sent with (`questionnaire_version`);
+    /// `None`: a built-in or file template, by code and version above.
+    pub questionnaire_version_id: Option<i64>,
     /// Expiry is not stored: it is derived from `expires_at`.
     pub status: Status,
     #[sea_orm(unique)]
