@@ -905,6 +905,12 @@ async fn date_limits_and_formats_are_checked_on_the_page_before_submit() {
     let _ = b.client.clone().close().await;
 }
 
+/// Collects the page's script errors (the editor's handlers are async: a failure
+/// is an unhandled rejection) into `window.__errors`.
+const SCRIPT_ERRORS: &str = "window.__errors = []; \
+    window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason && e.reason.stack || e.reason))); \
+    window.addEventListener('error', e => window.__errors.push(e.message + ' at ' + e.lineno));";
+
 /// The text a page (or the editor's preview, a same-origin sandboxed frame) shows.
 const PREVIEW_TEXT: &str = "const f = document.getElementById('qe-preview'); \
     return f && f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : '';";
@@ -936,6 +942,7 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
         .js("return document.getElementById('qe-template').value")
         .await;
     assert_eq!(template, json!("pre_visit"));
+    b.js(SCRIPT_ERRORS).await;
     b.js("document.getElementById('qe-create').focus()").await;
     b.press(Key::Enter).await;
     let title_field = b
@@ -975,6 +982,8 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     let width = preview_width.as_f64().unwrap_or_default();
     assert!((360.0..=400.0).contains(&width), "a phone's width: {width}");
     b.audit("admin: questionnaire editor").await;
+    b.js("document.getElementById('qe-editor').scrollIntoView()")
+        .await;
     b.shot("editor-900.png").await;
 
     // A problem is named in Russian and leads to its field.

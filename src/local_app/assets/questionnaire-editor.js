@@ -99,7 +99,9 @@
       if (value === undefined || value === null || value === false) continue;
       if (key === 'class') e.className = value;
       else if (key === 'text') e.textContent = value;
-      else if (key === 'data') Object.assign(e.dataset, value);
+      else if (key === 'data') {
+        for (const [name, v] of Object.entries(value)) if (v !== null && v !== undefined) e.dataset[name] = v;
+      }
       else if (value === true) e.setAttribute(key, '');
       else e.setAttribute(key, String(value));
     }
@@ -108,6 +110,11 @@
       e.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
     return e;
+  }
+
+  // Replaces the children of `parent`; lists are flattened, nothing left out.
+  function fill(parent, ...children) {
+    parent.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
   }
 
   // A button whose visible text is completed for screen readers by `more`
@@ -199,7 +206,7 @@
       if (!target.id) target.id = 'qe-x-' + Math.random().toString(36).slice(2);
       return el('li', {}, el('a', { href: '#' + target.id, data: { focus: target.id } }, text));
     });
-    box.replaceChildren(
+    fill(box,
       el('h3', { text: (data && data.message) || 'Анкета не принята' }),
       items.length ? el('ul', {}, items) : null,
     );
@@ -890,7 +897,7 @@
   // Builds the form from `def`, keeping the focus on the same control.
   function render() {
     const focused = document.activeElement && fields.contains(document.activeElement) ? document.activeElement.id : null;
-    fields.replaceChildren(
+    fill(fields,
       el('fieldset', { class: 'qe-section', data: { place: '' } },
         el('legend', {}, 'Анкета'),
         field(['title'], 'Название анкеты', 'text', { wide: true }),
