@@ -1026,6 +1026,71 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     );
     b.shot("editor-published-900.png").await;
 
+    // «Копировать», then the copy «В архив», by keyboard.
+    let first = b
+        .js("return Number(document.querySelector('#qe-list [data-action=duplicate]').dataset.id)")
+        .await;
+    b.js("document.querySelector('#qe-list [data-action=duplicate]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    eventually("the copy in the list", || async {
+        b.js("return document.querySelectorAll('#qe-list tbody tr').length")
+            .await
+            == json!(2)
+    })
+    .await;
+    assert!(b.text().await.contains("pre_visit_2"), "{}", b.text().await);
+    b.js(&format!(
+        "document.querySelector('#qe-list [data-action=archive]:not([data-id=\"{first}\"])').focus()"
+    ))
+    .await;
+    b.press(Key::Enter).await;
+    eventually("the copy archived", || async {
+        b.js("return document.querySelector('#qe-list .badge') !== null && document.activeElement.textContent.startsWith('Вернуть')")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+
+    // «Импорт» of the README's example, pasted: the editor opens on it, its nested
+    // condition as JSON, its preview at once.
+    let example = crate::questionnaire_preview::readme_example().to_string();
+    let paste = b
+        .client
+        .find(Locator::Css("#qe-import-text"))
+        .await
+        .expect("the paste area");
+    paste.send_keys(&example).await.expect("paste");
+    b.js("document.getElementById('qe-import').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the imported questionnaire in the editor", || async {
+        b.js("return document.getElementById('qe-editor-heading').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Самочувствие перед приёмом"))
+    })
+    .await;
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-fields textarea[id$='-json']"))
+            .await
+            .is_ok(),
+        "the nested condition, as JSON"
+    );
+    eventually("the imported questionnaire's preview", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Дата рождения"))
+    })
+    .await;
+    b.audit("admin: imported questionnaire").await;
+    assert_eq!(
+        b.js("return window.__errors").await,
+        json!([]),
+        "script errors"
+    );
+
     // The next robot run sends the new version.
     let contact = demo
         .portal

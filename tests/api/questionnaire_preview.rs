@@ -251,7 +251,7 @@ async fn preview_needs_the_admin_pages_session_and_a_bounded_body(db: TestDb) {
 }
 
 /// The README's one full example, taken from the README itself.
-fn readme_example() -> Value {
+pub(crate) fn readme_example() -> Value {
     let readme = include_str!("../../README.md");
     let start = readme
         .find("### Схема анкеты")
