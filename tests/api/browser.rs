@@ -1085,6 +1085,55 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     })
     .await;
     b.audit("admin: imported questionnaire").await;
+
+    // Build by keyboard: a new question, moved up, made a choice with a condition;
+    // the result is a definition the validator takes.
+    b.js("document.querySelector('[data-op=add][data-make=question]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(focused, json!("qe-f-sections-0-questions-6-id"));
+    b.js("document.querySelector('[data-place=\"sections.0.questions.6\"] [data-op=up]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let moved = b
+        .js("const e = document.activeElement; return [e.dataset.op, e.dataset.path]")
+        .await;
+    assert_eq!(moved, json!(["up", "[\"sections\",0,\"questions\",5]"]));
+    let kind = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-5-type"))
+        .await
+        .expect("the type select");
+    kind.select_by_value("single").await.expect("single");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-f-sections-0-questions-5-options-1-label"))
+        .await
+        .expect("two options to start with");
+    let mode = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-5-show_if-mode"))
+        .await
+        .expect("the condition's mode");
+    mode.select_by_value("all").await.expect("all");
+    b.client
+        .wait()
+        .for_element(Locator::Css(
+            "#qe-f-sections-0-questions-5-show_if-all-0-test",
+        ))
+        .await
+        .expect("the first condition of the group");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the built questionnaire published", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 2"))
+    })
+    .await;
+    b.audit("admin: a question built by keyboard").await;
     assert_eq!(
         b.js("return window.__errors").await,
         json!([]),
