@@ -25,7 +25,9 @@ use super::Job;
 use super::jobs::{JobOutcome, MAX_ATTEMPTS, failures};
 use super::run::{classify, retry};
 use crate::bitrix24::{B24Error, Target};
-use crate::db::entities::{invitation, outbox_job, portal, response};
+use crate::db::entities::{
+    invitation, outbox_job, portal, questionnaire, questionnaire_version, response,
+};
 use crate::state::AppState;
 
 /// Whether an error says our tokens are revoked: what a genuine uninstall looks like
@@ -219,6 +221,23 @@ async fn purge(
             .filter(others)
             .exec(&txn)
             .await?;
+        // The clinic's own questionnaires go with its data; nothing refers to them
+        // once its invitations are gone.
+        let questionnaires: Vec<i64> = questionnaire::Entity::find()
+            .filter(questionnaire::Column::PortalId.eq(portal_id))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|q| q.id)
+            .collect();
+        questionnaire_version::Entity::delete_many()
+            .filter(questionnaire_version::Column::QuestionnaireId.is_in(questionnaires))
+            .exec(&txn)
+            .await?;
+        questionnaire::Entity::delete_many()
+            .filter(questionnaire::Column::PortalId.eq(portal_id))
+            .exec(&txn)
+            .await?;
     }
     crate::db::audit(
         &txn,
@@ -233,5 +252,6 @@ async fn purge(
     )
     .await?;
     txn.commit().await?;
+    state.questionnaires.forget(portal_id);
     Ok((clean, deleted))
 }

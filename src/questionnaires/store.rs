@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, sea_query::LockType,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -277,7 +277,14 @@ pub async fn publish<C: ConnectionTrait>(
     user: i64,
     definition: Value,
 ) -> Result<VersionInfo, StoreError> {
-    let row = own(txn, portal, id).await?.ok_or(StoreError::NotFound)?;
+    // The row's lock makes concurrent publishes (PostgreSQL) take numbers in turn;
+    // SQLite's writers already do (`AppState::begin_write`).
+    let row = questionnaire::Entity::find_by_id(id)
+        .filter(questionnaire::Column::PortalId.eq(portal))
+        .lock(LockType::Update)
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     let number = latest_version(txn, row.id).await?.number + 1;
     let q = checked(definition, number as u32, Some(&row.code))?;
     let now = Utc::now().trunc_subsecs(6);

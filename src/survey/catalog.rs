@@ -367,6 +367,36 @@ sections:
     }
 
     #[test]
+    fn templates_are_the_latest_of_each_code_with_their_source() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("good.yaml"), GOOD).expect("write");
+        let gad7_v2 = serde_json::to_string(&{
+            let (catalog, _) = Catalog::load(None);
+            let mut q = Questionnaire::clone(&catalog.latest("gad7").expect("gad7"));
+            q.version = 2;
+            q
+        })
+        .expect("json");
+        std::fs::write(dir.path().join("gad7.json"), gad7_v2).expect("write");
+        let (catalog, problems) = Catalog::load(Some(dir.path()));
+        assert!(problems.is_empty(), "{problems:?}");
+        let templates: Vec<(String, u32, &str)> = catalog
+            .templates()
+            .into_iter()
+            .map(|(q, source)| (q.code.clone(), q.version, source.as_str()))
+            .collect();
+        assert_eq!(
+            templates,
+            vec![
+                ("follow_up".to_owned(), 2, "file"),
+                ("gad7".to_owned(), 2, "file"),
+                ("phq9".to_owned(), 1, "builtin"),
+                ("pre_visit".to_owned(), 1, "builtin"),
+            ]
+        );
+    }
+
+    #[test]
     fn versions_coexist_and_a_changed_version_is_refused() {
         let mut catalog = Catalog::default();
         let v2: Questionnaire = serde_yaml_ng::from_str(GOOD).expect("yaml");

@@ -28,6 +28,7 @@ mod module_graph;
 mod openapi_routes;
 mod pages_xss;
 mod questionnaire_preview;
+mod questionnaires;
 mod recovery;
 mod robot;
 mod scales;

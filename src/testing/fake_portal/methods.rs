@@ -308,6 +308,44 @@ fn robot_update(state: &mut State, auth: &AuthKind, params: &Value) -> Outcome {
     let index = robot_index(state, params)?;
     // §4.5: bizproc.robot.update takes CODE and FIELDS[...].
     let fields = upper_keys(param(params, "FIELDS").unwrap_or(&Value::Null));
+    // b24restdocs api-reference/bizproc/bizproc-robot/bizproc-robot-update.md,
+    // «Possible Error Codes»: nothing to update, a HANDLER off the application's
+    // domain, a property key not `[a-zA-Z][a-zA-Z0-9_]*`, a property without a name.
+    let invalid =
+        |description: String| ApiError::new(400, "ERROR_ACTIVITY_VALIDATION_FAILURE", &description);
+    if fields.is_empty() {
+        return Err(invalid("No fields to update".into()));
+    }
+    if let Some(handler) = fields.get("HANDLER") {
+        let handler = handler_url(handler.as_str().map(str::to_owned))?;
+        if let Some(app_host) = &state.app_host
+            && handler.host_str() != Some(app_host.as_str())
+        {
+            return Err(ApiError::new(
+                400,
+                "ERROR_WRONG_HANDLER_URL",
+                "Wrong handler URL",
+            ));
+        }
+    }
+    for group in ["PROPERTIES", "RETURN_PROPERTIES"] {
+        let Some(properties) = fields.get(group) else {
+            continue;
+        };
+        let Some(properties) = properties.as_object() else {
+            return Err(invalid("Wrong properties array!".into()));
+        };
+        for (key, property) in properties {
+            let well_formed = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !well_formed {
+                return Err(invalid(format!("Wrong property key {key}!")));
+            }
+            if property.get("Name").is_none_or(Value::is_null) {
+                return Err(invalid(format!("Empty property NAME {key}!")));
+            }
+        }
+    }
     for (k, v) in fields {
         if k != "CODE" {
             state.robots[index].insert(k, v);
