@@ -296,7 +296,11 @@
       const r = await call('POST', API, { duplicate_of: id });
       if (!r.ok) return say(status, r.message);
       say(status, 'Создана копия: «' + r.data.title + '» (' + r.data.code + ').');
-      return loadList();
+      await loadList();
+      // The list was rebuilt: the keyboard goes on from the copy.
+      const copy = byId('qe-edit-' + r.data.id);
+      if (copy) copy.focus();
+      return undefined;
     }
     if (b.dataset.action === 'archive') {
       const r = await call('POST', API + '/' + id + '/archive', { archived: !item.archived });
@@ -325,7 +329,7 @@
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
-    return say(status, 'Файл ' + name + ' сохранён: его можно импортировать на другом портале.');
+    return say(status, 'Скачивается файл ' + name + ': его можно импортировать на другом портале.');
   }
 
   byId('qe-create').addEventListener('click', async () => {
