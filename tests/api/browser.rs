@@ -1000,6 +1000,7 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     let problem = link.text().await.unwrap_or_default();
     assert!(problem.contains("нет текста"), "{problem}");
     b.audit("admin: editor with a problem").await;
+    b.shot("editor-problem-900.png").await;
     b.js("document.querySelector('#qe-problems a[data-focus]').focus()")
         .await;
     b.press(Key::Enter).await;
