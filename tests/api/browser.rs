@@ -985,6 +985,19 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     b.js("document.getElementById('qe-editor').scrollIntoView()")
         .await;
     b.shot("editor-900.png").await;
+    // Unpublished changes are not dropped by one «Закрыть редактор».
+    b.js("document.getElementById('qe-close').focus()").await;
+    b.press(Key::Enter).await;
+    let kept = b
+        .js("return [document.getElementById('qe-editor').hidden, document.getElementById('qe-publish-status').textContent]")
+        .await;
+    assert_eq!(kept[0], Value::Bool(false), "{kept}");
+    assert!(
+        kept[1]
+            .as_str()
+            .is_some_and(|t| t.contains("неопубликованные изменения")),
+        "{kept}"
+    );
 
     // A problem is named in Russian and leads to its field.
     title_field.clear().await.expect("clear");

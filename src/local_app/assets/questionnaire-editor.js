@@ -291,7 +291,7 @@
     const item = items.find((q) => q.id === id);
     if (!item) return;
     hideProblems(listProblems);
-    if (b.dataset.action === 'edit') return open(id);
+    if (b.dataset.action === 'edit') return mayLeave(status) ? open(id) : undefined;
     if (b.dataset.action === 'duplicate') {
       const r = await call('POST', API, { duplicate_of: id });
       if (!r.ok) return say(status, r.message);
@@ -333,6 +333,7 @@
   }
 
   byId('qe-create').addEventListener('click', async () => {
+    if (!mayLeave(status)) return undefined;
     hideProblems(listProblems);
     const code = templateSelect.value;
     const r = await call('POST', API, { from_template: code });
@@ -347,6 +348,7 @@
   });
 
   byId('qe-import').addEventListener('click', async () => {
+    if (!mayLeave(status)) return undefined;
     hideProblems(listProblems);
     let source = importText.value.trim();
     const file = importFile.files && importFile.files[0];
@@ -376,6 +378,21 @@
 
   let current = null; // the questionnaire as GET /{id} gave it
   let def = null; // its definition, edited in place
+  let dirty = false; // changed since opened or published
+  let leaving = false; // asked once to leave unpublished changes
+
+  // Whether the editor may be closed (or replaced): unpublished changes are given up
+  // only when asked twice in a row, nothing modal (a portal's frame may forbid it).
+  function mayLeave(box) {
+    if (!def || !dirty || leaving) {
+      leaving = false;
+      return true;
+    }
+    leaving = true;
+    say(box, 'В анкете «' + (def.title || current.code) + '» есть неопубликованные изменения. '
+      + 'Нажмите «Опубликовать» или ещё раз ту же кнопку, чтобы отказаться от них.');
+    return false;
+  }
 
   async function open(id) {
     const r = await call('GET', API + '/' + id);
@@ -385,6 +402,8 @@
 
   function edit(questionnaire) {
     current = questionnaire;
+    dirty = false;
+    leaving = false;
     def = JSON.parse(JSON.stringify(questionnaire.definition || {}));
     if (!Array.isArray(def.sections)) def.sections = [];
     hideProblems(problemsBox);
@@ -406,6 +425,7 @@
   }
 
   byId('qe-close').addEventListener('click', () => {
+    if (!mayLeave(publishStatus)) return;
     editor.hidden = true;
     const back = current && byId('qe-edit-' + current.id);
     current = null;
@@ -1006,7 +1026,12 @@
   let asked = 0;
   let scroll = 0;
 
+  // After a change (no `delay`), or at once when the editor opens.
   function schedulePreview(delay) {
+    if (delay === undefined) {
+      dirty = true;
+      leaving = false;
+    }
     clearTimeout(timer);
     timer = setTimeout(refreshPreview, delay === undefined ? PREVIEW_DELAY_MS : delay);
   }
@@ -1053,6 +1078,7 @@
     publishButton.disabled = false;
     if (r.status === 201 && r.data) {
       say(publishStatus, 'Опубликована версия ' + r.data.version + '.');
+      dirty = false;
       current.versions = (current.versions || []).concat([r.data]);
       def.version = r.data.version;
       describe();
