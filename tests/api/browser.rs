@@ -999,6 +999,42 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
         "{kept}"
     );
 
+    // A new page, with a new session: this tab kept the unpublished text.
+    b.open_frame_page(&demo.admin_url(), None).await;
+    b.js(SCRIPT_ERRORS).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-list [data-action=edit]"))
+        .await
+        .expect("the list");
+    b.js("document.querySelector('#qe-list [data-action=edit]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-restore:not([hidden]) button"))
+        .await
+        .expect("the kept changes offered");
+    b.js("document.querySelector('#qe-restore button').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let title_field = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-0-title"))
+        .await
+        .expect("the first question's text");
+    assert_eq!(
+        title_field.prop("value").await.expect("value").as_deref(),
+        Some(NEW_TEXT)
+    );
+    eventually("the preview of the kept changes", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains(NEW_TEXT))
+    })
+    .await;
+
     // A problem is named in Russian and leads to its field.
     title_field.clear().await.expect("clear");
     title_field.send_keys(" ").await.expect("type");

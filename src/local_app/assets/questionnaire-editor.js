@@ -33,6 +33,7 @@
   const publishButton = byId('qe-publish');
   const publishStatus = byId('qe-publish-status');
   const problemsBox = byId('qe-problems');
+  const restore = byId('qe-restore');
 
   const TYPES = [
     ['yes_no', 'Да / нет'],
@@ -381,10 +382,40 @@
   let dirty = false; // changed since opened or published
   let leaving = false; // asked once to leave unpublished changes
 
+  // Unpublished changes outlive the page's 30-minute session: this tab keeps them
+  // (a definition, never a patient's answer) in sessionStorage until they are
+  // published or given up, and the editor offers them when the questionnaire is
+  // opened again.
+  const portalHint = session.split('.')[0];
+  const keptKey = () => 'opros:editor:' + portalHint + ':' + current.id;
+  function keep() {
+    try {
+      sessionStorage.setItem(keptKey(), JSON.stringify(def));
+    } catch (e) {
+      // Storage off or full: nothing is kept.
+    }
+  }
+  function forget() {
+    try {
+      sessionStorage.removeItem(keptKey());
+    } catch (e) {
+      // Nothing was kept.
+    }
+  }
+  function kept() {
+    try {
+      const text = sessionStorage.getItem(keptKey());
+      return text ? JSON.parse(text) : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   // Whether the editor may be closed (or replaced): unpublished changes are given up
   // only when asked twice in a row, nothing modal (a portal's frame may forbid it).
   function mayLeave(box) {
     if (!def || !dirty || leaving) {
+      if (def && dirty) forget();
       leaving = false;
       return true;
     }
@@ -414,6 +445,29 @@
     heading.textContent = 'Редактор анкеты «' + (def.title || current.code) + '»';
     heading.focus();
     schedulePreview(0);
+    offerKept();
+  }
+
+  // The changes this tab kept for the questionnaire, if they differ from its
+  // latest version: one button brings them back.
+  function offerKept() {
+    const saved = kept();
+    if (!saved || JSON.stringify(saved) === JSON.stringify(def)) {
+      restore.hidden = true;
+      restore.replaceChildren();
+      return;
+    }
+    const back = button('Вернуть неопубликованные изменения', { restore: '1' }, null, 'btn btn--light');
+    fill(restore, el('p', {}, 'В этой вкладке остались неопубликованные изменения этой анкеты.'), back);
+    restore.hidden = false;
+    back.addEventListener('click', () => {
+      def = saved;
+      restore.hidden = true;
+      restore.replaceChildren();
+      render();
+      heading.focus();
+      schedulePreview();
+    });
   }
 
   function describe() {
@@ -1041,6 +1095,7 @@
     const mine = ++asked;
     const r = await call('POST', API + '/preview', { definition: def });
     if (mine !== asked || !def) return;
+    if (dirty) keep();
     if (r.ok) {
       try {
         scroll = preview.contentWindow ? preview.contentWindow.scrollY : 0;
@@ -1079,6 +1134,7 @@
     if (r.status === 201 && r.data) {
       say(publishStatus, 'Опубликована версия ' + r.data.version + '.');
       dirty = false;
+      forget();
       current.versions = (current.versions || []).concat([r.data]);
       def.version = r.data.version;
       describe();
