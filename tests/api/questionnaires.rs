@@ -156,6 +156,7 @@ fn pdf_text(pdf: &[u8]) -> Option<String> {
 
 on_both_databases!(a_sent_link_keeps_its_version_and_a_new_robot_run_gets_the_new_one);
 async fn a_sent_link_keeps_its_version_and_a_new_robot_run_gets_the_new_one(db: TestDb) {
+    let log = crate::support::logs::capture();
     let (fake, app) = installed_on(&db.url).await;
     let session = admin_session(&fake, &app).await;
     let created = import(&app, &session, dental("dental", "Болит ли зуб сейчас?")).await;
@@ -231,6 +232,18 @@ async fn a_sent_link_keeps_its_version_and_a_new_robot_run_gets_the_new_one(db: 
         first_question(&app, &v2_token).await,
         "Кровоточат ли дёсны?"
     );
+
+    // The editor's actions are logged by ids: no session, no link, no answer.
+    let text = log.text();
+    assert!(text.contains("Опубликована новая версия анкеты"), "{text}");
+    for secret in [
+        session.as_str(),
+        v1_token.as_str(),
+        v2_token.as_str(),
+        "пенициллин",
+    ] {
+        assert!(!text.contains(secret), "«{secret}» logged");
+    }
 
     // Who published what is audited with the administrator's user id.
     use opros::db::entities::audit_event;
