@@ -183,6 +183,7 @@ async fn preview_lists_every_problem_of_the_one_validator(db: TestDb) {
 
 on_both_databases!(preview_needs_the_admin_pages_session_and_a_bounded_body);
 async fn preview_needs_the_admin_pages_session_and_a_bounded_body(db: TestDb) {
+    let log = crate::support::logs::capture();
     let (fake, app) = installed_on(&db.url).await;
     let session = admin_session(&fake, &app).await;
     let body = json!({"definition": definition("pre_visit")});
@@ -248,6 +249,12 @@ async fn preview_needs_the_admin_pages_session_and_a_bounded_body(db: TestDb) {
     assert_eq!(status, 200, "{page}");
     assert!(Doc::parse(&page).text().contains(&title));
     app.stop().await;
+    // Neither the session nor what was being edited reached the log.
+    let lines = log.text();
+    assert!(lines.contains("без действующего сеанса"), "{lines}");
+    for secret in [session.as_str(), tab_session.as_str(), title.as_str()] {
+        assert!(!lines.contains(secret), "«{secret}» logged: {lines}");
+    }
 }
 
 /// The README's one full example, taken from the README itself.
