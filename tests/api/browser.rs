@@ -1184,6 +1184,54 @@ async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_ru
     })
     .await;
     b.audit("admin: a question built by keyboard").await;
+
+    // An option added and removed, a score and a message added: still a definition
+    // the validator takes.
+    b.js(r#"document.querySelector('[data-place="sections.0.questions.5.options"] > [data-make=option]').focus()"#)
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(
+        focused,
+        json!("qe-f-sections-0-questions-5-options-2-value")
+    );
+    b.js("document.querySelector('[data-place=\"sections.0.questions.5.options.2\"] [data-op=remove]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let options = b
+        .js("return document.querySelectorAll('[data-place=\"sections.0.questions.5.options\"] li').length")
+        .await;
+    assert_eq!(options, json!(2));
+    for make in ["score", "message"] {
+        b.js(&format!(
+            "document.querySelector('[data-op=add][data-make={make}]').focus()"
+        ))
+        .await;
+        b.press(Key::Enter).await;
+    }
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-f-scores-1-bands-0-label"))
+            .await
+            .is_ok(),
+        "a second score with its band"
+    );
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-f-messages-1-text"))
+            .await
+            .is_ok(),
+        "a second message"
+    );
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the scored questionnaire published", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 3"))
+    })
+    .await;
     assert_eq!(
         b.js("return window.__errors").await,
         json!([]),
