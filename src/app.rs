@@ -131,6 +131,12 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             get(local_app::questionnaire_api::export),
         )
         .at(
+            "/b24/admin/questionnaires/preview",
+            post(local_app::questionnaire_preview::preview).data(
+                local_app::questionnaire_preview::PatientPage(web::page::render_preview),
+            ),
+        )
+        .at(
             "/api/v1/bitrix/webhook",
             post(legacy::webhook_robot::webhook_robot).get(legacy::webhook_robot::webhook_robot),
         )

@@ -92,6 +92,20 @@ pub const TAB_JS: Asset = Asset::new(
     JS,
 );
 
+/// The questionnaire editor of the admin page, on top of the tab's files.
+pub const EDITOR_CSS: Asset = Asset::new(
+    "questionnaire-editor.css",
+    "/assets/questionnaire-editor.css",
+    include_str!("local_app/assets/questionnaire-editor.css"),
+    CSS,
+);
+pub const EDITOR_JS: Asset = Asset::new(
+    "questionnaire-editor.js",
+    "/assets/questionnaire-editor.js",
+    include_str!("local_app/assets/questionnaire-editor.js"),
+    JS,
+);
+
 /// The demo's deal card, served by the demo alone under `/demo/assets/`.
 #[cfg(feature = "demo")]
 pub const CARD_CSS: Asset = Asset::new(
@@ -109,7 +123,16 @@ pub const CARD_JS: Asset = Asset::new(
 );
 
 /// What `/assets/{name}` serves.
-const SERVED: [&Asset; 6] = [&APP_CSS, &APP_JS, &FRAME_CSS, &FRAME_JS, &TAB_CSS, &TAB_JS];
+const SERVED: [&Asset; 8] = [
+    &APP_CSS,
+    &APP_JS,
+    &FRAME_CSS,
+    &FRAME_JS,
+    &TAB_CSS,
+    &TAB_JS,
+    &EDITOR_CSS,
+    &EDITOR_JS,
+];
 
 /// The asset `/assets/{name}` serves, if any.
 pub fn served(name: &str) -> Option<&'static Asset> {

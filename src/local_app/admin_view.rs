@@ -14,7 +14,7 @@ use crate::db::entities::{outbox_job, portal};
 use crate::outbox::jobs::QueueSummary;
 use crate::state::AppState;
 use crate::survey::Catalog;
-use crate::views::frame::{AdminPage, Frame, JobRow, QuestionRow, QuestionnaireRow, QueueView};
+use crate::views::frame::{AdminPage, Frame, JobRow, QueueView};
 use crate::views::{self, StepRow};
 
 /// How many open jobs the page lists.
@@ -68,6 +68,8 @@ pub fn view(
     let (summary, steps) = install_status(portal);
     let mut frame = Frame::new("Анкета пациента — настройки");
     frame.extra_css.push(assets::TAB_CSS.url());
+    frame.extra_css.push(assets::EDITOR_CSS.url());
+    frame.extra_js.push(assets::EDITOR_JS.url());
     AdminPage {
         frame,
         session: session.to_owned(),
@@ -89,7 +91,7 @@ pub fn view(
                 detail: detail.clone(),
             })
             .collect(),
-        questionnaires: questionnaires(catalog),
+        templates: templates(catalog),
     }
 }
 
@@ -164,23 +166,14 @@ fn queue_view(queue: &QueueSummary, jobs: &[outbox_job::Model]) -> QueueView {
     }
 }
 
-fn questionnaires(catalog: &Catalog) -> Vec<QuestionnaireRow> {
+/// The templates a questionnaire can be created from (the editor's script reads
+/// the same list from the API), the default one first.
+fn templates(catalog: &Catalog) -> Vec<(String, String)> {
     let default = catalog.default_code();
-    catalog
-        .list()
+    let mut list: Vec<(String, String)> = crate::questionnaires::templates(catalog)
         .into_iter()
-        .map(|q| QuestionnaireRow {
-            title: q.title.clone(),
-            code: q.code.clone(),
-            version: q.version,
-            is_default: q.code == default,
-            questions: q
-                .questions()
-                .map(|question| QuestionRow {
-                    title: question.title.clone(),
-                    required: question.required,
-                })
-                .collect(),
-        })
-        .collect()
+        .map(|t| (t.code, t.title))
+        .collect();
+    list.sort_by_key(|(code, _)| code != default);
+    list
 }

@@ -13,6 +13,7 @@ pub mod page;
 pub mod placement;
 pub mod portals;
 pub mod questionnaire_api;
+pub mod questionnaire_preview;
 pub mod registration;
 pub mod robot;
 pub mod seen;

@@ -26,7 +26,7 @@ use crate::state::AppState;
 pub const SESSION_HEADER: &str = "X-Opros-Session";
 
 /// Who is calling: a portal administrator's verified session.
-struct Admin {
+pub(super) struct Admin {
     portal: i64,
     user: i64,
 }
@@ -232,7 +232,7 @@ async fn changed(
 }
 
 /// The session in [`SESSION_HEADER`], for an installed portal; else 401.
-async fn admin(state: &AppState, req: &Request) -> Result<Admin, ApiError> {
+pub(super) async fn admin(state: &AppState, req: &Request) -> Result<Admin, ApiError> {
     let expired = || {
         ApiError::unauthorized(
             ErrorCode::SessionExpired,
@@ -275,7 +275,7 @@ fn bad_json(message: impl Into<String>) -> ApiError {
 
 /// The body as `T`; anything else (not JSON, too deep, other fields) is 400
 /// `bad_json`. The size is capped before this by the service's body limit.
-async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(super) async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = body
         .into_bytes()
         .await
@@ -291,12 +291,12 @@ async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 }
 
 /// A refusal of the store, as the API answers it.
-enum Refusal {
+pub(super) enum Refusal {
     Api(ApiError),
     Problems(&'static str, Vec<Problem>),
 }
 
-fn store_error(e: StoreError, what: &'static str) -> Refusal {
+pub(super) fn store_error(e: StoreError, what: &'static str) -> Refusal {
     match e {
         StoreError::NotFound => Refusal::Api(not_found()),
         StoreError::CodeTaken(code) => Refusal::Api(ApiError::conflict(
@@ -329,7 +329,7 @@ struct ProblemsBody<'a> {
     problems: &'a [Problem],
 }
 
-fn finish(result: Result<Response, Refusal>) -> Response {
+pub(super) fn finish(result: Result<Response, Refusal>) -> Response {
     match result {
         Ok(r) => r,
         Err(Refusal::Api(e)) => e.into_response(),

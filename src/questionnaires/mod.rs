@@ -11,6 +11,6 @@ mod store;
 pub use resolve::{Cache, REFRESH_AFTER, Resolved, of_invitation, resolve};
 pub use select::robot_options;
 pub use store::{
-    Detail, Problem, Source, StoreError, Summary, Template, VersionInfo, archive, create, export,
-    get, list, publish, templates,
+    Detail, Problem, Source, StoreError, Summary, Template, VersionInfo, archive, checked, create,
+    export, get, list, publish, templates,
 };

@@ -332,7 +332,11 @@ pub async fn archive<C: ConnectionTrait>(
 
 /// A definition from the editor: numbered `number` whatever it says, read as the
 /// schema and checked by the one validator; with `code`, it must keep that code.
-fn checked(mut value: Value, number: u32, code: Option<&str>) -> Result<Questionnaire, StoreError> {
+pub fn checked(
+    mut value: Value,
+    number: u32,
+    code: Option<&str>,
+) -> Result<Questionnaire, StoreError> {
     if let Some(obj) = value.as_object_mut() {
         obj.insert("version".into(), Value::from(number));
     }

@@ -125,7 +125,10 @@ pub struct AdminPage {
     pub queue: Option<QueueView>,
     /// Automation steps the portal refused lately (a missing right, a context).
     pub automation: Vec<StepRow>,
-    pub questionnaires: Vec<QuestionnaireRow>,
+    /// The questionnaire editor's «Создать из шаблона» select: (code, title) of the
+    /// built-ins and SURVEYS_DIR files. The portal's own questionnaires are listed by
+    /// the editor's script from the editor's API.
+    pub templates: Vec<(String, String)>,
 }
 
 pub struct QueueView {
@@ -148,17 +151,4 @@ pub struct JobRow {
     pub error: Option<String>,
     /// Dead: offer «Повторить».
     pub dead: bool,
-}
-
-pub struct QuestionnaireRow {
-    pub title: String,
-    pub code: String,
-    pub version: u32,
-    pub is_default: bool,
-    pub questions: Vec<QuestionRow>,
-}
-
-pub struct QuestionRow {
-    pub title: String,
-    pub required: bool,
 }

@@ -47,6 +47,8 @@ pub struct MessagePage {
 #[template(path = "survey.html")]
 pub struct QuestionnairePage {
     pub chrome: Chrome,
+    /// The editor's preview: a form that goes nowhere, its submit button disabled.
+    pub preview: bool,
     pub clinic: Option<String>,
     /// The questionnaire's title.
     pub heading: String,

@@ -147,6 +147,27 @@ pub fn render_failure(message: &str) -> String {
 
 /// The questionnaire page.
 pub fn render_survey(ctx: &SurveyPage) -> String {
+    views::render(&questionnaire_page(ctx, false))
+}
+
+/// The questionnaire as a patient's phone first shows it, for the editor's live
+/// preview (`local_app::questionnaire_preview`): the same view model and template,
+/// but no link token, no script (so no draft and no JSON submission) and the submit
+/// button disabled.
+pub fn render_preview(q: &Questionnaire, clinic: &str) -> String {
+    let ctx = SurveyPage {
+        token: "",
+        questionnaire: q,
+        patient_name: "",
+        clinic,
+        answers: &Answers::new(),
+        errors: &BTreeMap::new(),
+        expires_at: None,
+    };
+    views::render(&questionnaire_page(&ctx, true))
+}
+
+fn questionnaire_page(ctx: &SurveyPage, preview: bool) -> patient::QuestionnairePage {
     let q = ctx.questionnaire;
     let shown: BTreeSet<&str> = visible(q, ctx.answers)
         .into_iter()
@@ -178,8 +199,9 @@ pub fn render_survey(ctx: &SurveyPage) -> String {
     } else {
         format!("Ошибка: {}", q.title)
     };
-    views::render(&patient::QuestionnairePage {
-        chrome: Chrome::new(title, true),
+    patient::QuestionnairePage {
+        chrome: Chrome::new(title, !preview),
+        preview,
         clinic: non_empty(ctx.clinic),
         heading: q.title.clone(),
         patient_name: non_empty(ctx.patient_name),
@@ -190,13 +212,17 @@ pub fn render_survey(ctx: &SurveyPage) -> String {
         action: format!("/s/{}", path_segment(ctx.token)),
         token: ctx.token.to_owned(),
         sections,
-        messages: vec![
-            ("tpl-done", thank_you(ctx.clinic, &q.title)),
-            ("tpl-completed", already_completed(ctx.clinic, &q.title)),
-            ("tpl-expired", expired()),
-            ("tpl-not-found", not_found()),
-        ],
-    })
+        messages: if preview {
+            Vec::new()
+        } else {
+            vec![
+                ("tpl-done", thank_you(ctx.clinic, &q.title)),
+                ("tpl-completed", already_completed(ctx.clinic, &q.title)),
+                ("tpl-expired", expired()),
+                ("tpl-not-found", not_found()),
+            ]
+        },
+    }
 }
 
 fn progress(q: &Questionnaire, answers: &Answers, shown: &BTreeSet<&str>) -> Progress {

@@ -884,5 +884,18 @@ fn editor_routes() -> Vec<Route> {
             request: None,
             responses: json_answer(200, "Файл анкеты (JSON)"),
         },
+        Route {
+            path: "/b24/admin/questionnaires/preview",
+            method: Method::POST,
+            tag: TAG_BITRIX24,
+            summary: "Предпросмотр анкеты в редакторе",
+            description: "`{\"definition\": {…}}`, проверенное так же, как при публикации, — в виде \
+                          страницы пациента на телефоне (`text/html`): без ссылки, без черновика, \
+                          кнопка отправки отключена. Ничего не сохраняет. 422 `invalid_definition` \
+                          с `problems`; 400 `bad_json`.",
+            params: vec![session()],
+            request: json_request("Определение анкеты из редактора"),
+            responses: vec![html_page("Страница анкеты для предпросмотра"), refusal()],
+        },
     ]
 }

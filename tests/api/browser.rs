@@ -904,3 +904,364 @@ async fn date_limits_and_formats_are_checked_on_the_page_before_submit() {
     b.assert_no_violations();
     let _ = b.client.clone().close().await;
 }
+
+/// Collects the page's script errors (the editor's handlers are async: a failure
+/// is an unhandled rejection) into `window.__errors`.
+const SCRIPT_ERRORS: &str = "window.__errors = []; \
+    window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason && e.reason.stack || e.reason))); \
+    window.addEventListener('error', e => window.__errors.push(e.message + ' at ' + e.lineno));";
+
+/// The text a page (or the editor's preview, a same-origin sandboxed frame) shows.
+const PREVIEW_TEXT: &str = "const f = document.getElementById('qe-preview'); \
+    return f && f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : '';";
+
+#[tokio::test]
+#[ignore = "needs chromium, chromedriver and axe-core (see README)"]
+async fn questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_run() {
+    const TEST: &str =
+        "browser::questionnaire_editor_edits_previews_and_publishes_for_the_next_robot_run";
+    let Some(mut b) = Browser::start(TEST).await else {
+        return;
+    };
+    let (demo, _db) = start_demo().await;
+    b.client.set_window_size(900, 1400).await.expect("resize");
+    b.open_frame_page(&demo.admin_url(), None).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-list p.muted, #qe-list table"))
+        .await
+        .expect("the portal's list");
+    assert!(
+        b.text().await.contains("пока нет своих анкет"),
+        "{}",
+        b.text().await
+    );
+
+    // «Создать из шаблона» by keyboard: the default questionnaire is offered first.
+    let template = b
+        .js("return document.getElementById('qe-template').value")
+        .await;
+    assert_eq!(template, json!("pre_visit"));
+    b.js(SCRIPT_ERRORS).await;
+    b.js("document.getElementById('qe-create').focus()").await;
+    b.press(Key::Enter).await;
+    let title_field = b
+        .client
+        .wait()
+        .for_element(Locator::Css("#qe-f-sections-0-questions-0-title"))
+        .await
+        .expect("the editor with the first question");
+    eventually("the list names the new questionnaire", || async {
+        b.js("return document.querySelector('#qe-list table') !== null")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+    eventually("the first preview", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Отправить анкету"))
+    })
+    .await;
+
+    // The first question's text, typed; the preview follows.
+    const NEW_TEXT: &str = "Что беспокоит вас сегодня <больше всего>?";
+    title_field.clear().await.expect("clear");
+    title_field.send_keys(NEW_TEXT).await.expect("type");
+    eventually("the preview shows the new text", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains(NEW_TEXT))
+    })
+    .await;
+    let preview_width = b
+        .js("return document.getElementById('qe-preview').getBoundingClientRect().width")
+        .await;
+    let width = preview_width.as_f64().unwrap_or_default();
+    assert!((360.0..=400.0).contains(&width), "a phone's width: {width}");
+    b.audit("admin: questionnaire editor").await;
+    b.js("document.getElementById('qe-editor').scrollIntoView()")
+        .await;
+    b.shot("editor-900.png").await;
+    // Unpublished changes are not dropped by one «Закрыть редактор».
+    b.js("document.getElementById('qe-close').focus()").await;
+    b.press(Key::Enter).await;
+    let kept = b
+        .js("return [document.getElementById('qe-editor').hidden, document.getElementById('qe-publish-status').textContent]")
+        .await;
+    assert_eq!(kept[0], Value::Bool(false), "{kept}");
+    assert!(
+        kept[1]
+            .as_str()
+            .is_some_and(|t| t.contains("неопубликованные изменения")),
+        "{kept}"
+    );
+
+    // A new page, with a new session: this tab kept the unpublished text.
+    b.open_frame_page(&demo.admin_url(), None).await;
+    b.js(SCRIPT_ERRORS).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-list [data-action=edit]"))
+        .await
+        .expect("the list");
+    b.js("document.querySelector('#qe-list [data-action=edit]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-restore:not([hidden]) button"))
+        .await
+        .expect("the kept changes offered");
+    b.js("document.querySelector('#qe-restore button').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let title_field = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-0-title"))
+        .await
+        .expect("the first question's text");
+    assert_eq!(
+        title_field.prop("value").await.expect("value").as_deref(),
+        Some(NEW_TEXT)
+    );
+    eventually("the preview of the kept changes", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains(NEW_TEXT))
+    })
+    .await;
+
+    // A problem is named in Russian and leads to its field.
+    title_field.clear().await.expect("clear");
+    title_field.send_keys(" ").await.expect("type");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    let link = b
+        .client
+        .wait()
+        .for_element(Locator::Css("#qe-problems a[data-focus]"))
+        .await
+        .expect("the problem, linked");
+    let problem = link.text().await.unwrap_or_default();
+    assert!(problem.contains("нет текста"), "{problem}");
+    b.audit("admin: editor with a problem").await;
+    b.shot("editor-problem-900.png").await;
+    b.js("document.querySelector('#qe-problems a[data-focus]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(focused, json!("qe-f-sections-0-questions-0-title"));
+
+    // Fixed, and «Опубликовать».
+    title_field.send_keys(NEW_TEXT).await.expect("type");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("«Опубликована версия 2»", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 2"))
+    })
+    .await;
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-problems:not([hidden])"))
+            .await
+            .is_err(),
+        "the problems are gone"
+    );
+    b.shot("editor-published-900.png").await;
+
+    // «Копировать», then the copy «В архив», by keyboard.
+    let first = b
+        .js("return Number(document.querySelector('#qe-list [data-action=duplicate]').dataset.id)")
+        .await;
+    b.js("document.querySelector('#qe-list [data-action=duplicate]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    eventually("the copy in the list", || async {
+        b.js("return document.querySelectorAll('#qe-list tbody tr').length")
+            .await
+            == json!(2)
+    })
+    .await;
+    assert!(b.text().await.contains("pre_visit_2"), "{}", b.text().await);
+    b.js(&format!(
+        "document.querySelector('#qe-list [data-action=archive]:not([data-id=\"{first}\"])').focus()"
+    ))
+    .await;
+    b.press(Key::Enter).await;
+    eventually("the copy archived", || async {
+        b.js("return document.querySelector('#qe-list .badge') !== null && document.activeElement.textContent.startsWith('Вернуть')")
+            .await
+            == Value::Bool(true)
+    })
+    .await;
+
+    // «Импорт» of the README's example, pasted: the editor opens on it, its nested
+    // condition as JSON, its preview at once.
+    let example = crate::questionnaire_preview::readme_example().to_string();
+    let paste = b
+        .client
+        .find(Locator::Css("#qe-import-text"))
+        .await
+        .expect("the paste area");
+    paste.send_keys(&example).await.expect("paste");
+    b.js("document.getElementById('qe-import').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the imported questionnaire in the editor", || async {
+        b.js("return document.getElementById('qe-editor-heading').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Самочувствие перед приёмом"))
+    })
+    .await;
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-fields textarea[id$='-json']"))
+            .await
+            .is_ok(),
+        "the nested condition, as JSON"
+    );
+    eventually("the imported questionnaire's preview", || async {
+        b.js(PREVIEW_TEXT)
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Дата рождения"))
+    })
+    .await;
+    b.audit("admin: imported questionnaire").await;
+
+    // Build by keyboard: a new question, moved up, made a choice with a condition;
+    // the result is a definition the validator takes.
+    b.js("document.querySelector('[data-op=add][data-make=question]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(focused, json!("qe-f-sections-0-questions-6-id"));
+    b.js("document.querySelector('[data-place=\"sections.0.questions.6\"] [data-op=up]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let moved = b
+        .js("const e = document.activeElement; return [e.dataset.op, e.dataset.path]")
+        .await;
+    assert_eq!(moved, json!(["up", "[\"sections\",0,\"questions\",5]"]));
+    let kind = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-5-type"))
+        .await
+        .expect("the type select");
+    kind.select_by_value("single").await.expect("single");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#qe-f-sections-0-questions-5-options-1-label"))
+        .await
+        .expect("two options to start with");
+    let mode = b
+        .client
+        .find(Locator::Css("#qe-f-sections-0-questions-5-show_if-mode"))
+        .await
+        .expect("the condition's mode");
+    mode.select_by_value("all").await.expect("all");
+    b.client
+        .wait()
+        .for_element(Locator::Css(
+            "#qe-f-sections-0-questions-5-show_if-all-0-test",
+        ))
+        .await
+        .expect("the first condition of the group");
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the built questionnaire published", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 2"))
+    })
+    .await;
+    b.audit("admin: a question built by keyboard").await;
+
+    // An option added and removed, a score and a message added: still a definition
+    // the validator takes.
+    b.js(r#"document.querySelector('[data-place="sections.0.questions.5.options"] > [data-make=option]').focus()"#)
+        .await;
+    b.press(Key::Enter).await;
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(
+        focused,
+        json!("qe-f-sections-0-questions-5-options-2-value")
+    );
+    b.js("document.querySelector('[data-place=\"sections.0.questions.5.options.2\"] [data-op=remove]').focus()")
+        .await;
+    b.press(Key::Enter).await;
+    let options = b
+        .js("return document.querySelectorAll('[data-place=\"sections.0.questions.5.options\"] li').length")
+        .await;
+    assert_eq!(options, json!(2));
+    for make in ["score", "message"] {
+        b.js(&format!(
+            "document.querySelector('[data-op=add][data-make={make}]').focus()"
+        ))
+        .await;
+        b.press(Key::Enter).await;
+    }
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-f-scores-1-bands-0-label"))
+            .await
+            .is_ok(),
+        "a second score with its band"
+    );
+    assert!(
+        b.client
+            .find(Locator::Css("#qe-f-messages-1-text"))
+            .await
+            .is_ok(),
+        "a second message"
+    );
+    b.js("document.getElementById('qe-publish').focus()").await;
+    b.press(Key::Enter).await;
+    eventually("the scored questionnaire published", || async {
+        b.js("return document.getElementById('qe-publish-status').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("Опубликована версия 3"))
+    })
+    .await;
+    assert_eq!(
+        b.js("return window.__errors").await,
+        json!([]),
+        "script errors"
+    );
+
+    // The next robot run sends the new version.
+    let contact = demo
+        .portal
+        .add_contact("Олег", "Иванович", "Петров", "+79160000002");
+    let deal = demo.portal.add_deal("Повторный приём", 0, Some(contact));
+    let sent = demo.portal.event_sends().len();
+    let (_, answer) = demo
+        .portal
+        .run_robot(opros::local_app::registration::ROBOT_CODE, deal, &[])
+        .await
+        .expect("robot call");
+    assert_eq!(answer.status(), 200);
+    eventually("the link returned to the business process", || async {
+        demo.state.nudge_outbox();
+        demo.portal.event_sends().len() > sent
+    })
+    .await;
+    let link = demo.portal.event_sends()[sent].1["SURVEY_URL"].clone();
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client.goto(&link).await.expect("the patient's page");
+    assert!(b.text().await.contains(NEW_TEXT), "{}", b.text().await);
+    b.shot("patient-edited-390.png").await;
+
+    b.assert_no_violations();
+    let _ = b.client.clone().close().await;
+    demo.stop().await;
+}

@@ -27,6 +27,7 @@ mod log_scope;
 mod module_graph;
 mod openapi_routes;
 mod pages_xss;
+mod questionnaire_preview;
 mod questionnaires;
 mod recovery;
 mod robot;
