@@ -89,6 +89,18 @@ async fn publish(app: &TestApp, session: &str, id: i64, definition: Value) -> (u
     .await
 }
 
+/// `GET /b24/admin/questionnaires/{id}` with `session`: status and body.
+async fn detail(app: &TestApp, session: &str, id: impl std::fmt::Display) -> (u16, Value) {
+    call(
+        app,
+        Method::GET,
+        &format!("{LIST}/{id}"),
+        Some(session),
+        None,
+    )
+    .await
+}
+
 /// Runs «Отправить опрос» with `code` on a new patient deal; returns the deal and the
 /// link's token.
 async fn send(fake: &FakePortal, app: &TestApp, code: &str) -> (u64, String) {
@@ -432,14 +444,7 @@ async fn publish_names_every_problem_in_russian_and_stores_nothing() {
     assert_eq!(body["problems"][0]["code"], "bad_shape", "{body}");
     assert_eq!(body["message"], "Анкета не опубликована: 1 ошибка");
 
-    let (_, detail) = call(
-        &app,
-        Method::GET,
-        &format!("{LIST}/{id}"),
-        Some(&session),
-        None,
-    )
-    .await;
+    let (_, detail) = detail(&app, &session, id).await;
     assert_eq!(
         detail["versions"].as_array().map(Vec::len),
         Some(1),
@@ -813,14 +818,7 @@ async fn huge_and_deeply_nested_bodies_are_refused_and_the_service_lives_on() {
         assert_eq!(r.status(), 400, "{junk:?}");
     }
     for id in ["abc", "-1", "0", "99999999999999999999999"] {
-        let (status, body) = call(
-            &app,
-            Method::GET,
-            &format!("{LIST}/{id}"),
-            Some(&session),
-            None,
-        )
-        .await;
+        let (status, body) = detail(&app, &session, id).await;
         assert_eq!(status, 404, "{id}: {body}");
         assert_eq!(body["code"], "questionnaire_not_found");
     }
@@ -883,14 +881,7 @@ async fn an_uninstall_with_clean_removes_the_portal_s_questionnaires(db: TestDb)
         "the other portal's stays"
     );
     assert_eq!(count_rows(&app, "questionnaire_version").await, 1);
-    let (status, _) = call(
-        &app,
-        Method::GET,
-        &format!("{LIST}/{id}"),
-        Some(&ours),
-        None,
-    )
-    .await;
+    let (status, _) = detail(&app, &ours, id).await;
     assert_eq!(status, 401, "the portal is uninstalled");
     let (status, list) = call(&app, Method::GET, LIST, Some(&theirs), None).await;
     assert_eq!(status, 200);
@@ -918,14 +909,7 @@ async fn concurrent_publishes_each_get_a_version_of_their_own(db: TestDb) {
         .collect();
     numbers.sort_unstable();
     assert_eq!(numbers, vec![2, 3, 4, 5, 6]);
-    let (_, detail) = call(
-        &app,
-        Method::GET,
-        &format!("{LIST}/{id}"),
-        Some(&session),
-        None,
-    )
-    .await;
+    let (_, detail) = detail(&app, &session, id).await;
     assert_eq!(
         detail["versions"].as_array().map(Vec::len),
         Some(6),
