@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::support::TestApp;
 use crate::support::db::{TestDb, on_both_databases};
-use crate::support::portal::{app_for, app_for_db, complete_survey, fake, install, installed_on};
+use crate::support::portal::{
+    app_for, app_for_db, complete_survey, fake, install, installed_on, press_seen,
+};
 
 /// Words of the distinctive free-text answer `full_answers` types.
 const ANSWER_WORDS: [&str; 3] = ["пенициллин", "крапивница", "Головная боль"];
@@ -319,13 +321,7 @@ async fn seen_by_a_confirmed_doctor_completes_the_activity(db: TestDb) {
     app.run_outbox().await;
     let activity = fake.activities()[0].id;
     fake.add_user(7, "Игорь", "Воронцов", false);
-    let delivered = fake
-        .press_activity_button(activity, 7, "seen", &[])
-        .await
-        .expect("the event is bound");
-    assert_eq!(delivered.len(), 1);
-    let r = delivered.into_iter().next().unwrap().expect("delivered");
-    assert_eq!(r.status(), 200);
+    assert_eq!(press_seen(&fake, activity, 7).await, 200);
     app.run_outbox().await;
     assert!(fake.activities()[0].completed, "the badge goes with it");
     assert_eq!(seen_jobs(&fake), 1);
@@ -405,15 +401,7 @@ async fn a_forged_seen_changes_nothing(db: TestDb) {
         .unwrap();
     assert!(queued.is_empty(), "{queued:?}");
     // The service is alive and the genuine press still works.
-    let r = fake
-        .press_activity_button(activity, 1, "seen", &[])
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(press_seen(&fake, activity, 1).await, 200);
     app.run_outbox().await;
     assert!(fake.activities()[0].completed);
 }

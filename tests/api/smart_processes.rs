@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::support::db::{TestDb, on_both_databases};
 use crate::support::html::Doc;
-use crate::support::portal::{app_for_db, fake, install, patient_deal};
+use crate::support::portal::{app_for_db, fake, install, patient_deal, press_seen};
 use crate::support::{TestApp, full_answers};
 
 const APPOINTMENTS: u32 = 128;
@@ -217,12 +217,7 @@ async fn an_item_goes_from_the_robot_to_its_timeline_automation_and_tab(db: Test
     assert!(body.contains("Элемент смарт-процесса"), "{body}");
 
     // «Просмотрено» completes the activity (the badge goes with it).
-    let delivered = fake
-        .press_activity_button(a.id, 1, "seen", &[])
-        .await
-        .expect("the event is bound");
-    let r = delivered.into_iter().next().unwrap().expect("delivered");
-    assert_eq!(r.status(), 200);
+    assert_eq!(press_seen(&fake, a.id, 1).await, 200);
     app.run_outbox().await;
     assert!(fake.activities()[0].completed);
     // Nothing more on another run: each step was once.
@@ -435,15 +430,7 @@ async fn a_forged_seen_for_an_item_changes_nothing(db: TestDb) {
         "nothing sent to the portal"
     );
     // The genuine press still works.
-    let r = fake
-        .press_activity_button(activity, 1, "seen", &[])
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(press_seen(&fake, activity, 1).await, 200);
     app.run_outbox().await;
     assert!(fake.activities()[0].completed);
 }
@@ -484,15 +471,7 @@ async fn a_doctor_who_may_not_read_the_item_sees_nothing_and_cannot_mark_it_seen
         assert!(!body.contains(word), "{body}");
     }
     // «Просмотрено» pressed by that doctor: not confirmed, the activity stays open.
-    let r = fake
-        .press_activity_button(activity, 7, "seen", &[])
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(press_seen(&fake, activity, 7).await, 403);
     app.run_outbox().await;
     assert!(!fake.activities()[0].completed);
     // A doctor who may read it opens the tab.

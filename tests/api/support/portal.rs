@@ -102,3 +102,19 @@ pub async fn complete_survey(fake: &FakePortal, app: &TestApp) -> u64 {
     assert_eq!(status, 200, "{body}");
     deal
 }
+
+/// Presses «Просмотрено» on `activity` as `user`, as the portal delivers it to the
+/// bound event handler; the status of that one delivery.
+pub async fn press_seen(fake: &FakePortal, activity: u64, user: u32) -> u16 {
+    let delivered = fake
+        .press_activity_button(activity, user, "seen", &[])
+        .await
+        .expect("the event is bound");
+    assert_eq!(delivered.len(), 1, "one handler is bound");
+    let response = delivered
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .expect("delivered");
+    response.status().as_u16()
+}
