@@ -162,6 +162,8 @@ struct WrkFigures {
     p50: String,
     p99: String,
     non_2xx: u64,
+    /// Requests completed (`N requests in …`).
+    requests: u64,
 }
 
 fn parse_wrk(out: &str) -> WrkFigures {
@@ -170,6 +172,7 @@ fn parse_wrk(out: &str) -> WrkFigures {
         p50: "?".to_owned(),
         p99: "?".to_owned(),
         non_2xx: 0,
+        requests: 0,
     };
     for line in out.lines() {
         let t = line.trim();
@@ -179,6 +182,8 @@ fn parse_wrk(out: &str) -> WrkFigures {
             v.trim().clone_into(&mut f.p50);
         } else if let Some(v) = t.strip_prefix("99%") {
             v.trim().clone_into(&mut f.p99);
+        } else if let Some((n, _)) = t.split_once(" requests in ") {
+            f.requests = n.trim().parse().unwrap_or(0);
         } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
             f.non_2xx = v.trim().parse().unwrap_or(0);
         }
@@ -220,6 +225,8 @@ fn robot_script(fake: &FakePortal, deal: u64, path: &Path) -> Result<(), BoxErro
         fake.domain()
     );
     let run = format!("{:08x}", rand::random::<u32>());
+    // The portal answers `bizproc.event.send` for these made-up runs as for real ones.
+    fake.accept_event_tokens(&run, "opros_send_survey");
     let mut f = std::fs::File::create(path)?;
     writeln!(
         f,
@@ -276,8 +283,20 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     let deal = fake.add_deal("Приём", 3, None);
     let script = dir.path().join("robot.lua");
     robot_script(&fake, deal, &script)?;
+    let sent_before = fake.event_send_count();
     let robot = run_wrk(service.url("/b24/robot/send-survey"), Some(script)).await?;
+    let loaded = Instant::now();
     let after = rss_mib(service.id());
+    // Every answered call's values reach its workflow: how long after the load the
+    // outbox still needs for the last of them.
+    let answered = usize::try_from(robot.requests - robot.non_2xx).unwrap_or(usize::MAX);
+    let drained = within(Duration::from_secs(300), "every robot's values sent", || {
+        let n = fake.event_send_count() - sent_before;
+        async move { n >= answered }
+    })
+    .await
+    .map(|()| loaded.elapsed());
+    let sent = fake.event_send_count() - sent_before;
     let (bare_port, bare_stop) = bare_server().await?;
     let bare = run_wrk(format!("http://127.0.0.1:{bare_port}/"), None).await?;
     bare_stop.cancel();
@@ -296,6 +315,13 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     );
     if bare.rps > 0.0 {
         println!("  ratio: {:.3} of the bare handler", robot.rps / bare.rps);
+    }
+    match drained {
+        Ok(d) => println!(
+            "  bizproc.event.send: all {sent} sent {:.2} s after the load ended",
+            d.as_secs_f64()
+        ),
+        Err(_) => println!("  bizproc.event.send: {sent} of {answered} sent 300 s after the load"),
     }
     println!(
         "  start-up (spawn → /healthz, fresh database): {:.0} ms; RSS idle {idle:.1} MiB, after the load {after:.1} MiB",

@@ -12,6 +12,7 @@ mod m20261207_000005_response_outcome;
 mod m20261207_000010_questionnaires;
 mod m20261207_000016_smart_process_items;
 mod m20261207_000019_outbox_open_by_kind;
+mod m20261207_000020_outbox_claim_order;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_questionnaires::Migration),
             Box::new(m20261207_000016_smart_process_items::Migration),
             Box::new(m20261207_000019_outbox_open_by_kind::Migration),
+            Box::new(m20261207_000020_outbox_claim_order::Migration),
         ]
     }
 }

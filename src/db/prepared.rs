@@ -152,6 +152,109 @@ pub fn pow2_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
     })
 }
 
+/// A statement's text and values built together: each [`Params::push`] writes the
+/// next placeholder (`?` on SQLite, see [`push_row`]; `$n` on PostgreSQL) and keeps
+/// its value, so text and values cannot get out of step.
+struct Params {
+    backend: DbBackend,
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Params {
+    fn new(backend: DbBackend, head: &str) -> Self {
+        Params {
+            backend,
+            sql: head.to_owned(),
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, value: impl Into<Value>) -> &mut Self {
+        use std::fmt::Write;
+        self.values.push(value.into());
+        match self.backend {
+            DbBackend::Sqlite => self.sql.push('?'),
+            _ => {
+                let _ = write!(self.sql, "${}", self.values.len());
+            }
+        }
+        self
+    }
+
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.sql.push_str(text);
+        self
+    }
+
+    /// `CASE id WHEN k THEN v … END WHERE id IN (k, …)` for `pairs`. No ELSE: the
+    /// WHERE names the same ids (and PostgreSQL would not match `json` with `jsonb`).
+    fn case_where_id<K: Clone + Into<Value>, V: Clone + Into<Value>>(
+        &mut self,
+        pairs: &[(K, V)],
+    ) -> &mut Self {
+        self.text("CASE id");
+        for (k, v) in pairs {
+            self.text(" WHEN ").push(k.clone()).text(" THEN ").push(v.clone());
+        }
+        self.text(" END WHERE id IN (");
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            if i > 0 {
+                self.text(", ");
+            }
+            self.push(k.clone());
+        }
+        self.text(")")
+    }
+
+    fn statement(self) -> Statement {
+        Statement::from_sql_and_values(self.backend, self.sql, self.values)
+    }
+}
+
+/// Stores the names the outbox read from the portal, `(invitation id, name)`, a
+/// statement per [`pow2_chunks`] chunk: one name lookup per robot run, written
+/// together with the rest of a round's (issue 19).
+pub async fn set_patient_names<C: ConnectionTrait>(
+    db: &C,
+    names: &[(String, String)],
+) -> Result<(), DbErr> {
+    for range in pow2_chunks(names.len()) {
+        let mut p = Params::new(
+            db.get_database_backend(),
+            "UPDATE invitation SET patient_name = ",
+        );
+        p.case_where_id(&names[range]);
+        db.execute_raw(p.statement()).await?;
+    }
+    Ok(())
+}
+
+/// Records jobs claimed under `lease` as done with their results, `(job id,
+/// result)`, a statement per [`pow2_chunks`] chunk instead of one per job: a robot
+/// run makes three jobs, and each UPDATE is a round trip to SQLite's one writer
+/// (issue 19). The same columns as `outbox::jobs::finish` writes for a done job, and
+/// fenced on the lease the same way.
+pub async fn finish_done_jobs<C: ConnectionTrait>(
+    db: &C,
+    lease: &str,
+    done: &[(i64, serde_json::Value)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), DbErr> {
+    for range in pow2_chunks(done.len()) {
+        let mut p = Params::new(
+            db.get_database_backend(),
+            "UPDATE outbox_job SET locked_until = NULL, lease = NULL, lease_owner = NULL, \
+             last_error = NULL, paused = ",
+        );
+        p.push(false).text(", done_at = ").push(now);
+        p.text(", result = ").case_where_id(&done[range]);
+        p.text(" AND lease = ").push(lease.to_owned());
+        db.execute_raw(p.statement()).await?;
+    }
+    Ok(())
+}
+
 fn invitation_values(row: &invitation::Model) -> [Value; 15] {
     [
         row.id.clone().into(),

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Func},
 };
 
 use crate::db::entities::outbox_job;
@@ -27,6 +27,30 @@ pub const LEASE_MS: i64 = 10_000;
 pub const HEARTBEAT_MS: i64 = 3_000;
 /// After this many attempts a job is dead and waits for an admin.
 pub const MAX_ATTEMPTS: i32 = 10;
+
+/// [`due`] for rows already named by their keys, written so that no index on
+/// `done_at` serves it: SQLite's planner, without statistics, took
+/// `idx_outbox_due` over the keys and walked every open job to claim 200 of them
+/// (issue 19).
+fn still_due(now_ms: i64) -> Condition {
+    Condition::all()
+        .add(still_open())
+        .add(outbox_job::Column::RunAt.lte(now_ms))
+        .add(
+            Condition::any()
+                .add(outbox_job::Column::LockedUntil.is_null())
+                .add(outbox_job::Column::LockedUntil.lt(now_ms)),
+        )
+}
+
+/// Neither done nor dead, in the form no index serves (see [`still_due`]).
+fn still_open() -> sea_orm::sea_query::SimpleExpr {
+    Func::coalesce([
+        Expr::col(outbox_job::Column::DoneAt),
+        Expr::col(outbox_job::Column::DeadAt),
+    ])
+    .is_null()
+}
 
 fn due(now_ms: i64) -> Condition {
     Condition::all()
@@ -95,13 +119,16 @@ pub async fn claim<C: ConnectionTrait>(
             outbox_job::Column::Attempts,
             Expr::col(outbox_job::Column::Attempts).add(1),
         )
-        .filter(outbox_job::Column::Id.is_in(ids))
-        .filter(due(now_ms))
+        .filter(outbox_job::Column::Id.is_in(ids.iter().copied()))
+        .filter(still_due(now_ms))
         .exec(db)
         .await?;
+    // Read back by key: the lease alone is not indexed, and a search by it walked
+    // every open job, a burst's whole backlog at every claim (issue 19).
     outbox_job::Entity::find()
+        .filter(outbox_job::Column::Id.is_in(ids))
         .filter(outbox_job::Column::Lease.eq(lease))
-        .filter(outbox_job::Column::DoneAt.is_null())
+        .filter(still_open())
         .order_by_asc(outbox_job::Column::Id)
         .all(db)
         .await

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use super::Job;
@@ -356,6 +356,9 @@ async fn run_chunk(
         }
     };
     let mut out = Vec::new();
+    // Names read from the portal, written together after the loop: `(index in
+    // out, invitation id, name)`.
+    let mut names = Vec::new();
     for (c, inv, _) in chunk {
         let id = c.row.id;
         let take = |name: String| {
@@ -372,7 +375,12 @@ async fn run_chunk(
                     Ok(read) => {
                         let record = crate::crm::document::record(inv.entity_type, read);
                         let name = patient::best_name(contact.as_ref(), Some(&record));
-                        store_name(state, &inv, name, now).await
+                        if name_is_news(&inv, &name) {
+                            names.push((out.len(), inv.id.clone(), name));
+                            JobOutcome::Done(json!({"name": "resolved"}))
+                        } else {
+                            JobOutcome::Done(json!({"name": "unchanged"}))
+                        }
                     }
                     Err(e) => classify(&e, &c.row, now),
                 }
@@ -406,6 +414,13 @@ async fn run_chunk(
             | Job::RefreshRobotSelect => JobOutcome::Dead("not a batch job".into()),
         };
         out.push((c.row, outcome));
+    }
+    if let Err(e) = store_names(state, &names).await {
+        for (at, _, _) in names {
+            if let Some((row, outcome)) = out.get_mut(at) {
+                *outcome = retry(failures(row), None, format!("база данных: {e}"), now);
+            }
+        }
     }
     out
 }
@@ -456,23 +471,33 @@ fn resolve_references(params: Value, results: &HashMap<String, Result<Value, B24
     }
 }
 
-async fn store_name(
+/// Whether a name read from the portal says more than the stored one: the
+/// placeholder never replaces a name a caller gave.
+fn name_is_news(inv: &invitation::Model, name: &str) -> bool {
+    name != inv.patient_name
+        && !(name == patient::PLACEHOLDER && inv.patient_name != patient::PLACEHOLDER)
+}
+
+/// Writes a chunk's names in the next group commit, together with concurrent robot
+/// calls' links, through the one connection that writes (issue 19: a write from
+/// another SQLite connection also empties the writer's page cache).
+async fn store_names(
     state: &AppState,
-    inv: &invitation::Model,
-    name: String,
-    now: DateTime<Utc>,
-) -> JobOutcome {
-    if name == inv.patient_name
-        || (name == patient::PLACEHOLDER && inv.patient_name != patient::PLACEHOLDER)
-    {
-        return JobOutcome::Done(json!({"name": "unchanged"}));
+    names: &[(usize, String, String)],
+) -> Result<(), sea_orm::DbErr> {
+    if names.is_empty() {
+        return Ok(());
     }
-    let mut row: invitation::ActiveModel = inv.clone().into();
-    row.patient_name = Set(name);
-    match row.update(&state.db).await {
-        Ok(_) => JobOutcome::Done(json!({"name": "resolved"})),
-        Err(e) => retry(1, None, format!("база данных: {e}"), now),
-    }
+    let names: std::sync::Arc<[(String, String)]> = names
+        .iter()
+        .map(|(_, id, name)| (id.clone(), name.clone()))
+        .collect();
+    state
+        .group_write(move |txn| {
+            let names = std::sync::Arc::clone(&names);
+            Box::pin(async move { crate::db::prepared::set_patient_names(txn, &names).await })
+        })
+        .await
 }
 
 /// A pushback's first probe comes this soon; the worker spaces later ones out per

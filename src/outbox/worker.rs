@@ -75,7 +75,7 @@ impl Outbox {
         self.recover().await;
         let beat = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(beat.clone()));
-        let mut running: JoinSet<()> = JoinSet::new();
+        let mut running: JoinSet<PortalKey> = JoinSet::new();
         let mut claim = true;
         loop {
             if cancel.is_cancelled() {
@@ -86,7 +86,9 @@ impl Outbox {
                     n = self.start_due(&mut running) => n,
                     () = cancel.cancelled() => break,
                 };
-                if started > 0 {
+                // A full claim may have left due jobs of other portals behind; a
+                // short one took every due job of the portals not being run.
+                if started as u64 >= CLAIM_LIMIT {
                     continue;
                 }
             }
@@ -105,8 +107,13 @@ impl Outbox {
                 BUSY_POLL
             };
             claim = tokio::select! {
-                // A portal's task ended: its waiting jobs may be claimed again.
-                Some(_) = running.join_next(), if !running.is_empty() => true,
+                // A portal's task ended: its waiting jobs may be claimed again, unless
+                // a claim since (after a nudge) took them already; another claim now
+                // would only walk that portal's backlog to find nothing (issue 19).
+                Some(ended) = running.join_next(), if !running.is_empty() => match ended {
+                    Ok(portal) => !lock(&self.held).contains_key(&portal),
+                    Err(_) => true,
+                },
                 () = self.state.outbox_notify.notified() => {
                     tokio::time::sleep(LINGER).await;
                     self.nudged_for_others()
@@ -164,7 +171,7 @@ impl Outbox {
     }
 
     /// Claims due jobs and starts a task per portal; returns jobs claimed.
-    async fn start_due(&self, running: &mut JoinSet<()>) -> usize {
+    async fn start_due(&self, running: &mut JoinSet<PortalKey>) -> usize {
         let now = Utc::now();
         let Some((groups, count)) = self.claim(now).await else {
             return 0;
@@ -231,7 +238,12 @@ impl Outbox {
 
     /// Runs one portal's claimed jobs and records their outcomes; a pushback pauses
     /// the portal's whole queue until its next probe.
-    async fn run_portal(self, portal_id: PortalKey, claimed: Vec<Claimed>, now: DateTime<Utc>) {
+    async fn run_portal(
+        self,
+        portal_id: PortalKey,
+        claimed: Vec<Claimed>,
+        now: DateTime<Utc>,
+    ) -> PortalKey {
         let target = target_for(&self.state, portal_id).await;
         let mut finished = run_group(&self.state, target, claimed, now).await;
         let done_at = Utc::now();
@@ -263,11 +275,10 @@ impl Outbox {
                 None
             }
         };
-        for (row, outcome) in &finished {
-            log_outcome(row, outcome);
-        }
+        log_round(portal_id, &finished);
         self.record(finished, pause, done_at).await;
         lock(&self.held).remove(&portal_id);
+        portal_id
     }
 
     /// One transaction for a portal's round: one commit instead of one per job. If
@@ -280,8 +291,19 @@ impl Outbox {
     ) {
         let written = async {
             let (_turn, txn) = self.state.begin_write().await?;
+            // Done jobs, the usual outcome, in a statement per claim rather than one
+            // each (issue 19).
+            let mut done: BTreeMap<String, Vec<(i64, serde_json::Value)>> = BTreeMap::new();
             for (row, outcome) in finished {
-                jobs::finish(&txn, &row, outcome, at).await?;
+                match (outcome, &row.lease) {
+                    (JobOutcome::Done(result), Some(lease)) => {
+                        done.entry(lease.clone()).or_default().push((row.id, result))
+                    }
+                    (outcome, _) => jobs::finish(&txn, &row, outcome, at).await?,
+                }
+            }
+            for (lease, done) in done {
+                crate::db::prepared::finish_done_jobs(&txn, &lease, &done, at).await?;
             }
             if let Some((portal_id, until)) = pause {
                 jobs::pause_portal(&txn, portal_id, until, at).await?;
@@ -365,11 +387,30 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// A line per job that needs a look, one per round for the jobs done: a robot run
+/// makes three jobs, and a line each was a tenth of a busy instance's work (issue 19).
+fn log_round(portal_id: PortalKey, finished: &[(outbox_job::Model, JobOutcome)]) {
+    let mut done: BTreeMap<&str, usize> = BTreeMap::new();
+    for (row, outcome) in finished {
+        match outcome {
+            JobOutcome::Done(_) => *done.entry(row.kind.as_str()).or_default() += 1,
+            _ => log_outcome(row, outcome),
+        }
+    }
+    if !done.is_empty() {
+        let kinds = done
+            .iter()
+            .map(|(kind, n)| format!("{kind}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(portal = ?portal_id, done = done.values().sum::<usize>(), kinds, "Задания выполнены");
+    }
+}
+
 fn log_outcome(row: &outbox_job::Model, outcome: &JobOutcome) {
     match outcome {
-        JobOutcome::Done(_) => {
-            tracing::info!(job = row.id, kind = %row.kind, attempt = row.attempts, "Задание выполнено")
-        }
+        // Counted in `log_round`'s line.
+        JobOutcome::Done(_) => {}
         JobOutcome::RetryAt(at, error) => tracing::warn!(
             job = row.id,
             kind = %row.kind,

@@ -892,6 +892,15 @@ impl super::FakePortal {
         }
     }
 
+    /// Takes tokens starting with `prefix` as issued by runs of robot `code`, each
+    /// good for one `bizproc.event.send`: the robot bench's load generator makes up
+    /// a run per request rather than having the portal start 100 000 workflows.
+    pub fn accept_event_tokens(&self, prefix: &str, code: &str) {
+        self.state()
+            .made_up_runs
+            .push((prefix.to_owned(), code.to_owned()));
+    }
+
     /// A smart-process type (`crm.type.add`, §A7); automation is off by default there.
     pub fn add_smart_type(&self, entity_type_id: u32, title: &str, automation: bool) {
         self.state()

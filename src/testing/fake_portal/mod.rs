@@ -623,6 +623,11 @@ impl FakePortal {
         self.state().event_sends.clone()
     }
 
+    /// How many `bizproc.event.send` calls were accepted, without copying them.
+    pub fn event_send_count(&self) -> usize {
+        self.state().event_sends.len()
+    }
+
     // ---- faults ---------------------------------------------------------------
 
     /// The next `times` HTTP calls of `method` get `fault` (use `"oauth.token"` for

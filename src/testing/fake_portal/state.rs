@@ -119,6 +119,9 @@ pub(crate) struct State {
     pub timeline: Vec<TimelineComment>,
     pub next_comment_id: u64,
     pub event_tokens: HashMap<String, EventToken>,
+    /// Token prefixes of runs made up by a load generator, with their robot's code
+    /// (`FakePortal::accept_event_tokens`).
+    pub made_up_runs: Vec<(String, String)>,
     pub event_sends: Vec<(String, BTreeMap<String, String>, String)>,
     pub installed: bool,
     pub uninstalled: bool,
@@ -211,6 +214,7 @@ impl State {
             timeline: Vec::new(),
             next_comment_id: 9001,
             event_tokens: HashMap::new(),
+            made_up_runs: Vec::new(),
             event_sends: Vec::new(),
             installed: false,
             uninstalled: false,
