@@ -290,10 +290,14 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     // Every answered call's values reach its workflow: how long after the load the
     // outbox still needs for the last of them.
     let answered = usize::try_from(robot.requests - robot.non_2xx).unwrap_or(usize::MAX);
-    let drained = within(Duration::from_secs(300), "every robot's values sent", || {
-        let n = fake.event_send_count() - sent_before;
-        async move { n >= answered }
-    })
+    let drained = within(
+        Duration::from_secs(300),
+        "every robot's values sent",
+        || {
+            let n = fake.event_send_count() - sent_before;
+            async move { n >= answered }
+        },
+    )
     .await
     .map(|()| loaded.elapsed());
     let sent = fake.event_send_count() - sent_before;

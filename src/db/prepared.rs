@@ -195,7 +195,10 @@ impl Params {
     ) -> &mut Self {
         self.text("CASE id");
         for (k, v) in pairs {
-            self.text(" WHEN ").push(k.clone()).text(" THEN ").push(v.clone());
+            self.text(" WHEN ")
+                .push(k.clone())
+                .text(" THEN ")
+                .push(v.clone());
         }
         self.text(" END WHERE id IN (");
         for (i, (k, _)) in pairs.iter().enumerate() {

@@ -91,7 +91,18 @@ pub async fn claim<C: ConnectionTrait>(
     busy: &[Option<i64>],
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
     let now_ms = now.timestamp_millis();
-    let ids: Vec<i64> = outbox_job::Entity::find()
+    let ids: Vec<i64> = due_ids(now_ms, limit, busy).into_tuple().all(db).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lease = crate::db::random_id();
+    take(&ids, &lease, owner, now_ms).exec(db).await?;
+    taken(ids, lease).all(db).await
+}
+
+/// The claim's first step: the oldest due jobs, leaving out `busy` portals.
+fn due_ids(now_ms: i64, limit: u64, busy: &[Option<i64>]) -> sea_orm::Select<outbox_job::Entity> {
+    outbox_job::Entity::find()
         .select_only()
         .column(outbox_job::Column::Id)
         .filter(due(now_ms))
@@ -99,17 +110,19 @@ pub async fn claim<C: ConnectionTrait>(
         .order_by_asc(outbox_job::Column::RunAt)
         .order_by_asc(outbox_job::Column::Id)
         .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let lease = crate::db::random_id();
-    // The due condition is repeated in the UPDATE: between the SELECT and here another
-    // worker may have claimed some of these rows, and only this check is atomic.
+}
+
+/// The claim's second step: `lease` on those of `ids` still due. The due condition
+/// is repeated: between the SELECT and here another worker may have claimed some of
+/// these rows, and only this check is atomic.
+fn take(
+    ids: &[i64],
+    lease: &str,
+    owner: &str,
+    now_ms: i64,
+) -> sea_orm::UpdateMany<outbox_job::Entity> {
     outbox_job::Entity::update_many()
-        .col_expr(outbox_job::Column::Lease, Expr::value(lease.clone()))
+        .col_expr(outbox_job::Column::Lease, Expr::value(lease))
         .col_expr(outbox_job::Column::LeaseOwner, Expr::value(owner))
         .col_expr(
             outbox_job::Column::LockedUntil,
@@ -121,17 +134,17 @@ pub async fn claim<C: ConnectionTrait>(
         )
         .filter(outbox_job::Column::Id.is_in(ids.iter().copied()))
         .filter(still_due(now_ms))
-        .exec(db)
-        .await?;
-    // Read back by key: the lease alone is not indexed, and a search by it walked
-    // every open job, a burst's whole backlog at every claim (issue 19).
+}
+
+/// The claim's last step: the rows taken, read back by key. The lease alone is not
+/// indexed, and a search by it walked every open job, a burst's whole backlog at
+/// every claim (issue 19).
+fn taken(ids: Vec<i64>, lease: String) -> sea_orm::Select<outbox_job::Entity> {
     outbox_job::Entity::find()
         .filter(outbox_job::Column::Id.is_in(ids))
         .filter(outbox_job::Column::Lease.eq(lease))
         .filter(still_open())
         .order_by_asc(outbox_job::Column::Id)
-        .all(db)
-        .await
 }
 
 /// Milliseconds until the next job is due, if any is waiting: a free job at its
@@ -519,4 +532,55 @@ pub async fn summary<C: ConnectionTrait>(
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+
+    use super::*;
+
+    /// SQLite's plan for a claim step, one line per step of the plan.
+    async fn plan(db: &sea_orm::DatabaseConnection, step: Statement) -> String {
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", step.sql),
+            step.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let rows = db.query_all_raw(explain).await.expect("explained");
+        rows.iter()
+            .map(|r| r.try_get_by_index::<String>(3).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Issue 19: the claim walked every open job through `idx_outbox_due`, reading
+    /// each skipped row, and took and read back its own rows the same way. Plans are
+    /// fixed for a schema, so this guards the figures without timing anything.
+    #[tokio::test]
+    async fn a_claim_walks_the_open_jobs_index_alone_and_takes_its_rows_by_key() {
+        let db = crate::db::connect("sqlite::memory:").await.expect("db");
+        crate::db::migrate(&db).await.expect("migrated");
+        let busy = [Some(1), None];
+        let walk = plan(&db, due_ids(0, 200, &busy).build(DbBackend::Sqlite)).await;
+        assert_eq!(
+            walk,
+            "SEARCH outbox_job USING COVERING INDEX idx_outbox_claim (run_at<?)"
+        );
+        let ids = [3, 5, 8];
+        let take = plan(&db, take(&ids, "l", "o", 0).build(DbBackend::Sqlite)).await;
+        assert_eq!(
+            take,
+            "SEARCH outbox_job USING INTEGER PRIMARY KEY (rowid=?)"
+        );
+        let read = plan(
+            &db,
+            taken(ids.to_vec(), "l".into()).build(DbBackend::Sqlite),
+        )
+        .await;
+        assert_eq!(
+            read,
+            "SEARCH outbox_job USING INTEGER PRIMARY KEY (rowid=?)"
+        );
+    }
 }

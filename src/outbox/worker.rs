@@ -296,9 +296,10 @@ impl Outbox {
             let mut done: BTreeMap<String, Vec<(i64, serde_json::Value)>> = BTreeMap::new();
             for (row, outcome) in finished {
                 match (outcome, &row.lease) {
-                    (JobOutcome::Done(result), Some(lease)) => {
-                        done.entry(lease.clone()).or_default().push((row.id, result))
-                    }
+                    (JobOutcome::Done(result), Some(lease)) => done
+                        .entry(lease.clone())
+                        .or_default()
+                        .push((row.id, result)),
                     (outcome, _) => jobs::finish(&txn, &row, outcome, at).await?,
                 }
             }

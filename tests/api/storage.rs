@@ -327,3 +327,83 @@ async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+on_both_databases!(a_rounds_done_jobs_are_recorded_together_only_where_the_lease_holds);
+async fn a_rounds_done_jobs_are_recorded_together_only_where_the_lease_holds(test_db: TestDb) {
+    use opros::db::entities::outbox_job;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+    use serde_json::json;
+
+    let conn = db::connect(&test_db.url).await.unwrap();
+    db::migrate(&conn).await.unwrap();
+    let job = Job::WriteLinkField {
+        invitation: "inv".to_owned().into(),
+    };
+    // Seven: chunks of four, two and one.
+    for i in 0..7 {
+        outbox::enqueue(&conn, None, &job, &format!("round-{i}"))
+            .await
+            .unwrap();
+    }
+    let now = Utc::now();
+    let claimed = jobs::claim(&conn, now, 10, "host:1", &[]).await.unwrap();
+    assert_eq!(claimed.len(), 7, "{}", test_db.backend);
+    let lease = claimed[0].lease.clone().unwrap();
+    assert!(claimed.iter().all(|j| j.lease.as_deref() == Some(&lease)));
+    // One was retried before (its error goes once done); another was taken over by
+    // a worker on another instance meanwhile (it records nothing here).
+    let mut retried: outbox_job::ActiveModel = claimed[1].clone().into();
+    retried.last_error = Set(Some("timeout".into()));
+    retried.update(&conn).await.unwrap();
+    let mut taken: outbox_job::ActiveModel = claimed[4].clone().into();
+    taken.lease = Set(Some("other".into()));
+    taken.update(&conn).await.unwrap();
+
+    let done: Vec<(i64, serde_json::Value)> = claimed
+        .iter()
+        .map(|j| (j.id, json!({"result": j.id})))
+        .collect();
+    opros::db::prepared::finish_done_jobs(&conn, &lease, &done, now)
+        .await
+        .unwrap();
+
+    for (i, j) in claimed.iter().enumerate() {
+        let row = outbox_job::Entity::find_by_id(j.id)
+            .one(&conn)
+            .await
+            .unwrap()
+            .unwrap();
+        if i == 4 {
+            assert!(row.done_at.is_none(), "{}: {row:?}", test_db.backend);
+            assert_eq!(row.lease.as_deref(), Some("other"));
+            continue;
+        }
+        assert!(row.done_at.is_some(), "{}: {row:?}", test_db.backend);
+        assert_eq!(
+            row.result,
+            Some(json!({"result": j.id})),
+            "{}",
+            test_db.backend
+        );
+        assert_eq!(
+            (
+                row.lease,
+                row.lease_owner,
+                row.locked_until,
+                row.last_error,
+                row.paused
+            ),
+            (None, None, None, None, false),
+            "{}",
+            test_db.backend
+        );
+    }
+    assert!(
+        jobs::claim(&conn, now, 10, "host:1", &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "{}",
+        test_db.backend
+    );
+}
