@@ -92,6 +92,10 @@ impl Application {
             self.state.clone(),
             cancel.clone(),
         ));
+        let checkpoints = self
+            .state
+            .wal_checkpoints()
+            .map(|db| tokio::spawn(db::checkpoint::run(db, cancel.clone())));
         let endpoint = app::routes(self.state.clone());
         let stop = cancel.clone();
         let result = poem::Server::new_with_acceptor(self.acceptor)
@@ -104,6 +108,9 @@ impl Application {
         cancel.cancel();
         let _ = worker.await;
         let _ = upkeep.await;
+        if let Some(checkpoints) = checkpoints {
+            let _ = checkpoints.await;
+        }
         result
     }
 }

@@ -207,6 +207,12 @@ impl AppState {
         self.write_db().begin_with_options(options).await
     }
 
+    /// The connection `db::checkpoint` runs on: the reading pool of a SQLite file
+    /// (which has a writer of its own); `None` for PostgreSQL and in-memory SQLite.
+    pub fn wal_checkpoints(&self) -> Option<DatabaseConnection> {
+        self.writer.as_ref().map(|_| self.db.clone())
+    }
+
     /// The connection for writes made in this process's turn (`write_turn`): the
     /// writer on a SQLite file, else the pool. Never use it without the turn.
     pub fn write_db(&self) -> &DatabaseConnection {

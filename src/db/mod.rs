@@ -1,5 +1,6 @@
 //! Database connection, migrations and the small key-value helpers.
 
+pub mod checkpoint;
 pub mod entities;
 pub mod group_commit;
 pub mod portal_cache;
@@ -80,7 +81,11 @@ pub async fn connect_writer(url: &str) -> Result<Option<DatabaseConnection>, DbE
         .acquire_timeout(Duration::from_secs(10))
         .max_connections(1)
         .min_connections(1)
-        .map_sqlx_sqlite_opts(|o| sqlite_options(o).pragma("cache_size", "-8192"));
+        .map_sqlx_sqlite_opts(|o| {
+            sqlite_options(o)
+                .pragma("cache_size", "-8192")
+                .pragma("wal_autocheckpoint", checkpoint::WRITER_PAGES.to_string())
+        });
     Database::connect(opts).await.map(Some)
 }
 
