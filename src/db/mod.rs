@@ -42,7 +42,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
             8
         };
         opts.max_connections(pool).min_connections(1);
-        opts.map_sqlx_sqlite_opts(sqlite_options);
+        // Readers look up a few rows by key (the robot's portal and questionnaires
+        // are kept in memory): 1 MiB of pages each rather than SQLite's 2, which
+        // kept eight readers' copies of the same hot pages (issue 19's memory).
+        opts.map_sqlx_sqlite_opts(|o| sqlite_options(o).pragma("cache_size", "-1024"));
     } else {
         opts.max_connections(16);
     }
