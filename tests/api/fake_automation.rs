@@ -484,3 +484,31 @@ async fn a_robot_is_offered_only_for_the_document_types_its_filter_includes() {
         "{offered:?}"
     );
 }
+
+/// The robot bench's made-up runs (`FakePortal::accept_event_tokens`): a token with
+/// the prefix is good for one `bizproc.event.send`, as a real run's is (§4.4), and
+/// the prefix opens nothing else.
+#[tokio::test]
+async fn a_made_up_runs_token_takes_one_event_send_and_no_other_token_does() {
+    let s = setup().await;
+    s.fake.accept_event_tokens("bench7f.", "opros_send_survey");
+    let send = |token: &str| {
+        s.call(
+            "bizproc.event.send",
+            json!({"EVENT_TOKEN": token, "RETURN_VALUES": {"survey_id": "s1"}}),
+        )
+    };
+    assert_eq!(
+        send("bench7f.1|A1").await.expect("a made-up run's token"),
+        json!(true)
+    );
+    for (token, why) in [
+        ("bench7f.1|A1", "spent"),
+        ("bench7e.1|A1", "another prefix"),
+        ("x.bench7f.1|A1", "the prefix inside"),
+    ] {
+        let err = send(token).await.expect_err(why);
+        assert!(described(&err, "ACCESS_DENIED", ""), "{why}: {err:?}");
+    }
+    assert_eq!(s.fake.event_send_count(), 1);
+}
