@@ -236,8 +236,8 @@ pub async fn set_patient_names<C: ConnectionTrait>(
 /// Records jobs claimed under `lease` as done with their results, `(job id,
 /// result)`, a statement per [`pow2_chunks`] chunk instead of one per job: a robot
 /// run makes three jobs, and each UPDATE is a round trip to SQLite's one writer
-/// (issue 19). The same columns as `outbox::jobs::finish` writes for a done job, and
-/// fenced on the lease the same way.
+/// (issue 19). Fenced on the lease, as `outbox::jobs::finish` fences every outcome
+/// (which records a single done job through here).
 pub async fn finish_done_jobs<C: ConnectionTrait>(
     db: &C,
     lease: &str,

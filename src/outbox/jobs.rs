@@ -364,21 +364,24 @@ pub async fn finish<C: ConnectionTrait>(
     outcome: JobOutcome,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
+    let outcome = match (outcome, &job.lease) {
+        // The one way a job is recorded done, alone or with its round.
+        (JobOutcome::Done(result), Some(lease)) => {
+            return crate::db::prepared::finish_done_jobs(db, lease, &[(job.id, result)], now)
+                .await;
+        }
+        // Never leased: nothing of ours to record.
+        (JobOutcome::Done(_), None) => return Ok(()),
+        (outcome, _) => outcome,
+    };
     let mut update = unlock();
     update = match outcome {
-        JobOutcome::Lost => return Ok(()),
+        JobOutcome::Lost | JobOutcome::Done(_) => return Ok(()),
         JobOutcome::Deferred(..) => update,
         _ => update.col_expr(outbox_job::Column::Paused, Expr::value(false)),
     };
     update = match outcome {
-        JobOutcome::Lost => return Ok(()),
-        JobOutcome::Done(result) => update
-            .col_expr(outbox_job::Column::DoneAt, Expr::value(now))
-            .col_expr(outbox_job::Column::Result, Expr::value(result))
-            .col_expr(
-                outbox_job::Column::LastError,
-                Expr::value(Option::<String>::None),
-            ),
+        JobOutcome::Lost | JobOutcome::Done(_) => return Ok(()),
         JobOutcome::RetryAt(at, error) => update
             .col_expr(
                 outbox_job::Column::RunAt,
