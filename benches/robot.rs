@@ -289,7 +289,7 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     let after = rss_mib(service.id());
     // Every answered call's values reach its workflow: how long after the load the
     // outbox still needs for the last of them.
-    let answered = usize::try_from(robot.requests - robot.non_2xx).unwrap_or(usize::MAX);
+    let answered = usize::try_from(robot.requests.saturating_sub(robot.non_2xx)).unwrap_or(0);
     let drained = within(
         Duration::from_secs(300),
         "every robot's values sent",

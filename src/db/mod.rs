@@ -63,6 +63,9 @@ fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
         // 64 KiB SQLite spilled them to a temporary file, opened and written on
         // every batch (issue 19's profile: 8 % of the robot path's time).
         .pragma("temp_store", "memory")
+        // Checkpoints run beside the writer (`checkpoint`); a commit checkpoints
+        // itself, with the write turn held, only past this.
+        .pragma("wal_autocheckpoint", checkpoint::WRITER_PAGES.to_string())
 }
 
 /// A SQLite file's writer: one connection of its own for the writes this process
@@ -84,11 +87,7 @@ pub async fn connect_writer(url: &str) -> Result<Option<DatabaseConnection>, DbE
         .acquire_timeout(Duration::from_secs(10))
         .max_connections(1)
         .min_connections(1)
-        .map_sqlx_sqlite_opts(|o| {
-            sqlite_options(o)
-                .pragma("cache_size", "-8192")
-                .pragma("wal_autocheckpoint", checkpoint::WRITER_PAGES.to_string())
-        });
+        .map_sqlx_sqlite_opts(|o| sqlite_options(o).pragma("cache_size", "-8192"));
     Database::connect(opts).await.map(Some)
 }
 

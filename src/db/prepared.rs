@@ -233,14 +233,14 @@ pub async fn set_patient_names<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Records jobs claimed under `lease` as done with their results, `(job id,
+/// Records jobs claimed under `lease` (`None`: jobs nobody holds) as done with their results, `(job id,
 /// result)`, a statement per [`pow2_chunks`] chunk instead of one per job: a robot
 /// run makes three jobs, and each UPDATE is a round trip to SQLite's one writer
 /// (issue 19). Fenced on the lease, as `outbox::jobs::finish` fences every outcome
 /// (which records a single done job through here).
 pub async fn finish_done_jobs<C: ConnectionTrait>(
     db: &C,
-    lease: &str,
+    lease: Option<&str>,
     done: &[(i64, serde_json::Value)],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), DbErr> {
@@ -252,7 +252,10 @@ pub async fn finish_done_jobs<C: ConnectionTrait>(
         );
         p.push(false).text(", done_at = ").push(now);
         p.text(", result = ").case_where_id(&done[range]);
-        p.text(" AND lease = ").push(lease.to_owned());
+        match lease {
+            Some(lease) => p.text(" AND lease = ").push(lease.to_owned()),
+            None => p.text(" AND lease IS NULL"),
+        };
         db.execute_raw(p.statement()).await?;
     }
     Ok(())

@@ -364,15 +364,14 @@ pub async fn finish<C: ConnectionTrait>(
     outcome: JobOutcome,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let outcome = match (outcome, &job.lease) {
-        // The one way a job is recorded done, alone or with its round.
-        (JobOutcome::Done(result), Some(lease)) => {
-            return crate::db::prepared::finish_done_jobs(db, lease, &[(job.id, result)], now)
+    // The one way a job is recorded done, alone or with its round.
+    let outcome = match outcome {
+        JobOutcome::Done(result) => {
+            let done = [(job.id, result)];
+            return crate::db::prepared::finish_done_jobs(db, job.lease.as_deref(), &done, now)
                 .await;
         }
-        // Never leased: nothing of ours to record.
-        (JobOutcome::Done(_), None) => return Ok(()),
-        (outcome, _) => outcome,
+        outcome => outcome,
     };
     let mut update = unlock();
     update = match outcome {
@@ -454,21 +453,29 @@ pub async fn revive<C: ConnectionTrait>(
     Ok(q.exec(db).await?.rows_affected == 1)
 }
 
+/// A portal's jobs not done yet (pending and dead); `None`: the webhook setup's.
+fn open_of(portal_id: Option<i64>) -> sea_orm::Select<outbox_job::Entity> {
+    let q = outbox_job::Entity::find().filter(outbox_job::Column::DoneAt.is_null());
+    match portal_id {
+        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
+        None => q.filter(outbox_job::Column::PortalId.is_null()),
+    }
+}
+
+/// Newest first, for the admin page.
+fn newest_open(portal_id: Option<i64>, limit: u64) -> sea_orm::Select<outbox_job::Entity> {
+    open_of(portal_id)
+        .order_by_desc(outbox_job::Column::Id)
+        .limit(limit)
+}
+
 /// Jobs not done yet (pending and dead), newest first, for the admin page.
 pub async fn open_jobs<C: ConnectionTrait>(
     db: &C,
     portal_id: Option<i64>,
     limit: u64,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
-    let mut q = outbox_job::Entity::find()
-        .filter(outbox_job::Column::DoneAt.is_null())
-        .order_by_desc(outbox_job::Column::Id)
-        .limit(limit);
-    q = match portal_id {
-        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
-        None => q.filter(outbox_job::Column::PortalId.is_null()),
-    };
-    q.all(db).await
+    newest_open(portal_id, limit).all(db).await
 }
 
 /// Failed tries of a job: its attempts less those a portal's backpressure deferred.
@@ -497,12 +504,7 @@ pub async fn summary<C: ConnectionTrait>(
     db: &C,
     portal_id: Option<i64>,
 ) -> Result<QueueSummary, DbErr> {
-    let of_portal = |q: sea_orm::Select<outbox_job::Entity>| match portal_id {
-        Some(p) => q.filter(outbox_job::Column::PortalId.eq(p)),
-        None => q.filter(outbox_job::Column::PortalId.is_null()),
-    };
-    let open =
-        || of_portal(outbox_job::Entity::find().filter(outbox_job::Column::DoneAt.is_null()));
+    let open = || open_of(portal_id);
     // (dead, failed before, run_at, error, kind) of every open job, light columns only.
     let rows: Vec<OpenRow> = open()
         .select_only()
@@ -584,6 +586,12 @@ mod tests {
         assert_eq!(
             read,
             "SEARCH outbox_job USING INTEGER PRIMARY KEY (rowid=?)"
+        );
+        // What `idx_outbox_due` served before: a portal's jobs not done yet.
+        let admin = plan(&db, newest_open(Some(1), 50).build(DbBackend::Sqlite)).await;
+        assert_eq!(
+            admin,
+            "SEARCH outbox_job USING INDEX idx_outbox_open (portal_id=?)"
         );
     }
 }

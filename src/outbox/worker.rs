@@ -87,7 +87,9 @@ impl Outbox {
                     () = cancel.cancelled() => break,
                 };
                 // A full claim may have left due jobs of other portals behind; a
-                // short one took every due job of the portals not being run.
+                // short one took every due job of the portals not being run, but for
+                // those another instance took meanwhile (its jobs wait for the next
+                // poll at most).
                 if started as u64 >= CLAIM_LIMIT {
                     continue;
                 }
@@ -304,7 +306,7 @@ impl Outbox {
                 }
             }
             for (lease, done) in done {
-                crate::db::prepared::finish_done_jobs(&txn, &lease, &done, at).await?;
+                crate::db::prepared::finish_done_jobs(&txn, Some(&lease), &done, at).await?;
             }
             if let Some((portal_id, until)) = pause {
                 jobs::pause_portal(&txn, portal_id, until, at).await?;

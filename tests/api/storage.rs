@@ -363,7 +363,7 @@ async fn a_rounds_done_jobs_are_recorded_together_only_where_the_lease_holds(tes
         .iter()
         .map(|j| (j.id, json!({"result": j.id})))
         .collect();
-    opros::db::prepared::finish_done_jobs(&conn, &lease, &done, now)
+    opros::db::prepared::finish_done_jobs(&conn, Some(&lease), &done, now)
         .await
         .unwrap();
 
