@@ -259,12 +259,19 @@ impl AppState {
             let state = self.clone();
             tokio::spawn(async move {
                 let _turn = turn;
-                match state.begin_in_turn().await {
-                    Ok(txn) => {
-                        group_commit::commit(batch, txn, || state.begin_in_turn()).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "транзакция для групповой записи не началась");
+                // SQLite's writer commits what it can in one call per kind first.
+                let batch = match &state.writer {
+                    Some(writer) => group_commit::commit_at_once(batch, writer).await,
+                    None => batch,
+                };
+                if !batch.is_empty() {
+                    match state.begin_in_turn().await {
+                        Ok(txn) => {
+                            group_commit::commit(batch, txn, || state.begin_in_turn()).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "транзакция для групповой записи не началась");
+                        }
                     }
                 }
             });

@@ -57,10 +57,6 @@ pub async fn portal_caller<C: ConnectionTrait>(
     }))
 }
 
-const INSERT_INVITATION_HEAD: &str = "INSERT INTO invitation (id, portal_id, channel, \
-     entity_type, entity_id, patient_name, questionnaire_code, questionnaire_version, status, \
-     dedupe_key, created_at, opened_at, completed_at, expires_at, questionnaire_version_id) VALUES";
-
 const INSERT_INVITATION: &str = "INSERT INTO invitation (id, portal_id, channel, entity_type, \
      entity_id, patient_name, questionnaire_code, questionnaire_version, status, dedupe_key, \
      created_at, opened_at, completed_at, expires_at, questionnaire_version_id) \
@@ -82,57 +78,133 @@ pub async fn insert_invitation<C: ConnectionTrait>(
 }
 
 /// Inserts `rows`, each unless its `dedupe_key` is taken (by a stored row or an
-/// earlier one of `rows`), in a statement per [`pow2_chunks`] chunk; returns the ids
-/// of the rows inserted.
+/// earlier one of `rows`), in one statement; returns the ids of the rows inserted.
 pub async fn insert_invitations<C: ConnectionTrait>(
     db: &C,
     rows: &[invitation::Model],
 ) -> Result<HashSet<String>, DbErr> {
-    const COLUMNS: usize = 15;
-    let backend = db.get_database_backend();
     let mut inserted = HashSet::with_capacity(rows.len());
-    for range in pow2_chunks(rows.len()) {
-        let chunk = &rows[range];
-        let mut sql = String::from(INSERT_INVITATION_HEAD);
-        let mut values = Vec::with_capacity(chunk.len() * COLUMNS);
-        for (i, row) in chunk.iter().enumerate() {
-            sql.push_str(if i == 0 { " " } else { ", " });
-            push_row(&mut sql, backend, i * COLUMNS, &[0; COLUMNS]);
-            values.extend(invitation_values(row));
-        }
-        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
-        let stmt = Statement::from_sql_and_values(backend, sql, values);
-        for row in db.query_all_raw(stmt).await? {
-            inserted.insert(row.try_get_by_index::<String>(0)?);
-        }
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => INSERT_INVITATIONS_SQLITE,
+        _ => INSERT_INVITATIONS_POSTGRES,
+    };
+    let json = json_rows(
+        backend,
+        &INVITATION_COLUMNS,
+        rows.iter().map(invitation_values),
+    )?;
+    let stmt = Statement::from_sql_and_values(backend, sql, [json]);
+    for row in db.query_all_raw(stmt).await? {
+        inserted.insert(row.try_get_by_index::<String>(0)?);
     }
     Ok(inserted)
 }
 
-/// Appends `(p, p, …)` for one row of a multi-row INSERT: a placeholder per entry
-/// of `literal_zero_before` (which puts that many literal `0` columns before it),
-/// numbered from `bound + 1` on PostgreSQL. SQLite gets anonymous `?`: sqlx looks
-/// every numbered parameter's name up, and SQLite finds each name by a linear search
-/// (`sqlite3_bind_parameter_name`), so a statement of 900 `$n` cost 6 % of a robot
-/// call's instructions in binding alone (issue 19's profile).
-fn push_row(sql: &mut String, backend: DbBackend, bound: usize, literal_zero_before: &[usize]) {
-    use std::fmt::Write;
-    sql.push('(');
-    for (c, zeros) in literal_zero_before.iter().enumerate() {
-        if c > 0 {
-            sql.push_str(", ");
+const INVITATION_COLUMNS: [&str; 15] = [
+    "id",
+    "portal_id",
+    "channel",
+    "entity_type",
+    "entity_id",
+    "patient_name",
+    "questionnaire_code",
+    "questionnaire_version",
+    "status",
+    "dedupe_key",
+    "created_at",
+    "opened_at",
+    "completed_at",
+    "expires_at",
+    "questionnaire_version_id",
+];
+
+/// The text of [`INSERT_INVITATIONS_SQLITE`], for [`COMMIT_NEW_INVITATIONS`] too:
+/// `$insert` the verb, the rows in parameter `$rows`, `$tail` at the end.
+/// `jsonb_each` parses the array once and hands each row on as JSONB, which `->>`
+/// reads without parsing it again (`json_each` hands on text: a profile put 17 % of
+/// the writer's time in parsing it over and over).
+macro_rules! insert_invitations_sqlite {
+    ($insert:literal, $rows:literal, $tail:literal) => {
+        concat!(
+            $insert,
+            " INTO invitation (id, portal_id, channel, \
+     entity_type, entity_id, patient_name, questionnaire_code, questionnaire_version, status, \
+     dedupe_key, created_at, opened_at, completed_at, expires_at, questionnaire_version_id) \
+     SELECT value->>'id', value->>'portal_id', value->>'channel', value->>'entity_type', \
+     value->>'entity_id', value->>'patient_name', value->>'questionnaire_code', \
+     value->>'questionnaire_version', value->>'status', value->>'dedupe_key', \
+     value->>'created_at', value->>'opened_at', value->>'completed_at', value->>'expires_at', \
+     value->>'questionnaire_version_id' FROM jsonb_each(",
+            $rows,
+            ") WHERE true ORDER BY key",
+            $tail
+        )
+    };
+}
+
+const INSERT_INVITATIONS_SQLITE: &str = insert_invitations_sqlite!(
+    "INSERT",
+    "?",
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+);
+
+const INSERT_INVITATIONS_POSTGRES: &str = "INSERT INTO invitation (id, portal_id, channel, \
+     entity_type, entity_id, patient_name, questionnaire_code, questionnaire_version, status, \
+     dedupe_key, created_at, opened_at, completed_at, expires_at, questionnaire_version_id) \
+     SELECT r.id, r.portal_id, r.channel, r.entity_type, r.entity_id, r.patient_name, \
+     r.questionnaire_code, r.questionnaire_version, r.status, r.dedupe_key, r.created_at, \
+     r.opened_at, r.completed_at, r.expires_at, r.questionnaire_version_id \
+     FROM json_populate_recordset(NULL::invitation, $1::json) WITH ORDINALITY AS r \
+     ORDER BY r.ordinality ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+
+/// Rows for a statement that takes them all as one parameter, a JSON array of
+/// objects keyed by column (SQLite reads them with `json_each`, PostgreSQL with
+/// `json_populate_recordset`): the statement's text stays the same for any number
+/// of rows, so it is prepared once, and a batch is one round trip to the database,
+/// where rows bound one value each took a statement per power-of-two chunk (issue
+/// 19). Each value is written as the driver would bind it, so a row stored this way
+/// reads back as one inserted by sea-orm (the storage tests compare).
+fn json_rows<const N: usize>(
+    backend: DbBackend,
+    columns: &[&str; N],
+    rows: impl Iterator<Item = [Value; N]>,
+) -> Result<Value, DbErr> {
+    use serde_json::Value as Json;
+    let mut array = Vec::new();
+    for row in rows {
+        let mut object = serde_json::Map::with_capacity(N);
+        for (column, value) in columns.iter().zip(row) {
+            let json = match value {
+                Value::Bool(v) => v.map(|b| Json::from(u8::from(b))),
+                Value::Int(v) => v.map(Json::from),
+                Value::BigInt(v) => v.map(Json::from),
+                Value::String(v) => v.map(Json::from),
+                // sqlx binds a time as RFC 3339 text on SQLite; PostgreSQL parses the
+                // same text into its `timestamptz`.
+                Value::ChronoDateTimeUtc(v) => {
+                    v.map(|t| Json::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)))
+                }
+                // SQLite keeps JSON as its text; PostgreSQL's `json` column takes the
+                // value itself.
+                Value::Json(v) => match backend {
+                    DbBackend::Sqlite => v.map(|j| Json::from(j.to_string())),
+                    _ => v.map(|j| *j),
+                },
+                other => {
+                    return Err(DbErr::Custom(format!(
+                        "столбец {column}: значение {other:?} не переводится в JSON"
+                    )));
+                }
+            };
+            object.insert((*column).to_owned(), json.unwrap_or(Json::Null));
         }
-        for _ in 0..*zeros {
-            sql.push_str("0, ");
-        }
-        match backend {
-            DbBackend::Sqlite => sql.push('?'),
-            _ => {
-                let _ = write!(sql, "${}", bound + c + 1);
-            }
-        }
+        array.push(Json::Object(object));
     }
-    sql.push(')');
+    Ok(Json::Array(array).to_string().into())
 }
 
 /// Splits `n` items into chunks whose lengths are powers of two, largest first: a
@@ -153,7 +225,8 @@ pub fn pow2_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// A statement's text and values built together: each [`Params::push`] writes the
-/// next placeholder (`?` on SQLite, see [`push_row`]; `$n` on PostgreSQL) and keeps
+/// next placeholder (`?` on SQLite: sqlx looks every numbered parameter's name up, and SQLite finds
+/// each by a linear search; `$n` on PostgreSQL) and keeps
 /// its value, so text and values cannot get out of step.
 struct Params {
     backend: DbBackend,
@@ -309,53 +382,173 @@ pub struct NewJob {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Queues `jobs`, a statement per [`pow2_chunks`] chunk; a key already queued keeps
-/// its job. The text depends only on the number of rows, so it is prepared once per
-/// count.
-pub async fn insert_jobs<C: ConnectionTrait>(db: &C, mut jobs: Vec<NewJob>) -> Result<(), DbErr> {
-    // In order: the outbox runs a portal's jobs in the order of their ids.
-    for range in pow2_chunks(jobs.len()).collect::<Vec<_>>() {
-        let rest = jobs.split_off(range.len());
-        insert_job_rows(db, std::mem::replace(&mut jobs, rest)).await?;
-    }
-    Ok(())
-}
-
-async fn insert_job_rows<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Result<(), DbErr> {
+/// Queues `jobs` in one statement (see [`json_rows`]); a key already queued keeps
+/// its job.
+pub async fn insert_jobs<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Result<(), DbErr> {
     if jobs.is_empty() {
         return Ok(());
     }
-    const COLUMNS: usize = 6;
     let backend = db.get_database_backend();
-    let mut sql = String::from(
-        "INSERT INTO outbox_job (portal_id, kind, payload, idempotency_key, attempts, run_at, created_at) VALUES ",
-    );
-    let mut values = Vec::with_capacity(jobs.len() * COLUMNS);
-    for (i, job) in jobs.into_iter().enumerate() {
-        let n = i * COLUMNS;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        // `attempts` is the literal 0 between the key and `run_at`.
-        push_row(&mut sql, backend, n, &[0, 0, 0, 0, 1, 0]);
-        values.extend([
+    let sql = match backend {
+        DbBackend::Sqlite => INSERT_JOBS_SQLITE,
+        _ => INSERT_JOBS_POSTGRES,
+    };
+    let rows = jobs.into_iter().map(|job| {
+        [
             job.portal_id.into(),
             job.kind.into(),
             job.payload.into(),
             job.idempotency_key.into(),
             job.run_at.into(),
             job.created_at.into(),
-        ]);
-    }
-    sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING");
-    db.execute_raw(Statement::from_sql_and_values(
-        db.get_database_backend(),
-        sql,
-        values,
-    ))
-    .await
-    .map(|_| ())
+        ]
+    });
+    let json = json_rows(backend, &JOB_COLUMNS, rows)?;
+    db.execute_raw(Statement::from_sql_and_values(backend, sql, [json]))
+        .await
+        .map(|_| ())
 }
+
+const JOB_COLUMNS: [&str; 6] = [
+    "portal_id",
+    "kind",
+    "payload",
+    "idempotency_key",
+    "run_at",
+    "created_at",
+];
+
+// In order (`ORDER BY`): the outbox runs a portal's jobs in the order of their ids.
+// `attempts` starts at 0.
+const INSERT_JOBS_SQLITE: &str = "INSERT INTO outbox_job (portal_id, kind, payload, \
+     idempotency_key, attempts, run_at, created_at) SELECT value->>'portal_id', value->>'kind', \
+     value->>'payload', value->>'idempotency_key', 0, value->>'run_at', value->>'created_at' \
+     FROM jsonb_each(?) WHERE true ORDER BY key ON CONFLICT (idempotency_key) DO NOTHING";
+
+const INSERT_JOBS_POSTGRES: &str = "INSERT INTO outbox_job (portal_id, kind, payload, \
+     idempotency_key, attempts, run_at, created_at) SELECT r.portal_id, r.kind, r.payload, \
+     r.idempotency_key, 0, r.run_at, r.created_at \
+     FROM json_populate_recordset(NULL::outbox_job, $1::json) WITH ORDINALITY AS r \
+     ORDER BY r.ordinality ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// One new invitation's outbox row for [`commit_new_invitations`]: stored only if
+/// the invitation `invitation` was.
+pub struct JobOfNew {
+    pub invitation: String,
+    pub job: NewJob,
+}
+
+/// SQLite only: stores `rows` as [`insert_invitations`] does, then the jobs and the
+/// wakes (`(invitation id, LIKE pattern)`: the `kind` jobs whose keys match are made
+/// due at `now`) of the invitations that were inserted, and commits; all in one
+/// statement list, so the writer's thread is called once for the whole transaction
+/// where each statement was a call of its own (issue 19: a call cost 0.2–0.4 ms of
+/// waiting for threads under load). The list ends by reading the ids that are not
+/// stored, usually none: rows handed back one by one cost the writer's thread a
+/// wake-up each. Returns the ids inserted; a row whose key was taken is left to the caller, with no job or
+/// wake of its own stored. Rolls back whatever an error interrupted.
+pub async fn commit_new_invitations(
+    db: &sea_orm::DatabaseConnection,
+    rows: &[invitation::Model],
+    jobs: Vec<JobOfNew>,
+    wakes: &[(String, String)],
+    kind: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HashSet<String>, DbErr> {
+    let backend = DbBackend::Sqlite;
+    let invitations = json_rows(
+        backend,
+        &INVITATION_COLUMNS,
+        rows.iter().map(invitation_values),
+    )?;
+    let jobs = json_rows(
+        backend,
+        &JOB_OF_NEW_COLUMNS,
+        jobs.into_iter().map(|j| {
+            [
+                j.invitation.into(),
+                j.job.portal_id.into(),
+                j.job.kind.into(),
+                j.job.payload.into(),
+                j.job.idempotency_key.into(),
+                j.job.run_at.into(),
+                j.job.created_at.into(),
+            ]
+        }),
+    )?;
+    let wakes = json_rows(
+        backend,
+        &["invitation", "pattern"],
+        wakes
+            .iter()
+            .map(|(inv, pattern)| [inv.clone().into(), pattern.clone().into()]),
+    )?;
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        COMMIT_NEW_INVITATIONS,
+        [
+            invitations,
+            jobs,
+            now.timestamp_millis().into(),
+            kind.into(),
+            wakes,
+        ],
+    );
+    match db.query_all_raw(stmt).await {
+        Ok(missing) => {
+            let missing = missing
+                .iter()
+                .map(|row| row.try_get_by_index::<String>(0))
+                .collect::<Result<HashSet<_>, _>>()?;
+            Ok(rows
+                .iter()
+                .filter(|r| !missing.contains(&r.id))
+                .map(|r| r.id.clone())
+                .collect())
+        }
+        Err(e) => {
+            // The list stops at the failing statement, inside the transaction (or
+            // before it began: then there is nothing to roll back).
+            let _ = db.execute_unprepared("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+const JOB_OF_NEW_COLUMNS: [&str; 7] = [
+    "invitation",
+    "portal_id",
+    "kind",
+    "payload",
+    "idempotency_key",
+    "run_at",
+    "created_at",
+];
+
+/// `OR IGNORE`: a row that breaks any constraint is skipped rather than ending the
+/// statement, so SQLite keeps no statement journal for it (a copy of every page it
+/// changes: 7.5 % of the writer's time in the profile). A skipped row is one the
+/// final SELECT finds missing, and `write_all` writes it again with its errors.
+/// A job or a wake counts only if its invitation is stored: inserted just before,
+/// in the same transaction, as no two invitations share an id. The wake repeats
+/// `outbox::survey_wait::make_due_where`'s conditions.
+const COMMIT_NEW_INVITATIONS: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    insert_invitations_sqlite!("INSERT OR IGNORE", "?1", ""),
+    "; INSERT INTO outbox_job (portal_id, kind, payload, idempotency_key, attempts, run_at, \
+     created_at) SELECT j.value->>'portal_id', j.value->>'kind', j.value->>'payload', \
+     j.value->>'idempotency_key', 0, j.value->>'run_at', j.value->>'created_at' \
+     FROM jsonb_each(?2) AS j \
+     WHERE EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = j.value->>'invitation') \
+     ORDER BY j.key ON CONFLICT (idempotency_key) DO NOTHING; \
+     UPDATE outbox_job SET run_at = ?3 WHERE kind = ?4 AND done_at IS NULL AND dead_at IS NULL \
+     AND EXISTS (SELECT 1 FROM jsonb_each(?5) AS w \
+     WHERE outbox_job.idempotency_key LIKE w.value->>'pattern' \
+     AND EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = w.value->>'invitation')); \
+     SELECT r.value->>'id' FROM jsonb_each(?1) AS r \
+     WHERE NOT EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = r.value->>'id'); \
+     COMMIT"
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,15 +1,17 @@
 //! New links of concurrent callers written together: the group commit hands the
 //! requests queued in a row to [`Fresh::write_all`], which stores their invitations
-//! in one multi-row INSERT, their jobs in another and wakes the documents' waits in
-//! a third, where one caller alone would cost three statements (issue 19). Only
-//! requests that do not reuse an active link come here: those read first, and a
-//! read must see the links written before it in the same transaction.
+//! in one INSERT, their jobs in another and wakes the documents' waits in a third,
+//! where one caller alone would cost three statements (issue 19). On SQLite,
+//! [`Fresh::commit_at_once`] sends the same writes and the commit as one list of
+//! statements first. Only requests that do not reuse an active link come here:
+//! those read first, and a read must see the links written before it in the same
+//! transaction.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sea_orm::{DatabaseTransaction, DbErr};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 
 use super::{Issued, NewInvitation, by_dedupe_key, new_row};
 use crate::db::group_commit::Batched;
@@ -72,13 +74,318 @@ impl Batched for Fresh {
             Ok(outcomes)
         })
     }
+
+    const AT_ONCE: bool = true;
+
+    /// Every item's invitation, its jobs and its document's wakes, as `write_all`
+    /// would store them for an invitation that is new, in one call to SQLite's
+    /// writer (`prepared::commit_new_invitations`). An item whose key was taken
+    /// (a repeat) is left to `write_all`, which finds the stored row.
+    fn commit_at_once(
+        db: &DatabaseConnection,
+        items: Vec<Arc<Self>>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Issued>>, DbErr>> {
+        Box::pin(async move {
+            let rows: Vec<_> = items.iter().map(|i| new_row(&i.new, i.now)).collect();
+            let now = Utc::now();
+            let mut jobs = Vec::with_capacity(items.len() * 3);
+            let mut wakes = Vec::with_capacity(items.len());
+            let mut of_one = Vec::new();
+            for (item, row) in items.iter().zip(&rows) {
+                let outcome = Issued {
+                    invitation: row.clone(),
+                    existing: false,
+                };
+                outbox::rows_of(&mut of_one, item.new.portal_id, &(item.jobs)(&outcome), now)?;
+                jobs.extend(of_one.drain(..).map(|job| prepared::JobOfNew {
+                    invitation: row.id.clone(),
+                    job,
+                }));
+                if let Some(portal) = item.new.portal_id {
+                    let pattern = outbox::survey_wait::document_pattern(portal, item.new.entity);
+                    wakes.push((row.id.clone(), pattern));
+                }
+            }
+            let inserted = prepared::commit_new_invitations(
+                db,
+                &rows,
+                jobs,
+                &wakes,
+                outbox::survey_wait::KIND,
+                now,
+            )
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|row| {
+                    inserted.contains(&row.id).then_some(Issued {
+                        invitation: row,
+                        existing: false,
+                    })
+                })
+                .collect())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::crm::{Channel, EntityType};
-    use crate::db::entities::invitation;
-    use crate::db::prepared::{insert_invitation, insert_invitations, invitation_by_dedupe_key};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set};
+
+    use super::{Fresh, Issued};
+    use crate::crm::{Channel, EntityRef, EntityType};
+    use crate::db::entities::{invitation, outbox_job};
+    use crate::db::group_commit::Batched;
+    use crate::db::prepared::{
+        NewJob, insert_invitation, insert_invitations, insert_jobs, invitation_by_dedupe_key,
+    };
+    use crate::invitations::NewInvitation;
+    use crate::outbox::{Job, survey_wait};
+
+    /// A database with portal 7 in it.
+    async fn sqlite() -> sea_orm::DatabaseConnection {
+        let db = crate::db::connect("sqlite::memory:").await.expect("db");
+        crate::db::migrate(&db).await.expect("migrated");
+        let now = chrono::Utc::now();
+        crate::db::entities::portal::ActiveModel {
+            id: Set(7),
+            member_id: Set("m7".to_owned()),
+            domain: Set("clinic.bitrix24.ru".to_owned()),
+            client_endpoint: Set("https://clinic.bitrix24.ru/rest/".to_owned()),
+            status: Set(crate::db::entities::portal::INSTALLED),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db)
+        .await
+        .expect("portal");
+        db
+    }
+
+    const DEAL: EntityRef = EntityRef {
+        kind: EntityType::Deal,
+        id: 5,
+    };
+
+    /// A robot-like request on deal 5 of portal 7, with a job keyed by its link.
+    fn fresh(key: &str) -> Arc<Fresh> {
+        Arc::new(Fresh {
+            new: NewInvitation {
+                portal_id: Some(7),
+                channel: Channel::App,
+                entity: DEAL,
+                patient_name: "Пациент".to_owned(),
+                questionnaire_code: "pre_visit".to_owned(),
+                questionnaire_version: 1,
+                questionnaire_version_id: Some(3),
+                lifetime_days: 7,
+                reuse_active: false,
+                dedupe_key: Some(key.to_owned()),
+            },
+            now: chrono::Utc::now(),
+            jobs: Arc::new(|issued: &Issued| {
+                let id = &issued.invitation.id;
+                vec![(
+                    Job::WriteLinkField {
+                        invitation: id.clone().into(),
+                    },
+                    format!("invitation:{id}:field"),
+                )]
+            }),
+        })
+    }
+
+    /// Each column of the invitation `id` as stored: its type and literal.
+    async fn stored_as(
+        db: &sea_orm::DatabaseConnection,
+        table: &str,
+        key: &str,
+        value: &str,
+    ) -> Vec<String> {
+        let columns = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT name FROM pragma_table_info('{table}')"),
+            ))
+            .await
+            .expect("columns");
+        let mut stored = Vec::new();
+        for c in columns {
+            let name: String = c.try_get_by_index(0).expect("name");
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT typeof({name}) || ':' || quote({name}) FROM {table} WHERE {key} = ?"
+                    ),
+                    [value.into()],
+                ))
+                .await
+                .expect("read")
+                .expect("row");
+            stored.push(format!(
+                "{name} = {}",
+                row.try_get_by_index::<String>(0).expect("cell")
+            ));
+        }
+        stored
+    }
+
+    #[tokio::test]
+    async fn rows_passed_as_json_are_stored_as_rows_bound_value_by_value() {
+        let db = sqlite().await;
+        let mut bound = row("bound0000001", "kb");
+        bound.portal_id = Some(7);
+        bound.opened_at = Some(bound.created_at + chrono::Duration::microseconds(123_456));
+        bound.questionnaire_version_id = Some(3);
+        let passed = invitation::Model {
+            id: "json00000001".to_owned(),
+            dedupe_key: Some("kj".to_owned()),
+            ..bound.clone()
+        };
+        assert!(insert_invitation(&db, &bound).await.expect("bound"));
+        insert_invitations(&db, std::slice::from_ref(&passed))
+            .await
+            .expect("json");
+        let differ = |cells: Vec<String>| -> Vec<String> {
+            cells
+                .into_iter()
+                .filter(|c| !c.starts_with("id =") && !c.starts_with("dedupe_key ="))
+                .collect()
+        };
+        assert_eq!(
+            differ(stored_as(&db, "invitation", "id", &bound.id).await),
+            differ(stored_as(&db, "invitation", "id", &passed.id).await)
+        );
+
+        // A job: sea-orm's own insert against the JSON rows.
+        let at = bound.created_at;
+        let payload =
+            serde_json::json!({"kind": "write_link_field", "invitation": "bound0000001", "n": 1.5});
+        outbox_job::ActiveModel {
+            portal_id: Set(Some(7)),
+            kind: Set("write_link_field".to_owned()),
+            payload: Set(payload.clone()),
+            idempotency_key: Set("job:bound".to_owned()),
+            attempts: Set(0),
+            run_at: Set(1_800_000_000_123),
+            deferrals: Set(0),
+            paused: Set(false),
+            created_at: Set(at),
+            ..Default::default()
+        }
+        .insert(&db)
+        .await
+        .expect("bound job");
+        insert_jobs(
+            &db,
+            vec![NewJob {
+                portal_id: Some(7),
+                kind: "write_link_field",
+                payload,
+                idempotency_key: "job:json".to_owned(),
+                run_at: 1_800_000_000_123,
+                created_at: at,
+            }],
+        )
+        .await
+        .expect("json job");
+        let differ = |cells: Vec<String>| -> Vec<String> {
+            cells
+                .into_iter()
+                .filter(|c| !c.starts_with("id =") && !c.starts_with("idempotency_key ="))
+                .collect()
+        };
+
+        assert_eq!(
+            differ(stored_as(&db, "outbox_job", "idempotency_key", "job:bound").await),
+            differ(stored_as(&db, "outbox_job", "idempotency_key", "job:json").await)
+        );
+    }
+
+    #[tokio::test]
+    async fn new_links_commit_at_once_and_a_taken_key_is_left_to_write_all() {
+        let db = sqlite().await;
+        assert!(
+            insert_invitation(&db, &row("stored000001", "k0"))
+                .await
+                .expect("stored")
+        );
+        // A wait on the same deal, due much later: a new link makes it due now.
+        let pattern = survey_wait::document_pattern(7, DEAL);
+        let wait_key = format!("{}old:hash", pattern.trim_end_matches('%'));
+        let later = chrono::Utc::now().timestamp_millis() + 86_400_000;
+        insert_jobs(
+            &db,
+            vec![NewJob {
+                portal_id: Some(7),
+                kind: survey_wait::KIND,
+                payload: serde_json::json!({}),
+                idempotency_key: wait_key.clone(),
+                run_at: later,
+                created_at: chrono::Utc::now(),
+            }],
+        )
+        .await
+        .expect("wait");
+
+        // A key stored before, and one taken earlier in the same list.
+        let items: Vec<_> = ["k0", "k1", "k2", "k1"].into_iter().map(fresh).collect();
+        let outcomes = Fresh::commit_at_once(&db, items).await.expect("committed");
+        let taken: Vec<bool> = outcomes.iter().map(Option::is_none).collect();
+        assert_eq!(taken, [true, false, false, true]);
+        let mut stored = HashSet::new();
+        for issued in outcomes.into_iter().flatten() {
+            assert!(!issued.existing);
+            let read = invitation::Entity::find_by_id(issued.invitation.id.clone())
+                .one(&db)
+                .await
+                .expect("read");
+            assert_eq!(
+                read.as_ref(),
+                Some(&issued.invitation),
+                "reads back as returned"
+            );
+            stored.insert(issued.invitation.id);
+        }
+        // Jobs only for the links stored, none for a link that was not.
+        let jobs = outbox_job::Entity::find().all(&db).await.expect("jobs");
+        let of_links: HashSet<String> = jobs
+            .iter()
+            .filter_map(|j| j.payload["invitation"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(of_links, stored);
+        let wait = jobs
+            .iter()
+            .find(|j| j.idempotency_key == wait_key)
+            .expect("wait kept");
+        assert!(wait.run_at < later, "the wait was made due");
+
+        // An error ends the list inside its transaction: nothing of it stays, and
+        // the connection is not left in a transaction (BEGIN would fail next time).
+        db.execute_unprepared(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox_job BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await
+        .expect("trigger");
+        let refused = Fresh::commit_at_once(&db, vec![fresh("k9")]).await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("refused")));
+        assert_eq!(
+            invitation_by_dedupe_key(&db, "k9").await.expect("read"),
+            None
+        );
+        db.execute_unprepared("DROP TRIGGER refuse")
+            .await
+            .expect("dropped");
+        let again = Fresh::commit_at_once(&db, vec![fresh("k9")])
+            .await
+            .expect("again");
+        assert!(again[0].is_some());
+    }
 
     fn row(id: &str, key: &str) -> invitation::Model {
         let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();

@@ -82,6 +82,11 @@ fn document_prefix(portal_id: i64, entity: EntityRef) -> String {
     format!("await:{portal_id}:{}_{}:", entity.kind, entity.id)
 }
 
+/// The `LIKE` pattern of the keys of every wait on a document.
+pub fn document_pattern(portal_id: i64, entity: EntityRef) -> String {
+    format!("{}%", document_prefix(portal_id, entity))
+}
+
 /// The wait's idempotency key: the same robot call twice stores one wait.
 pub fn wait_key(
     portal_id: i64,
@@ -111,10 +116,7 @@ pub async fn open_waits<C: ConnectionTrait>(
 ) -> Result<u64, DbErr> {
     outbox_job::Entity::find()
         .filter(outbox_job::Column::Kind.eq(KIND))
-        .filter(
-            outbox_job::Column::IdempotencyKey
-                .like(format!("{}%", document_prefix(portal_id, entity))),
-        )
+        .filter(outbox_job::Column::IdempotencyKey.like(document_pattern(portal_id, entity)))
         .filter(outbox_job::Column::DoneAt.is_null())
         .filter(outbox_job::Column::DeadAt.is_null())
         .count(db)
@@ -178,6 +180,8 @@ async fn make_due<C: ConnectionTrait>(
     .await
 }
 
+// `db::prepared::commit_new_invitations` writes these conditions out in SQL: keep
+// them in step.
 async fn make_due_where<C: ConnectionTrait>(
     db: &C,
     keys: Condition,
@@ -237,11 +241,12 @@ pub async fn wake_document<C: ConnectionTrait>(
     entity: EntityRef,
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
-    make_due(db, format!("{}%", document_prefix(portal_id, entity)), now).await
+    make_due(db, document_pattern(portal_id, entity), now).await
 }
 
 /// [`wake_document`] for several documents in one statement (the group commit's
-/// batch of new links).
+/// batch of new links; on SQLite, `db::prepared::commit_new_invitations` wakes them
+/// with the same conditions in its own statement).
 pub async fn wake_documents<C: ConnectionTrait>(
     db: &C,
     documents: &[(i64, EntityRef)],
@@ -249,7 +254,7 @@ pub async fn wake_documents<C: ConnectionTrait>(
 ) -> Result<u64, DbErr> {
     let mut patterns: Vec<String> = documents
         .iter()
-        .map(|(portal, entity)| format!("{}%", document_prefix(*portal, *entity)))
+        .map(|(portal, entity)| document_pattern(*portal, *entity))
         .collect();
     patterns.sort_unstable();
     patterns.dedup();
