@@ -258,6 +258,9 @@ pub async fn commit_at_once(batch: Vec<Queued>, writer: &DatabaseConnection) -> 
                     }
                 }
             }
+            // Rolled back, so the writes can run again (unlike a failed commit in
+            // `commit`): on a local file SQLite answers a COMMIT with an error only
+            // when the transaction did not commit, and the list rolls it back.
             Err(e) => {
                 tracing::warn!(error = %e, writes = run.len(), "пакетная запись не удалась; записи повторяются в общей транзакции");
                 rest.extend(run);

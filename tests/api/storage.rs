@@ -202,6 +202,98 @@ async fn group_writes_commit_together_and_fail_alone(test_db: TestDb) {
     app.stop().await;
 }
 
+on_both_databases!(new_links_queued_with_other_writes_all_commit_once);
+async fn new_links_queued_with_other_writes_all_commit_once(test_db: TestDb) {
+    use opros::db::entities::{invitation, outbox_job};
+    use opros::invitations::issue::{Request, issue};
+    use sea_orm::EntityTrait;
+
+    // New links (on SQLite committed at once, in a transaction of their own), five
+    // repeats of one of them and other callers' writes, all queued together.
+    let app = crate::support::spawn_app_on(&test_db.url, &[]).await;
+    let link = |key: String| {
+        let state = app.state.clone();
+        async move {
+            let request = Request {
+                portal_id: None,
+                channel: Channel::Webhook,
+                entity: EntityRef {
+                    kind: EntityType::Deal,
+                    id: 42,
+                },
+                given_name: Some("Смирнова Анна".into()),
+                reuse_active: false,
+                lifetime_days: 7,
+                robot_event: Some(format!("run|{key}")),
+                dedupe_key: Some(key),
+                questionnaire: None,
+            };
+            issue(&state, request).await.map_err(|e| format!("{e:?}"))
+        }
+    };
+    let links = (0..20)
+        .map(|i| format!("robot:k{i}"))
+        .chain((0..5).map(|_| "robot:k3".to_owned()))
+        .map(link);
+    let writes = (0..10).map(|i| {
+        let state = app.state.clone();
+        async move {
+            state
+                .group_write(move |txn| {
+                    Box::pin(
+                        async move { db::put_setting(txn, &format!("mixed:{i}"), "stored").await },
+                    )
+                })
+                .await
+        }
+    });
+    let (links, writes) = futures::future::join(
+        futures::future::join_all(links),
+        futures::future::join_all(writes),
+    )
+    .await;
+    let links: Vec<_> = links.into_iter().map(|l| l.expect("issued")).collect();
+    assert!(writes.iter().all(Result::is_ok), "{}", test_db.backend);
+    let k3: Vec<_> = links
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 3 || *i >= 20)
+        .map(|(_, (inv, existing))| (inv.id.clone(), *existing))
+        .collect();
+    assert!(
+        k3.iter().all(|(id, _)| id == &k3[0].0),
+        "{}: {k3:?}",
+        test_db.backend
+    );
+    assert_eq!(k3.iter().filter(|(_, existing)| !existing).count(), 1);
+
+    let stored = invitation::Entity::find().all(&app.state.db).await.unwrap();
+    assert_eq!(stored.len(), 20, "{}", test_db.backend);
+    for (inv, _) in &links {
+        assert!(
+            stored.contains(inv),
+            "{}: {} reads back as returned",
+            test_db.backend,
+            inv.id
+        );
+    }
+    // Every stored link has its jobs, and no job names a link that was not stored.
+    let jobs = outbox_job::Entity::find().all(&app.state.db).await.unwrap();
+    let named: std::collections::HashSet<&str> = jobs
+        .iter()
+        .filter_map(|j| j.payload["invitation"].as_str())
+        .collect();
+    let ids: std::collections::HashSet<&str> = stored.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(named, ids, "{}", test_db.backend);
+    for i in 0..10 {
+        let value = db::get_setting(&app.state.db, &format!("mixed:{i}"))
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some("stored"), "{}", test_db.backend);
+    }
+    app.stop().await;
+}
+
 on_both_databases!(a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_at_once);
 async fn a_worker_that_lost_its_lease_records_nothing_and_released_jobs_are_due_at_once(
     test_db: TestDb,
