@@ -73,8 +73,8 @@ pub trait Batched: Send + Sync + Sized + 'static {
     }
 }
 
-/// Items written by one `write_all` at most: bounds the bound parameters of a
-/// multi-row statement (SQLite takes 32 766, PostgreSQL 65 535).
+/// Items written by one `write_all` or `commit_at_once` at most: bounds a
+/// statement's rows and a transaction's size.
 pub const MAX_BATCH: usize = 64;
 
 /// One caller's writes, repeatable, and where their outcome goes.

@@ -162,7 +162,7 @@ const INSERT_INVITATIONS_POSTGRES: &str = "INSERT INTO invitation (id, portal_id
      ORDER BY r.ordinality ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
 
 /// Rows for a statement that takes them all as one parameter, a JSON array of
-/// objects keyed by column (SQLite reads them with `json_each`, PostgreSQL with
+/// objects keyed by column (SQLite reads them with `jsonb_each`, PostgreSQL with
 /// `json_populate_recordset`): the statement's text stays the same for any number
 /// of rows, so it is prepared once, and a batch is one round trip to the database,
 /// where rows bound one value each took a statement per power-of-two chunk (issue
@@ -183,11 +183,15 @@ fn json_rows<const N: usize>(
                 Value::Int(v) => v.map(Json::from),
                 Value::BigInt(v) => v.map(Json::from),
                 Value::String(v) => v.map(Json::from),
-                // sqlx binds a time as RFC 3339 text on SQLite; PostgreSQL parses the
-                // same text into its `timestamptz`.
-                Value::ChronoDateTimeUtc(v) => {
-                    v.map(|t| Json::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)))
-                }
+                // sqlx binds a time as RFC 3339 text on SQLite, and as whole
+                // microseconds on PostgreSQL, whose parser would round the rest.
+                Value::ChronoDateTimeUtc(v) => v.map(|t| {
+                    let t = match backend {
+                        DbBackend::Sqlite => t,
+                        _ => chrono::SubsecRound::trunc_subsecs(t, 6),
+                    };
+                    Json::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+                }),
                 // SQLite keeps JSON as its text; PostgreSQL's `json` column takes the
                 // value itself.
                 Value::Json(v) => match backend {
@@ -442,11 +446,14 @@ pub struct JobOfNew {
 /// wakes (`(invitation id, LIKE pattern)`: the `kind` jobs whose keys match are made
 /// due at `now`) of the invitations that were inserted, and commits; all in one
 /// statement list, so the writer's thread is called once for the whole transaction
-/// where each statement was a call of its own (issue 19: a call cost 0.2–0.4 ms of
-/// waiting for threads under load). The list ends by reading the ids that are not
-/// stored, usually none: rows handed back one by one cost the writer's thread a
-/// wake-up each. Returns the ids inserted; a row whose key was taken is left to the caller, with no job or
-/// wake of its own stored. Rolls back whatever an error interrupted.
+/// where each statement was a call of its own (issue 19: under load a call waited
+/// 0.2–0.4 ms for the threads to be scheduled). The list ends by reading the ids
+/// that are not stored, usually none: rows handed back one by one cost the writer's
+/// thread a wake-up each. Returns the ids inserted; a row whose key was taken is
+/// left to the caller, with no job or wake of its own stored. Rolls back whatever an
+/// error interrupted. Must run to its end (the group commit runs it on a task of its
+/// own): dropped halfway, it would leave the writer inside a transaction sqlx does
+/// not know of.
 pub async fn commit_new_invitations(
     db: &sea_orm::DatabaseConnection,
     rows: &[invitation::Model],
@@ -496,10 +503,12 @@ pub async fn commit_new_invitations(
     );
     match db.query_all_raw(stmt).await {
         Ok(missing) => {
-            let missing = missing
+            // Committed: no error may be reported from here on, it would have the
+            // rows written again. `->>` of a JSON string is always text.
+            let missing: HashSet<String> = missing
                 .iter()
-                .map(|row| row.try_get_by_index::<String>(0))
-                .collect::<Result<HashSet<_>, _>>()?;
+                .filter_map(|row| row.try_get_by_index::<String>(0).ok())
+                .collect();
             Ok(rows
                 .iter()
                 .filter(|r| !missing.contains(&r.id))
@@ -525,16 +534,15 @@ const JOB_OF_NEW_COLUMNS: [&str; 7] = [
     "created_at",
 ];
 
-/// `OR IGNORE`: a row that breaks any constraint is skipped rather than ending the
-/// statement, so SQLite keeps no statement journal for it (a copy of every page it
-/// changes: 7.5 % of the writer's time in the profile). A skipped row is one the
-/// final SELECT finds missing, and `write_all` writes it again with its errors.
 /// A job or a wake counts only if its invitation is stored: inserted just before,
-/// in the same transaction, as no two invitations share an id. The wake repeats
-/// `outbox::survey_wait::make_due_where`'s conditions.
+/// in the same transaction (a clash of ids would end the list with an error, as the
+/// only conflict let pass is the dedupe key's). The wake repeats
+/// `outbox::survey_wait::make_due_where`'s conditions. The parameters are numbered:
+/// SQLite gives a statement that uses `?2` alone a nameless first slot, which sqlx
+/// binds with a spare value, so no number here may exceed the values given.
 const COMMIT_NEW_INVITATIONS: &str = concat!(
     "BEGIN IMMEDIATE; ",
-    insert_invitations_sqlite!("INSERT OR IGNORE", "?1", ""),
+    insert_invitations_sqlite!("INSERT", "?1", " ON CONFLICT (dedupe_key) DO NOTHING"),
     "; INSERT INTO outbox_job (portal_id, kind, payload, idempotency_key, attempts, run_at, \
      created_at) SELECT j.value->>'portal_id', j.value->>'kind', j.value->>'payload', \
      j.value->>'idempotency_key', 0, j.value->>'run_at', j.value->>'created_at' \
