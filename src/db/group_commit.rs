@@ -92,26 +92,38 @@ struct BatchPart {
     at_once: Option<AtOnce>,
 }
 
-fn write_erased<B: Batched>(
-    txn: &DatabaseTransaction,
-    items: Vec<Item>,
-) -> BoxFuture<'_, Result<Vec<Value>, DbErr>> {
+/// `items` as the kind `B` they were queued as: all of them, or none.
+fn typed<B: Batched>(items: Vec<Item>) -> Option<Vec<Arc<B>>> {
     let count = items.len();
     let typed: Vec<Arc<B>> = items
         .into_iter()
         .filter_map(|i| i.downcast::<B>().ok())
         .collect();
+    (typed.len() == count).then_some(typed)
+}
+
+/// A kind's values, checked to be one per item.
+fn one_each<T>(values: Vec<T>, count: usize) -> Result<Vec<T>, DbErr> {
+    if values.len() != count {
+        return Err(DbErr::Custom(format!(
+            "пакетная запись вернула {} значений вместо {count}",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+fn write_erased<B: Batched>(
+    txn: &DatabaseTransaction,
+    items: Vec<Item>,
+) -> BoxFuture<'_, Result<Vec<Value>, DbErr>> {
+    let count = items.len();
+    let typed = typed::<B>(items);
     Box::pin(async move {
-        if typed.len() != count {
+        let Some(typed) = typed else {
             return answer_lost();
-        }
-        let values = B::write_all(txn, typed).await?;
-        if values.len() != count {
-            return Err(DbErr::Custom(format!(
-                "пакетная запись вернула {} значений вместо {count}",
-                values.len()
-            )));
-        }
+        };
+        let values = one_each(B::write_all(txn, typed).await?, count)?;
         Ok(values.into_iter().map(|v| Box::new(v) as Value).collect())
     })
 }
@@ -121,21 +133,12 @@ fn at_once_erased<B: Batched>(
     items: Vec<Item>,
 ) -> BoxFuture<'_, Result<Vec<Option<Value>>, DbErr>> {
     let count = items.len();
-    let typed: Vec<Arc<B>> = items
-        .into_iter()
-        .filter_map(|i| i.downcast::<B>().ok())
-        .collect();
+    let typed = typed::<B>(items);
     Box::pin(async move {
-        if typed.len() != count {
+        let Some(typed) = typed else {
             return answer_lost();
-        }
-        let values = B::commit_at_once(db, typed).await?;
-        if values.len() != count {
-            return Err(DbErr::Custom(format!(
-                "пакетная запись вернула {} значений вместо {count}",
-                values.len()
-            )));
-        }
+        };
+        let values = one_each(B::commit_at_once(db, typed).await?, count)?;
         Ok(values
             .into_iter()
             .map(|v| v.map(|v| Box::new(v) as Value))

@@ -397,17 +397,7 @@ pub async fn insert_jobs<C: ConnectionTrait>(db: &C, jobs: Vec<NewJob>) -> Resul
         DbBackend::Sqlite => INSERT_JOBS_SQLITE,
         _ => INSERT_JOBS_POSTGRES,
     };
-    let rows = jobs.into_iter().map(|job| {
-        [
-            job.portal_id.into(),
-            job.kind.into(),
-            job.payload.into(),
-            job.idempotency_key.into(),
-            job.run_at.into(),
-            job.created_at.into(),
-        ]
-    });
-    let json = json_rows(backend, &JOB_COLUMNS, rows)?;
+    let json = json_rows(backend, &JOB_COLUMNS, jobs.into_iter().map(job_values))?;
     db.execute_raw(Statement::from_sql_and_values(backend, sql, [json]))
         .await
         .map(|_| ())
@@ -421,6 +411,17 @@ const JOB_COLUMNS: [&str; 6] = [
     "run_at",
     "created_at",
 ];
+
+fn job_values(job: NewJob) -> [Value; 6] {
+    [
+        job.portal_id.into(),
+        job.kind.into(),
+        job.payload.into(),
+        job.idempotency_key.into(),
+        job.run_at.into(),
+        job.created_at.into(),
+    ]
+}
 
 // In order (`ORDER BY`): the outbox runs a portal's jobs in the order of their ids.
 // `attempts` starts at 0.
@@ -472,14 +473,15 @@ pub async fn commit_new_invitations(
         backend,
         &JOB_OF_NEW_COLUMNS,
         jobs.into_iter().map(|j| {
+            let [portal, kind, payload, key, run_at, created_at] = job_values(j.job);
             [
                 j.invitation.into(),
-                j.job.portal_id.into(),
-                j.job.kind.into(),
-                j.job.payload.into(),
-                j.job.idempotency_key.into(),
-                j.job.run_at.into(),
-                j.job.created_at.into(),
+                portal,
+                kind,
+                payload,
+                key,
+                run_at,
+                created_at,
             ]
         }),
     )?;
@@ -524,15 +526,16 @@ pub async fn commit_new_invitations(
     }
 }
 
-const JOB_OF_NEW_COLUMNS: [&str; 7] = [
-    "invitation",
-    "portal_id",
-    "kind",
-    "payload",
-    "idempotency_key",
-    "run_at",
-    "created_at",
-];
+/// [`JOB_COLUMNS`] after the job's invitation.
+const JOB_OF_NEW_COLUMNS: [&str; 7] = {
+    let mut columns = ["invitation"; 7];
+    let mut i = 0;
+    while i < JOB_COLUMNS.len() {
+        columns[i + 1] = JOB_COLUMNS[i];
+        i += 1;
+    }
+    columns
+};
 
 /// A job or a wake counts only if its invitation is stored: inserted just before,
 /// in the same transaction (a clash of ids would end the list with an error, as the
