@@ -364,30 +364,24 @@ pub async fn finish<C: ConnectionTrait>(
     outcome: JobOutcome,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    // The one way a job is recorded done, alone or with its round.
-    let outcome = match outcome {
+    let paused = |update: sea_orm::UpdateMany<outbox_job::Entity>, paused: bool| {
+        update.col_expr(outbox_job::Column::Paused, Expr::value(paused))
+    };
+    let update = match outcome {
+        JobOutcome::Lost => return Ok(()),
+        // The one way a job is recorded done, alone or with its round.
         JobOutcome::Done(result) => {
             let done = [(job.id, result)];
             return crate::db::prepared::finish_done_jobs(db, job.lease.as_deref(), &done, now)
                 .await;
         }
-        outcome => outcome,
-    };
-    let mut update = unlock();
-    update = match outcome {
-        JobOutcome::Lost | JobOutcome::Done(_) => return Ok(()),
-        JobOutcome::Deferred(..) => update,
-        _ => update.col_expr(outbox_job::Column::Paused, Expr::value(false)),
-    };
-    update = match outcome {
-        JobOutcome::Lost | JobOutcome::Done(_) => return Ok(()),
-        JobOutcome::RetryAt(at, error) => update
+        JobOutcome::RetryAt(at, error) => paused(unlock(), false)
             .col_expr(
                 outbox_job::Column::RunAt,
                 Expr::value(at.timestamp_millis()),
             )
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
-        JobOutcome::Deferred(at, error) => update
+        JobOutcome::Deferred(at, error) => paused(unlock(), true)
             .col_expr(
                 outbox_job::Column::RunAt,
                 Expr::value(at.timestamp_millis()),
@@ -396,13 +390,12 @@ pub async fn finish<C: ConnectionTrait>(
             .col_expr(
                 outbox_job::Column::Deferrals,
                 Expr::col(outbox_job::Column::Deferrals).add(1),
-            )
-            .col_expr(outbox_job::Column::Paused, Expr::value(true)),
-        JobOutcome::Dead(error) => update
+            ),
+        JobOutcome::Dead(error) => paused(unlock(), false)
             .col_expr(outbox_job::Column::DeadAt, Expr::value(now))
             .col_expr(outbox_job::Column::LastError, Expr::value(error)),
         // A wake-up written while the job ran (it moved `run_at`) is kept.
-        JobOutcome::Waiting(at) => update
+        JobOutcome::Waiting(at) => paused(unlock(), false)
             .col_expr(
                 outbox_job::Column::RunAt,
                 Expr::case(
