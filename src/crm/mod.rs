@@ -34,17 +34,18 @@ impl EntityRef {
     }
 }
 
-/// An invitation's id: 12 characters (`db::random_id`) carried by the link's token,
-/// the timeline marker and the outbox's payloads. A type of its own, so it cannot be
-/// mixed up with the other strings around it (a lease, an event token, a link token).
+/// An invitation's id: 20 characters (`db::ordered_id`; 12 random ones before
+/// issue 19) carried by the link's token, the timeline marker and the outbox's
+/// payloads. A type of its own, so it cannot be mixed up with the other strings
+/// around it (a lease, an event token, a link token).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct InvitationId(String);
 
 impl InvitationId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        InvitationId(crate::db::random_id())
+    /// A fresh id, after those made before it.
+    pub fn fresh() -> Self {
+        InvitationId(crate::db::ordered_id())
     }
 
     /// The id of a stored invitation.

@@ -95,15 +95,43 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
-/// A random id of 12 characters from an unambiguous alphabet (~70 bits): invitation
-/// ids, outbox leases, a worker's identity when it has no `host:port`.
+/// The unambiguous letters ids are made of, in ASCII order, so that ids compare as
+/// the numbers they spell.
+const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjkmnpqrstuvwxyz";
+
+/// A random id of 12 characters from an unambiguous alphabet (~70 bits): outbox
+/// leases, a worker's identity when it has no `host:port`, the tail of
+/// [`ordered_id`].
 pub fn random_id() -> String {
     use rand::Rng;
-    const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
     let mut rng = rand::thread_rng();
     (0..12)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .map(|_| ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())] as char)
         .collect()
+}
+
+/// A key that new rows append to their index with: 8 characters spelling the
+/// milliseconds since 1970 (in order until the year 4600), then [`random_id`].
+/// A random key lands on a random page of its unique index, and every commit wrote
+/// each such page out whole again: with invitation ids and the keys of their jobs
+/// made this way a robot call's commit wrote two pages fewer, and the robot bench
+/// went from 6 170 to 7 330 calls/s (issue 19). The random tail keeps the id as
+/// hard to guess as before; the time it shows is the invitation's `created_at`.
+pub fn ordered_id() -> String {
+    ordered_id_at(chrono::Utc::now().timestamp_millis())
+}
+
+fn ordered_id_at(millis: i64) -> String {
+    let base = ID_ALPHABET.len() as u64;
+    let mut rest = u64::try_from(millis).unwrap_or(0);
+    let mut time = [0u8; 8];
+    for c in time.iter_mut().rev() {
+        *c = ID_ALPHABET[(rest % base) as usize];
+        rest /= base;
+    }
+    let mut id = String::from_utf8_lossy(&time).into_owned();
+    id.push_str(&random_id());
+    id
 }
 
 /// Database reachable: a trivial query, for `/healthz`.
@@ -200,5 +228,30 @@ mod tests {
         );
         assert_eq!(sqlite_file_path("sqlite::memory:"), None);
         assert_eq!(sqlite_file_path("postgres://x/y"), None);
+    }
+
+    #[test]
+    fn ordered_ids_sort_as_their_times_and_keep_a_random_tail() {
+        // A millisecond apart, a digit rolling over, a day, a century apart.
+        let times: [i64; 5] = [
+            1_796_000_000_000,
+            1_796_000_000_001,
+            1_796_000_000_055,
+            1_796_086_400_000,
+            4_950_000_000_000,
+        ];
+        let ids: Vec<String> = times.iter().map(|&t| ordered_id_at(t)).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+        }
+        for id in &ids {
+            assert_eq!(id.len(), 20, "{id}");
+            assert!(id.bytes().all(|b| ID_ALPHABET.contains(&b)), "{id}");
+        }
+        // The same millisecond: the same prefix, a different random tail.
+        let (a, b) = (ordered_id_at(times[0]), ordered_id_at(times[0]));
+        assert_eq!(a[..8], b[..8]);
+        assert_ne!(a[8..], b[8..]);
+        assert!(ordered_id() > ids[0] && ordered_id() < ids[4]);
     }
 }

@@ -124,7 +124,13 @@ pub async fn issue(
     let outcome = store(state, new, now, move |outcome: &Issued| {
         let inv = &outcome.invitation.id;
         if let (Some(event_token), Some(key)) = (&robot_event, &dedupe_key) {
-            return robot_jobs(inv, event_token, key, name_known, field);
+            return robot_jobs(
+                inv,
+                event_token,
+                &robot_job_key(inv, key),
+                name_known,
+                field,
+            );
         }
         if outcome.existing || !delivers {
             return Vec::new();
@@ -203,6 +209,18 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool, field: bool) -> Vec<
         ));
     }
     jobs
+}
+
+/// What the keys of a robot call's jobs start with: the invitation's id, so that
+/// they append to their unique index as the id does (`db::ordered_id`), then the
+/// call's dedupe `key`, so that a repeated call (the same invitation) queues nothing
+/// new while another run reusing the link queues its own. An invitation of the
+/// 12-character form, made before, keeps the keys its jobs were queued under.
+fn robot_job_key(invitation: &str, key: &str) -> String {
+    if invitation.len() == 12 {
+        return key.to_owned();
+    }
+    format!("{invitation}:{key}")
 }
 
 /// The robot's jobs: its values back to the business process, then the link jobs,

@@ -94,10 +94,10 @@ fn survey_path(token: &str) -> String {
     format!("/s/{token}")
 }
 
-/// A new invitation's id: [`crate::db::random_id`] (~70 bits, unambiguous letters,
-/// short enough for the link and the timeline marker).
+/// A new invitation's id: [`crate::db::ordered_id`] (~70 random bits after the
+/// time, unambiguous letters, short enough for the link and the timeline marker).
 pub fn new_invitation_id() -> InvitationId {
-    InvitationId::random()
+    InvitationId::fresh()
 }
 
 /// A random secret for signing links when none is configured.

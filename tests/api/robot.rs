@@ -572,3 +572,73 @@ async fn all_jobs(app: &TestApp) -> usize {
         .expect("jobs")
         .len()
 }
+
+on_both_databases!(a_robot_call_repeated_for_a_link_of_the_older_id_form_queues_nothing_new);
+/// Invitation ids begin with their time (`db::ordered_id`) and the robot's job keys
+/// with the invitation's id. A link made before, with a 12-character id and its
+/// jobs under the keys of then, still takes a repeat of its robot call without a
+/// second set of jobs; a new one's keys carry its id.
+async fn a_robot_call_repeated_for_a_link_of_the_older_id_form_queues_nothing_new(db: TestDb) {
+    use opros::db::entities::outbox_job;
+    use sea_orm::{ConnectionTrait, Statement};
+    let (fake, app) = installed_on(&db.url).await;
+    let token = fake.application_token();
+    let no_reuse = [("properties[reuse_active]", "N")];
+    let deal = patient_deal(&fake);
+    let event = format!("{}|A1_{deal}|x", uuid::Uuid::new_v4().simple());
+    let (status, body) = robot_call_with(&app, &fake, deal, &token, &event, &no_reuse).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["survey_id"].as_str().expect("survey_id").to_owned();
+    assert_eq!(id.len(), 20, "{id}");
+    let jobs = outbox_job::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("jobs");
+    assert_eq!(jobs.len(), 3);
+    for job in &jobs {
+        assert!(
+            job.idempotency_key.starts_with(&format!("{id}:robot:")),
+            "{}",
+            job.idempotency_key
+        );
+    }
+
+    // The same rows as an older version stored them.
+    let old = "Ab3dEf6hJk8m";
+    let backend = app.state.db.get_database_backend();
+    for sql in [
+        format!("UPDATE invitation SET id = '{old}' WHERE id = '{id}'"),
+        format!(
+            "UPDATE outbox_job SET idempotency_key = SUBSTR(idempotency_key, {}), \
+             payload = REPLACE(CAST(payload AS TEXT), '{id}', '{old}')",
+            id.len() + 2
+        ),
+    ] {
+        let sql = if backend == sea_orm::DatabaseBackend::Postgres {
+            sql.replace(
+                "REPLACE(CAST(payload AS TEXT)",
+                "CAST(REPLACE(CAST(payload AS TEXT)",
+            )
+            .replace(&format!("'{old}')"), &format!("'{old}') AS JSON)"))
+        } else {
+            sql
+        };
+        app.state
+            .db
+            .execute_raw(Statement::from_string(backend, sql))
+            .await
+            .expect("rewritten");
+    }
+    let (status, body) = robot_call_with(&app, &fake, deal, &token, &event, &no_reuse).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["survey_id"], old, "the repeat gets the older link");
+    let keys: HashSet<String> = outbox_job::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|j| j.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 3, "nothing new queued: {keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("robot:")), "{keys:?}");
+}
