@@ -1,6 +1,7 @@
 //! Everything a request handler or a job needs, built once at start-up.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct Inner {
     group_turn: Arc<tokio::sync::Mutex<()>>,
     /// Writes queued for the next group commit (`group_write`).
     group: GroupCommit,
+    /// Callers of `write_turn` waiting for `sqlite_turn`: the group commit lets
+    /// go of the turn for them (`group_commit`).
+    turn_waiting: AtomicUsize,
     /// Portals nudged since the outbox worker last looked (`nudge_outbox_for`).
     nudged: std::sync::Mutex<Nudged>,
     /// The portal rows robot calls check (`db::portal_cache`): forget them after
@@ -159,6 +163,7 @@ impl AppState {
             sqlite_turn,
             group_turn,
             group: GroupCommit::default(),
+            turn_waiting: AtomicUsize::new(0),
         })))
     }
 
@@ -171,10 +176,9 @@ impl AppState {
     /// This process's turn to write to SQLite (see `sqlite_turn`); hold it for the
     /// whole write. Always `None` on PostgreSQL, which has row locks.
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.sqlite_turn {
-            Some(m) => Some(m.lock().await),
-            None => None,
-        }
+        let turn = self.sqlite_turn.as_ref()?;
+        let _waiting = Waiting::count(&self.turn_waiting);
+        Some(turn.lock().await)
     }
 
     /// Begins a transaction that will write, after taking this process's turn. On
@@ -259,24 +263,43 @@ impl AppState {
             let state = self.clone();
             tokio::spawn(async move {
                 let _turn = turn;
-                // SQLite's writer commits what it can in one call per kind first.
-                let batch = match &state.writer {
-                    Some(writer) => group_commit::commit_at_once(batch, writer).await,
-                    None => batch,
-                };
-                if !batch.is_empty() {
-                    match state.begin_in_turn().await {
-                        Ok(txn) => {
-                            group_commit::commit(batch, txn, || state.begin_in_turn()).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "транзакция для групповой записи не началась");
-                        }
+                let mut batch = batch;
+                // What queued meanwhile goes out next with the same turn, unless
+                // another writer waits for it (the outbox's claim, a page's
+                // write). Handing the turn to the next caller in line took a round
+                // of tokio's scheduling every time: under load the writer sat idle
+                // a third of the time between commits (issue 19).
+                loop {
+                    state.commit_queued(batch).await;
+                    if state.turn_waiting.load(Ordering::Acquire) > 0 {
+                        break;
+                    }
+                    batch = state.group.take();
+                    if batch.is_empty() {
+                        break;
                     }
                 }
             });
         }
         group_commit::answer(pending).await
+    }
+
+    /// Commits `batch` with the group's turn held.
+    async fn commit_queued(&self, batch: Vec<group_commit::Queued>) {
+        // SQLite's writer commits what it can in one call per kind first.
+        let batch = match &self.writer {
+            Some(writer) => group_commit::commit_at_once(batch, writer).await,
+            None => batch,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        match self.begin_in_turn().await {
+            Ok(txn) => group_commit::commit(batch, txn, || self.begin_in_turn()).await,
+            Err(e) => {
+                tracing::error!(error = %e, "транзакция для групповой записи не началась");
+            }
+        }
     }
 
     pub fn link_field_checked(&self, entity: &str) -> bool {
@@ -327,5 +350,22 @@ impl AppState {
 
     fn nudged_portals(&self) -> std::sync::MutexGuard<'_, Nudged> {
         self.nudged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One caller counted in `turn_waiting` for as long as it waits, also when it
+/// goes away before its turn.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

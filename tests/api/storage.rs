@@ -202,6 +202,66 @@ async fn group_writes_commit_together_and_fail_alone(test_db: TestDb) {
     app.stop().await;
 }
 
+on_both_databases!(a_writer_waiting_for_the_turn_gets_it_while_group_writes_keep_coming);
+/// The group commit keeps the write turn for the writes queued while it committed,
+/// but lets go of it for another writer waiting (the outbox's claim, a page's
+/// write): that one gets in although every commit finds a new write queued.
+async fn a_writer_waiting_for_the_turn_gets_it_while_group_writes_keep_coming(test_db: TestDb) {
+    use std::sync::atomic::Ordering;
+    let app = crate::support::spawn_app_on(&test_db.url, &[]).await;
+    let chain = Chain::default();
+    tokio::spawn(chain.clone().write(app.state.clone()));
+    let taker = async {
+        while chain.written.load(Ordering::Acquire) < 50 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let turn = app.state.write_turn().await;
+        let at = chain.written.load(Ordering::Acquire);
+        chain.stop.store(true, Ordering::Release);
+        drop(turn);
+        at
+    };
+    let at = tokio::time::timeout(std::time::Duration::from_secs(60), taker)
+        .await
+        .expect("the waiting writer got the turn while the group writes went on");
+    assert!(at >= 50, "{}: {at}", test_db.backend);
+    app.stop().await;
+}
+
+/// Group writes each of which queues the next while it is being committed, until
+/// stopped.
+#[derive(Clone, Default)]
+struct Chain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Chain {
+    fn write(self, state: opros::state::AppState) -> futures::future::BoxFuture<'static, ()> {
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            let (chain, next_state) = (self.clone(), state.clone());
+            state
+                .group_write(move |txn| {
+                    let (chain, state) = (chain.clone(), next_state.clone());
+                    Box::pin(async move {
+                        db::put_setting(txn, "chained", "x").await?;
+                        if !chain.stop.load(Ordering::Acquire) {
+                            // Polled once, the next write is queued now.
+                            let mut next = chain.write(state);
+                            let _ = futures::poll!(&mut next);
+                            tokio::spawn(next);
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .expect("written");
+            self.written.fetch_add(1, Ordering::AcqRel);
+        })
+    }
+}
+
 on_both_databases!(new_links_queued_with_other_writes_all_commit_once);
 async fn new_links_queued_with_other_writes_all_commit_once(test_db: TestDb) {
     use opros::db::entities::{invitation, outbox_job};
