@@ -17,7 +17,7 @@ use super::jobs::{self, HEARTBEAT_MS, JobOutcome};
 use super::run::{Claimed, Unreachable, run_group};
 use crate::bitrix24::Target;
 use crate::db::entities::{outbox_job, portal};
-use crate::state::AppState;
+use crate::state::{AppState, Nudged};
 
 /// Jobs claimed per round; several batches' worth so one portal's burst coalesces.
 const CLAIM_LIMIT: u64 = 200;
@@ -36,6 +36,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A portal's jobs (`None`: the webhook setup's).
 type PortalKey = Option<i64>;
+
+/// What the nudges since the last short claim asked for: jobs of these portals, or
+/// of any.
+#[derive(Debug, Default)]
+struct Wanted(Nudged);
+
+impl Wanted {
+    /// Adds `nudged`, leaves out the portals being run (`running`: their jobs are
+    /// claimed when their runs end), and tells whether anything is left to claim.
+    fn add(&mut self, nudged: Nudged, running: impl Fn(i64) -> bool) -> bool {
+        self.0.any |= nudged.any;
+        self.0.portals.extend(nudged.portals);
+        self.0.portals.retain(|id| !running(*id));
+        self.0.any || !self.0.portals.is_empty()
+    }
+}
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -77,6 +93,11 @@ impl Outbox {
         let heartbeat = tokio::spawn(self.clone().heartbeat(beat.clone()));
         let mut running: JoinSet<PortalKey> = JoinSet::new();
         let mut claim = true;
+        // At start, whatever is due.
+        let mut wanted = Wanted(Nudged {
+            any: true,
+            ..Nudged::default()
+        });
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -86,13 +107,17 @@ impl Outbox {
                     n = self.start_due(&mut running) => n,
                     () = cancel.cancelled() => break,
                 };
-                // A full claim may have left due jobs of other portals behind; a
-                // short one took every due job of the portals not being run, but for
-                // those another instance took meanwhile (its jobs wait for the next
-                // poll at most).
-                if started as u64 >= CLAIM_LIMIT {
+                // A short claim took every due job of the portals not being run, but
+                // for those another instance took meanwhile (its jobs wait for the
+                // next poll at most). A full one may have left due jobs behind, of a
+                // portal nudged that is not being run now: only then claim again at
+                // once. Otherwise the claim would walk the backlog of the portals it
+                // just started, to find nothing (issue 19: 13 such walks a second
+                // under load, 10-18 ms each with the write turn held).
+                if started as u64 >= CLAIM_LIMIT && self.still_wanted(&mut wanted) {
                     continue;
                 }
+                wanted = Wanted::default();
             }
             // While portals are being run, their own due jobs would keep the next
             // due time at "now": the claim would scan their backlog every
@@ -118,7 +143,7 @@ impl Outbox {
                 },
                 () = self.state.outbox_notify.notified() => {
                     tokio::time::sleep(LINGER).await;
-                    self.nudged_for_others()
+                    self.still_wanted(&mut wanted)
                 }
                 () = tokio::time::sleep(wait) => true,
                 () = cancel.cancelled() => break,
@@ -135,18 +160,12 @@ impl Outbox {
         tracing::info!("Очередь отправки остановлена");
     }
 
-    /// Whether the nudges since the last look may have queued jobs this worker is
-    /// not running a portal for already.
-    fn nudged_for_others(&self) -> bool {
+    /// Adds the nudges since the last look to `wanted`; whether they may have
+    /// queued jobs this worker is not running a portal for already.
+    fn still_wanted(&self, wanted: &mut Wanted) -> bool {
         let nudged = self.state.take_nudges();
-        if nudged.any {
-            return true;
-        }
         let held = lock(&self.held);
-        nudged
-            .portals
-            .iter()
-            .any(|id| !held.contains_key(&Some(*id)))
+        wanted.add(nudged, |id| held.contains_key(&Some(id)))
     }
 
     /// Runs due jobs until none is due now (retries scheduled later are left).
@@ -473,5 +492,35 @@ async fn target_for(state: &AppState, portal_id: Option<i64>) -> Result<Target, 
                     "BITRIX24_WEBHOOK_URL не задан: некуда отправить результат".into(),
                 )
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nudged(any: bool, portals: &[i64]) -> Nudged {
+        Nudged {
+            any,
+            portals: portals.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_nudged_portal_not_being_run_is_worth_another_claim() {
+        let running = |id: i64| id == 1;
+        // A burst of portal 1 while it is being run: its own claim picks it up later.
+        let mut wanted = Wanted::default();
+        assert!(!wanted.add(nudged(false, &[1]), running));
+        assert!(!wanted.add(nudged(false, &[]), running));
+        // Portal 2 nudged before a full claim that started only portal 1: still
+        // wanted after it, with nothing new nudged.
+        assert!(wanted.add(nudged(false, &[1, 2]), running));
+        assert!(wanted.add(nudged(false, &[]), running));
+        // Once portal 2 is being run as well, nothing is.
+        assert!(!wanted.add(nudged(false, &[]), |id| id <= 2));
+        // A nudge naming no portal wants a claim whatever is being run.
+        assert!(wanted.add(nudged(true, &[1]), running));
+        assert!(wanted.add(nudged(false, &[]), |_| true));
     }
 }
