@@ -349,9 +349,11 @@ impl Outbox {
             if leases.is_empty() {
                 continue;
             }
+            // Through the writer: a write from a reading connection would empty the
+            // writer's page cache (`db::connect_writer`).
             let renewed = {
                 let _turn = self.state.write_turn().await;
-                jobs::renew(&self.state.db, &leases, Utc::now()).await
+                jobs::renew(self.state.write_db(), &leases, Utc::now()).await
             };
             if let Err(e) = renewed {
                 tracing::warn!(error = %e, "Не удалось продлить аренду заданий");
@@ -366,7 +368,7 @@ impl Outbox {
         let owner = shared.then_some(self.instance.as_str());
         let recovered = {
             let _turn = self.state.write_turn().await;
-            jobs::recover(&self.state.db, owner, Utc::now()).await
+            jobs::recover(self.state.write_db(), owner, Utc::now()).await
         };
         match recovered {
             Ok((0, 0)) => {}
@@ -386,7 +388,7 @@ impl Outbox {
         }
         let released = {
             let _turn = self.state.write_turn().await;
-            jobs::release(&self.state.db, &leases).await
+            jobs::release(self.state.write_db(), &leases).await
         };
         match released {
             Ok(n) => tracing::info!(jobs = n, "Аренда незавершённых заданий снята"),
