@@ -216,6 +216,21 @@ pub async fn audit<C: ConnectionTrait>(
     .map(|_| ())
 }
 
+/// SQLite's plan for a statement, one line per step of the plan.
+#[cfg(test)]
+pub(crate) async fn query_plan(db: &DatabaseConnection, statement: sea_orm::Statement) -> String {
+    let explain = sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        format!("EXPLAIN QUERY PLAN {}", statement.sql),
+        statement.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let rows = db.query_all_raw(explain).await.expect("explained");
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(3).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,7 +453,7 @@ pub struct JobOfNew {
 }
 
 /// SQLite only: stores `rows` as [`insert_invitations`] does, then the jobs and the
-/// wakes (`(invitation id, LIKE pattern)`: the `kind` jobs whose keys match are made
+/// wakes (`(invitation id, range of keys)`: the `kind` jobs whose keys are in it are made
 /// due at `now`) of the invitations that were inserted, and commits; all in one
 /// statement list, so the writer's thread is called once for the whole transaction
 /// where each statement was a call of its own (issue 19: under load a call waited
@@ -469,7 +469,7 @@ pub async fn commit_new_invitations(
     db: &sea_orm::DatabaseConnection,
     rows: &[invitation::Model],
     jobs: Vec<JobOfNew>,
-    wakes: &[(String, String)],
+    wakes: &[(String, std::ops::Range<String>)],
     kind: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<HashSet<String>, DbErr> {
@@ -497,10 +497,14 @@ pub async fn commit_new_invitations(
     )?;
     let wakes = json_rows(
         backend,
-        &["invitation", "pattern"],
-        wakes
-            .iter()
-            .map(|(inv, pattern)| [inv.clone().into(), pattern.clone().into()]),
+        &["invitation", "start", "end"],
+        wakes.iter().map(|(inv, keys)| {
+            [
+                inv.clone().into(),
+                keys.start.clone().into(),
+                keys.end.clone().into(),
+            ]
+        }),
     )?;
     let stmt = Statement::from_sql_and_values(
         backend,
@@ -550,7 +554,10 @@ const JOB_OF_NEW_COLUMNS: [&str; 7] = {
 /// A job or a wake counts only if its invitation is stored: inserted just before,
 /// in the same transaction (a clash of ids would end the list with an error, as the
 /// only conflict let pass is the dedupe key's). The wake repeats
-/// `outbox::survey_wait::make_due_where`'s conditions. The parameters are numbered:
+/// `outbox::survey_wait::make_due_where`'s conditions, and finds the waits by a
+/// search of the keys' index per document (`+kind` keeps the planner off the index
+/// by kind, whose walk read every open wait of every portal at every commit). The
+/// parameters are numbered:
 /// SQLite gives a statement that uses `?2` alone a nameless first slot, which sqlx
 /// binds with a spare value, so no number here may exceed the values given.
 const COMMIT_NEW_INVITATIONS: &str = concat!(
@@ -561,9 +568,10 @@ const COMMIT_NEW_INVITATIONS: &str = concat!(
         "?2",
         "EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = j.value->>'invitation')"
     ),
-    "; UPDATE outbox_job SET run_at = ?3 WHERE kind = ?4 AND done_at IS NULL AND dead_at IS NULL \
-     AND EXISTS (SELECT 1 FROM jsonb_each(?5) AS w \
-     WHERE outbox_job.idempotency_key LIKE w.value->>'pattern' \
+    "; UPDATE outbox_job SET run_at = ?3 WHERE id IN (SELECT o.id FROM jsonb_each(?5) AS w \
+     JOIN outbox_job AS o ON o.idempotency_key >= w.value->>'start' \
+     AND o.idempotency_key < w.value->>'end' \
+     WHERE +o.kind = ?4 AND o.done_at IS NULL AND o.dead_at IS NULL \
      AND EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = w.value->>'invitation')); \
      SELECT r.value->>'id' FROM jsonb_each(?1) AS r \
      WHERE NOT EXISTS (SELECT 1 FROM invitation AS i WHERE i.id = r.value->>'id'); \
@@ -573,6 +581,39 @@ const COMMIT_NEW_INVITATIONS: &str = concat!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wake of a new link's waits searches the keys' index, one range per
+    /// document: the index by kind, walked before, read every open wait of every
+    /// portal at every commit. Plans are fixed for a schema, so this guards the
+    /// figures without timing anything.
+    #[tokio::test]
+    async fn a_new_links_wake_searches_its_documents_keys_only() {
+        let db = crate::db::connect("sqlite::memory:").await.expect("db");
+        crate::db::migrate(&db).await.expect("migrated");
+        let update = COMMIT_NEW_INVITATIONS
+            .split("; ")
+            .find(|s| s.starts_with("UPDATE"))
+            .expect("the wake");
+        let values: Vec<sea_orm::Value> = vec![
+            "[]".into(),
+            "[]".into(),
+            0i64.into(),
+            "survey_wait".into(),
+            "[]".into(),
+        ];
+        let plan = crate::db::query_plan(
+            &db,
+            Statement::from_sql_and_values(DbBackend::Sqlite, update, values),
+        )
+        .await;
+        assert!(
+            plan.contains(
+                "SEARCH o USING INDEX sqlite_autoindex_outbox_job_1 (idempotency_key>? AND idempotency_key<?)"
+            ),
+            "{plan}"
+        );
+        assert!(!plan.contains("idx_outbox_open_by_kind"), "{plan}");
+    }
     #[test]
     fn chunks_are_powers_of_two_covering_every_item_once_in_order() {
         for n in 0..200 {

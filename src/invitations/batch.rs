@@ -102,8 +102,8 @@ impl Batched for Fresh {
                     job,
                 }));
                 if let Some(portal) = item.new.portal_id {
-                    let pattern = outbox::survey_wait::document_pattern(portal, item.new.entity);
-                    wakes.push((row.id.clone(), pattern));
+                    let keys = outbox::survey_wait::document_keys(portal, item.new.entity);
+                    wakes.push((row.id.clone(), keys));
                 }
             }
             let inserted = prepared::commit_new_invitations(
@@ -325,22 +325,27 @@ mod tests {
                 .expect("stored")
         );
         // A wait on the same deal, due much later: a new link makes it due now.
-        let pattern = survey_wait::document_pattern(7, DEAL);
-        let wait_key = format!("{}old:hash", pattern.trim_end_matches('%'));
+        // One on deal 50 stays as it was: its keys sort right before deal 5's.
+        let key_on = |id: i64| {
+            let deal = EntityRef {
+                kind: EntityType::Deal,
+                id,
+            };
+            format!("{}old:hash", survey_wait::document_keys(7, deal).start)
+        };
+        let (wait_key, other_key) = (key_on(5), key_on(50));
         let later = chrono::Utc::now().timestamp_millis() + 86_400_000;
-        insert_jobs(
-            &db,
-            vec![NewJob {
-                portal_id: Some(7),
-                kind: survey_wait::KIND,
-                payload: serde_json::json!({}),
-                idempotency_key: wait_key.clone(),
-                run_at: later,
-                created_at: chrono::Utc::now(),
-            }],
-        )
-        .await
-        .expect("wait");
+        let wait = |key: &str| NewJob {
+            portal_id: Some(7),
+            kind: survey_wait::KIND,
+            payload: serde_json::json!({}),
+            idempotency_key: key.to_owned(),
+            run_at: later,
+            created_at: chrono::Utc::now(),
+        };
+        insert_jobs(&db, vec![wait(&wait_key), wait(&other_key)])
+            .await
+            .expect("waits");
 
         // A key stored before, and one taken earlier in the same list.
         let items: Vec<_> = ["k0", "k1", "k2", "k1"].into_iter().map(fresh).collect();
@@ -373,6 +378,11 @@ mod tests {
             .find(|j| j.idempotency_key == wait_key)
             .expect("wait kept");
         assert!(wait.run_at < later, "the wait was made due");
+        let other = jobs
+            .iter()
+            .find(|j| j.idempotency_key == other_key)
+            .expect("other wait kept");
+        assert_eq!(other.run_at, later, "another deal's wait was left alone");
 
         // An error ends the list inside its transaction: nothing of it stays, and
         // the connection is not left in a transaction (BEGIN would fail next time).

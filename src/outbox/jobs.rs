@@ -534,23 +534,10 @@ pub async fn summary<C: ConnectionTrait>(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+    use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
-
-    /// SQLite's plan for a claim step, one line per step of the plan.
-    async fn plan(db: &sea_orm::DatabaseConnection, step: Statement) -> String {
-        let explain = Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            format!("EXPLAIN QUERY PLAN {}", step.sql),
-            step.values.map(|v| v.0).unwrap_or_default(),
-        );
-        let rows = db.query_all_raw(explain).await.expect("explained");
-        rows.iter()
-            .map(|r| r.try_get_by_index::<String>(3).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
+    use crate::db::query_plan as plan;
 
     /// Issue 19: the claim walked every open job through `idx_outbox_due`, reading
     /// each skipped row, and took and read back its own rows the same way. Plans are
