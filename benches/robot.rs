@@ -13,7 +13,8 @@
 //!    every body a distinct robot run on a portal whose limit is lifted, then a bare
 //!    poem handler in this process with the same `wrk`. Also the start-up time (spawn
 //!    to `/healthz`, migrations on a fresh database included) and the resident memory
-//!    of the service idle and after the load.
+//!    of the service idle and after the load. Then the robot again, with 20 000 open
+//!    waits of «Дождаться анкеты» on other deals of the portal.
 //! 3. Submit: rounds of 50 patients submitting the built-in questionnaire at once
 //!    (each on a link of its own), p50/p99 over 500 submits.
 //! 4. The PDF of the built-in questionnaire: size and render time.
@@ -274,6 +275,41 @@ async fn bare_server() -> Result<(u16, CancellationToken), BoxError> {
     Ok((port, cancel))
 }
 
+/// Open waits of the robot «Дождаться анкеты» stored with the service's portal.
+const OPEN_WAITS: usize = 20_000;
+
+/// Stores `count` open waits on deals of the service's portal that no robot call
+/// touches, due in a week (as if each workflow waited for its patient).
+async fn add_open_waits(db_url: &str, count: usize) -> Result<(), BoxError> {
+    use opros::db::entities::{outbox_job, portal};
+    use sea_orm::{EntityTrait, Set};
+    let db = opros::db::connect(db_url).await?;
+    let portal = portal::Entity::find()
+        .one(&db)
+        .await?
+        .ok_or("no portal installed")?
+        .id;
+    let now = chrono::Utc::now();
+    let due = now.timestamp_millis() + 7 * 86_400_000;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let rows = chunk.iter().map(|i| outbox_job::ActiveModel {
+            portal_id: Set(Some(portal)),
+            kind: Set(opros::outbox::survey_wait::KIND.to_owned()),
+            payload: Set(serde_json::json!({})),
+            idempotency_key: Set(format!("await:{portal}:deal_{}:bench", 1_000_000 + i)),
+            attempts: Set(0),
+            run_at: Set(due),
+            deferrals: Set(0),
+            paused: Set(false),
+            created_at: Set(now),
+            ..Default::default()
+        });
+        outbox_job::Entity::insert_many(rows).exec(&db).await?;
+    }
+    db.close().await?;
+    Ok(())
+}
+
 async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     let fake = FakePortal::start(FakePortalConfig::default()).await?;
     let dir = tempfile::tempdir()?;
@@ -284,7 +320,7 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     let script = dir.path().join("robot.lua");
     robot_script(&fake, deal, &script)?;
     let sent_before = fake.event_send_count();
-    let robot = run_wrk(service.url("/b24/robot/send-survey"), Some(script)).await?;
+    let robot = run_wrk(service.url("/b24/robot/send-survey"), Some(script.clone())).await?;
     let loaded = Instant::now();
     let after = rss_mib(service.id());
     // Every answered call's values reach its workflow: how long after the load the
@@ -304,6 +340,10 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     let (bare_port, bare_stop) = bare_server().await?;
     let bare = run_wrk(format!("http://127.0.0.1:{bare_port}/"), None).await?;
     bare_stop.cancel();
+    // A portal where workflows wait on «Дождаться анкеты»: every new link wakes its
+    // own deal's waits, and must not pay for everyone else's.
+    add_open_waits(db_url, OPEN_WAITS).await?;
+    let waiting = run_wrk(service.url("/b24/robot/send-survey"), Some(script)).await?;
     println!(
         "robot handler [{backend}]: wrk -t2 -c{CONNECTIONS} -d{}s, {} cores",
         wrk_secs(),
@@ -320,6 +360,10 @@ async fn robot_handler(backend: &str, db_url: &str) -> Result<(), BoxError> {
     if bare.rps > 0.0 {
         println!("  ratio: {:.3} of the bare handler", robot.rps / bare.rps);
     }
+    println!(
+        "  with {OPEN_WAITS} open waits on other deals: {:.0} req/s, p50 {}, p99 {}, non-2xx {}",
+        waiting.rps, waiting.p50, waiting.p99, waiting.non_2xx
+    );
     match drained {
         Ok(d) => println!(
             "  bizproc.event.send: all {sent} sent {:.2} s after the load ended",
