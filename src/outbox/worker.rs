@@ -37,19 +37,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A portal's jobs (`None`: the webhook setup's).
 type PortalKey = Option<i64>;
 
-/// What the nudges since the last short claim asked for: jobs of these portals, or
-/// of any.
+/// What the nudges and the ended runs since the last short claim asked for: jobs of
+/// these portals, or of any.
 #[derive(Debug, Default)]
 struct Wanted(Nudged);
 
 impl Wanted {
-    /// Adds `nudged`, leaves out the portals being run (`running`: their jobs are
-    /// claimed when their runs end), and tells whether anything is left to claim.
+    /// Adds `nudged`, and tells whether a claim may find jobs: of any portal, or of
+    /// one wanted and not being run (`running`: its jobs are claimed when its run
+    /// ends, and it stays wanted for then).
     fn add(&mut self, nudged: Nudged, running: impl Fn(i64) -> bool) -> bool {
         self.0.any |= nudged.any;
         self.0.portals.extend(nudged.portals);
-        self.0.portals.retain(|id| !running(*id));
-        self.0.any || !self.0.portals.is_empty()
+        self.0.any || self.0.portals.iter().any(|id| !running(*id))
+    }
+
+    /// A portal whose run ended: its jobs left waiting are wanted.
+    fn ended(&mut self, portal: PortalKey) {
+        match portal {
+            Some(id) => {
+                self.0.portals.insert(id);
+            }
+            None => self.0.any = true,
+        }
     }
 }
 
@@ -98,11 +108,13 @@ impl Outbox {
             any: true,
             ..Nudged::default()
         });
+        let mut claimed_at = tokio::time::Instant::now();
         loop {
             if cancel.is_cancelled() {
                 break;
             }
             if claim {
+                claimed_at = tokio::time::Instant::now();
                 let started = tokio::select! {
                     n = self.start_due(&mut running) => n,
                     () = cancel.cancelled() => break,
@@ -138,14 +150,19 @@ impl Outbox {
                 // a claim since (after a nudge) took them already; another claim now
                 // would only walk that portal's backlog to find nothing (issue 19).
                 Some(ended) = running.join_next(), if !running.is_empty() => match ended {
-                    Ok(portal) => !lock(&self.held).contains_key(&portal),
+                    Ok(portal) if lock(&self.held).contains_key(&portal) => false,
+                    Ok(portal) => {
+                        wanted.ended(portal);
+                        true
+                    }
                     Err(_) => true,
                 },
                 () = self.state.outbox_notify.notified() => {
                     tokio::time::sleep(LINGER).await;
                     self.still_wanted(&mut wanted)
                 }
-                () = tokio::time::sleep(wait) => true,
+                // From the last claim: wake-ups that claim nothing do not put it off.
+                () = tokio::time::sleep_until(claimed_at + wait) => true,
                 () = cancel.cancelled() => break,
             };
         }
@@ -519,8 +536,15 @@ mod tests {
         // wanted after it, with nothing new nudged.
         assert!(wanted.add(nudged(false, &[1, 2]), running));
         assert!(wanted.add(nudged(false, &[]), running));
-        // Once portal 2 is being run as well, nothing is.
+        // Once portal 2 is being run as well, nothing is; when portal 1's run has
+        // ended, its burst is wanted again.
         assert!(!wanted.add(nudged(false, &[]), |id| id <= 2));
+        assert!(wanted.add(nudged(false, &[]), |id| id == 2));
+        // A portal whose run ended is wanted (a full claim may have left its jobs).
+        let mut after_run = Wanted::default();
+        after_run.ended(Some(3));
+        assert!(after_run.add(nudged(false, &[]), running));
+        assert!(!after_run.add(nudged(false, &[]), |id| id == 3));
         // A nudge naming no portal wants a claim whatever is being run.
         assert!(wanted.add(nudged(true, &[1]), running));
         assert!(wanted.add(nudged(false, &[]), |_| true));
