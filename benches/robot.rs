@@ -296,7 +296,15 @@ async fn add_open_waits(db_url: &str, count: usize) -> Result<(), BoxError> {
             portal_id: Set(Some(portal)),
             kind: Set(opros::outbox::survey_wait::KIND.to_owned()),
             payload: Set(serde_json::json!({})),
-            idempotency_key: Set(format!("await:{portal}:deal_{}:bench", 1_000_000 + i)),
+            idempotency_key: Set(opros::outbox::survey_wait::wait_key(
+                portal,
+                opros::crm::EntityRef {
+                    kind: opros::crm::EntityType::Deal,
+                    id: 1_000_000 + *i as i64,
+                },
+                None,
+                "bench",
+            )),
             attempts: Set(0),
             run_at: Set(due),
             deferrals: Set(0),

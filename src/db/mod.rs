@@ -114,9 +114,10 @@ pub fn random_id() -> String {
 /// milliseconds since 1970 (in order until the year 4600), then [`random_id`].
 /// A random key lands on a random page of its unique index, and every commit wrote
 /// each such page out whole again: with invitation ids and the keys of their jobs
-/// made this way a robot call's commit wrote two pages fewer, and the robot bench
-/// went from 6 170 to 7 330 calls/s (issue 19). The random tail keeps the id as
-/// hard to guess as before; the time it shows is the invitation's `created_at`.
+/// (a run that never reuses a link) made this way a robot call's commit wrote two
+/// pages fewer, and the robot bench went from 6 170 to 7 330 calls/s (issue 19).
+/// The random tail keeps the id as hard to guess as before; the time it shows is
+/// when the row was written, within moments of the invitation's `created_at`.
 pub fn ordered_id() -> String {
     ordered_id_at(chrono::Utc::now().timestamp_millis())
 }

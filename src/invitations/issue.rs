@@ -127,7 +127,7 @@ pub async fn issue(
             return robot_jobs(
                 inv,
                 event_token,
-                &robot_job_key(inv, key),
+                &robot_job_key(inv, key, reuse_active),
                 name_known,
                 field,
             );
@@ -211,13 +211,16 @@ fn link_jobs(invitation: &str, key: &str, name_known: bool, field: bool) -> Vec<
     jobs
 }
 
-/// What the keys of a robot call's jobs start with: the invitation's id, so that
-/// they append to their unique index as the id does (`db::ordered_id`), then the
-/// call's dedupe `key`, so that a repeated call (the same invitation) queues nothing
-/// new while another run reusing the link queues its own. An invitation of the
-/// 12-character form, made before, keeps the keys its jobs were queued under.
-fn robot_job_key(invitation: &str, key: &str) -> String {
-    if invitation.len() == 12 {
+/// What the keys of a robot call's jobs start with. A run that never reuses a link
+/// owns its invitation: the call's dedupe `key` is stored on it, and every repeat
+/// of the call finds it by that key. Its keys begin with the invitation's id, so
+/// that they append to their unique index as the id does (`db::ordered_id`). A run
+/// that may reuse a link keys its jobs by its dedupe key alone: a repeat may meet
+/// another link (the first one completed meanwhile), and must still queue nothing
+/// twice. An invitation of the 12-character form, made before, keeps the keys its
+/// jobs were queued under.
+fn robot_job_key(invitation: &str, key: &str, reuse_active: bool) -> String {
+    if reuse_active || invitation.len() == 12 {
         return key.to_owned();
     }
     format!("{invitation}:{key}")

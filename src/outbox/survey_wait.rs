@@ -95,6 +95,8 @@ pub fn document_keys(portal_id: i64, entity: EntityRef) -> std::ops::Range<Strin
 /// open wait, as a `LIKE` does on SQLite (issue 19: with 20 000 open waits a new
 /// link's wake took the robot from ~7 000 calls/s to ~200).
 fn keys_under(prefix: &str) -> std::ops::Range<String> {
+    // Without the `:`, `DEAL_5`'s range would hold `DEAL_50`'s keys.
+    debug_assert!(prefix.ends_with(':'), "{prefix}");
     let start = prefix.to_owned();
     let end = format!("{};", prefix.strip_suffix(':').unwrap_or(prefix));
     start..end
@@ -187,7 +189,7 @@ fn progress_job(id: &InvitationId, event_token: &str, step: Progress) -> (Job, S
 /// The conditions on a wait's kind and key for the waits whose keys begin with one
 /// of `prefixes`. On SQLite the keys are ranges of their unique index, and
 /// `+kind` keeps the planner off the index by kind, whose walk read every open wait
-/// of every portal (`KIND` is a constant of plain letters); PostgreSQL keeps
+/// of every portal (`KIND` is a constant of letters and `_`, safe to inline); PostgreSQL keeps
 /// `LIKE`, whose range its collation may not keep in byte order.
 fn waits_under(
     backend: DbBackend,

@@ -642,3 +642,46 @@ async fn a_robot_call_repeated_for_a_link_of_the_older_id_form_queues_nothing_ne
     assert_eq!(keys.len(), 3, "nothing new queued: {keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("robot:")), "{keys:?}");
 }
+
+on_both_databases!(a_repeated_run_that_reuses_links_answers_once_whichever_link_it_meets);
+/// A run that reuses the document's active link keys its jobs by the run alone: its
+/// repeat, after a newer link replaced the one it first met, meets that newer link
+/// and still queues no second answer to the business process.
+async fn a_repeated_run_that_reuses_links_answers_once_whichever_link_it_meets(db: TestDb) {
+    use opros::db::entities::outbox_job;
+    let (fake, app) = installed_on(&db.url).await;
+    let token = fake.application_token();
+    let deal = patient_deal(&fake);
+    let run = |tag: &str| format!("{}|A1_{deal}|{tag}", uuid::Uuid::new_v4().simple());
+    let (own, reuse) = (
+        [("properties[reuse_active]", "N")],
+        [("properties[reuse_active]", "Y")],
+    );
+    let (first, second, repeated) = (run("a"), run("b"), run("r"));
+    let (status, made) = robot_call_with(&app, &fake, deal, &token, &first, &own).await;
+    assert_eq!(status, 200, "{made}");
+    let (status, met) = robot_call_with(&app, &fake, deal, &token, &repeated, &reuse).await;
+    assert_eq!(status, 200, "{met}");
+    assert_eq!(
+        met["survey_id"], made["survey_id"],
+        "the active link is reused"
+    );
+    let (status, newer) = robot_call_with(&app, &fake, deal, &token, &second, &own).await;
+    assert_eq!(status, 200, "{newer}");
+    let (status, again) = robot_call_with(&app, &fake, deal, &token, &repeated, &reuse).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["survey_id"], newer["survey_id"],
+        "the repeat meets the newer link"
+    );
+    let answers = outbox_job::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .filter(|j| {
+            j.kind == "return_robot_values" && j.payload["event_token"] == repeated.as_str()
+        })
+        .count();
+    assert_eq!(answers, 1, "{}: one answer for the run", db.backend);
+}

@@ -205,7 +205,9 @@ async fn group_writes_commit_together_and_fail_alone(test_db: TestDb) {
 on_both_databases!(a_writer_waiting_for_the_turn_gets_it_while_group_writes_keep_coming);
 /// The group commit keeps the write turn for the writes queued while it committed,
 /// but lets go of it for another writer waiting (the outbox's claim, a page's
-/// write): that one gets in although every commit finds a new write queued.
+/// write): that one gets in although every commit finds a new write queued. On
+/// PostgreSQL there is no such turn (`write_turn` is `None`): there the test only
+/// shows the chain of group writes committing on.
 async fn a_writer_waiting_for_the_turn_gets_it_while_group_writes_keep_coming(test_db: TestDb) {
     use std::sync::atomic::Ordering;
     let app = crate::support::spawn_app_on(&test_db.url, &[]).await;
