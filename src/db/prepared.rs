@@ -554,7 +554,7 @@ const JOB_OF_NEW_COLUMNS: [&str; 7] = {
 /// A job or a wake counts only if its invitation is stored: inserted just before,
 /// in the same transaction (a clash of ids would end the list with an error, as the
 /// only conflict let pass is the dedupe key's). The wake repeats
-/// `outbox::survey_wait::make_due_where`'s conditions, and finds the waits by a
+/// `outbox::survey_wait::due_under`'s conditions, and finds the waits by a
 /// search of the keys' index per document (`+kind` keeps the planner off the index
 /// by kind, whose walk read every open wait of every portal at every commit). The
 /// parameters are numbered:
@@ -598,7 +598,7 @@ mod tests {
             "[]".into(),
             "[]".into(),
             0i64.into(),
-            "survey_wait".into(),
+            "await_survey".into(),
             "[]".into(),
         ];
         let plan = crate::db::query_plan(

@@ -122,8 +122,8 @@ impl Outbox {
                 // A short claim took every due job of the portals not being run, but
                 // for those another instance took meanwhile (its jobs wait for the
                 // next poll at most). A full one may have left due jobs behind, of a
-                // portal nudged that is not being run now: only then claim again at
-                // once. Otherwise the claim would walk the backlog of the portals it
+                // portal nudged, or whose run ended, that is not being run now: only
+                // then claim again at once. Otherwise the claim would walk the backlog of the portals it
                 // just started, to find nothing (issue 19: 13 such walks a second
                 // under load, 10-18 ms each with the write turn held).
                 if started as u64 >= CLAIM_LIMIT && self.still_wanted(&mut wanted) {
