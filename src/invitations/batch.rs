@@ -246,6 +246,8 @@ mod tests {
         bound.portal_id = Some(7);
         bound.opened_at = Some(bound.created_at + chrono::Duration::microseconds(123_456));
         bound.questionnaire_version_id = Some(3);
+        // Text the JSON has to escape: quotes, a backslash, control characters.
+        bound.patient_name = "Анна \"Ю\" \\ Петрова\n\t\u{1}ё".to_owned();
         let passed = invitation::Model {
             id: "json00000001".to_owned(),
             dedupe_key: Some("kj".to_owned()),
@@ -265,8 +267,7 @@ mod tests {
 
         // A job: sea-orm's own insert against the JSON rows.
         let at = bound.created_at;
-        let payload =
-            serde_json::json!({"kind": "write_link_field", "invitation": "bound0000001", "n": 1.5});
+        let payload = serde_json::json!({"kind": "write_link_field", "invitation": "bound0000001", "n": 1.5, "text": "\"\\\n\u{1}ё"});
         outbox_job::ActiveModel {
             portal_id: Set(Some(7)),
             kind: Set("write_link_field".to_owned()),
@@ -287,7 +288,7 @@ mod tests {
             vec![NewJob {
                 portal_id: Some(7),
                 kind: "write_link_field",
-                payload,
+                payload: payload.to_string(),
                 idempotency_key: "job:json".to_owned(),
                 run_at: 1_800_000_000_123,
                 created_at: at,
@@ -338,7 +339,7 @@ mod tests {
         let wait = |key: &str| NewJob {
             portal_id: Some(7),
             kind: survey_wait::KIND,
-            payload: serde_json::json!({}),
+            payload: "{}".to_owned(),
             idempotency_key: key.to_owned(),
             run_at: later,
             created_at: chrono::Utc::now(),

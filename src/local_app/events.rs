@@ -11,6 +11,7 @@ use poem::web::{Data, Json};
 use poem::{IntoResponse, Response, handler};
 use sea_orm::sea_query::{Expr, LockType};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{install, portals};
@@ -119,8 +120,7 @@ async fn uninstall(state: &AppState, call: &EventCall) -> Result<Value, ApiError
         .all(&txn)
         .await?;
     let pending_clean = pending.iter().any(|row| {
-        serde_json::from_value::<Job>(row.payload.clone()).ok()
-            == Some(Job::ConfirmUninstall { clean: true })
+        Job::deserialize(&row.payload).ok() == Some(Job::ConfirmUninstall { clean: true })
     });
     if p.status == portal::INSTALLED && !pending.is_empty() {
         // More of the same event (repeats, or a flood of forged ones) add nothing;

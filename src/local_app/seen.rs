@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::frame_auth::{self, FrameAuthError};
@@ -138,7 +139,7 @@ async fn our_activity(
                 })
                 == Some(activity_id)
         })
-        .and_then(|j| serde_json::from_value::<Job>(j.payload.clone()).ok())
+        .and_then(|j| Job::deserialize(&j.payload).ok())
         .and_then(|job| job.invitation().cloned()))
 }
 

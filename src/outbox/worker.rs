@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::EntityTrait;
+use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -250,7 +251,7 @@ impl Outbox {
         let mut groups: BTreeMap<PortalKey, Vec<Claimed>> = BTreeMap::new();
         let mut unreadable = Vec::new();
         for row in claimed {
-            match serde_json::from_value::<Job>(row.payload.clone()) {
+            match Job::deserialize(&row.payload) {
                 Ok(job) => groups
                     .entry(row.portal_id)
                     .or_default()
