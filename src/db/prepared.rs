@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, Value};
+use serde_json::value::RawValue;
 
 use super::entities::{invitation, portal};
 
@@ -195,11 +196,12 @@ fn json_rows<const N: usize>(
         .map_err(|e| DbErr::Custom(e.to_string()))
 }
 
-/// A value of a row for [`json_rows`]: one the driver would bind, or JSON text
-/// stored as it is (an outbox job's payload, serialised once from its job).
+/// A value of a row for [`json_rows`]: one the driver would bind, or JSON stored as
+/// its text (an outbox job's payload, serialised once from its job; `RawValue` holds
+/// only valid JSON, which PostgreSQL's rows take in as it is).
 pub enum Cell {
     Bound(Value),
-    JsonText(String),
+    Json(Box<RawValue>),
 }
 
 impl From<Value> for Cell {
@@ -238,11 +240,11 @@ fn write_cell(
     let value = match cell {
         // SQLite keeps JSON as its text; PostgreSQL's `json` column takes the value
         // itself.
-        Cell::JsonText(text) => {
+        Cell::Json(json) => {
             return match backend {
-                DbBackend::Sqlite => write_json(out, &text),
+                DbBackend::Sqlite => write_json(out, json.get()),
                 _ => {
-                    out.extend_from_slice(text.as_bytes());
+                    out.extend_from_slice(json.get().as_bytes());
                     Ok(())
                 }
             };
@@ -451,8 +453,9 @@ pub async fn invitation_by_dedupe_key<C: ConnectionTrait>(
 pub struct NewJob {
     pub portal_id: Option<i64>,
     pub kind: &'static str,
-    /// The job as JSON text.
-    pub payload: String,
+    /// The job as JSON: its fields in their declared order, where sea-orm's insert
+    /// of a `serde_json::Value` stores the keys sorted; both read back the same.
+    pub payload: Box<RawValue>,
     pub idempotency_key: String,
     pub run_at: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -488,7 +491,7 @@ fn job_values(job: NewJob) -> [Cell; 6] {
     [
         Value::from(job.portal_id).into(),
         Value::from(job.kind).into(),
-        Cell::JsonText(job.payload),
+        Cell::Json(job.payload),
         Value::from(job.idempotency_key).into(),
         Value::from(job.run_at).into(),
         Value::from(job.created_at).into(),

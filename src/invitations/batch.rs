@@ -288,7 +288,7 @@ mod tests {
             vec![NewJob {
                 portal_id: Some(7),
                 kind: "write_link_field",
-                payload: payload.to_string(),
+                payload: serde_json::value::to_raw_value(&payload).expect("JSON"),
                 idempotency_key: "job:json".to_owned(),
                 run_at: 1_800_000_000_123,
                 created_at: at,
@@ -339,7 +339,7 @@ mod tests {
         let wait = |key: &str| NewJob {
             portal_id: Some(7),
             kind: survey_wait::KIND,
-            payload: "{}".to_owned(),
+            payload: serde_json::value::to_raw_value(&serde_json::json!({})).expect("JSON"),
             idempotency_key: key.to_owned(),
             run_at: later,
             created_at: chrono::Utc::now(),

@@ -139,7 +139,8 @@ pub fn rows_of(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), DbErr> {
     for (job, key) in jobs {
-        let payload = serde_json::to_string(job).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let payload =
+            serde_json::value::to_raw_value(job).map_err(|e| DbErr::Custom(e.to_string()))?;
         // A key of at most 255 bytes has at most 255 characters.
         let idempotency_key = if key.len() <= 255 {
             key.clone()
