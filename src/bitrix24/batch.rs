@@ -35,32 +35,38 @@ pub(crate) fn request_pairs(commands: &[&BatchCommand], halt: bool) -> FormPairs
     pairs
 }
 
-/// Looks a command up in one of the result maps. PHP serialises an empty map as
-/// `[]` and a map with keys `0..n` as a list (§13), so lists are indexed by name.
-fn entry<'a>(map: Option<&'a Value>, name: &str) -> Option<&'a Value> {
+/// Takes a command's entry out of one of the result maps. PHP serialises an empty
+/// map as `[]` and a map with keys `0..n` as a list (§13), so lists are indexed by
+/// name. Taken rather than cloned: a command's result may be a whole CRM item, and
+/// copying every one of a batch's doubled its cost of reading the answer (issue 19).
+fn take_entry(map: Option<&mut Value>, name: &str) -> Option<Value> {
     match map? {
-        Value::Object(m) => m.get(name),
-        Value::Array(items) => name.parse::<usize>().ok().and_then(|i| items.get(i)),
+        Value::Object(m) => m.remove(name),
+        Value::Array(items) => name
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| items.get_mut(i))
+            .map(Value::take),
         _ => None,
     }
 }
 
 /// Splits the outer `result` of a batch into per-command outcomes, in command order.
-pub(crate) fn outcomes(commands: &[&BatchCommand], result: &Value) -> Vec<BatchOutcome> {
-    let results = result.get("result");
-    let errors = result.get("result_error");
+pub(crate) fn outcomes(commands: &[&BatchCommand], mut result: Value) -> Vec<BatchOutcome> {
+    let mut results = result.get_mut("result").map(Value::take);
+    let mut errors = result.get_mut("result_error").map(Value::take);
     commands
         .iter()
         .map(|command| {
-            let outcome = if let Some(err) = entry(errors, &command.name) {
+            let outcome = if let Some(err) = take_entry(errors.as_mut(), &command.name) {
                 let code = err.get("error").and_then(Value::as_str).unwrap_or_default();
                 let description = err
                     .get("error_description")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 Err(B24Error::from_body(0, code, description, &command.method))
-            } else if let Some(value) = entry(results, &command.name) {
-                Ok(value.clone())
+            } else if let Some(value) = take_entry(results.as_mut(), &command.name) {
+                Ok(value)
             } else {
                 Err(B24Error::NotExecuted)
             };
@@ -114,7 +120,7 @@ mod tests {
             "result_error": {"fields": {"error": "insufficient_scope", "error_description": ""}},
             "result_total": [], "result_next": [], "result_time": []
         });
-        let out = outcomes(&[&a, &b, &c], &result);
+        let out = outcomes(&[&a, &b, &c], result);
         assert_eq!(out[0].result.as_ref().ok(), Some(&json!({"ID": "4217"})));
         assert!(matches!(out[1].result, Err(B24Error::InsufficientScope)));
         assert!(matches!(out[2].result, Err(B24Error::NotExecuted)));
@@ -122,7 +128,8 @@ mod tests {
         let n0 = BatchCommand::new("0", "profile", json!({}));
         let n1 = BatchCommand::new("1", "profile", json!({}));
         let listed = json!({"result": [{"ID": "1"}, {"ID": "2"}], "result_error": []});
-        let out = outcomes(&[&n0, &n1], &listed);
+        let out = outcomes(&[&n0, &n1], listed);
+        assert_eq!(out[0].result.as_ref().ok(), Some(&json!({"ID": "1"})));
         assert_eq!(out[1].result.as_ref().ok(), Some(&json!({"ID": "2"})));
     }
 }

@@ -313,7 +313,7 @@ impl B24Client {
                         resend,
                     )
                     .await?;
-                batch::outcomes(&sendable, &response.result)
+                batch::outcomes(&sendable, response.result)
             }
             .into_iter();
             for command in chunk {
