@@ -38,15 +38,32 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A portal's jobs (`None`: the webhook setup's).
 type PortalKey = Option<i64>;
 
-/// What the nudges and the ended runs since the last short claim asked for: jobs of
-/// these portals, or of any.
+/// Forgets a portal's leases if its run panics. Left held, the portal would be
+/// skipped by every claim and its leases renewed by the heartbeat until a restart;
+/// forgotten, the leases lapse and the jobs run again. A run cancelled on shutdown
+/// keeps its entry, so that `release_held` hands its jobs back at once.
+struct ForgetOnPanic<'a> {
+    held: &'a Mutex<HashMap<PortalKey, Vec<String>>>,
+    portal: PortalKey,
+}
+
+impl Drop for ForgetOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(self.held).remove(&self.portal);
+        }
+    }
+}
+
+/// What the nudges and the ended runs since the last claim that did not loop asked
+/// for: jobs of these portals, or of any.
 #[derive(Debug, Default)]
 struct Wanted(Nudged);
 
 impl Wanted {
     /// Adds `nudged`, and tells whether a claim may find jobs: of any portal, or of
     /// one wanted and not being run (`running`: its jobs are claimed when its run
-    /// ends, and it stays wanted for then).
+    /// ends, which makes it wanted again, see `ended`).
     fn add(&mut self, nudged: Nudged, running: impl Fn(i64) -> bool) -> bool {
         self.0.any |= nudged.any;
         self.0.portals.extend(nudged.portals);
@@ -124,9 +141,10 @@ impl Outbox {
                 // for those another instance took meanwhile (its jobs wait for the
                 // next poll at most). A full one may have left due jobs behind, of a
                 // portal nudged, or whose run ended, that is not being run now: only
-                // then claim again at once. Otherwise the claim would walk the backlog of the portals it
-                // just started, to find nothing (issue 19: 13 such walks a second
-                // under load, 10-18 ms each with the write turn held).
+                // then claim again at once. Otherwise the claim would walk the
+                // backlog of the portals it just started, to find nothing (issue 19:
+                // 13 such walks a second under load, 10-18 ms each with the write
+                // turn held).
                 if started as u64 >= CLAIM_LIMIT && self.still_wanted(&mut wanted) {
                     continue;
                 }
@@ -137,14 +155,16 @@ impl Outbox {
             // `MIN_POLL` to find nothing. Their runs ending, and nudges for other
             // portals, wake the loop instead; jobs other instances queue or retries
             // of other portals wait at most `BUSY_POLL`.
-            let wait = if running.is_empty() {
-                match jobs::next_due_in(&self.state.db, Utc::now()).await {
+            // The next due job is counted from now; the busy poll from the last
+            // claim, so that wake-ups that claim nothing do not put it off.
+            let next_claim = if running.is_empty() {
+                let wait = match jobs::next_due_in(&self.state.db, Utc::now()).await {
                     Ok(Some(ms)) => Duration::from_millis(ms as u64).min(IDLE_POLL),
                     _ => IDLE_POLL,
-                }
-                .max(MIN_POLL)
+                };
+                tokio::time::Instant::now() + wait.max(MIN_POLL)
             } else {
-                BUSY_POLL
+                claimed_at + BUSY_POLL
             };
             claim = tokio::select! {
                 // A portal's task ended: its waiting jobs may be claimed again, unless
@@ -162,8 +182,7 @@ impl Outbox {
                     tokio::time::sleep(LINGER).await;
                     self.still_wanted(&mut wanted)
                 }
-                // From the last claim: wake-ups that claim nothing do not put it off.
-                () = tokio::time::sleep_until(claimed_at + wait) => true,
+                () = tokio::time::sleep_until(next_claim) => true,
                 () = cancel.cancelled() => break,
             };
         }
@@ -283,6 +302,10 @@ impl Outbox {
         claimed: Vec<Claimed>,
         now: DateTime<Utc>,
     ) -> PortalKey {
+        let _forget = ForgetOnPanic {
+            held: &self.held,
+            portal: portal_id,
+        };
         let target = target_for(&self.state, portal_id).await;
         let mut finished = run_group(&self.state, target, claimed, now).await;
         let done_at = Utc::now();
@@ -524,6 +547,30 @@ mod tests {
             any,
             portals: portals.iter().copied().collect(),
         }
+    }
+
+    #[test]
+    fn a_run_that_panics_leaves_its_portal_claimable_and_a_cancelled_one_held() {
+        let held: Mutex<HashMap<PortalKey, Vec<String>>> = Mutex::new(HashMap::from([
+            (Some(1), vec!["lease-1".to_owned()]),
+            (Some(2), vec!["lease-2".to_owned()]),
+        ]));
+        let panicked = std::panic::catch_unwind(|| {
+            let _forget = ForgetOnPanic {
+                held: &held,
+                portal: Some(1),
+            };
+            panic!("a job's code panicked");
+        });
+        assert!(panicked.is_err());
+        // Dropped without a panic, as a run cancelled on shutdown is.
+        drop(ForgetOnPanic {
+            held: &held,
+            portal: Some(2),
+        });
+        let held = lock(&held);
+        assert!(!held.contains_key(&Some(1)), "{held:?}");
+        assert!(held.contains_key(&Some(2)), "{held:?}");
     }
 
     #[test]
