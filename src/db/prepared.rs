@@ -199,7 +199,7 @@ fn json_rows<const N: usize>(
 /// A value of a row for [`json_rows`]: one the driver would bind, or JSON stored as
 /// its text (an outbox job's payload, serialised once from its job; `RawValue` holds
 /// only valid JSON, which PostgreSQL's rows take in as it is).
-pub enum Cell {
+enum Cell {
     Bound(Value),
     Json(Box<RawValue>),
 }
@@ -218,15 +218,18 @@ fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) -> Re
 /// jobs are all queued at one instant), and chrono's formatting is the costliest
 /// part of a row.
 #[derive(Default)]
-struct TimeText(Option<(chrono::DateTime<chrono::Utc>, String)>);
+struct TimeText {
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    text: String,
+}
 
 impl TimeText {
     fn of(&mut self, t: chrono::DateTime<chrono::Utc>) -> &str {
-        if self.0.as_ref().is_none_or(|(last, _)| *last != t) {
-            let text = t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-            self.0 = Some((t, text));
+        if self.last != Some(t) {
+            self.text = t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+            self.last = Some(t);
         }
-        self.0.as_ref().map_or("", |(_, text)| text.as_str())
+        &self.text
     }
 }
 

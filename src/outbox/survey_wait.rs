@@ -96,12 +96,17 @@ pub fn document_keys(portal_id: i64, entity: EntityRef) -> std::ops::Range<Strin
 /// 20 000 open waits a new link's wake took the robot from ~7 000 calls/s to ~200).
 fn keys_under(prefix: &str) -> std::ops::Range<String> {
     let mut end = prefix.to_owned();
-    match end.pop().and_then(|c| char::from_u32(u32::from(c) + 1)) {
-        Some(next) => end.push(next),
-        // An empty prefix, or one ending past the last character: every key after it.
-        None => end = format!("{prefix}{}", char::MAX),
+    while let Some(c) = end.pop() {
+        // The next character, past the surrogates' gap after U+D7FF; a last
+        // character that has none (U+10FFFF) gives way to the one before it.
+        if let Some(next) = (u32::from(c) + 1..=u32::from(char::MAX)).find_map(char::from_u32) {
+            end.push(next);
+            return prefix.to_owned()..end;
+        }
     }
-    prefix.to_owned()..end
+    // An empty prefix (or U+10FFFF alone): up to the last character, beyond any
+    // key these prefixes are made of.
+    prefix.to_owned()..format!("{prefix}{}", char::MAX)
 }
 
 /// The wait's idempotency key: the same robot call twice stores one wait.
@@ -260,18 +265,6 @@ pub fn invitation_prefix(inv: &invitation::Model) -> Option<String> {
     ))
 }
 
-/// The invitation was completed: its waits are due now (caller's transaction).
-pub async fn wake_invitation<C: ConnectionTrait>(
-    db: &C,
-    inv: &invitation::Model,
-    now: DateTime<Utc>,
-) -> Result<u64, DbErr> {
-    match invitation_prefix(inv) {
-        Some(prefix) => wake_prefix(db, &prefix, now).await,
-        None => Ok(0),
-    }
-}
-
 /// The waits under `prefix` (an [`invitation_prefix`]) are due now (caller's
 /// transaction): for a claim that carries the prefix, not the invitation's row.
 pub async fn wake_prefix<C: ConnectionTrait>(
@@ -293,8 +286,8 @@ pub async fn wake_document<C: ConnectionTrait>(
     make_due(db, &[document_prefix(portal_id, entity)], now).await
 }
 
-/// [`wake_document`] for several documents in one statement (the group commit's
-/// batch of new links; on SQLite, `db::prepared::commit_new_invitations` wakes them
+/// [`wake_document`] for several documents, a statement per power-of-two chunk of
+/// them (the group commit's batch of new links; on SQLite, `db::prepared::commit_new_invitations` wakes them
 /// with the same conditions in its own statement).
 pub async fn wake_documents<C: ConnectionTrait>(
     db: &C,
@@ -522,6 +515,14 @@ mod tests {
             "await:7:".to_owned().."await:7;".to_owned()
         );
         assert_eq!(keys_under("ab"), "ab".to_owned().."ac".to_owned());
+        assert_eq!(
+            keys_under("a\u{D7FF}"),
+            "a\u{D7FF}".to_owned().."a\u{E000}".to_owned()
+        );
+        assert_eq!(
+            keys_under("ab\u{10FFFF}"),
+            "ab\u{10FFFF}".to_owned().."ac".to_owned()
+        );
         assert_eq!(keys_under(""), String::new()..char::MAX.to_string());
     }
 
