@@ -6,41 +6,122 @@
 //! [`EVERY`], on a thread of its own, while the writer goes on. Once a checkpoint has
 //! copied everything, the next commit starts the WAL over. Under a load that keeps
 //! the writer busy that moment is rare, and the commits' own checkpoint, at
-//! [`WRITER_PAGES`] (every connection's `wal_autocheckpoint`), bounds the WAL
-//! (~18 MB in the robot bench) and then has little left to copy.
+//! [`WRITER_PAGES`] (every connection's `wal_autocheckpoint`), bounds the WAL and
+//! then has little left to copy.
+//!
+//! That commit also makes the database file durable, and the side checkpoints'
+//! copies were still in the page cache: its `fsync` wrote 130 ms of them, 5–6 ms
+//! with the turn held, and every such commit took 8–15 ms (issue 19: the robot's p99
+//! was these commits). So the file is `fsync`ed here after each copy, off the turn,
+//! and the commit's own is left with what came since.
 //!
 //! `PASSIVE` never waits for readers or the writer and never blocks them. Every
 //! checkpoint fsyncs the WAL before copying, so a commit is safe from a power loss
 //! within about [`EVERY`] under load (the writer's fallback bounds it otherwise).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement};
 use tokio_util::sync::CancellationToken;
 
 /// How often committed pages are copied back: a burst's commits add some 4 MiB to
 /// the WAL in that time.
 pub const EVERY: Duration = Duration::from_millis(20);
 
-/// A commit's own checkpoint, in pages of the WAL (SQLite's default is 1 000).
-pub const WRITER_PAGES: u32 = 4_000;
+/// A commit's own checkpoint, in pages of the WAL (SQLite's default is 1 000): with
+/// the robot bench's ~30 000 pages a second, once in half a second. At 4 000 (16 MiB)
+/// it came every 130 ms, and a commit waiting for it, at ~1.5 % of commits, set the
+/// p99 of every call queued behind.
+pub const WRITER_PAGES: u32 = 16_000;
+
+/// The WAL file's size kept after it starts over (SQLite's `journal_size_limit`):
+/// twice what [`WRITER_PAGES`] frames of 4 KiB pages take, so that a WAL a long
+/// reader let grow shrinks again, and one of the usual size is never cut.
+pub const WAL_BYTES: u64 = 2 * WRITER_PAGES as u64 * (4096 + 24);
 
 /// Checkpoints through `db` (a SQLite file's reading pool) until `cancel` fires.
 pub async fn run(db: DatabaseConnection, cancel: CancellationToken) {
+    let file = match database_file(&db).await {
+        Ok(file) => file.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "Не удалось открыть файл базы SQLite");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut synced_at = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
-        if let Err(e) = db
-            .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-            .await
-        {
-            tracing::warn!(error = %e, "Не удалось перенести журнал SQLite в базу");
+        let pass = match passive(&db).await {
+            Ok(pass) => pass,
+            Err(e) => {
+                tracing::warn!(error = %e, "Не удалось перенести журнал SQLite в базу");
+                continue;
+            }
+        };
+        // An idle database's WAL stays copied: nothing new to sync.
+        let copied_more = pass.is_some_and(|p| p.copied > 0 && Some(p) != synced_at);
+        if let (true, Some(file)) = (copied_more, &file) {
+            let file = Arc::clone(file);
+            match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                Ok(Ok(())) => synced_at = pass,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Не удалось записать файл базы SQLite на диск");
+                }
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
         }
     }
+}
+
+/// What a checkpoint found: the WAL's pages, and how many of them are in the
+/// database file now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pass {
+    wal_pages: i64,
+    copied: i64,
+}
+
+/// One `PASSIVE` checkpoint; `None` when another one was running.
+async fn passive(db: &DatabaseConnection) -> Result<Option<Pass>, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DatabaseBackend::Sqlite,
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    // (busy, the WAL's pages, pages of it copied); -1 for both counts when busy.
+    let wal_pages: i64 = row.try_get_by_index(1)?;
+    let copied: i64 = row.try_get_by_index(2)?;
+    Ok((wal_pages >= 0).then_some(Pass { wal_pages, copied }))
+}
+
+/// The main database's file, opened for `fsync` (any descriptor of a file syncs its
+/// pages): `None` for a database in memory.
+async fn database_file(db: &DatabaseConnection) -> Result<Option<std::fs::File>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DatabaseBackend::Sqlite,
+            "PRAGMA database_list",
+        ))
+        .await?;
+    for row in rows {
+        let name: String = row.try_get_by_index(1)?;
+        let path: String = row.try_get_by_index(2)?;
+        if name == "main" && !path.is_empty() {
+            return std::fs::File::open(&path)
+                .map(Some)
+                .map_err(|e| DbErr::Custom(format!("{path}: {e}")));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -100,5 +181,49 @@ mod tests {
         cancel.cancel();
         task.await.expect("stopped");
         assert!(copied, "no checkpoint copied the commit into the database");
+    }
+
+    #[tokio::test]
+    async fn the_file_synced_is_the_database_itself_and_a_database_in_memory_has_none() {
+        use std::os::unix::fs::MetadataExt;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("opros.db");
+        let db = crate::db::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("pool");
+        crate::db::migrate(&db).await.expect("migrated");
+        let file = database_file(&db).await.expect("listed").expect("a file");
+        let (found, wanted) = (
+            file.metadata().expect("found"),
+            path.metadata().expect("db"),
+        );
+        assert_eq!((found.dev(), found.ino()), (wanted.dev(), wanted.ino()));
+
+        let memory = crate::db::connect("sqlite::memory:").await.expect("memory");
+        assert!(database_file(&memory).await.expect("listed").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_reports_the_wal_pages_it_copied() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("opros.db").display()
+        );
+        let readers = crate::db::connect(&url).await.expect("pool");
+        crate::db::migrate(&readers).await.expect("migrated");
+        let writer = crate::db::connect_writer(&url)
+            .await
+            .expect("writer")
+            .expect("a file has a writer");
+        crate::db::put_setting(&writer, "copied", "yes")
+            .await
+            .expect("written");
+        let pass = passive(&readers).await.expect("ran").expect("not busy");
+        assert!(
+            pass.wal_pages > 0 && pass.copied == pass.wal_pages,
+            "{pass:?}"
+        );
     }
 }

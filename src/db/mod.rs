@@ -66,6 +66,7 @@ fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
         // Checkpoints run beside the writer (`checkpoint`); a commit checkpoints
         // itself, with the write turn held, only past this.
         .pragma("wal_autocheckpoint", checkpoint::WRITER_PAGES.to_string())
+        .pragma("journal_size_limit", checkpoint::WAL_BYTES.to_string())
 }
 
 /// A SQLite file's writer: one connection of its own for the writes this process
