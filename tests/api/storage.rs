@@ -113,6 +113,55 @@ async fn claims_are_exclusive_and_keys_idempotent(test_db: TestDb) {
     assert_eq!((s1.as_str(), s2.as_str()), ("first", "first"));
 }
 
+on_both_databases!(a_claim_takes_none_of_the_rows_another_claim_took_between_its_read_and_write);
+async fn a_claim_takes_none_of_the_rows_another_claim_took_between_its_read_and_write(
+    test_db: TestDb,
+) {
+    let conn = db::connect(&test_db.url).await.unwrap();
+    db::migrate(&conn).await.unwrap();
+    // SQLite's worker reads through the pool and writes through the writer.
+    let writer = db::connect_writer(&test_db.url).await.unwrap();
+    let writer = writer.as_ref().unwrap_or(&conn);
+    let inv = invitations::create_or_reuse(&conn, &new_invitation(None), Utc::now())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let job = Job::WriteLinkField {
+            invitation: inv.invitation.id.clone().into(),
+        };
+        outbox::enqueue(&conn, None, &job, &format!("between-{i}"))
+            .await
+            .unwrap();
+    }
+    let now = Utc::now();
+    // Another worker claims 4 of the 10 once this claim has read them as due and
+    // before its UPDATE: the UPDATE's own check leaves those 4 alone.
+    let other = std::sync::Mutex::new(Vec::new());
+    let through = jobs::Through {
+        reader: &conn,
+        writer,
+        turn: || async {
+            let taken = jobs::claim(writer, now, 4, "other:1", &[]).await.unwrap();
+            *other.lock().unwrap() = taken;
+        },
+    };
+    let mine = jobs::claim_through(through, now, 10, "mine:1", &[])
+        .await
+        .unwrap();
+    let other = other.into_inner().unwrap();
+    assert_eq!((other.len(), mine.len()), (4, 6), "{}", test_db.backend);
+    let mut all: Vec<i64> = other.iter().chain(&mine).map(|j| j.id).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 10, "a job was claimed twice on {}", test_db.backend);
+    assert!(
+        mine.iter()
+            .all(|j| j.lease_owner.as_deref() == Some("mine:1") && j.lease.is_some()),
+        "{}",
+        test_db.backend
+    );
+}
+
 on_both_databases!(the_whole_flow);
 async fn the_whole_flow(test_db: TestDb) {
     let fake = fake().await;
