@@ -95,7 +95,7 @@ impl Application {
         let checkpoints = self
             .state
             .wal_checkpoints()
-            .map(|db| tokio::spawn(db::checkpoint::run(db, cancel.clone())));
+            .map(|side| tokio::spawn(db::checkpoint::run(side, cancel.clone())));
         let endpoint = app::routes(self.state.clone());
         let stop = cancel.clone();
         let result = poem::Server::new_with_acceptor(self.acceptor)

@@ -56,6 +56,11 @@ pub struct Inner {
     pub portal_cache: Arc<crate::db::portal_cache::PortalCache>,
     /// Entity types whose link field is known to exist behind the inbound webhook.
     link_fields: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The SQLite file `db::checkpoint` fsyncs, with the writer only. Last, so that it
+    /// is closed after the connections: closing any descriptor of a file drops every
+    /// POSIX lock this process holds on it, SQLite's included, and another process
+    /// could then take the database for unused while it is written.
+    database_file: Option<Arc<std::fs::File>>,
 }
 
 impl Deref for AppState {
@@ -142,6 +147,12 @@ impl AppState {
             h.update(secret.expose().as_bytes());
             Secret::new(h.finalize().to_vec())
         };
+        let database_file = match &writer {
+            Some(_) => crate::db::checkpoint::database_file(&db)
+                .await?
+                .map(Arc::new),
+            None => None,
+        };
         let db_backend = db.get_database_backend();
         let sqlite_turn = (db_backend == sea_orm::DatabaseBackend::Sqlite)
             .then(|| Arc::new(tokio::sync::Mutex::new(())));
@@ -157,6 +168,7 @@ impl AppState {
             session_key,
             verify_guard: Default::default(),
             link_fields: Default::default(),
+            database_file,
             nudged: Default::default(),
             portal_cache,
             writer: writer.filter(|_| sqlite_turn.is_some()),
@@ -211,10 +223,13 @@ impl AppState {
         self.write_db().begin_with_options(options).await
     }
 
-    /// The connection `db::checkpoint` runs on: the reading pool of a SQLite file
-    /// (which has a writer of its own); `None` for PostgreSQL and in-memory SQLite.
-    pub fn wal_checkpoints(&self) -> Option<DatabaseConnection> {
-        self.writer.as_ref().map(|_| self.db.clone())
+    /// What `db::checkpoint` runs on: the reading pool of a SQLite file (which has a
+    /// writer of its own) and the file; `None` for PostgreSQL and in-memory SQLite.
+    pub fn wal_checkpoints(&self) -> Option<crate::db::checkpoint::Side> {
+        self.writer.as_ref().map(|_| crate::db::checkpoint::Side {
+            db: self.db.clone(),
+            file: self.database_file.clone(),
+        })
     }
 
     /// The connection for writes made in this process's turn (`write_turn`): the

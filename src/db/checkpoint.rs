@@ -25,8 +25,8 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement};
 use tokio_util::sync::CancellationToken;
 
-/// How often committed pages are copied back: a burst's commits add some 4 MiB to
-/// the WAL in that time.
+/// How often committed pages are copied back: the robot bench's commits add some
+/// 2.4 MiB to the WAL in that time.
 pub const EVERY: Duration = Duration::from_millis(20);
 
 /// A commit's own checkpoint, in pages of the WAL (SQLite's default is 1 000): with
@@ -40,42 +40,74 @@ pub const WRITER_PAGES: u32 = 16_000;
 /// reader let grow shrinks again, and one of the usual size is never cut.
 pub const WAL_BYTES: u64 = 2 * WRITER_PAGES as u64 * (4096 + 24);
 
-/// Checkpoints through `db` (a SQLite file's reading pool) until `cancel` fires.
-pub async fn run(db: DatabaseConnection, cancel: CancellationToken) {
-    let file = match database_file(&db).await {
-        Ok(file) => file.map(Arc::new),
-        Err(e) => {
-            tracing::warn!(error = %e, "Не удалось открыть файл базы SQLite");
-            None
-        }
-    };
+/// Where checkpoints run: a SQLite file's reading pool, and the file, kept open by
+/// its owner (see `AppState`: closing a descriptor drops the process's locks).
+pub struct Side {
+    pub db: DatabaseConnection,
+    pub file: Option<Arc<std::fs::File>>,
+}
+
+/// Checkpoints through the reading pool until `cancel` fires, and fsyncs the file
+/// after a pass that copied pages. The fsync runs beside the next passes, so that
+/// they keep their pace (and the WAL its fsync every [`EVERY`]).
+pub async fn run(side: Side, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut synced_at = None;
+    let mut synced = Synced::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
-        let pass = match passive(&db).await {
+        let pass = match passive(&side.db).await {
             Ok(pass) => pass,
             Err(e) => {
                 tracing::warn!(error = %e, "Не удалось перенести журнал SQLite в базу");
                 continue;
             }
         };
-        // An idle database's WAL stays copied: nothing new to sync.
-        let copied_more = pass.is_some_and(|p| p.copied > 0 && Some(p) != synced_at);
-        if let (true, Some(file)) = (copied_more, &file) {
-            let file = Arc::clone(file);
-            match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                Ok(Ok(())) => synced_at = pass,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Не удалось записать файл базы SQLite на диск");
-                }
-                // The runtime is shutting down.
-                Err(_) => return,
+        if let (Some(pass), Some(file)) = (pass, &side.file) {
+            synced.after(pass, file).await;
+        }
+    }
+}
+
+/// The file's fsyncs: at most one at a time, none while nothing new was copied.
+#[derive(Default)]
+struct Synced {
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The WAL's pages in the file at the last fsync (SQLite counts them from the
+    /// WAL's start over; an idle database's WAL stays copied).
+    copied: i64,
+    failing: bool,
+}
+
+impl Synced {
+    async fn after(&mut self, pass: Pass, file: &Arc<std::fs::File>) {
+        if pass.copied <= 0 || pass.copied == self.copied {
+            return;
+        }
+        if let Some(running) = self.running.take() {
+            if !running.is_finished() {
+                self.running = Some(running);
+                return;
             }
+            self.report(running.await);
+        }
+        let file = Arc::clone(file);
+        self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        self.copied = pass.copied;
+    }
+
+    /// A failing fsync is logged once, until one succeeds again.
+    fn report(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        match done {
+            Ok(Err(e)) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(error = %e, "Не удалось записать файл базы SQLite на диск");
+            }
+            Ok(Ok(())) => self.failing = false,
+            _ => {}
         }
     }
 }
@@ -105,7 +137,7 @@ async fn passive(db: &DatabaseConnection) -> Result<Option<Pass>, DbErr> {
 
 /// The main database's file, opened for `fsync` (any descriptor of a file syncs its
 /// pages): `None` for a database in memory.
-async fn database_file(db: &DatabaseConnection) -> Result<Option<std::fs::File>, DbErr> {
+pub async fn database_file(db: &DatabaseConnection) -> Result<Option<std::fs::File>, DbErr> {
     let rows = db
         .query_all_raw(Statement::from_string(
             DatabaseBackend::Sqlite,
@@ -171,7 +203,11 @@ mod tests {
         );
 
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(readers.clone(), cancel.clone()));
+        let side = Side {
+            db: readers.clone(),
+            file: database_file(&readers).await.expect("listed").map(Arc::new),
+        };
+        let task = tokio::spawn(run(side, cancel.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut copied = false;
         while !copied && Instant::now() < deadline {
@@ -225,5 +261,30 @@ mod tests {
             pass.wal_pages > 0 && pass.copied == pass.wal_pages,
             "{pass:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_file_is_synced_once_per_new_copy_and_never_twice_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = Arc::new(std::fs::File::create(dir.path().join("f")).expect("file"));
+        let pass = |copied| Pass {
+            wal_pages: 100,
+            copied,
+        };
+        let mut synced = Synced::default();
+        synced.after(pass(0), &file).await;
+        assert!(synced.running.is_none(), "nothing copied, nothing to sync");
+        synced.after(pass(40), &file).await;
+        let first = synced.running.as_ref().expect("a sync").id();
+        synced.after(pass(40), &file).await;
+        assert_eq!(synced.running.as_ref().map(|r| r.id()), Some(first));
+        while !synced.running.as_ref().is_some_and(|r| r.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        synced.after(pass(100), &file).await;
+        let second = synced.running.as_ref().expect("a sync").id();
+        assert_ne!(first, second, "new pages copied, a new sync");
+        assert_eq!(synced.copied, 100);
+        assert!(!synced.failing);
     }
 }

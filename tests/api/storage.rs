@@ -153,7 +153,12 @@ async fn a_claim_takes_none_of_the_rows_another_claim_took_between_its_read_and_
     let mut all: Vec<i64> = other.iter().chain(&mine).map(|j| j.id).collect();
     all.sort_unstable();
     all.dedup();
-    assert_eq!(all.len(), 10, "a job was claimed twice on {}", test_db.backend);
+    assert_eq!(
+        all.len(),
+        10,
+        "a job was claimed twice on {}",
+        test_db.backend
+    );
     assert!(
         mine.iter()
             .all(|j| j.lease_owner.as_deref() == Some("mine:1") && j.lease.is_some()),
