@@ -177,10 +177,11 @@ mod tests {
         found.is_some()
     }
 
-    #[tokio::test]
-    async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
-        let dir = tempfile::tempdir().expect("dir");
-        let file = dir.path().join("opros.db");
+    /// A migrated SQLite file in `dir`: its path, its reading pool and its writer.
+    async fn file_database(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, DatabaseConnection, DatabaseConnection) {
+        let file = dir.join("opros.db");
         let url = format!("sqlite://{}?mode=rwc", file.display());
         let readers = crate::db::connect(&url).await.expect("pool");
         crate::db::migrate(&readers).await.expect("migrated");
@@ -188,6 +189,13 @@ mod tests {
             .await
             .expect("writer")
             .expect("a file has a writer");
+        (file, readers, writer)
+    }
+
+    #[tokio::test]
+    async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (file, readers, writer) = file_database(dir.path()).await;
         // Everything so far is copied back, then a commit far below WRITER_PAGES.
         readers
             .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -224,11 +232,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
 
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("opros.db");
-        let db = crate::db::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .expect("pool");
-        crate::db::migrate(&db).await.expect("migrated");
+        let (path, db, _writer) = file_database(dir.path()).await;
         let file = database_file(&db).await.expect("listed").expect("a file");
         let (found, wanted) = (
             file.metadata().expect("found"),
@@ -243,16 +247,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_reports_the_wal_pages_it_copied() {
         let dir = tempfile::tempdir().expect("dir");
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("opros.db").display()
-        );
-        let readers = crate::db::connect(&url).await.expect("pool");
-        crate::db::migrate(&readers).await.expect("migrated");
-        let writer = crate::db::connect_writer(&url)
-            .await
-            .expect("writer")
-            .expect("a file has a writer");
+        let (_, readers, writer) = file_database(dir.path()).await;
         crate::db::put_setting(&writer, "copied", "yes")
             .await
             .expect("written");
