@@ -87,12 +87,11 @@ impl Synced {
         if pass.copied <= 0 || pass.copied == self.copied {
             return;
         }
-        if let Some(running) = self.running.take() {
-            if !running.is_finished() {
-                self.running = Some(running);
-                return;
-            }
-            self.report(running.await);
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        if let Some(finished) = self.running.take() {
+            self.report(finished.await);
         }
         let file = Arc::clone(file);
         self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
@@ -150,7 +149,7 @@ pub async fn database_file(db: &DatabaseConnection) -> Result<Option<std::fs::Fi
         if name == "main" && !path.is_empty() {
             return std::fs::File::open(&path)
                 .map(Some)
-                .map_err(|e| DbErr::Custom(format!("{path}: {e}")));
+                .map_err(|e| DbErr::Custom(format!("не удалось открыть файл базы {path}: {e}")));
         }
     }
     Ok(None)
